@@ -1,0 +1,20 @@
+//! Wire types of the Maestro API.
+//!
+//! Everything that crosses the wire — entities, request bodies, event envelopes — lives here
+//! and nowhere else, so the server, the typed client and the tests agree by construction.
+//! Field names are camelCase and timestamps epoch milliseconds, as in the upstream API
+//! (`docs/compatibility.md` lists where we deliberately differ).
+//!
+//! The crate does no I/O.
+
+pub mod entities;
+pub mod events;
+pub mod ids;
+pub mod requests;
+
+pub use entities::*;
+pub use events::*;
+pub use requests::*;
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
+pub type Millis = i64;

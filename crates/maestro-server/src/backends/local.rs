@@ -1,0 +1,501 @@
+//! The local backend: one redb file, group commit, in-process event bus.
+//!
+//! All writes go through one writer thread. It takes a batch of waiting transactions, runs
+//! each against an overlay on top of a single redb write transaction, and commits the batch
+//! with one fsync. A transaction whose body fails leaves nothing behind (its overlay is
+//! dropped); a failed commit fails every transaction of the batch. Only after the commit is
+//! durable are the batch's events published and the callers answered, so an acknowledged
+//! write survives a crash and no subscriber ever sees an event that was not committed.
+//!
+//! Layout (all in one file):
+//! - `entities`: `(collection, id)` → JSON
+//! - `entity_meta`: `(collection, id)` → `(creation order, owner)`
+//! - `entity_index`: `(collection, owner, order)` → id; owner `""` indexes the whole collection
+//! - `counters`: `"order"` and `"seq:<scope>"` → u64
+//! - `journal`: `(scope, seq)` → event JSON, the last `journal_capacity` events per scope
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use async_trait::async_trait;
+use maestro_protocol::EventRecord;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::ports::{Collection, PendingEvent, Reader, Replay, Store, Txn, TxnBody};
+use crate::util::now_ms;
+
+const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
+const META: TableDefinition<(&str, &str), (u64, &str)> = TableDefinition::new("entity_meta");
+const INDEX: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("entity_index");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
+
+/// Most transactions committed together.
+const MAX_BATCH: usize = 1024;
+/// Capacity of the live event channel per subscriber before it lags.
+const BUS_CAPACITY: usize = 65_536;
+
+struct Job {
+    body: TxnBody,
+    reply: oneshot::Sender<Result<Box<dyn Any + Send>>>,
+}
+
+enum Msg {
+    Job(Job),
+    Close,
+}
+
+/// The redb-backed store.
+pub struct LocalStore {
+    db: Arc<Database>,
+    jobs: mpsc::UnboundedSender<Msg>,
+    bus: broadcast::Sender<Arc<EventRecord>>,
+    writer: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl LocalStore {
+    /// Opens (or creates) `maestro.redb` in `dir` and starts the writer thread.
+    pub fn open(dir: &Path, journal_capacity: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("maestro.redb"))?;
+        let wtx = db.begin_write()?;
+        wtx.open_table(ENTITIES)?;
+        wtx.open_table(META)?;
+        wtx.open_table(INDEX)?;
+        wtx.open_table(COUNTERS)?;
+        wtx.open_table(JOURNAL)?;
+        wtx.commit()?;
+
+        let db = Arc::new(db);
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        let writer = {
+            let db = db.clone();
+            let bus = bus.clone();
+            thread::Builder::new()
+                .name("maestro-writer".into())
+                .spawn(move || writer_loop(&db, rx, &bus, journal_capacity.max(1)))
+                .map_err(|e| Error::Internal(format!("cannot start writer thread: {e}")))?
+        };
+        Ok(Self {
+            db,
+            jobs,
+            bus,
+            writer: std::sync::Mutex::new(Some(writer)),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    async fn transact_erased(&self, body: TxnBody) -> Result<Box<dyn Any + Send>> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Msg::Job(Job { body, reply }))
+            .map_err(|_| Error::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the store is shutting down".into()))?
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader + Send + '_>> {
+        Ok(Box::new(LocalReader {
+            rtx: self.db.begin_read()?,
+        }))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
+        self.bus.subscribe()
+    }
+
+    async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay> {
+        let rtx = self.db.begin_read()?;
+        let head = rtx
+            .open_table(COUNTERS)?
+            .get(seq_key(scope).as_str())?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let journal = rtx.open_table(JOURNAL)?;
+        let mut events = Vec::new();
+        let mut first_seen = None;
+        for entry in journal.range((scope, after.saturating_add(1))..=(scope, u64::MAX))? {
+            let (key, value) = entry?;
+            first_seen.get_or_insert(key.value().1);
+            if events.len() >= limit {
+                break;
+            }
+            events.push(
+                serde_json::from_slice(value.value())
+                    .map_err(|e| Error::Storage(format!("corrupt journal entry: {e}")))?,
+            );
+        }
+        let complete = after >= head || first_seen == Some(after + 1);
+        Ok(Replay {
+            events,
+            complete,
+            head,
+        })
+    }
+
+    async fn ready(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
+    async fn close(&self) {
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(handle) = handle {
+            // The writer finishes what is queued before the marker, then stops; later
+            // transactions fail with 503 instead of hanging.
+            let _ = self.jobs.send(Msg::Close);
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn seq_key(scope: &str) -> String {
+    format!("seq:{scope}")
+}
+
+/// The writer thread: batch, run, commit, publish, answer.
+fn writer_loop(
+    db: &Database,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    bus: &broadcast::Sender<Arc<EventRecord>>,
+    journal_capacity: u64,
+) {
+    let mut closing = false;
+    while !closing {
+        let Some(Msg::Job(first)) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(db, batch, bus, journal_capacity);
+    }
+    // Anything still queued is answered with an error, never left hanging.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        if let Msg::Job(job) = msg {
+            let _ = job
+                .reply
+                .send(Err(Error::Unavailable("the store is shutting down".into())));
+        }
+    }
+}
+
+fn run_batch(
+    db: &Database,
+    batch: Vec<Job>,
+    bus: &broadcast::Sender<Arc<EventRecord>>,
+    journal_capacity: u64,
+) {
+    let mut outcomes: Vec<(oneshot::Sender<_>, Result<Box<dyn Any + Send>>)> =
+        Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let committed = (|| -> Result<()> {
+        let mut wtx = db.begin_write()?;
+        wtx.set_durability(Durability::Immediate)?;
+        {
+            let mut tables = Tables::open(&wtx)?;
+            for mut job in batch.into_iter() {
+                let mut overlay = Overlay {
+                    tables: &mut tables,
+                    writes: HashMap::new(),
+                    order: Vec::new(),
+                    events: Vec::new(),
+                };
+                let result = (job.body)(&mut overlay);
+                let result = match result {
+                    Ok(value) => overlay.apply(journal_capacity).map(|evs| {
+                        events.extend(evs);
+                        value
+                    }),
+                    Err(e) => Err(e),
+                };
+                // A storage failure while applying poisons the whole redb transaction.
+                if let Err(Error::Storage(msg)) = &result {
+                    let msg = msg.clone();
+                    outcomes.push((job.reply, result));
+                    return Err(Error::Storage(msg));
+                }
+                outcomes.push((job.reply, result));
+            }
+        }
+        wtx.commit()?;
+        Ok(())
+    })();
+
+    match committed {
+        Ok(()) => {
+            for event in events {
+                let _ = bus.send(Arc::new(event));
+            }
+            for (reply, result) in outcomes {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "commit failed; failing the batch");
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(Error::Storage(e.to_string())));
+            }
+        }
+    }
+}
+
+struct Tables<'t> {
+    entities: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    meta: Table<'t, (&'static str, &'static str), (u64, &'static str)>,
+    index: Table<'t, (&'static str, &'static str, u64), &'static str>,
+    counters: Table<'t, &'static str, u64>,
+    journal: Table<'t, (&'static str, u64), &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(wtx: &'t WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            entities: wtx.open_table(ENTITIES)?,
+            meta: wtx.open_table(META)?,
+            index: wtx.open_table(INDEX)?,
+            counters: wtx.open_table(COUNTERS)?,
+            journal: wtx.open_table(JOURNAL)?,
+        })
+    }
+
+    fn bump(&mut self, key: &str) -> Result<u64> {
+        let next = self.counters.get(key)?.map(|v| v.value()).unwrap_or(0) + 1;
+        self.counters.insert(key, next)?;
+        Ok(next)
+    }
+}
+
+enum Write {
+    Put {
+        owner: Option<String>,
+        value: Vec<u8>,
+    },
+    Delete,
+}
+
+/// One transaction's view: its own writes over the batch's redb transaction.
+struct Overlay<'a, 't> {
+    tables: &'a mut Tables<'t>,
+    writes: HashMap<(Collection, String), Write>,
+    /// Keys in first-write order, so new entities get creation order as written.
+    order: Vec<(Collection, String)>,
+    events: Vec<PendingEvent>,
+}
+
+impl Overlay<'_, '_> {
+    /// Writes the overlay into the redb transaction and journals its events.
+    fn apply(self, journal_capacity: u64) -> Result<Vec<EventRecord>> {
+        let Overlay {
+            tables,
+            mut writes,
+            order,
+            events,
+        } = self;
+        for key in order {
+            let Some(write) = writes.remove(&key) else {
+                continue;
+            };
+            let (coll, id) = (key.0.name(), key.1.as_str());
+            let existing = tables.meta.get((coll, id))?.map(|m| {
+                let (ord, owner) = m.value();
+                (ord, owner.to_owned())
+            });
+            match (write, existing) {
+                (Write::Put { value, .. }, Some(_)) => {
+                    tables.entities.insert((coll, id), value.as_slice())?;
+                }
+                (Write::Put { owner, value }, None) => {
+                    let ord = tables.bump("order")?;
+                    let owner = owner.unwrap_or_default();
+                    tables.meta.insert((coll, id), (ord, owner.as_str()))?;
+                    tables.index.insert((coll, "", ord), id)?;
+                    if !owner.is_empty() {
+                        tables.index.insert((coll, owner.as_str(), ord), id)?;
+                    }
+                    tables.entities.insert((coll, id), value.as_slice())?;
+                }
+                (Write::Delete, Some((ord, owner))) => {
+                    tables.meta.remove((coll, id))?;
+                    tables.index.remove((coll, "", ord))?;
+                    if !owner.is_empty() {
+                        tables.index.remove((coll, owner.as_str(), ord))?;
+                    }
+                    tables.entities.remove((coll, id))?;
+                }
+                (Write::Delete, None) => {}
+            }
+        }
+
+        let mut records = Vec::with_capacity(events.len());
+        let timestamp = now_ms();
+        for ev in events {
+            let seq = tables.bump(&seq_key(&ev.scope))?;
+            let record = EventRecord {
+                scope: ev.scope,
+                seq,
+                event: ev.event,
+                data: ev.data,
+                timestamp,
+                session_id: ev.session_id,
+            };
+            let bytes = serde_json::to_vec(&record).expect("events serialise");
+            tables
+                .journal
+                .insert((record.scope.as_str(), seq), bytes.as_slice())?;
+            if seq > journal_capacity {
+                tables
+                    .journal
+                    .remove((record.scope.as_str(), seq - journal_capacity))?;
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    fn base_list(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let name = coll.name();
+        let owner = owner.unwrap_or("");
+        let mut out = Vec::new();
+        for entry in self
+            .tables
+            .index
+            .range((name, owner, 0)..=(name, owner, u64::MAX))?
+        {
+            let (_, id) = entry?;
+            let id = id.value().to_owned();
+            if let Some(v) = self.tables.entities.get((name, id.as_str()))? {
+                let bytes = v.value().to_vec();
+                out.push((id, bytes));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Reader for Overlay<'_, '_> {
+    fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        match self.writes.get(&(coll, id.to_owned())) {
+            Some(Write::Put { value, .. }) => Ok(Some(value.clone())),
+            Some(Write::Delete) => Ok(None),
+            None => Ok(self
+                .tables
+                .entities
+                .get((coll.name(), id))?
+                .map(|v| v.value().to_vec())),
+        }
+    }
+
+    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        let base = self.base_list(coll, owner)?;
+        let mut out = Vec::with_capacity(base.len());
+        for (id, bytes) in base {
+            match self.writes.get(&(coll, id)) {
+                Some(Write::Put { value, .. }) => out.push(value.clone()),
+                Some(Write::Delete) => {}
+                None => out.push(bytes),
+            }
+        }
+        // Entities created by this transaction, in the order it created them.
+        for key in &self.order {
+            if key.0 != coll {
+                continue;
+            }
+            if let Some(Write::Put { owner: o, value }) = self.writes.get(key) {
+                let new = self
+                    .tables
+                    .meta
+                    .get((coll.name(), key.1.as_str()))?
+                    .is_none();
+                let owned = owner.is_none() || o.as_deref() == owner;
+                if new && owned {
+                    out.push(value.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Txn for Overlay<'_, '_> {
+    fn put_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>) {
+        let key = (coll, id.to_owned());
+        if !self.writes.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.writes.insert(
+            key,
+            Write::Put {
+                owner: owner.map(str::to_owned),
+                value,
+            },
+        );
+    }
+
+    fn delete(&mut self, coll: Collection, id: &str) {
+        let key = (coll, id.to_owned());
+        if !self.writes.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.writes.insert(key, Write::Delete);
+    }
+
+    fn emit_raw(&mut self, event: PendingEvent) {
+        self.events.push(event);
+    }
+}
+
+/// Snapshot reads on a redb read transaction.
+struct LocalReader {
+    rtx: ReadTransaction,
+}
+
+impl Reader for LocalReader {
+    fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        let table = self.rtx.open_table(ENTITIES)?;
+        Ok(table.get((coll.name(), id))?.map(|v| v.value().to_vec()))
+    }
+
+    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        let name = coll.name();
+        let owner = owner.unwrap_or("");
+        let index = self.rtx.open_table(INDEX)?;
+        let entities = self.rtx.open_table(ENTITIES)?;
+        let mut out = Vec::new();
+        for entry in index.range((name, owner, 0)..=(name, owner, u64::MAX))? {
+            let (_, id) = entry?;
+            if let Some(v) = entities.get((name, id.value()))? {
+                out.push(v.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,105 @@
+//! Server configuration: one clap struct, every field settable by flag or environment.
+//!
+//! Names and defaults follow upstream where upstream had the knob (`PORT`, `DATA_DIR`, …);
+//! unlike upstream, `HOST` is honoured and defaults to loopback, so nothing is exposed to the
+//! network unless asked.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+/// Configuration of `maestro serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Address to listen on. Use 0.0.0.0 only if you mean to expose the server.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Where the database and the `server-url` discovery file live.
+    #[arg(long, env = "DATA_DIR", default_value = "~/.maestro/data")]
+    pub data_dir: PathBuf,
+
+    /// Where spawn manifests are written (`<SESSION_DIR>/<sessionId>/manifest.json`).
+    #[arg(long, env = "SESSION_DIR", default_value = "~/.maestro/sessions")]
+    pub session_dir: PathBuf,
+
+    /// Directory of agent skills (`<id>/SKILL.md`).
+    #[arg(long, env = "SKILLS_DIR", default_value = "~/.claude/skills")]
+    pub skills_dir: PathBuf,
+
+    /// URL agents use to reach this server; written to `$DATA_DIR/server-url`.
+    /// Defaults to `http://localhost:<port>` with the port actually bound.
+    #[arg(long, env = "SERVER_URL")]
+    pub server_url: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Events kept per project in the replay journal.
+    #[arg(long, env = "JOURNAL_CAPACITY", default_value_t = 10_000)]
+    pub journal_capacity: u64,
+
+    /// Extra origins allowed by CORS, comma-separated (localhost origins always are).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Public URL of this server (e.g. the tunnel's); allowed as an origin.
+    #[arg(long, env = "EXTERNAL_URL")]
+    pub external_url: Option<String>,
+
+    /// Seconds to wait for open connections to finish at shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: loopback, port 0, everything under `dir`.
+    pub fn for_dir(dir: &Path) -> Self {
+        Self {
+            port: 0,
+            host: IpAddr::from([127, 0, 0, 1]),
+            data_dir: dir.join("data"),
+            session_dir: dir.join("sessions"),
+            skills_dir: dir.join("skills"),
+            server_url: None,
+            log_level: "info".into(),
+            max_body_bytes: 1024 * 1024,
+            journal_capacity: 10_000,
+            cors_origins: Vec::new(),
+            external_url: None,
+            shutdown_grace_secs: 5,
+        }
+    }
+
+    /// Expands a leading `~` in every path, as upstream did.
+    pub fn expand_paths(mut self) -> Self {
+        for p in [
+            &mut self.data_dir,
+            &mut self.session_dir,
+            &mut self.skills_dir,
+        ] {
+            *p = expand_tilde(p);
+        }
+        self
+    }
+}
+
+fn expand_tilde(p: &Path) -> PathBuf {
+    let Ok(rest) = p.strip_prefix("~") else {
+        return p.to_path_buf();
+    };
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(rest),
+        None => p.to_path_buf(),
+    }
+}

@@ -1,0 +1,102 @@
+//! Business rules, one module per feature.
+//!
+//! This is the only place that knows what an operation means: what it validates, what it
+//! changes, and which events it emits in which order. Each operation validates its input,
+//! then runs one transaction through the [`Store`] port; it never sees redb or Redis.
+
+pub mod projects;
+pub mod sessions;
+pub mod tasks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use maestro_protocol::ids::is_valid_id;
+use maestro_protocol::{GLOBAL_SCOPE, Project, Session, Task};
+
+use crate::error::{Error, Result};
+use crate::ports::{Collection, Reader, ReaderExt, Store};
+
+/// Facts about this server that operations record (sessions carry the host they run on).
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub hostname: String,
+    pub platform: String,
+    pub data_dir: PathBuf,
+}
+
+/// Entry point to every domain operation; cheap to clone.
+#[derive(Clone)]
+pub struct Domain {
+    pub store: Arc<dyn Store>,
+    pub info: Arc<ServerInfo>,
+}
+
+impl Domain {
+    pub fn new(store: Arc<dyn Store>, info: ServerInfo) -> Self {
+        Self {
+            store,
+            info: Arc::new(info),
+        }
+    }
+
+    /// A consistent snapshot to read from.
+    pub fn reader(&self) -> Result<Box<dyn Reader + Send + '_>> {
+        self.store.reader()
+    }
+}
+
+/// Rejects an id that is malformed (could escape a key space or a path).
+pub fn check_id(what: &str, id: &str) -> Result<()> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(Error::Validation {
+            message: format!(
+                "Invalid {what}: ids are 1-128 characters of A-Z, a-z, 0-9, '_' and '-'"
+            ),
+            details: Some(serde_json::json!([{ "path": what, "message": "invalid id" }])),
+        })
+    }
+}
+
+/// Rejects a value outside `allowed`.
+pub fn check_enum(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Validation {
+            message: format!(
+                "Invalid {field} '{value}': expected one of {}",
+                allowed.join(", ")
+            ),
+            details: Some(serde_json::json!([{ "path": field, "message": "invalid value" }])),
+        })
+    }
+}
+
+/// A required, non-blank string field, trimmed.
+pub fn required(value: Option<&str>, message: &str) -> Result<String> {
+    match value.map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v.to_owned()),
+        _ => Err(Error::validation(message)),
+    }
+}
+
+pub(crate) fn load_project(r: &mut (impl Reader + ?Sized), id: &str) -> Result<Project> {
+    r.get(Collection::Projects, id)?
+        .ok_or_else(|| Error::not_found("Project", id))
+}
+
+pub(crate) fn load_task(r: &mut (impl Reader + ?Sized), id: &str) -> Result<Task> {
+    r.get(Collection::Tasks, id)?
+        .ok_or_else(|| Error::not_found("Task", id))
+}
+
+pub(crate) fn load_session(r: &mut (impl Reader + ?Sized), id: &str) -> Result<Session> {
+    r.get(Collection::Sessions, id)?
+        .ok_or_else(|| Error::not_found("Session", id))
+}
+
+/// Scope of project-level events.
+pub(crate) const GLOBAL: &str = GLOBAL_SCOPE;

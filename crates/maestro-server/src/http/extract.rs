@@ -1,0 +1,66 @@
+//! Extractors that turn every bad input into the one error shape.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::error::Error;
+
+/// A JSON body. Lenient like upstream about the `Content-Type` and about an empty body (read as
+/// `{}`), strict about syntax (400), types (400) and size (413).
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge {
+                    limit: state.config.max_body_bytes,
+                }
+            } else {
+                Error::validation(format!("Cannot read request body: {rej}"))
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = serde_path_to_error_lite(&mut de)?;
+        de.end()
+            .map_err(|e| Error::validation(format!("Malformed JSON body: {e}")))?;
+        Ok(Self(value))
+    }
+}
+
+fn serde_path_to_error_lite<'de, T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, Error> {
+    T::deserialize(de).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Error::validation(format!("Malformed JSON body: {e}"))
+        } else {
+            Error::validation(format!("Invalid request body: {e}"))
+        }
+    })
+}
+
+/// Path parameters; a malformed segment is a 400, not a 500.
+pub struct IdPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for IdPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Self(v))
+            .map_err(|rej| Error::validation(format!("Invalid URL parameters: {rej}")))
+    }
+}

@@ -1,0 +1,161 @@
+//! The HTTP API: one router per feature, merged here, plus the cross-cutting layers (CORS,
+//! body limit, JSON 404/405).
+//!
+//! Handlers extract, call a [`Domain`](crate::domain::Domain) operation and map the result;
+//! rules live in `domain`.
+
+mod extract;
+mod ops;
+mod projects;
+mod sessions;
+mod tasks;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, Request, header};
+use axum::response::IntoResponse;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use extract::{Body, IdPath};
+
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::error::Error;
+
+/// Everything handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub domain: Domain,
+    pub config: Arc<Config>,
+    pub started: Instant,
+    /// Open legacy WebSocket connections, for `/ws-status`.
+    pub ws_clients: Arc<AtomicUsize>,
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+}
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(projects::router())
+        .merge(tasks::router())
+        .merge(sessions::router());
+    Router::new()
+        .nest("/api", api)
+        .merge(ops::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::realtime::legacy::upgrade_middleware,
+        ))
+        .layer(cors(&state.config))
+        .with_state(state)
+}
+
+async fn not_found(req: Request<axum::body::Body>) -> impl IntoResponse {
+    Error::RouteNotFound {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(req: Request<axum::body::Body>) -> impl IntoResponse {
+    Error::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    }
+}
+
+/// Whether a browser origin may call the API: localhost pages, the desktop app, and the
+/// configured public URL / extra origins.
+pub fn origin_allowed(origin: &str, config: &Config) -> bool {
+    let local = [
+        "http://localhost",
+        "https://localhost",
+        "http://127.0.0.1",
+        "https://127.0.0.1",
+        "http://[::1]",
+        "https://[::1]",
+    ];
+    let is_local = local.iter().any(|base| {
+        origin == *base
+            || origin.strip_prefix(base).is_some_and(|rest| {
+                rest.starts_with(':') && rest[1..].bytes().all(|b| b.is_ascii_digit())
+            })
+    });
+    is_local
+        || origin == "tauri://localhost"
+        || origin == "http://tauri.localhost"
+        || origin == "https://tauri.localhost"
+        || config
+            .external_url
+            .as_deref()
+            .is_some_and(|u| u.trim_end_matches('/') == origin)
+        || config
+            .cors_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin)
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let config = config.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| origin_allowed(o, &config))
+        }))
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("x-requested-with"),
+            header::HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            header::CONTENT_LENGTH,
+            header::HeaderName::from_static("x-request-id"),
+        ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let mut c = Config::for_dir(std::path::Path::new("/tmp"));
+        c.cors_origins = vec!["https://extra.example".into()];
+        c.external_url = Some("https://maestro.example/".into());
+        for ok in [
+            "http://localhost:5173",
+            "http://127.0.0.1",
+            "tauri://localhost",
+            "https://extra.example",
+            "https://maestro.example",
+        ] {
+            assert!(origin_allowed(ok, &c), "{ok}");
+        }
+        for bad in [
+            "http://evil.example",
+            "http://localhost.evil.example",
+            "http://localhost:80evil",
+            "null",
+        ] {
+            assert!(!origin_allowed(bad, &c), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Operational endpoints at the root: `/health`, `/ready`, `/ws-status`.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use maestro_protocol::{Health, Ready};
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::util::now_ms;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/ws-status", get(ws_status))
+}
+
+/// Liveness: the process answers. Same shape as upstream.
+async fn health(State(s): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        timestamp: now_ms(),
+        uptime: s.started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Readiness: the backend can serve; 503 with `degraded` when it cannot.
+async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Ready>) {
+    let ok = s.domain.store.ready().await;
+    let body = Ready {
+        status: if ok { "ready" } else { "degraded" }.into(),
+        backend: s.domain.store.backend().into(),
+    };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}
+
+/// Open legacy WebSocket connections, in upstream's shape.
+async fn ws_status(State(s): State<AppState>) -> Json<Value> {
+    let n = s.ws_clients.load(Ordering::Relaxed);
+    let clients: Vec<Value> = (0..n)
+        .map(|_| json!({ "readyState": 1, "readyStateText": "OPEN" }))
+        .collect();
+    Json(json!({ "connectedClients": n, "clients": clients }))
+}

@@ -1,0 +1,103 @@
+//! The Maestro coordination server as a library.
+//!
+//! [`run`] takes a configuration, an already-bound listener and a shutdown token, so the binary
+//! and the tests start the same server (tests bind port 0).
+//!
+//! Layout:
+//! - [`domain`]: business rules, one module per feature;
+//! - [`ports`]: the traits a storage backend implements; [`backends`]: the implementations;
+//! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets.
+
+pub mod backends;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod ports;
+pub mod realtime;
+pub mod util;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::backends::local::LocalStore;
+use crate::domain::{Domain, ServerInfo};
+use crate::http::AppState;
+use crate::ports::Store;
+
+/// Serves until `shutdown` is cancelled, then stops accepting, closes sockets, waits for
+/// in-flight requests (bounded by `shutdown_grace_secs`) and flushes the store.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = config.expand_paths();
+    let addr = listener.local_addr()?;
+    let store = Arc::new(
+        LocalStore::open(&config.data_dir, config.journal_capacity)
+            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
+    );
+    write_server_url(&config, addr).await?;
+
+    let domain = Domain::new(
+        store.clone(),
+        ServerInfo {
+            hostname: util::hostname(),
+            platform: util::platform().into(),
+            data_dir: config.data_dir.clone(),
+        },
+    );
+    let state = AppState {
+        domain,
+        config: Arc::new(config.clone()),
+        started: Instant::now(),
+        ws_clients: Arc::new(AtomicUsize::new(0)),
+        shutdown: shutdown.clone(),
+    };
+    let app = http::router(state);
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = "local", "maestro listening");
+
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+    });
+    shutdown.cancelled().await;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing"
+        ),
+    }
+    store.close().await;
+    tracing::info!("maestro stopped");
+    Ok(())
+}
+
+/// Writes `$DATA_DIR/server-url` for CLI discovery (atomically: temp file + rename).
+async fn write_server_url(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
+    let url = config
+        .server_url
+        .clone()
+        .unwrap_or_else(|| format!("http://localhost:{}", addr.port()));
+    let path = config.data_dir.join("server-url");
+    let tmp = config.data_dir.join(".server-url.tmp");
+    tokio::fs::write(&tmp, url.as_bytes()).await?;
+    tokio::fs::rename(&tmp, &path).await?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Ports: what the domain needs from a backend, and nothing about how it is done.
+//!
+//! A backend offers three things:
+//! - snapshot reads ([`Reader`]);
+//! - atomic transactions ([`Store::transact`]): a closure reads and writes entities and emits
+//!   events through a [`Txn`]; its writes and its events (with their sequence numbers) become
+//!   durable together, or — if the closure returns an error or the commit fails — not at all;
+//! - the event stream: live delivery ([`Store::subscribe`]) and the journal ([`Store::replay`]).
+//!
+//! The closure is synchronous and may be run more than once (`FnMut`): a backend with
+//! optimistic concurrency (Redis `WATCH`) re-runs it on conflict, and the local backend runs
+//! many of them inside one group-committed redb transaction. So a closure must compute
+//! everything from what it reads through the `Txn` and the values it captured, and have no
+//! side effects outside it.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use maestro_protocol::EventRecord;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::error::{Error, Result};
+
+/// The kinds of stored entity. Each has its own key space and a per-owner index (owner =
+/// project id) that lists members in creation order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Collection {
+    Projects,
+    Tasks,
+    Sessions,
+    Mail,
+    TeamMembers,
+    Orderings,
+}
+
+impl Collection {
+    /// Stable name used in storage keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Projects => "projects",
+            Self::Tasks => "tasks",
+            Self::Sessions => "sessions",
+            Self::Mail => "mail",
+            Self::TeamMembers => "team_members",
+            Self::Orderings => "orderings",
+        }
+    }
+}
+
+/// Snapshot reads.
+pub trait Reader {
+    /// The raw JSON of one entity.
+    fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>>;
+    /// All entities of `coll` (or those owned by `owner`), in creation order.
+    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>>;
+}
+
+/// An event emitted inside a transaction; the backend gives it its sequence number.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    pub scope: String,
+    pub event: String,
+    pub data: Value,
+    pub session_id: Option<String>,
+}
+
+/// A transaction: reads see the transaction's own earlier writes.
+pub trait Txn: Reader {
+    /// Inserts or replaces an entity. `owner` is used only when the entity is new.
+    fn put_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>);
+    /// Removes an entity (no-op if absent).
+    fn delete(&mut self, coll: Collection, id: &str);
+    /// Queues an event; it is journaled with the writes and delivered after the commit.
+    fn emit_raw(&mut self, event: PendingEvent);
+}
+
+/// Typed conveniences over [`Reader`].
+pub trait ReaderExt: Reader {
+    fn get<T: DeserializeOwned>(&mut self, coll: Collection, id: &str) -> Result<Option<T>> {
+        self.get_raw(coll, id)?
+            .map(|b| decode(coll, &b))
+            .transpose()
+    }
+
+    fn list<T: DeserializeOwned>(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<T>> {
+        self.list_raw(coll, owner)?
+            .iter()
+            .map(|b| decode(coll, b))
+            .collect()
+    }
+}
+impl<R: Reader + ?Sized> ReaderExt for R {}
+
+/// Typed conveniences over [`Txn`].
+pub trait TxnExt: Txn {
+    fn put<T: Serialize>(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: &T) {
+        let bytes = serde_json::to_vec(value).expect("entities serialise");
+        self.put_raw(coll, id, owner, bytes);
+    }
+
+    /// Emits `event` with a serialisable payload into `scope`.
+    fn emit<T: Serialize>(&mut self, scope: &str, event: &str, data: &T, session_id: Option<&str>) {
+        self.emit_raw(PendingEvent {
+            scope: scope.to_owned(),
+            event: event.to_owned(),
+            data: serde_json::to_value(data).expect("events serialise"),
+            session_id: session_id.map(str::to_owned),
+        });
+    }
+}
+impl<T: Txn + ?Sized> TxnExt for T {}
+
+fn decode<T: DeserializeOwned>(coll: Collection, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Storage(format!("corrupt {} record: {e}", coll.name())))
+}
+
+/// A type-erased transaction body.
+pub type TxnBody = Box<dyn FnMut(&mut dyn Txn) -> Result<Box<dyn Any + Send>> + Send>;
+
+/// The answer to a replay request.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// Events after the requested seq, in order.
+    pub events: Vec<EventRecord>,
+    /// False when the journal no longer reaches back to the requested seq.
+    pub complete: bool,
+    /// The latest seq of the scope.
+    pub head: u64,
+}
+
+/// A storage backend.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for `/ready` and logs.
+    fn backend(&self) -> &'static str;
+
+    /// Runs `body` atomically; returns its value once the transaction is durable and its events
+    /// have been handed to every live subscriber.
+    async fn transact_erased(&self, body: TxnBody) -> Result<Box<dyn Any + Send>>;
+
+    /// A consistent snapshot for reads.
+    fn reader(&self) -> Result<Box<dyn Reader + Send + '_>>;
+
+    /// Live events from every writer, in commit order.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>>;
+
+    /// Journaled events of `scope` with `seq > after`, at most `limit`.
+    async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay>;
+
+    /// Whether the backend is currently able to serve.
+    async fn ready(&self) -> bool;
+
+    /// Flushes and stops background work.
+    async fn close(&self);
+}
+
+/// Typed front of [`Store::transact_erased`].
+pub async fn transact<T, F>(store: &dyn Store, mut body: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnMut(&mut dyn Txn) -> Result<T> + Send + 'static,
+{
+    let out = store
+        .transact_erased(Box::new(move |tx| {
+            body(tx).map(|v| Box::new(v) as Box<dyn Any + Send>)
+        }))
+        .await?;
+    out.downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| Error::Internal("transaction returned an unexpected type".into()))
+}
