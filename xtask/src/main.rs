@@ -1,1 +1,115 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `run`: build the server (release) and start it on the embedded backend;
+//! - `test`: install what the tests need, then run every check CI runs.
+//!
+//! CI calls `cargo xtask test` and nothing else, so what passes here is what a newcomer gets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  run [-- <serve args>]   build and start `maestro serve` (release build, embedded backend)
+  test                    install test prerequisites, then fmt, clippy and every test
+  help                    this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs `cmd`, echoing it first; fails with its exit status.
+fn step(title: &str, mut cmd: Command) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("==> {title}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{title} failed ({status})");
+    }
+    eprintln!("    {title}: ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "--package", "maestro", "--", "serve"])
+        .args(args);
+    step("maestro serve", cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("`cargo xtask test` takes no arguments");
+    }
+    let started = Instant::now();
+
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    step("cargo fmt --check", fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    step("cargo clippy", clippy)?;
+
+    if have("cargo-nextest") {
+        let mut nextest = cargo();
+        nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        step("cargo nextest run", nextest)?;
+        // nextest does not run doc tests.
+        let mut doc = cargo();
+        doc.args(["test", "--workspace", "--doc"]);
+        step("cargo test --doc", doc)?;
+    } else {
+        let mut t = cargo();
+        t.args(["test", "--workspace", "--no-fail-fast"]);
+        step("cargo test", t)?;
+    }
+
+    eprintln!("==> all checks passed in {:.1?}", started.elapsed());
+    Ok(())
+}

@@ -1,1 +1,367 @@
-//! placeholder
+//! Typed async client for the Maestro HTTP API.
+//!
+//! One method per endpoint, taking and returning the types of `maestro-protocol`. Errors keep
+//! the server's status and error body so callers (the CLI, tests) can tell a 404 from a 409.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), maestro_client::Error> {
+//! let client = maestro_client::Client::new("http://localhost:3000")?;
+//! let projects = client.list_projects().await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use maestro_protocol::*;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// What can go wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error status.
+    #[error("HTTP {status}: {} ({})", body.message, body.code)]
+    Api { status: StatusCode, body: ErrorBody },
+    /// The server answered with an error status and a body that is not the error shape.
+    #[error("HTTP {status}: {text}")]
+    UnexpectedBody { status: StatusCode, text: String },
+    /// The request never got an answer (connection refused, timeout, …).
+    #[error("cannot reach the server: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The base URL is unusable.
+    #[error("invalid server URL {0:?}")]
+    BadUrl(String),
+}
+
+impl Error {
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Api { status, .. } | Self::UnexpectedBody { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The error `code` string, if the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A raw answer, for callers that check statuses and shapes themselves.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+}
+
+/// Client for one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Query parameters of `GET /api/tasks`.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `Some("null")` lists root tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+}
+
+/// Query parameters of `GET /api/sessions`.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+}
+
+impl Client {
+    /// A client for the server at `base` (e.g. `http://localhost:3000`, without `/api`).
+    pub fn new(base: &str) -> Result<Self> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::BadUrl(base));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self { http, base })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends any request and returns status + JSON body without interpreting them.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<RawResponse> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        Ok(RawResponse { status, body })
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&(dyn ErasedQuery + Sync)>,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(q) = query {
+            req = q.apply(req);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await?;
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(Error::Api { status, body }),
+            Err(_) => Err(Error::UnexpectedBody { status, text }),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call::<(), T>(Method::GET, path, None, None).await
+    }
+
+    async fn get_q<T: DeserializeOwned>(&self, path: &str, q: &(dyn ErasedQuery + Sync)) -> Result<T> {
+        self.call::<(), T>(Method::GET, path, Some(q), None).await
+    }
+
+    async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(method, path, None, Some(body)).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call::<(), T>(Method::DELETE, path, None, None).await
+    }
+
+    // --- operations -----------------------------------------------------------------------
+
+    pub async fn health(&self) -> Result<Health> {
+        self.get("/health").await
+    }
+
+    pub async fn ready(&self) -> Result<Ready> {
+        self.get("/ready").await
+    }
+
+    pub async fn ws_status(&self) -> Result<serde_json::Value> {
+        self.get("/ws-status").await
+    }
+
+    // --- projects -------------------------------------------------------------------------
+
+    pub async fn list_projects(&self) -> Result<Vec<Project>> {
+        self.get("/api/projects").await
+    }
+
+    pub async fn create_project(&self, req: &CreateProject) -> Result<Project> {
+        self.send(Method::POST, "/api/projects", req).await
+    }
+
+    pub async fn get_project(&self, id: &str) -> Result<Project> {
+        self.get(&format!("/api/projects/{}", enc(id))).await
+    }
+
+    pub async fn update_project(&self, id: &str, req: &UpdateProject) -> Result<Project> {
+        self.send(Method::PUT, &format!("/api/projects/{}", enc(id)), req)
+            .await
+    }
+
+    pub async fn delete_project(&self, id: &str) -> Result<Deleted> {
+        self.delete(&format!("/api/projects/{}", enc(id))).await
+    }
+
+    // --- tasks ----------------------------------------------------------------------------
+
+    pub async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>> {
+        self.get_q("/api/tasks", q).await
+    }
+
+    pub async fn create_task(&self, req: &CreateTask) -> Result<Task> {
+        self.send(Method::POST, "/api/tasks", req).await
+    }
+
+    pub async fn get_task(&self, id: &str) -> Result<Task> {
+        self.get(&format!("/api/tasks/{}", enc(id))).await
+    }
+
+    pub async fn update_task(&self, id: &str, req: &UpdateTask) -> Result<Task> {
+        self.send(Method::PATCH, &format!("/api/tasks/{}", enc(id)), req)
+            .await
+    }
+
+    pub async fn delete_task(&self, id: &str) -> Result<Deleted> {
+        self.delete(&format!("/api/tasks/{}", enc(id))).await
+    }
+
+    pub async fn task_children(&self, id: &str) -> Result<Vec<Task>> {
+        self.get(&format!("/api/tasks/{}/children", enc(id))).await
+    }
+
+    pub async fn task_timeline(
+        &self,
+        id: &str,
+        req: &TaskTimelineRequest,
+    ) -> Result<TaskTimelineResponse> {
+        self.send(Method::POST, &format!("/api/tasks/{}/timeline", enc(id)), req)
+            .await
+    }
+
+    pub async fn task_docs(&self, id: &str) -> Result<Vec<TaskDocEntry>> {
+        self.get(&format!("/api/tasks/{}/docs", enc(id))).await
+    }
+
+    // --- sessions -------------------------------------------------------------------------
+
+    pub async fn list_sessions(&self, q: &SessionQuery) -> Result<Vec<Session>> {
+        self.get_q("/api/sessions", q).await
+    }
+
+    pub async fn create_session(&self, req: &CreateSession) -> Result<Session> {
+        self.send(Method::POST, "/api/sessions", req).await
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Session> {
+        self.get(&format!("/api/sessions/{}", enc(id))).await
+    }
+
+    pub async fn update_session(&self, id: &str, req: &UpdateSession) -> Result<Session> {
+        self.send(Method::PATCH, &format!("/api/sessions/{}", enc(id)), req)
+            .await
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<Deleted> {
+        self.delete(&format!("/api/sessions/{}", enc(id))).await
+    }
+
+    pub async fn append_session_event(&self, id: &str, req: &AppendSessionEvent) -> Result<Session> {
+        self.send(Method::POST, &format!("/api/sessions/{}/events", enc(id)), req)
+            .await
+    }
+
+    pub async fn append_timeline(&self, id: &str, req: &AppendTimeline) -> Result<Session> {
+        self.send(Method::POST, &format!("/api/sessions/{}/timeline", enc(id)), req)
+            .await
+    }
+
+    pub async fn add_session_doc(&self, id: &str, req: &AddDoc) -> Result<Session> {
+        self.send(Method::POST, &format!("/api/sessions/{}/docs", enc(id)), req)
+            .await
+    }
+
+    pub async fn session_docs(&self, id: &str) -> Result<Vec<DocEntry>> {
+        self.get(&format!("/api/sessions/{}/docs", enc(id))).await
+    }
+
+    pub async fn link_task(&self, session_id: &str, task_id: &str) -> Result<Session> {
+        let path = format!("/api/sessions/{}/tasks/{}", enc(session_id), enc(task_id));
+        self.send(Method::POST, &path, &serde_json::json!({})).await
+    }
+
+    pub async fn unlink_task(&self, session_id: &str, task_id: &str) -> Result<Session> {
+        let path = format!("/api/sessions/{}/tasks/{}", enc(session_id), enc(task_id));
+        self.delete(&path).await
+    }
+
+    pub async fn show_modal(&self, session_id: &str, req: &ShowModal) -> Result<ModalShown> {
+        let path = format!("/api/sessions/{}/modal", enc(session_id));
+        self.send(Method::POST, &path, req).await
+    }
+
+    pub async fn modal_action(
+        &self,
+        session_id: &str,
+        modal_id: &str,
+        req: &ModalAction,
+    ) -> Result<ModalAck> {
+        let path = format!(
+            "/api/sessions/{}/modal/{}/actions",
+            enc(session_id),
+            enc(modal_id)
+        );
+        self.send(Method::POST, &path, req).await
+    }
+
+    pub async fn modal_close(&self, session_id: &str, modal_id: &str) -> Result<ModalAck> {
+        let path = format!(
+            "/api/sessions/{}/modal/{}/close",
+            enc(session_id),
+            enc(modal_id)
+        );
+        self.send(Method::POST, &path, &serde_json::json!({})).await
+    }
+}
+
+/// Percent-encodes one path segment, so an odd id reaches the server as one segment (where it
+/// is rejected) instead of changing the path.
+fn enc(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Object-safe query serialisation.
+trait ErasedQuery {
+    fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder;
+}
+
+impl<T: Serialize> ErasedQuery for T {
+    fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        req.query(self)
+    }
+}
