@@ -7,14 +7,22 @@
 //!
 //! The crate does no I/O.
 
+pub mod catalog;
 pub mod entities;
 pub mod events;
 pub mod ids;
+pub mod mail;
 pub mod requests;
+pub mod spawn;
+pub mod team;
 
+pub use catalog::*;
 pub use entities::*;
 pub use events::*;
+pub use mail::*;
 pub use requests::*;
+pub use spawn::*;
+pub use team::*;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub type Millis = i64;

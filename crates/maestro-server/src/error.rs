@@ -48,6 +48,14 @@ pub enum Error {
     /// A storage failure; details are logged, not returned (500 `INTERNAL_ERROR`).
     #[error("storage error: {0}")]
     Storage(String),
+    /// An error with its own status and code (spawn keeps upstream's snake_case codes).
+    #[error("{message}")]
+    Coded {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
     /// Any other bug (500 `INTERNAL_ERROR`).
     #[error("internal error: {0}")]
     Internal(String),
@@ -82,6 +90,7 @@ impl Error {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Coded { status, .. } => *status,
         }
     }
 
@@ -97,6 +106,7 @@ impl Error {
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Storage(_) | Self::Internal(_) => "INTERNAL_ERROR",
+            Self::Coded { code, .. } => code,
         }
     }
 
@@ -112,7 +122,7 @@ impl Error {
             code: self.code().to_owned(),
             message,
             details: match self {
-                Self::Validation { details, .. } => details.clone(),
+                Self::Validation { details, .. } | Self::Coded { details, .. } => details.clone(),
                 _ => None,
             },
         }

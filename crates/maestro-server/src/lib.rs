@@ -54,6 +54,9 @@ pub async fn run(
             hostname: util::hostname(),
             platform: util::platform().into(),
             data_dir: config.data_dir.clone(),
+            skills_dir: config.skills_dir.clone(),
+            session_dir: config.session_dir.clone(),
+            server_url: server_url(&config, addr),
         },
     );
     let state = AppState {
@@ -89,12 +92,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Writes `$DATA_DIR/server-url` for CLI discovery (atomically: temp file + rename).
-async fn write_server_url(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
-    let url = config
+/// The URL agents use: `SERVER_URL`, or `http://localhost:<bound port>`.
+fn server_url(config: &Config, addr: SocketAddr) -> String {
+    config
         .server_url
         .clone()
-        .unwrap_or_else(|| format!("http://localhost:{}", addr.port()));
+        .unwrap_or_else(|| format!("http://localhost:{}", addr.port()))
+}
+
+/// Writes `$DATA_DIR/server-url` for CLI discovery (atomically: temp file + rename).
+async fn write_server_url(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
+    let url = server_url(config, addr);
     let path = config.data_dir.join("server-url");
     let tmp = config.data_dir.join(".server-url.tmp");
     tokio::fs::write(&tmp, url.as_bytes()).await?;

@@ -35,6 +35,10 @@ pub enum Collection {
     Mail,
     TeamMembers,
     Orderings,
+    /// Per-session mail read cursors.
+    MailCursors,
+    /// Answers remembered for idempotency keys.
+    Idempotency,
 }
 
 impl Collection {
@@ -47,6 +51,8 @@ impl Collection {
             Self::Mail => "mail",
             Self::TeamMembers => "team_members",
             Self::Orderings => "orderings",
+            Self::MailCursors => "mail_cursors",
+            Self::Idempotency => "idempotency",
         }
     }
 }
@@ -76,6 +82,9 @@ pub trait Txn: Reader {
     fn delete(&mut self, coll: Collection, id: &str);
     /// Queues an event; it is journaled with the writes and delivered after the commit.
     fn emit_raw(&mut self, event: PendingEvent);
+    /// Increments the named counter and returns its new value (the first call returns 1).
+    /// Counters only grow, even across restarts.
+    fn next_counter(&mut self, name: &str) -> Result<u64>;
 }
 
 /// Typed conveniences over [`Reader`].

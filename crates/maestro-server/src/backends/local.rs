@@ -224,6 +224,7 @@ fn run_batch(
                     writes: HashMap::new(),
                     order: Vec::new(),
                     events: Vec::new(),
+                    counters: HashMap::new(),
                 };
                 let result = (job.body)(&mut overlay);
                 let result = match result {
@@ -305,6 +306,7 @@ struct Overlay<'a, 't> {
     /// Keys in first-write order, so new entities get creation order as written.
     order: Vec<(Collection, String)>,
     events: Vec<PendingEvent>,
+    counters: HashMap<String, u64>,
 }
 
 impl Overlay<'_, '_> {
@@ -315,7 +317,13 @@ impl Overlay<'_, '_> {
             mut writes,
             order,
             events,
+            counters,
         } = self;
+        for (name, value) in counters {
+            tables
+                .counters
+                .insert(format!("user:{name}").as_str(), value)?;
+        }
         for key in order {
             let Some(write) = writes.remove(&key) else {
                 continue;
@@ -470,6 +478,20 @@ impl Txn for Overlay<'_, '_> {
 
     fn emit_raw(&mut self, event: PendingEvent) {
         self.events.push(event);
+    }
+
+    fn next_counter(&mut self, name: &str) -> Result<u64> {
+        let current = match self.counters.get(name) {
+            Some(v) => *v,
+            None => self
+                .tables
+                .counters
+                .get(format!("user:{name}").as_str())?
+                .map(|v| v.value())
+                .unwrap_or(0),
+        };
+        self.counters.insert(name.to_owned(), current + 1);
+        Ok(current + 1)
     }
 }
 

@@ -4,9 +4,15 @@
 //! changes, and which events it emits in which order. Each operation validates its input,
 //! then runs one transaction through the [`Store`] port; it never sees redb or Redis.
 
+pub mod mail;
+pub mod ordering;
 pub mod projects;
 pub mod sessions;
+pub mod skills;
+pub mod spawn;
 pub mod tasks;
+pub mod team_members;
+pub mod templates;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +23,19 @@ use maestro_protocol::{GLOBAL_SCOPE, Project, Session, Task};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Reader, ReaderExt, Store};
 
-/// Facts about this server that operations record (sessions carry the host they run on).
+/// Facts about this server that operations record (sessions carry the host they run on) or
+/// read from (skills live in `skills_dir`).
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
     pub hostname: String,
     pub platform: String,
     pub data_dir: PathBuf,
+    /// Where skills are read from (`SKILLS_DIR`).
+    pub skills_dir: PathBuf,
+    /// Where spawn manifests go.
+    pub session_dir: PathBuf,
+    /// The URL agents are told to use.
+    pub server_url: String,
 }
 
 /// Entry point to every domain operation; cheap to clone.
@@ -30,6 +43,7 @@ pub struct ServerInfo {
 pub struct Domain {
     pub store: Arc<dyn Store>,
     pub info: Arc<ServerInfo>,
+    pub mail_metrics: Arc<mail::MailMetrics>,
 }
 
 impl Domain {
@@ -37,6 +51,7 @@ impl Domain {
         Self {
             store,
             info: Arc::new(info),
+            mail_metrics: Arc::default(),
         }
     }
 

@@ -5,10 +5,15 @@
 //! rules live in `domain`.
 
 mod extract;
+mod mail;
 mod ops;
+mod ordering;
 mod projects;
 mod sessions;
+mod skills;
 mod tasks;
+mod team_members;
+mod templates;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -44,7 +49,12 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(projects::router())
         .merge(tasks::router())
-        .merge(sessions::router());
+        .merge(sessions::router())
+        .merge(team_members::router())
+        .merge(mail::router())
+        .merge(ordering::router())
+        .merge(skills::router())
+        .merge(templates::router());
     Router::new()
         .nest("/api", api)
         .merge(ops::router())

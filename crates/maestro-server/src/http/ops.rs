@@ -1,4 +1,4 @@
-//! Operational endpoints at the root: `/health`, `/ready`, `/ws-status`.
+//! Operational endpoints at the root: `/health`, `/ready`, `/ws-status`, `/metrics`.
 
 use std::sync::atomic::Ordering;
 
@@ -17,6 +17,7 @@ pub fn router() -> Router<AppState> {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/ws-status", get(ws_status))
+        .route("/metrics", get(metrics))
 }
 
 /// Liveness: the process answers. Same shape as upstream.
@@ -50,4 +51,29 @@ async fn ws_status(State(s): State<AppState>) -> Json<Value> {
         .map(|_| json!({ "readyState": 1, "readyStateText": "OPEN" }))
         .collect();
     Json(json!({ "connectedClients": n, "clients": clients }))
+}
+
+/// Prometheus text exposition of the server's gauges.
+async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
+    let waiters = s.domain.mail_metrics.waiters.load(Ordering::Relaxed);
+    let ws = s.ws_clients.load(Ordering::Relaxed);
+    let body = format!(
+        "# HELP maestro_uptime_seconds Seconds since the server started.\n\
+         # TYPE maestro_uptime_seconds gauge\n\
+         maestro_uptime_seconds {:.3}\n\
+         # HELP maestro_mail_waiters Requests parked in GET /api/mail/wait.\n\
+         # TYPE maestro_mail_waiters gauge\n\
+         maestro_mail_waiters {waiters}\n\
+         # HELP maestro_ws_clients Open legacy WebSocket connections.\n\
+         # TYPE maestro_ws_clients gauge\n\
+         maestro_ws_clients {ws}\n",
+        s.started.elapsed().as_secs_f64()
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
 }

@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use maestro_protocol::{
     AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ModalAck,
-    ModalAction, ModalShown, Session, ShowModal, UpdateSession,
+    ModalAction, ModalShown, Session, ShowModal, SpawnRequest, SpawnResponse, UpdateSession,
 };
 
 use super::{AppState, Body, IdPath};
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sessions", get(list).post(create))
+        .route("/sessions/spawn", post(spawn))
         .route("/sessions/{id}", get(get_one).patch(update).delete(delete))
         .route("/sessions/{id}/events", post(events))
         .route("/sessions/{id}/timeline", post(timeline))
@@ -60,6 +61,25 @@ async fn create(
     Ok((
         StatusCode::CREATED,
         Json(s.domain.create_session(req).await?),
+    ))
+}
+
+async fn spawn(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Body(req): Body<SpawnRequest>,
+) -> Result<(StatusCode, Json<SpawnResponse>)> {
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Error::validation("Idempotency-Key must be printable ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(s.domain.spawn_session(req, key).await?),
     ))
 }
 

@@ -1,0 +1,375 @@
+//! Mail between sessions: send, inbox, long-poll wait, read cursors.
+//!
+//! Every message gets a per-project `seq`. A session's read cursor is the highest `seq` it has
+//! acknowledged, so `wait` with `ack` hands each message to the session exactly once, even
+//! with several waiters: the read and the cursor move happen in one transaction.
+//!
+//! `wait` subscribes to the event stream *before* it reads the inbox, so a message stored
+//! between the read and the wait still wakes it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use maestro_protocol::ids::prefix;
+use maestro_protocol::{
+    AckMail, MAIL_TYPES, MailCursor, MailDeleted, MailMessage, SendMail, SentMail, Session,
+};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Domain, check_id, load_project, load_session};
+use crate::error::{Error, Result};
+use crate::ports::{Collection, Reader, ReaderExt, Txn, TxnExt, transact};
+use crate::util::{new_id, now_ms};
+
+/// Shortest and longest `wait` timeouts, in milliseconds (upstream's bounds).
+pub const WAIT_TIMEOUT_MS: (u64, u64) = (1_000, 120_000);
+/// Default `wait` timeout.
+pub const DEFAULT_WAIT_MS: u64 = 30_000;
+
+const ACTIVE: &[&str] = &["spawning", "idle", "working"];
+
+/// Query of `GET /api/mail/inbox/:id`.
+#[derive(Debug, Clone, Default)]
+pub struct InboxQuery {
+    pub project_id: Option<String>,
+    pub kind: Option<String>,
+    /// Only messages created after this time (ms, exclusive).
+    pub since: Option<i64>,
+    /// Only messages after the session's read cursor.
+    pub unread: bool,
+}
+
+/// Query of `GET /api/mail/wait/:id`.
+#[derive(Debug, Clone, Default)]
+pub struct WaitQuery {
+    pub project_id: Option<String>,
+    pub timeout_ms: u64,
+    pub since: Option<i64>,
+    /// Return only unread messages and move the read cursor past them.
+    pub ack: bool,
+}
+
+/// Live counters of the mail feature, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct MailMetrics {
+    /// Requests parked in `wait` right now.
+    pub waiters: AtomicI64,
+}
+
+struct WaiterGuard(Arc<MailMetrics>);
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A validation error in upstream's mail style: one message, a detail per problem.
+fn invalid(message: &str, problems: Vec<(String, String)>) -> Error {
+    Error::Validation {
+        message: message.into(),
+        details: Some(Value::Array(
+            problems
+                .into_iter()
+                .map(|(path, message)| json!({ "path": path, "message": message }))
+                .collect(),
+        )),
+    }
+}
+
+fn id_ok(problems: &mut Vec<(String, String)>, path: &str, id: &str) {
+    if !maestro_protocol::ids::is_valid_id(id) {
+        problems.push((
+            path.into(),
+            "ID must be alphanumeric with hyphens/underscores only".into(),
+        ));
+    }
+}
+
+/// Whether `mail` is addressed to `session` (directly, or a broadcast it did not send).
+fn is_for(mail: &MailMessage, session: &str) -> bool {
+    match &mail.to_session_id {
+        Some(to) => to == session,
+        None => mail.from_session_id != session,
+    }
+}
+
+fn is_for_value(data: &Value, project: &str, session: &str) -> bool {
+    if data["projectId"].as_str() != Some(project) {
+        return false;
+    }
+    match data["toSessionId"].as_str() {
+        Some(to) => to == session,
+        None => data["fromSessionId"].as_str() != Some(session),
+    }
+}
+
+fn cursor_of(r: &mut (impl Reader + ?Sized), session: &str) -> Result<u64> {
+    Ok(r.get::<MailCursor>(Collection::MailCursors, session)?
+        .map_or(0, |c| c.cursor))
+}
+
+fn set_cursor(tx: &mut dyn Txn, session: &str, project: &str, cursor: u64) {
+    tx.put(
+        Collection::MailCursors,
+        session,
+        Some(project),
+        &MailCursor {
+            session_id: session.into(),
+            project_id: project.into(),
+            cursor,
+        },
+    );
+}
+
+impl Domain {
+    pub async fn send_mail(&self, req: SendMail) -> Result<SentMail> {
+        let mut problems = Vec::new();
+        id_ok(&mut problems, "projectId", &req.project_id);
+        id_ok(&mut problems, "fromSessionId", &req.from_session_id);
+        for (path, v) in [
+            ("toSessionId", &req.to_session_id),
+            ("toTeamMemberId", &req.to_team_member_id),
+            ("replyToMailId", &req.reply_to_mail_id),
+        ] {
+            if let Some(v) = v {
+                id_ok(&mut problems, path, v);
+            }
+        }
+        if !MAIL_TYPES.contains(&req.kind.as_str()) {
+            problems.push((
+                "type".into(),
+                format!("Invalid option: expected one of {}", MAIL_TYPES.join("|")),
+            ));
+        }
+        let len = req.subject.chars().count();
+        if len == 0 {
+            problems.push((
+                "subject".into(),
+                "Too small: expected string to have >=1 characters".into(),
+            ));
+        } else if len > 500 {
+            problems.push((
+                "subject".into(),
+                "Too big: expected string to have <=500 characters".into(),
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(invalid("Invalid request body", problems));
+        }
+        let now = now_ms();
+        transact(&*self.store, move |tx| {
+            let project = req.project_id.as_str();
+            load_project(tx, project)?;
+            let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id)
+            {
+                (Some(to), _) => {
+                    let s = load_session(tx, to)?;
+                    if s.project_id != project {
+                        return Err(Error::not_found("Session", to));
+                    }
+                    vec![Some(to.clone())]
+                }
+                (None, Some(member)) => {
+                    let sessions: Vec<Session> = tx.list(Collection::Sessions, Some(project))?;
+                    let ids: Vec<Option<String>> = sessions
+                        .into_iter()
+                        .filter(|s| ACTIVE.contains(&s.status.as_str()))
+                        .filter(|s| {
+                            s.team_member_id.as_deref() == Some(member)
+                                || s.team_member_ids
+                                    .as_ref()
+                                    .is_some_and(|ids| ids.contains(member))
+                        })
+                        .map(|s| Some(s.id))
+                        .collect();
+                    if ids.is_empty() {
+                        return Err(Error::not_found("Active session for team member", member));
+                    }
+                    ids
+                }
+                (None, None) => vec![None],
+            };
+            let mut sent = Vec::with_capacity(recipients.len());
+            for to in recipients {
+                let mail = MailMessage {
+                    id: new_id(prefix::MAIL),
+                    project_id: project.to_owned(),
+                    from_session_id: req.from_session_id.clone(),
+                    to_session_id: to.clone(),
+                    reply_to_mail_id: req.reply_to_mail_id.clone(),
+                    kind: req.kind.clone(),
+                    subject: req.subject.clone(),
+                    body: Value::Object(req.body.clone().unwrap_or_default()),
+                    created_at: now,
+                    seq: tx.next_counter(&format!("mail:{project}"))?,
+                };
+                tx.put(Collection::Mail, &mail.id, Some(project), &mail);
+                tx.emit(project, "mail:received", &mail, to.as_deref());
+                sent.push(mail);
+            }
+            Ok(if sent.len() == 1 {
+                SentMail::One(sent.remove(0))
+            } else {
+                SentMail::Many(sent)
+            })
+        })
+        .await
+    }
+
+    /// The project a mailbox request is about: the given one, or the session's.
+    fn mailbox_project(&self, session: &str, project: Option<&str>) -> Result<String> {
+        check_id("id", session)?;
+        match project {
+            Some(p) => {
+                check_id("projectId", p)?;
+                Ok(p.to_owned())
+            }
+            None => Ok(load_session(&mut *self.reader()?, session)?.project_id),
+        }
+    }
+
+    /// Messages for `session`, oldest first.
+    pub fn inbox(&self, session: &str, q: &InboxQuery) -> Result<Vec<MailMessage>> {
+        let project = self.mailbox_project(session, q.project_id.as_deref())?;
+        if let Some(k) = &q.kind
+            && !MAIL_TYPES.contains(&k.as_str())
+        {
+            return Err(invalid(
+                "Invalid query parameters",
+                vec![(
+                    "type".into(),
+                    format!("Invalid option: expected one of {}", MAIL_TYPES.join("|")),
+                )],
+            ));
+        }
+        let mut r = self.reader()?;
+        let cursor = if q.unread {
+            cursor_of(&mut *r, session)?
+        } else {
+            0
+        };
+        let all: Vec<MailMessage> = r.list(Collection::Mail, Some(&project))?;
+        Ok(all
+            .into_iter()
+            .filter(|m| is_for(m, session))
+            .filter(|m| q.kind.as_ref().is_none_or(|k| &m.kind == k))
+            .filter(|m| q.since.is_none_or(|s| m.created_at > s))
+            .filter(|m| m.seq > cursor)
+            .collect())
+    }
+
+    /// Takes the unread messages of `session` and moves its cursor past them, atomically.
+    async fn claim_unread(&self, session: &str, project: &str) -> Result<Vec<MailMessage>> {
+        let (session, project) = (session.to_owned(), project.to_owned());
+        transact(&*self.store, move |tx| {
+            let cursor = cursor_of(tx, &session)?;
+            let all: Vec<MailMessage> = tx.list(Collection::Mail, Some(&project))?;
+            let unread: Vec<MailMessage> = all
+                .into_iter()
+                .filter(|m| m.seq > cursor && is_for(m, &session))
+                .collect();
+            if let Some(last) = unread.last() {
+                set_cursor(tx, &session, &project, last.seq);
+            }
+            Ok(unread)
+        })
+        .await
+    }
+
+    /// Long-poll: returns as soon as there is mail for `session`, or `[]` at the timeout.
+    pub async fn wait_mail(&self, session: &str, q: WaitQuery) -> Result<Vec<MailMessage>> {
+        let (lo, hi) = WAIT_TIMEOUT_MS;
+        if q.timeout_ms < lo || q.timeout_ms > hi {
+            let msg = if q.timeout_ms < lo {
+                format!("Too small: expected number to be >={lo}")
+            } else {
+                format!("Too big: expected number to be <={hi}")
+            };
+            return Err(invalid(
+                "Invalid query parameters",
+                vec![("timeout".into(), msg)],
+            ));
+        }
+        let project = self.mailbox_project(session, q.project_id.as_deref())?;
+        self.mail_metrics.waiters.fetch_add(1, Ordering::Relaxed);
+        let _guard = WaiterGuard(self.mail_metrics.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(q.timeout_ms);
+        // Subscribe first: anything stored after this point wakes us.
+        let mut events = self.store.subscribe();
+        loop {
+            let found = if q.ack {
+                self.claim_unread(session, &project).await?
+            } else {
+                self.inbox(
+                    session,
+                    &InboxQuery {
+                        project_id: Some(project.clone()),
+                        since: Some(q.since.unwrap_or(0)),
+                        ..Default::default()
+                    },
+                )?
+            };
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) | Ok(Err(RecvError::Closed)) => return Ok(Vec::new()),
+                    Ok(Err(RecvError::Lagged(_))) => break,
+                    Ok(Ok(ev)) => {
+                        if ev.event == "mail:received" && is_for_value(&ev.data, &project, session)
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves `session`'s read cursor to `upTo` (never backwards).
+    pub async fn ack_mail(&self, session: String, req: AckMail) -> Result<MailCursor> {
+        let project = self.mailbox_project(&session, req.project_id.as_deref())?;
+        transact(&*self.store, move |tx| {
+            let cursor = cursor_of(tx, &session)?.max(req.up_to);
+            set_cursor(tx, &session, &project, cursor);
+            Ok(MailCursor {
+                session_id: session.clone(),
+                project_id: project.clone(),
+                cursor,
+            })
+        })
+        .await
+    }
+
+    pub fn get_mail(&self, id: &str) -> Result<MailMessage> {
+        check_id("id", id)?;
+        self.reader()?
+            .get(Collection::Mail, id)?
+            .ok_or_else(|| Error::not_found("Mail", id))
+    }
+
+    pub async fn delete_mail(&self, id: String) -> Result<MailDeleted> {
+        check_id("id", &id)?;
+        transact(&*self.store, move |tx| {
+            let mail: MailMessage = tx
+                .get(Collection::Mail, &id)?
+                .ok_or_else(|| Error::not_found("Mail", &id))?;
+            tx.delete(Collection::Mail, &id);
+            tx.emit(
+                &mail.project_id,
+                "mail:deleted",
+                &json!({ "id": id }),
+                mail.to_session_id.as_deref(),
+            );
+            Ok(MailDeleted {
+                deleted: true,
+                id: id.clone(),
+            })
+        })
+        .await
+    }
+}

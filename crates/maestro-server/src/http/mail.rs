@@ -1,0 +1,126 @@
+//! `/api/mail`. Strict like upstream: unknown body or query keys are rejected.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use maestro_protocol::{AckMail, MailCursor, MailDeleted, MailMessage, SendMail, SentMail};
+use serde_json::json;
+
+use super::{AppState, Body, IdPath};
+use crate::domain::mail::{DEFAULT_WAIT_MS, InboxQuery, WaitQuery};
+use crate::error::{Error, Result};
+
+type Q = Query<HashMap<String, String>>;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/mail", post(send))
+        .route("/mail/inbox/{id}", get(inbox))
+        .route("/mail/inbox/{id}/ack", post(ack))
+        .route("/mail/wait/{id}", get(wait))
+        .route("/mail/{id}", get(get_one).delete(delete))
+}
+
+/// Rejects query keys outside `allowed`, in upstream's error style.
+fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<()> {
+    let unknown: Vec<_> = q
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Validation {
+        message: "Invalid query parameters".into(),
+        details: Some(json!(
+            unknown
+                .iter()
+                .map(|k| json!({ "path": k, "message": "Unrecognized key" }))
+                .collect::<Vec<_>>()
+        )),
+    })
+}
+
+fn number<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str) -> Result<Option<T>> {
+    q.get(key)
+        .map(|v| {
+            v.parse().map_err(|_| Error::Validation {
+                message: "Invalid query parameters".into(),
+                details: Some(json!([{ "path": key, "message": "Expected a number" }])),
+            })
+        })
+        .transpose()
+}
+
+fn flag(q: &HashMap<String, String>, key: &str) -> Result<bool> {
+    match q.get(key).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(Error::Validation {
+            message: "Invalid query parameters".into(),
+            details: Some(json!([{ "path": key, "message": "Expected true or false" }])),
+        }),
+    }
+}
+
+async fn send(
+    State(s): State<AppState>,
+    Body(req): Body<SendMail>,
+) -> Result<(StatusCode, Json<SentMail>)> {
+    Ok((StatusCode::CREATED, Json(s.domain.send_mail(req).await?)))
+}
+
+async fn inbox(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Query(q): Q,
+) -> Result<Json<Vec<MailMessage>>> {
+    only(&q, &["projectId", "type", "since", "unread"])?;
+    let query = InboxQuery {
+        project_id: q.get("projectId").cloned(),
+        kind: q.get("type").cloned(),
+        since: number(&q, "since")?,
+        unread: flag(&q, "unread")?,
+    };
+    Ok(Json(s.domain.inbox(&id, &query)?))
+}
+
+async fn wait(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Query(q): Q,
+) -> Result<Json<Vec<MailMessage>>> {
+    only(&q, &["projectId", "timeout", "since", "ack"])?;
+    let query = WaitQuery {
+        project_id: q.get("projectId").cloned(),
+        timeout_ms: number(&q, "timeout")?.unwrap_or(DEFAULT_WAIT_MS),
+        since: number(&q, "since")?,
+        ack: flag(&q, "ack")?,
+    };
+    Ok(Json(s.domain.wait_mail(&id, query).await?))
+}
+
+async fn ack(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<AckMail>,
+) -> Result<Json<MailCursor>> {
+    Ok(Json(s.domain.ack_mail(id, req).await?))
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+) -> Result<Json<MailMessage>> {
+    Ok(Json(s.domain.get_mail(&id)?))
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+) -> Result<Json<MailDeleted>> {
+    Ok(Json(s.domain.delete_mail(id).await?))
+}
