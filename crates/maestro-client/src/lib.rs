@@ -341,6 +341,99 @@ impl Client {
     }
 }
 
+impl Client {
+    // --- team members ---------------------------------------------------------------------
+
+    pub async fn list_team_members(&self, project_id: &str) -> Result<Vec<TeamMember>> {
+        self.get_q("/api/team-members", &[("projectId", project_id)])
+            .await
+    }
+
+    pub async fn get_team_member(&self, id: &str, project_id: &str) -> Result<TeamMember> {
+        let path = format!("/api/team-members/{}", enc(id));
+        self.get_q(&path, &[("projectId", project_id)]).await
+    }
+
+    pub async fn create_team_member(&self, req: &CreateTeamMember) -> Result<TeamMember> {
+        self.send(Method::POST, "/api/team-members", req).await
+    }
+
+    pub async fn update_team_member(&self, id: &str, req: &UpdateTeamMember) -> Result<TeamMember> {
+        let path = format!("/api/team-members/{}", enc(id));
+        self.send(Method::PATCH, &path, req).await
+    }
+
+    pub async fn delete_team_member(&self, id: &str, project_id: &str) -> Result<Deleted> {
+        let path = format!("/api/team-members/{}", enc(id));
+        self.call::<(), Deleted>(Method::DELETE, &path, Some(&[("projectId", project_id)]), None)
+            .await
+    }
+
+    /// `action` is `archive`, `unarchive` or `reset`.
+    pub async fn team_member_action(&self, id: &str, action: &str, project_id: &str) -> Result<TeamMember> {
+        let path = format!("/api/team-members/{}/{action}", enc(id));
+        let body = ProjectRef {
+            project_id: Some(project_id.to_owned()),
+        };
+        self.send(Method::POST, &path, &body).await
+    }
+
+    // --- mail -----------------------------------------------------------------------------
+
+    pub async fn send_mail(&self, req: &SendMail) -> Result<SentMail> {
+        self.send(Method::POST, "/api/mail", req).await
+    }
+
+    /// Inbox of `session_id`; `query` holds extra parameters (`projectId`, `type`, `since`,
+    /// `unread`).
+    pub async fn inbox(&self, session_id: &str, query: &[(&str, &str)]) -> Result<Vec<MailMessage>> {
+        let path = format!("/api/mail/inbox/{}", enc(session_id));
+        self.get_q(&path, &query).await
+    }
+
+    /// Long-poll for mail; `query` holds `projectId`, `timeout`, `since`, `ack`.
+    pub async fn wait_mail(&self, session_id: &str, query: &[(&str, &str)]) -> Result<Vec<MailMessage>> {
+        let path = format!("/api/mail/wait/{}", enc(session_id));
+        self.get_q(&path, &query).await
+    }
+
+    pub async fn ack_mail(&self, session_id: &str, req: &AckMail) -> Result<MailCursor> {
+        let path = format!("/api/mail/inbox/{}/ack", enc(session_id));
+        self.send(Method::POST, &path, req).await
+    }
+
+    pub async fn get_mail(&self, id: &str) -> Result<MailMessage> {
+        self.get(&format!("/api/mail/{}", enc(id))).await
+    }
+
+    pub async fn delete_mail(&self, id: &str) -> Result<MailDeleted> {
+        self.delete(&format!("/api/mail/{}", enc(id))).await
+    }
+
+    // --- spawn ----------------------------------------------------------------------------
+
+    /// Spawns a session; with `idempotency_key`, a retry returns the first answer.
+    pub async fn spawn(&self, req: &SpawnRequest, idempotency_key: Option<&str>) -> Result<SpawnResponse> {
+        let mut builder = self
+            .http
+            .post(format!("{}/api/sessions/spawn", self.base))
+            .json(req);
+        if let Some(key) = idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        let resp = builder.send().await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp.json().await?);
+        }
+        let text = resp.text().await?;
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(Error::Api { status, body }),
+            Err(_) => Err(Error::UnexpectedBody { status, text }),
+        }
+    }
+}
+
 /// Percent-encodes one path segment, so an odd id reaches the server as one segment (where it
 /// is rejected) instead of changing the path.
 fn enc(segment: &str) -> String {

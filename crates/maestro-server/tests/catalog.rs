@@ -157,7 +157,8 @@ fn write_skill(skills: &Path, dir: &str, text: &str) {
 }
 
 /// `alpha` (custom, full front matter), `conductor` (orchestrator), `broken` (unclosed front
-/// matter), `.x` (hidden), plus a directory without `SKILL.md` and a stray file.
+/// matter), `.x` (hidden), `not.an-id` (valid skill, but its name is not a valid id), plus a
+/// directory without `SKILL.md` and a stray file.
 fn populate(skills: &Path) {
     write_skill(
         skills,
@@ -180,6 +181,11 @@ fn populate(skills: &Path) {
         skills,
         ".x",
         "---\nname: Hidden\ndescription: not listed\n---\n",
+    );
+    write_skill(
+        skills,
+        "not.an-id",
+        "---\nname: Dotted\ndescription: a name no id can address\n---\n",
     );
     std::fs::create_dir_all(skills.join("empty-dir")).unwrap();
     std::fs::write(skills.join("README.md"), "not a skill").unwrap();

@@ -116,7 +116,11 @@ async fn malformed_json_is_400() {
         ("POST", "/api/tasks", "not json at all"),
         ("PATCH", task_path.as_str(), "{\"status\": }"),
         ("PATCH", session_path.as_str(), "[1,2"),
-        ("POST", timeline_path.as_str(), "{'message': 'single quotes'}"),
+        (
+            "POST",
+            timeline_path.as_str(),
+            "{'message': 'single quotes'}",
+        ),
     ] {
         let r = server
             .raw(method, path, Some("application/json"), body)
@@ -169,7 +173,8 @@ async fn oversize_body_is_413() {
     ws.assert_quiet().await;
     assert_eq!(snapshot(&api).await, before);
     // Just under the limit is fine.
-    let fits = json!({ "projectId": project.id, "title": "fits", "description": "y".repeat(1000 * 1000) });
+    let fits =
+        json!({ "projectId": project.id, "title": "fits", "description": "y".repeat(1000 * 1000) });
     let r = server
         .raw(
             "POST",
@@ -215,7 +220,11 @@ async fn wrong_field_types_are_400() {
         ),
         ("PATCH", t.clone(), json!({ "pinned": "yes" })),
         ("PATCH", t.clone(), json!({ "status": 3 })),
-        ("PATCH", t.clone(), json!({ "taskSessionStatuses": ["working"] })),
+        (
+            "PATCH",
+            t.clone(),
+            json!({ "taskSessionStatuses": ["working"] }),
+        ),
         (
             "POST",
             "/api/sessions".into(),
@@ -306,7 +315,7 @@ async fn bad_ids_are_400() {
     let before = snapshot(&api).await;
 
     // Through the typed client (which percent-encodes, so each id stays one path segment).
-    for bad in ["a.b", "..", "a/b", "a b", "é", &"x".repeat(129)] {
+    for bad in ["a.b", "a/b", "a b", "é", "%2e%2e", &"x".repeat(129)] {
         api_err(api.get_project(bad).await, 400, "VALIDATION_ERROR");
         api_err(api.get_task(bad).await, 400, "VALIDATION_ERROR");
         api_err(api.get_session(bad).await, 400, "VALIDATION_ERROR");
@@ -330,7 +339,7 @@ async fn bad_ids_are_400() {
         "/api/projects/a.b".to_owned(),
         "/api/tasks/%2e%2e/children".to_owned(),
         "/api/tasks/%2E%2E%2Fetc".to_owned(),
-        format!("/api/sessions/{}/docs/../../%2e%2e", session.id).replace("/docs/../..", ""),
+        "/api/sessions/%2e%2e".to_owned(),
         "/api/sessions/%2e%2e/docs".to_owned(),
     ] {
         let r = server.raw("GET", &path, None, "").await;

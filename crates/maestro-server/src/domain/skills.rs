@@ -148,7 +148,7 @@ pub fn summary(skill: &Skill) -> SkillSummary {
 
 /// What is at `<dir>/<id>/SKILL.md`.
 enum Loaded {
-    Skill(Skill),
+    Skill(Box<Skill>),
     /// No such skill (no directory, not a directory, or no `SKILL.md`).
     Absent,
     /// A `SKILL.md` that cannot be understood.
@@ -160,7 +160,7 @@ async fn load(dir: &Path, id: &str) -> std::io::Result<Loaded> {
     let path = dir.join(id).join(SKILL_FILE);
     match tokio::fs::read_to_string(&path).await {
         Ok(text) => Ok(match parse_skill(id, &text) {
-            Ok(skill) => Loaded::Skill(skill),
+            Ok(skill) => Loaded::Skill(Box::new(skill)),
             Err(e) => Loaded::Broken(e.to_string()),
         }),
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
@@ -194,22 +194,20 @@ impl Domain {
             .map_err(|e| io_error("cannot list skills in", dir, e))?
         {
             let name = entry.file_name();
-            let Some(id) = name.to_str() else {
-                tracing::warn!(dir = ?name, "skipping skill: directory name is not UTF-8");
-                continue;
-            };
+            let id = name.to_str().unwrap_or_default();
             if id.starts_with('.') {
                 continue;
             }
             if !is_valid_id(id) {
-                tracing::warn!(
-                    skill = id,
-                    "skipping skill: directory name is not a valid id"
-                );
+                // Stray files (a README) are expected here; only a would-be skill is worth a warning.
+                let skill_file = entry.path().join(SKILL_FILE);
+                if tokio::fs::try_exists(&skill_file).await.unwrap_or(false) {
+                    tracing::warn!(dir = ?name, "skipping skill: directory name is not a valid id");
+                }
                 continue;
             }
             match load(dir, id).await {
-                Ok(Loaded::Skill(skill)) => skills.push(skill),
+                Ok(Loaded::Skill(skill)) => skills.push(*skill),
                 Ok(Loaded::Absent) => {}
                 Ok(Loaded::Broken(reason)) => {
                     tracing::warn!(skill = id, %reason, "skipping skill with a broken SKILL.md");
@@ -229,7 +227,7 @@ impl Domain {
             .await
             .map_err(|e| io_error("cannot read skill in", &dir.join(id), e))?
         {
-            Loaded::Skill(skill) => Ok(skill),
+            Loaded::Skill(skill) => Ok(*skill),
             Loaded::Absent => Err(Error::not_found("Skill", id)),
             Loaded::Broken(reason) => {
                 tracing::warn!(skill = id, %reason, "skill has a broken SKILL.md");

@@ -344,10 +344,7 @@ impl Domain {
         }
         let mut tasks = Vec::with_capacity(task_ids.len());
         for t in &task_ids {
-            match r.get::<Task>(Collection::Tasks, t)? {
-                Some(task) if task.project_id == project_id => tasks.push(task),
-                _ => return Err(task_not_found(t)),
-            }
+            tasks.push(r.get::<Task>(Collection::Tasks, t)?.ok_or_else(|| task_not_found(t))?);
         }
         let project = if project_ok {
             r.get::<Project>(Collection::Projects, &project_id)?
@@ -361,6 +358,9 @@ impl Domain {
                 format!("Project with id '{project_id}' not found"),
             )
         })?;
+        if let Some(t) = tasks.iter().find(|t| t.project_id != project_id) {
+            return Err(task_not_found(&t.id));
+        }
         let model = req.model.clone().unwrap_or_else(|| {
             members
                 .iter()
