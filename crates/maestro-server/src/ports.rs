@@ -63,6 +63,9 @@ pub trait Reader {
     fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>>;
     /// All entities of `coll` (or those owned by `owner`), in creation order.
     fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>>;
+    /// The latest event sequence number of `scope` (0 if none), as of this snapshot. A
+    /// snapshot plus its heads is a consistent starting point for replay.
+    fn head_seq(&mut self, scope: &str) -> Result<u64>;
 }
 
 /// An event emitted inside a transaction; the backend gives it its sequence number.

@@ -180,13 +180,13 @@ async fn subscription_filter() {
 
     // Task events are not about a session: subscribers get them (upstream mistook the task
     // for a session and dropped them, contract §7.13).
-    let task = task(&api, &p.id, "work").await;
+    let work = task(&api, &p.id, "work").await;
     for ws in [&mut all, &mut sub] {
         let f = ws.expect_events(&["task:created"]).await;
-        assert_eq!(f[0]["data"], to_json(&task));
+        assert_eq!(f[0]["data"], to_json(&work));
     }
     api.update_task(
-        &task.id,
+        &work.id,
         &UpdateTask {
             status: Some("in_progress".into()),
             ..Default::default()
@@ -224,7 +224,7 @@ async fn subscription_filter() {
     // A task-level report by the other session: the task update reaches the subscriber,
     // the other session's link and notify events do not.
     api.update_task(
-        &task.id,
+        &work.id,
         &UpdateTask {
             update_source: Some("session".into()),
             session_id: Some(t_sess.id.clone()),
@@ -254,7 +254,7 @@ async fn subscription_filter() {
     .await
     .unwrap();
     api.update_task(
-        &task.id,
+        &work.id,
         &UpdateTask {
             status: Some("completed".into()),
             ..Default::default()

@@ -410,6 +410,14 @@ impl Overlay<'_, '_> {
 }
 
 impl Reader for Overlay<'_, '_> {
+    fn head_seq(&mut self, scope: &str) -> Result<u64> {
+        Ok(self
+            .tables
+            .counters
+            .get(seq_key(scope).as_str())?
+            .map_or(0, |v| v.value()))
+    }
+
     fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
         match self.writes.get(&(coll, id.to_owned())) {
             Some(Write::Put { value, .. }) => Ok(Some(value.clone())),
@@ -501,6 +509,11 @@ struct LocalReader {
 }
 
 impl Reader for LocalReader {
+    fn head_seq(&mut self, scope: &str) -> Result<u64> {
+        let counters = self.rtx.open_table(COUNTERS)?;
+        Ok(counters.get(seq_key(scope).as_str())?.map_or(0, |v| v.value()))
+    }
+
     fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
         let table = self.rtx.open_table(ENTITIES)?;
         Ok(table.get((coll.name(), id))?.map(|v| v.value().to_vec()))
