@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask <command>`.
 //!
 //! - `run`: build the server (release) and start it on the embedded backend;
-//! - `test`: install what the tests need, then run every check CI runs.
+//! - `test`: install what the tests need, then run every check CI runs;
+//! - `openapi`: regenerate `docs/openapi.json`.
 //!
 //! CI calls `cargo xtask test` and nothing else, so what passes here is what a newcomer gets.
 
@@ -17,6 +18,7 @@ usage: cargo xtask <command> [args]
 commands:
   run [-- <serve args>]   build and start `maestro serve` (release build, embedded backend)
   test                    install test prerequisites, then fmt, clippy and every test
+  openapi                 regenerate docs/openapi.json (CI fails when it drifts)
   help                    this text
 ";
 
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("openapi") => openapi(),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -80,6 +83,22 @@ fn run(args: &[String]) -> Result<()> {
     cmd.args(["run", "--release", "--package", "maestro", "--", "serve"])
         .args(args);
     step("maestro serve", cmd)
+}
+
+/// Rewrites `docs/openapi.json` from the handlers' annotations. The drift check is the
+/// `committed_spec_is_up_to_date` test, which `cargo xtask test` runs.
+fn openapi() -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "maestro-server",
+        "--test",
+        "openapi",
+        "committed_spec_is_up_to_date",
+    ])
+    .env("UPDATE_OPENAPI", "1");
+    step("regenerate docs/openapi.json", cmd)
 }
 
 fn test(args: &[String]) -> Result<()> {

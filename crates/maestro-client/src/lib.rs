@@ -43,6 +43,22 @@ impl Error {
         }
     }
 
+    /// Whether the server has no such route (a 404/405 that is not about a missing entity):
+    /// the server predates the endpoint. Upstream answered unknown routes with an HTML page.
+    pub fn is_route_missing(&self) -> bool {
+        match self {
+            Self::Api { status, body } => {
+                let no_route = body.message.starts_with("no route for");
+                *status == StatusCode::METHOD_NOT_ALLOWED
+                    || (*status == StatusCode::NOT_FOUND && no_route)
+            }
+            Self::UnexpectedBody { status, .. } => {
+                *status == StatusCode::NOT_FOUND || *status == StatusCode::METHOD_NOT_ALLOWED
+            }
+            _ => false,
+        }
+    }
+
     /// The error `code` string, if the server sent one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -63,10 +79,62 @@ pub struct RawResponse {
 }
 
 /// Client for one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    token: Option<String>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// When a request is sent again after a failure.
+///
+/// Only requests that are safe to repeat are retried: `GET`s, and writes that carry an
+/// idempotency key (the server answers a repeat with the first answer). A `POST`/`PATCH`
+/// without a key is never retried, since the first attempt may have been applied before
+/// the connection broke. Retried failures are network errors and 5xx answers; 4xx never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts after the first one.
+    pub retries: u32,
+    /// Delay before the first retry; doubled before each further one.
+    pub base_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// No retries (the default of [`Client::new`]).
+    pub const NONE: Self = Self {
+        retries: 0,
+        base_delay: Duration::ZERO,
+    };
+
+    fn delay(&self, attempt: u32) -> Duration {
+        self.base_delay.saturating_mul(1u32 << attempt.min(16))
+    }
+}
+
+/// A successful claim: who holds the task, the fencing token that proves it, and when the
+/// lease runs out unless renewed.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimLease {
+    pub holder: String,
+    pub fencing_token: u64,
+    pub expires_at: i64,
+    /// Fields a newer server adds (task id, …).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Query parameters of `GET /api/tasks`.
@@ -106,7 +174,56 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            base,
+            token: None,
+            retry: RetryPolicy::NONE,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Retries safe requests (see [`RetryPolicy`]).
+    pub fn with_retries(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// A request to `path` with the client's credentials.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// Sends the request built by `build`, again after a network error or a 5xx when
+    /// `retry` says the request is safe to repeat.
+    async fn send_with_retry(
+        &self,
+        retry: bool,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let retries = if retry { self.retry.retries } else { 0 };
+        let mut attempt = 0;
+        loop {
+            let outcome = build().send().await;
+            let again = match &outcome {
+                Ok(resp) => resp.status().is_server_error(),
+                Err(e) => !e.is_builder(),
+            };
+            if !again || attempt >= retries {
+                return Ok(outcome?);
+            }
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+            attempt += 1;
+        }
     }
 
     /// The base URL.
@@ -121,11 +238,16 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<RawResponse> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await?;
+        let retry = method == Method::GET;
+        let resp = self
+            .send_with_retry(retry, || {
+                let req = self.request(method.clone(), path);
+                match body {
+                    Some(b) => req.json(b),
+                    None => req,
+                }
+            })
+            .await?;
         let status = resp.status();
         let text = resp.text().await?;
         let body = if text.is_empty() {
@@ -143,14 +265,19 @@ impl Client {
         query: Option<&(dyn ErasedQuery + Sync)>,
         body: Option<&B>,
     ) -> Result<T> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(q) = query {
-            req = q.apply(req);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await?;
+        let retry = method == Method::GET;
+        let resp = self
+            .send_with_retry(retry, || {
+                let mut req = self.request(method.clone(), path);
+                if let Some(q) = query {
+                    req = q.apply(req);
+                }
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                req
+            })
+            .await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp.json().await?);
@@ -414,14 +541,15 @@ impl Client {
 
     /// Spawns a session; with `idempotency_key`, a retry returns the first answer.
     pub async fn spawn(&self, req: &SpawnRequest, idempotency_key: Option<&str>) -> Result<SpawnResponse> {
-        let mut builder = self
-            .http
-            .post(format!("{}/api/sessions/spawn", self.base))
-            .json(req);
-        if let Some(key) = idempotency_key {
-            builder = builder.header("Idempotency-Key", key);
-        }
-        let resp = builder.send().await?;
+        let resp = self
+            .send_with_retry(idempotency_key.is_some(), || {
+                let builder = self.request(Method::POST, "/api/sessions/spawn").json(req);
+                match idempotency_key {
+                    Some(key) => builder.header("Idempotency-Key", key),
+                    None => builder,
+                }
+            })
+            .await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp.json().await?);
@@ -431,6 +559,59 @@ impl Client {
             Ok(body) => Err(Error::Api { status, body }),
             Err(_) => Err(Error::UnexpectedBody { status, text }),
         }
+    }
+}
+
+impl Client {
+    // --- claims and liveness --------------------------------------------------------------
+
+    /// `POST /api/tasks/:id/claim`: takes the task's lease for `session_id`. A task held by
+    /// another session answers 409 (`Error::Api`, the holder in `details`).
+    pub async fn claim_task(
+        &self,
+        task_id: &str,
+        session_id: &str,
+        ttl_ms: u64,
+    ) -> Result<ClaimLease> {
+        let path = format!("/api/tasks/{}/claim", enc(task_id));
+        let body = serde_json::json!({ "sessionId": session_id, "ttlMs": ttl_ms });
+        self.send(Method::POST, &path, &body).await
+    }
+
+    /// `POST /api/tasks/:id/claim/renew`: extends a lease the caller still holds.
+    pub async fn renew_claim(
+        &self,
+        task_id: &str,
+        session_id: &str,
+        fencing_token: u64,
+        ttl_ms: u64,
+    ) -> Result<ClaimLease> {
+        let path = format!("/api/tasks/{}/claim/renew", enc(task_id));
+        let body = serde_json::json!({
+            "sessionId": session_id,
+            "fencingToken": fencing_token,
+            "ttlMs": ttl_ms,
+        });
+        self.send(Method::POST, &path, &body).await
+    }
+
+    /// `POST /api/tasks/:id/claim/release`: gives a lease up.
+    pub async fn release_claim(
+        &self,
+        task_id: &str,
+        session_id: &str,
+        fencing_token: u64,
+    ) -> Result<serde_json::Value> {
+        let path = format!("/api/tasks/{}/claim/release", enc(task_id));
+        let body = serde_json::json!({ "sessionId": session_id, "fencingToken": fencing_token });
+        self.send(Method::POST, &path, &body).await
+    }
+
+    /// `POST /api/sessions/:id/heartbeat`: the session's agent is alive. Never retried here:
+    /// the next beat is the retry.
+    pub async fn heartbeat(&self, session_id: &str) -> Result<serde_json::Value> {
+        let path = format!("/api/sessions/{}/heartbeat", enc(session_id));
+        self.send(Method::POST, &path, &serde_json::json!({})).await
     }
 }
 

@@ -5,6 +5,7 @@
 //! are files the user manages, templates are compiled in.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::Millis;
 
@@ -14,7 +15,7 @@ pub const ORDERING_ENTITY_TYPES: &[&str] = &["task", "session"];
 /// The UI's display order of one project's tasks or sessions.
 ///
 /// Not referentially checked: ids of deleted entities may remain, and the UI skips them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ordering {
     pub project_id: String,
@@ -26,7 +27,7 @@ pub struct Ordering {
 }
 
 /// `PUT /api/ordering/:entityType/:projectId`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateOrdering {
     /// Required; `None` only so that a missing field gets a clear 400.
@@ -35,7 +36,7 @@ pub struct UpdateOrdering {
 }
 
 /// One entry of `GET /api/skills`: the skill's front matter and its body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Skill {
     /// The skill's directory name.
@@ -72,7 +73,7 @@ pub struct Skill {
 }
 
 /// A skill's identity: the answer to `GET /api/skills/mode/:mode` (as a list).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SkillSummary {
     pub id: String,
     pub name: String,
@@ -84,7 +85,7 @@ pub struct SkillSummary {
 }
 
 /// `GET /api/skills/:id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SkillDetail {
     #[serde(flatten)]
     pub summary: SkillSummary,
@@ -93,7 +94,7 @@ pub struct SkillDetail {
 }
 
 /// `POST /api/skills/:id/reload`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SkillReloaded {
     #[serde(flatten)]
     pub summary: SkillSummary,
@@ -102,7 +103,7 @@ pub struct SkillReloaded {
 }
 
 /// One step of a workflow template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkflowPhase {
     pub name: String,
     /// What the agent does in this phase, including the `maestro` commands to use.
@@ -110,7 +111,7 @@ pub struct WorkflowPhase {
 }
 
 /// A built-in workflow an agent follows (`GET /api/workflow-templates`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowTemplate {
     pub id: String,

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 use crate::Millis;
@@ -48,7 +49,7 @@ pub const SESSION_STATUSES: &[&str] = &[
 pub const TERMINAL_SESSION_STATUSES: &[&str] = &["completed", "failed", "stopped"];
 
 /// A project: a working directory that tasks and sessions belong to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Project {
     pub id: String,
@@ -62,7 +63,7 @@ pub struct Project {
 }
 
 /// A unit of work, possibly with a parent task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: String,
@@ -104,7 +105,7 @@ pub struct Task {
 }
 
 /// The "waiting on a human" flag of a session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NeedsInput {
     pub active: bool,
@@ -118,7 +119,7 @@ pub struct NeedsInput {
 ///
 /// `type` is free-form: clients post their own kinds (the upstream CLI posts
 /// `task_status_changed`). Extra fields a client sends are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEvent {
     pub id: String,
@@ -136,7 +137,7 @@ pub struct TimelineEvent {
 }
 
 /// One entry of a session's raw activity log (e.g. `file_modified`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionEvent {
     pub id: String,
@@ -150,7 +151,7 @@ pub struct SessionEvent {
 }
 
 /// A document an agent produced, attached to its session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DocEntry {
     pub id: String,
@@ -166,7 +167,7 @@ pub struct DocEntry {
 }
 
 /// A doc listed for a task, with the session it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDocEntry {
     #[serde(flatten)]
@@ -176,7 +177,7 @@ pub struct TaskDocEntry {
 }
 
 /// One agent run (a terminal with Claude Code, Codex, …) working on some tasks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
     pub id: String,
@@ -221,14 +222,14 @@ impl Session {
 }
 
 /// `{success: true, id}`, the answer to most deletes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     pub success: bool,
     pub id: String,
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: String,
     pub timestamp: Millis,
@@ -237,7 +238,7 @@ pub struct Health {
 }
 
 /// `GET /ready`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
     /// `ready` or `degraded`.
     pub status: String,
@@ -245,7 +246,7 @@ pub struct Ready {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Always `true`; kept because upstream clients test it.

@@ -5,6 +5,7 @@
 //! A client that remembers the last `seq` it saw can ask for exactly what it missed.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 use crate::Millis;
@@ -13,7 +14,7 @@ use crate::Millis;
 pub const GLOBAL_SCOPE: &str = "global";
 
 /// A domain event as journaled and delivered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     /// Project id, or [`GLOBAL_SCOPE`].
@@ -49,7 +50,7 @@ impl EventRecord {
 }
 
 /// Upstream's `{type, event, data, timestamp}` frame plus `seq` and `projectId`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventEnvelope {
     #[serde(rename = "type")]

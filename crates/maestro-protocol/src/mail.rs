@@ -1,6 +1,7 @@
 //! Agent-to-agent mail.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 use crate::Millis;
@@ -16,7 +17,7 @@ pub const MAIL_TYPES: &[&str] = &[
 ];
 
 /// A message from one session to another, or to the whole project (`toSessionId: null`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailMessage {
     pub id: String,
@@ -35,7 +36,7 @@ pub struct MailMessage {
 }
 
 /// `POST /api/mail`. Strict, as upstream: unknown keys are rejected.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendMail {
     pub project_id: String,
@@ -54,7 +55,7 @@ pub struct SendMail {
 }
 
 /// The answer to a send: one message, or one per recipient session of a team member.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum SentMail {
     One(MailMessage),
@@ -62,14 +63,14 @@ pub enum SentMail {
 }
 
 /// `DELETE /api/mail/:id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MailDeleted {
     pub deleted: bool,
     pub id: String,
 }
 
 /// `POST /api/mail/inbox/:sessionId/ack`: marks everything up to `upTo` as read.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AckMail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,7 +79,7 @@ pub struct AckMail {
 }
 
 /// A session's read cursor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailCursor {
     pub session_id: String,

@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 use crate::entities::{NeedsInput, SessionEvent, TimelineEvent};
 
 /// `POST /api/projects`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateProject {
     #[serde(default)]
@@ -24,7 +25,7 @@ pub struct CreateProject {
 }
 
 /// `PUT /api/projects/:id`: any subset of the editable fields.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateProject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,7 +37,7 @@ pub struct UpdateProject {
 }
 
 /// `POST /api/tasks`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTask {
     #[serde(default)]
@@ -65,7 +66,7 @@ pub struct CreateTask {
 ///
 /// With `updateSource: "session"` only `sessionId` + `sessionStatus` count (an agent reporting
 /// its own progress); otherwise the user-editable fields do.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,7 +102,7 @@ pub struct UpdateTask {
 }
 
 /// `POST /api/tasks/:id/timeline`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskTimelineRequest {
     #[serde(default)]
@@ -113,7 +114,7 @@ pub struct TaskTimelineRequest {
 }
 
 /// Answer to `POST /api/tasks/:id/timeline`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskTimelineResponse {
     pub success: bool,
@@ -125,7 +126,7 @@ pub struct TaskTimelineResponse {
 }
 
 /// `POST /api/sessions`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSession {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,7 +157,7 @@ pub struct CreateSession {
 }
 
 /// `PATCH /api/sessions/:id`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateSession {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +181,7 @@ pub struct UpdateSession {
 }
 
 /// `POST /api/sessions/:id/events`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct AppendSessionEvent {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -189,7 +190,7 @@ pub struct AppendSessionEvent {
 }
 
 /// `POST /api/sessions/:id/timeline`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppendTimeline {
     #[serde(default)]
@@ -203,7 +204,7 @@ pub struct AppendTimeline {
 }
 
 /// `POST /api/sessions/:id/docs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddDoc {
     #[serde(default)]
@@ -217,7 +218,7 @@ pub struct AddDoc {
 }
 
 /// `POST /api/sessions/:id/modal`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ShowModal {
     #[serde(default)]
@@ -231,7 +232,7 @@ pub struct ShowModal {
 }
 
 /// Answer to `POST /api/sessions/:id/modal`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModalShown {
     pub success: bool,
@@ -241,7 +242,7 @@ pub struct ModalShown {
 }
 
 /// `POST /api/sessions/:id/modal/:modalId/actions`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ModalAction {
     #[serde(default)]
     pub action: Option<String>,
@@ -250,7 +251,7 @@ pub struct ModalAction {
 }
 
 /// Answer to a modal action or close.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModalAck {
     pub success: bool,

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 use crate::entities::Session;
 
 /// `POST /api/sessions/spawn`. Lenient: unknown keys (e.g. `strategy`) are ignored.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnRequest {
     #[serde(default)]
@@ -42,7 +43,7 @@ pub struct SpawnRequest {
 }
 
 /// Answer to a spawn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnResponse {
     pub success: bool,
@@ -53,7 +54,7 @@ pub struct SpawnResponse {
 }
 
 /// Payload of `session:spawn`: what a launcher needs to start the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnEvent {
     pub session: Session,

@@ -4,6 +4,7 @@
 //! upstream's did.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use serde_json::Value;
 
 /// Agent tools a member can run with.
@@ -22,7 +23,7 @@ pub const DEFAULT_MEMBER_KINDS: &[&str] = &[
 ];
 
 /// What a member is allowed to do.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_spawn_sessions: Option<bool>,
@@ -35,7 +36,7 @@ pub struct Capabilities {
 }
 
 /// A team member (built-in or custom).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TeamMember {
     pub id: String,
@@ -70,7 +71,7 @@ pub struct TeamMember {
 }
 
 /// `POST /api/team-members`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTeamMember {
     #[serde(default)]
@@ -102,7 +103,7 @@ pub struct CreateTeamMember {
 }
 
 /// `PATCH /api/team-members/:id`: `projectId` plus any editable field.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateTeamMember {
     #[serde(default)]
@@ -136,7 +137,7 @@ pub struct UpdateTeamMember {
 }
 
 /// A body that only names the project (`archive`, `unarchive`, `reset`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectRef {
     #[serde(default)]

@@ -88,7 +88,7 @@ async fn two_agents_report_on_one_task() {
     for s in &sessions {
         assert_eq!(
             api.get_session(s).await.unwrap().task_ids,
-            [task.id.clone()],
+            [task.id.as_str()],
             "linked exactly once"
         );
     }
@@ -96,7 +96,11 @@ async fn two_agents_report_on_one_task() {
     // Every report emitted task:updated; each change to `completed` a notify; each first
     // report a link (2 events). The client checks that seqs are gap-free.
     let completed_reports: usize = (0..2)
-        .map(|k| (0..REPORTS).filter(|i| STATUSES[(i + k) % 3] == "completed").count())
+        .map(|k| {
+            (0..REPORTS)
+                .filter(|i| STATUSES[(i + k) % 3] == "completed")
+                .count()
+        })
         .sum();
     let total = 2 * REPORTS + completed_reports + 2 * 2;
     let frames = ws.collect_events(total).await;
@@ -107,7 +111,10 @@ async fn two_agents_report_on_one_task() {
     assert_eq!(
         counts,
         BTreeMap::from([
-            ("notify:task_session_completed".to_owned(), completed_reports),
+            (
+                "notify:task_session_completed".to_owned(),
+                completed_reports
+            ),
             ("session:task_added".to_owned(), 2),
             ("task:session_added".to_owned(), 2),
             ("task:updated".to_owned(), 2 * REPORTS),
@@ -172,7 +179,11 @@ async fn concurrent_timeline_appends_all_land() {
     }
 
     let after = api.get_session(&s.id).await.unwrap();
-    assert_eq!(after.timeline.len(), 1 + N, "session_started + every append");
+    assert_eq!(
+        after.timeline.len(),
+        1 + N,
+        "session_started + every append"
+    );
     let messages: BTreeSet<String> = after.timeline[1..]
         .iter()
         .map(|e| e.message.clone().unwrap())
@@ -192,6 +203,9 @@ async fn concurrent_timeline_appends_all_land() {
             "appends are serialised"
         );
     }
-    assert_eq!(frames.last().unwrap()["data"], serde_json::to_value(&after).unwrap());
+    assert_eq!(
+        frames.last().unwrap()["data"],
+        serde_json::to_value(&after).unwrap()
+    );
     ws.assert_quiet().await;
 }

@@ -132,11 +132,9 @@ impl Ids {
         match v {
             Value::String(s) => Value::String(self.0.get(s).cloned().unwrap_or_else(|| s.clone())),
             Value::Array(a) => Value::Array(a.iter().map(|v| self.body(v)).collect()),
-            Value::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, v)| (k.clone(), self.body(v)))
-                    .collect(),
-            ),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), self.body(v))).collect())
+            }
             other => other.clone(),
         }
     }
@@ -256,7 +254,9 @@ async fn replay_upstream_calls() {
     }
     assert_eq!(
         replayed,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 33]
+        [
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 30, 31, 32, 33
+        ]
     );
     // Projects, tasks and sessions of the run all mapped to distinct ids of ours.
     let mut ours: Vec<&String> = ids.0.values().collect();
@@ -333,15 +333,26 @@ async fn documented_differences_and_extra_facts() {
 
     // Same as upstream.
     let r = api
-        .raw(Method::POST, "/api/projects", Some(&json!({ "name": "nowd" })))
+        .raw(
+            Method::POST,
+            "/api/projects",
+            Some(&json!({ "name": "nowd" })),
+        )
         .await
         .unwrap();
     assert_eq!(r.status.as_u16(), 201);
-    assert_eq!((&r.body["workingDir"], &r.body["description"]), (&json!(""), &json!("")));
+    assert_eq!(
+        (&r.body["workingDir"], &r.body["description"]),
+        (&json!(""), &json!(""))
+    );
     let project = r.body["id"].as_str().unwrap().to_owned();
     ws.expect_events(&["project:created"]).await;
     let r = api
-        .raw(Method::POST, "/api/projects", Some(&json!({ "name": "  " })))
+        .raw(
+            Method::POST,
+            "/api/projects",
+            Some(&json!({ "name": "  " })),
+        )
         .await
         .unwrap();
     assert_eq!(r.status.as_u16(), 400);

@@ -73,7 +73,11 @@ async fn data_and_sequences_survive_a_restart() {
 
     let server = server.restart().await;
     let api = server.client();
-    assert_eq!(common::snapshot(&api).await, before, "same data after restart");
+    assert_eq!(
+        common::snapshot(&api).await,
+        before,
+        "same data after restart"
+    );
     assert_eq!(
         api.list_sessions(&SessionQuery {
             task_id: Some(t.id.clone()),

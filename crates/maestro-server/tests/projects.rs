@@ -3,6 +3,7 @@
 
 mod common;
 
+use axum::http::Method;
 use common::{TestServer, api_err, snapshot, to_json};
 use maestro_protocol::{CreateProject, CreateSession, CreateTask, UpdateProject};
 use serde_json::json;
@@ -73,6 +74,23 @@ async fn create_list_get_update() {
     assert_eq!(f[0]["data"], to_json(&updated));
     assert_eq!(f[0]["seq"], 3);
     assert_eq!(api.get_project(&p.id).await.unwrap(), updated);
+
+    // Keys other than name/workingDir/description are ignored (upstream stored the raw body,
+    // contract §7.4).
+    let raw = server
+        .api()
+        .raw(
+            Method::PUT,
+            &format!("/api/projects/{}", p.id),
+            Some(&json!({ "id": "proj_other", "createdAt": 1, "extra": true })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw.status.as_u16(), 200);
+    assert_eq!(raw.body["id"], p.id.as_str());
+    assert_eq!(raw.body["createdAt"], p.created_at);
+    assert!(raw.body.get("extra").is_none(), "{}", raw.body);
+    ws.expect_events(&["project:updated"]).await;
 
     // An empty PUT still bumps updatedAt and emits.
     let same = api

@@ -132,7 +132,7 @@ async fn create_with_tasks() {
     assert_eq!(f[2]["data"], json!({ "taskId": t2.id, "sessionId": s.id }));
     for t in [&t1, &t2] {
         let after = api.get_task(&t.id).await.unwrap();
-        assert_eq!(after.session_ids, [s.id.clone()]);
+        assert_eq!(after.session_ids, [s.id.as_str()]);
         assert!(after.task_session_statuses.is_empty());
     }
     assert_eq!(api.get_session(&s.id).await.unwrap(), s);
@@ -159,7 +159,7 @@ async fn create_with_tasks() {
         })
         .await
         .unwrap();
-    assert_eq!(legacy.task_ids, [t1.id.clone()]);
+    assert_eq!(legacy.task_ids, [t1.id.as_str()]);
     assert_eq!(legacy.status, "working");
     ws.expect_events(&["session:created", "task:session_added"])
         .await;
@@ -368,7 +368,7 @@ async fn list_filters() {
             ..Default::default()
         })
         .await,
-        [in_q.id.clone()]
+        [in_q.id.as_str()]
     );
     assert_eq!(
         list(SessionQuery {
@@ -573,7 +573,7 @@ async fn patch_fields() {
         patched.env,
         BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())])
     );
-    assert_eq!(patched.task_ids, [t.id.clone()]);
+    assert_eq!(patched.task_ids, [t.id.as_str()]);
     assert_eq!(patched.agent_id.as_deref(), Some("agent-9"));
     assert_eq!(patched.events, vec![ev]);
     assert_eq!(patched.timeline.last(), Some(&tl));
@@ -661,6 +661,10 @@ async fn terminal_status_closes_open_task_statuses() {
     api.update_session(&s.id, &set_status("completed"))
         .await
         .unwrap();
+    ws.expect_events(&["session:updated"]).await;
+    // Back to work: upstream kept the old completedAt (contract §7.8); Maestro clears it.
+    let resumed = api.update_session(&s.id, &set_status("working")).await.unwrap();
+    assert_eq!(resumed.completed_at, None);
     ws.expect_events(&["session:updated"]).await;
     ws.assert_quiet().await;
 }
@@ -768,7 +772,7 @@ async fn delete_session() {
     assert_eq!(f[0]["data"], json!({ "id": s.id }));
     let t_after = api.get_task(&t.id).await.unwrap();
     assert_eq!(f[1]["data"], to_json(&t_after));
-    assert_eq!(t_after.session_ids, [keep.id.clone()]);
+    assert_eq!(t_after.session_ids, [keep.id.as_str()]);
     assert!(!t_after.task_session_statuses.contains_key(&s.id));
     api_err(api.get_session(&s.id).await, 404, "NOT_FOUND");
     assert_eq!(
@@ -1036,7 +1040,7 @@ async fn link_and_unlink() {
     let mut ws = server.ws().await;
 
     let linked = api.link_task(&s.id, &t.id).await.unwrap();
-    assert_eq!(linked.task_ids, [t.id.clone()]);
+    assert_eq!(linked.task_ids, [t.id.as_str()]);
     let entry = linked.timeline.last().unwrap();
     assert_eq!(entry.kind, "task_started");
     assert_eq!(entry.task_id.as_deref(), Some(t.id.as_str()));
@@ -1047,18 +1051,18 @@ async fn link_and_unlink() {
     assert_eq!(f[1]["data"], json!({ "taskId": t.id, "sessionId": s.id }));
     assert_eq!(
         api.get_task(&t.id).await.unwrap().session_ids,
-        [s.id.clone()]
+        [s.id.as_str()]
     );
 
     // Linking again: events and a timeline entry again, but no duplicate ids.
     let again = api.link_task(&s.id, &t.id).await.unwrap();
-    assert_eq!(again.task_ids, [t.id.clone()]);
+    assert_eq!(again.task_ids, [t.id.as_str()]);
     assert_eq!(again.timeline.len(), linked.timeline.len() + 1);
     ws.expect_events(&["session:task_added", "task:session_added"])
         .await;
     assert_eq!(
         api.get_task(&t.id).await.unwrap().session_ids,
-        [s.id.clone()]
+        [s.id.as_str()]
     );
 
     let unlinked = api.unlink_task(&s.id, &t.id).await.unwrap();

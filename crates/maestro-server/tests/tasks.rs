@@ -603,7 +603,7 @@ async fn session_mode_patch() {
     );
     assert_eq!(r.session_ids, [s2.id.clone(), s.id.clone()]);
     let linked = api.get_session(&s.id).await.unwrap();
-    assert_eq!(linked.task_ids, [t.id.clone()]);
+    assert_eq!(linked.task_ids, [t.id.as_str()]);
     let last = linked.timeline.last().unwrap();
     assert_eq!(last.kind, "task_started");
     assert_eq!(last.task_id.as_deref(), Some(t.id.as_str()));
@@ -657,7 +657,7 @@ async fn session_mode_patch() {
     }
     assert_eq!(
         api.get_session(&s2.id).await.unwrap().task_ids,
-        [t.id.clone()],
+        [t.id.as_str()],
         "no second link for an already linked session"
     );
     ws.assert_quiet().await;
@@ -788,7 +788,7 @@ async fn delete_cascades_children_first() {
     );
     assert_eq!(
         api.get_session(&s.id).await.unwrap().task_ids,
-        [keep.id.clone()]
+        [keep.id.as_str()]
     );
     api_err(api.delete_task(&a.id).await, 404, "NOT_FOUND");
     ws.assert_quiet().await;

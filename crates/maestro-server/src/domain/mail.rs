@@ -124,92 +124,107 @@ fn set_cursor(tx: &mut dyn Txn, session: &str, project: &str, cursor: u64) {
     );
 }
 
+/// Checks a send request's fields (upstream's rules and messages), before any transaction.
+pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
+    let mut problems = Vec::new();
+    id_ok(&mut problems, "projectId", &req.project_id);
+    id_ok(&mut problems, "fromSessionId", &req.from_session_id);
+    for (path, v) in [
+        ("toSessionId", &req.to_session_id),
+        ("toTeamMemberId", &req.to_team_member_id),
+        ("replyToMailId", &req.reply_to_mail_id),
+    ] {
+        if let Some(v) = v {
+            id_ok(&mut problems, path, v);
+        }
+    }
+    if !MAIL_TYPES.contains(&req.kind.as_str()) {
+        problems.push((
+            "type".into(),
+            format!("Invalid option: expected one of {}", MAIL_TYPES.join("|")),
+        ));
+    }
+    let len = req.subject.chars().count();
+    if len == 0 {
+        problems.push((
+            "subject".into(),
+            "Too small: expected string to have >=1 characters".into(),
+        ));
+    } else if len > 500 {
+        problems.push((
+            "subject".into(),
+            "Too big: expected string to have <=500 characters".into(),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(invalid("Invalid request body", problems));
+    }
+    Ok(())
+}
+
+/// Stores `req` inside `tx` — one message, or one per live session of `toTeamMemberId` — and
+/// emits `mail:received` for each. The request must have passed [`validate_send`]. Other
+/// operations that deliver mail as part of their own transaction (a reply to a session that
+/// needs input) come through here too.
+pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<Vec<MailMessage>> {
+    let project = req.project_id.as_str();
+    load_project(tx, project)?;
+    let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id)
+    {
+        (Some(to), _) => {
+            let s = load_session(tx, to)?;
+            if s.project_id != project {
+                return Err(Error::not_found("Session", to));
+            }
+            vec![Some(to.clone())]
+        }
+        (None, Some(member)) => {
+            let sessions: Vec<Session> = tx.list(Collection::Sessions, Some(project))?;
+            let ids: Vec<Option<String>> = sessions
+                .into_iter()
+                .filter(|s| ACTIVE.contains(&s.status.as_str()))
+                .filter(|s| {
+                    s.team_member_id.as_deref() == Some(member)
+                        || s.team_member_ids
+                            .as_ref()
+                            .is_some_and(|ids| ids.contains(member))
+                })
+                .map(|s| Some(s.id))
+                .collect();
+            if ids.is_empty() {
+                return Err(Error::not_found("Active session for team member", member));
+            }
+            ids
+        }
+        (None, None) => vec![None],
+    };
+    let mut sent = Vec::with_capacity(recipients.len());
+    for to in recipients {
+        let mail = MailMessage {
+            id: new_id(prefix::MAIL),
+            project_id: project.to_owned(),
+            from_session_id: req.from_session_id.clone(),
+            to_session_id: to.clone(),
+            reply_to_mail_id: req.reply_to_mail_id.clone(),
+            kind: req.kind.clone(),
+            subject: req.subject.clone(),
+            body: Value::Object(req.body.clone().unwrap_or_default()),
+            created_at: now,
+            seq: tx.next_counter(&format!("mail:{project}"))?,
+        };
+        tx.put(Collection::Mail, &mail.id, Some(project), &mail);
+        tx.emit(project, "mail:received", &mail, to.as_deref());
+        sent.push(mail);
+    }
+    Ok(sent)
+}
+
 impl Domain {
     pub async fn send_mail(&self, req: SendMail) -> Result<SentMail> {
-        let mut problems = Vec::new();
-        id_ok(&mut problems, "projectId", &req.project_id);
-        id_ok(&mut problems, "fromSessionId", &req.from_session_id);
-        for (path, v) in [
-            ("toSessionId", &req.to_session_id),
-            ("toTeamMemberId", &req.to_team_member_id),
-            ("replyToMailId", &req.reply_to_mail_id),
-        ] {
-            if let Some(v) = v {
-                id_ok(&mut problems, path, v);
-            }
-        }
-        if !MAIL_TYPES.contains(&req.kind.as_str()) {
-            problems.push((
-                "type".into(),
-                format!("Invalid option: expected one of {}", MAIL_TYPES.join("|")),
-            ));
-        }
-        let len = req.subject.chars().count();
-        if len == 0 {
-            problems.push((
-                "subject".into(),
-                "Too small: expected string to have >=1 characters".into(),
-            ));
-        } else if len > 500 {
-            problems.push((
-                "subject".into(),
-                "Too big: expected string to have <=500 characters".into(),
-            ));
-        }
-        if !problems.is_empty() {
-            return Err(invalid("Invalid request body", problems));
-        }
+        validate_send(&req)?;
         let now = now_ms();
         transact(&*self.store, move |tx| {
-            let project = req.project_id.as_str();
-            load_project(tx, project)?;
-            let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id)
-            {
-                (Some(to), _) => {
-                    let s = load_session(tx, to)?;
-                    if s.project_id != project {
-                        return Err(Error::not_found("Session", to));
-                    }
-                    vec![Some(to.clone())]
-                }
-                (None, Some(member)) => {
-                    let sessions: Vec<Session> = tx.list(Collection::Sessions, Some(project))?;
-                    let ids: Vec<Option<String>> = sessions
-                        .into_iter()
-                        .filter(|s| ACTIVE.contains(&s.status.as_str()))
-                        .filter(|s| {
-                            s.team_member_id.as_deref() == Some(member)
-                                || s.team_member_ids
-                                    .as_ref()
-                                    .is_some_and(|ids| ids.contains(member))
-                        })
-                        .map(|s| Some(s.id))
-                        .collect();
-                    if ids.is_empty() {
-                        return Err(Error::not_found("Active session for team member", member));
-                    }
-                    ids
-                }
-                (None, None) => vec![None],
-            };
-            let mut sent = Vec::with_capacity(recipients.len());
-            for to in recipients {
-                let mail = MailMessage {
-                    id: new_id(prefix::MAIL),
-                    project_id: project.to_owned(),
-                    from_session_id: req.from_session_id.clone(),
-                    to_session_id: to.clone(),
-                    reply_to_mail_id: req.reply_to_mail_id.clone(),
-                    kind: req.kind.clone(),
-                    subject: req.subject.clone(),
-                    body: Value::Object(req.body.clone().unwrap_or_default()),
-                    created_at: now,
-                    seq: tx.next_counter(&format!("mail:{project}"))?,
-                };
-                tx.put(Collection::Mail, &mail.id, Some(project), &mail);
-                tx.emit(project, "mail:received", &mail, to.as_deref());
-                sent.push(mail);
-            }
+            let mut sent = store_mail(tx, &req, now)?;
             Ok(if sent.len() == 1 {
                 SentMail::One(sent.remove(0))
             } else {

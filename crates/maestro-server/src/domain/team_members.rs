@@ -129,6 +129,28 @@ pub(crate) fn load_member(
     }
 }
 
+/// The members of `project` as of `r`: the five built-ins (in their fixed order, overrides
+/// applied) followed by custom members, archived included.
+pub(crate) fn members_of(
+    r: &mut (impl Reader + ?Sized),
+    project: &Project,
+) -> Result<Vec<TeamMember>> {
+    let stored: Vec<TeamMember> = r.list(Collection::TeamMembers, Some(&project.id))?;
+    let mut out: Vec<TeamMember> = DEFAULT_MEMBER_KINDS
+        .iter()
+        .map(|kind| {
+            let id = default_member_id(&project.id, kind);
+            stored
+                .iter()
+                .find(|m| m.id == id)
+                .cloned()
+                .unwrap_or_else(|| builtin(project, kind))
+        })
+        .collect();
+    out.extend(stored.into_iter().filter(|m| !m.is_default));
+    Ok(out)
+}
+
 fn validate_fields(
     mode: Option<&String>,
     agent_tool: Option<&String>,
@@ -158,20 +180,7 @@ impl Domain {
         let project_id = project_param(project_id)?;
         let mut r = self.reader()?;
         let project = load_project(&mut *r, &project_id)?;
-        let stored: Vec<TeamMember> = r.list(Collection::TeamMembers, Some(&project_id))?;
-        let mut out: Vec<TeamMember> = DEFAULT_MEMBER_KINDS
-            .iter()
-            .map(|kind| {
-                let id = default_member_id(&project_id, kind);
-                stored
-                    .iter()
-                    .find(|m| m.id == id)
-                    .cloned()
-                    .unwrap_or_else(|| builtin(&project, kind))
-            })
-            .collect();
-        out.extend(stored.into_iter().filter(|m| !m.is_default));
-        Ok(out)
+        members_of(&mut *r, &project)
     }
 
     pub fn get_team_member(&self, id: &str, project_id: Option<&str>) -> Result<TeamMember> {

@@ -31,24 +31,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
         } else {
             &bytes
         };
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let value = serde_path_to_error_lite(&mut de)?;
-        de.end()
+        let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::validation(format!("Malformed JSON body: {e}")))?;
-        Ok(Self(value))
-    }
-}
-
-fn serde_path_to_error_lite<'de, T: DeserializeOwned>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, Error> {
-    T::deserialize(de).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            Error::validation(format!("Malformed JSON body: {e}"))
-        } else {
-            Error::validation(format!("Invalid request body: {e}"))
+        // Every body is an object; serde would otherwise read an array positionally into a
+        // struct (`["x"]` as `{name: "x"}`).
+        if !value.is_object() {
+            return Err(Error::validation(
+                "Invalid request body: expected a JSON object",
+            ));
         }
-    })
+        T::deserialize(value)
+            .map(Self)
+            .map_err(|e| Error::validation(format!("Invalid request body: {e}")))
+    }
 }
 
 /// Path parameters; a malformed segment is a 400, not a 500.

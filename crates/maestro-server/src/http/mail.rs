@@ -4,10 +4,12 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use maestro_protocol::{AckMail, MailCursor, MailDeleted, MailMessage, SendMail, SentMail};
+use axum::Json;
+use maestro_protocol::{ErrorBody, AckMail, MailCursor, MailDeleted, MailMessage, SendMail, SentMail};
 use serde_json::json;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Body, IdPath};
 use crate::domain::mail::{DEFAULT_WAIT_MS, InboxQuery, WaitQuery};
@@ -15,13 +17,13 @@ use crate::error::{Error, Result};
 
 type Q = Query<HashMap<String, String>>;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/mail", post(send))
-        .route("/mail/inbox/{id}", get(inbox))
-        .route("/mail/inbox/{id}/ack", post(ack))
-        .route("/mail/wait/{id}", get(wait))
-        .route("/mail/{id}", get(get_one).delete(delete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(send))
+        .routes(routes!(inbox))
+        .routes(routes!(ack))
+        .routes(routes!(wait))
+        .routes(routes!(get_one, delete))
 }
 
 /// Rejects query keys outside `allowed`, in upstream's error style.
@@ -66,6 +68,14 @@ fn flag(q: &HashMap<String, String>, key: &str) -> Result<bool> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/mail",
+    tag = "mail",
+    summary = "Send mail (direct, broadcast or to a team member)",
+    request_body = SendMail,
+    responses((status = 201, body = SentMail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn send(
     State(s): State<AppState>,
     Body(req): Body<SendMail>,
@@ -73,6 +83,14 @@ async fn send(
     Ok((StatusCode::CREATED, Json(s.domain.send_mail(req).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/mail/inbox/{id}",
+    tag = "mail",
+    summary = "A session's inbox",
+    params(("id" = String, Path), ("projectId" = Option<String>, Query), ("type" = Option<String>, Query), ("since" = Option<String>, Query), ("unread" = Option<String>, Query)),
+    responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn inbox(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -88,6 +106,14 @@ async fn inbox(
     Ok(Json(s.domain.inbox(&id, &query)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/mail/wait/{id}",
+    tag = "mail",
+    summary = "Long-poll for mail",
+    params(("id" = String, Path), ("projectId" = Option<String>, Query), ("timeout" = Option<String>, Query), ("since" = Option<String>, Query), ("ack" = Option<String>, Query)),
+    responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn wait(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -103,6 +129,15 @@ async fn wait(
     Ok(Json(s.domain.wait_mail(&id, query).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/mail/inbox/{id}/ack",
+    tag = "mail",
+    summary = "Move a session's read cursor",
+    params(("id" = String, Path)),
+    request_body = AckMail,
+    responses((status = 200, body = MailCursor), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn ack(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -111,6 +146,14 @@ async fn ack(
     Ok(Json(s.domain.ack_mail(id, req).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/mail/{id}",
+    tag = "mail",
+    summary = "Get a message",
+    params(("id" = String, Path)),
+    responses((status = 200, body = MailMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -118,6 +161,14 @@ async fn get_one(
     Ok(Json(s.domain.get_mail(&id)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/mail/{id}",
+    tag = "mail",
+    summary = "Delete a message",
+    params(("id" = String, Path)),
+    responses((status = 200, body = MailDeleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn delete(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,

@@ -25,6 +25,8 @@ use axum::http::{HeaderValue, Method, Request, header};
 use axum::response::IntoResponse;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use extract::{Body, IdPath};
 
@@ -44,9 +46,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-/// The complete application router.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// The API as an OpenAPI-documented router: every route is registered together with its
+/// documentation, so the spec cannot list a route the server lacks or miss one it serves.
+fn documented() -> OpenApiRouter<AppState> {
+    let api = OpenApiRouter::new()
         .merge(projects::router())
         .merge(tasks::router())
         .merge(sessions::router())
@@ -55,9 +58,43 @@ pub fn router(state: AppState) -> Router {
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router());
-    Router::new()
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api", api)
         .merge(ops::router())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Maestro",
+        description = "Coordination server for fleets of AI coding agents. A drop-in replacement for the upstream maestro-server API; see docs/compatibility.md for deliberate differences."
+    ),
+    tags(
+        (name = "projects"), (name = "tasks"), (name = "sessions"), (name = "team-members"),
+        (name = "mail"), (name = "ordering"), (name = "skills"), (name = "templates"),
+        (name = "operations")
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3.1 description of every route the router serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().split_for_parts().1
+}
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    let (routes, spec) = documented().split_for_parts();
+    let spec = std::sync::Arc::new(spec.to_pretty_json().expect("the spec serialises"));
+    routes
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let spec = spec.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], (*spec).clone()) }
+            }),
+        )
+        .route("/api/docs", axum::routing::get(docs_page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -67,6 +104,11 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(cors(&state.config))
         .with_state(state)
+}
+
+/// A self-contained page that renders `/api/openapi.json` (no external scripts).
+async fn docs_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("docs.html"))
 }
 
 async fn not_found(req: Request<axum::body::Body>) -> impl IntoResponse {

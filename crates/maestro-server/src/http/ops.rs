@@ -4,23 +4,26 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use maestro_protocol::{Health, Ready};
 use serde_json::{Value, json};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::util::now_ms;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/ws-status", get(ws_status))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(ws_status))
+        .routes(routes!(metrics))
 }
 
 /// Liveness: the process answers. Same shape as upstream.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
 async fn health(State(s): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -30,6 +33,7 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
 }
 
 /// Readiness: the backend can serve; 503 with `degraded` when it cannot.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
 async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Ready>) {
     let ok = s.domain.store.ready().await;
     let body = Ready {
@@ -45,6 +49,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Ready>) {
 }
 
 /// Open legacy WebSocket connections, in upstream's shape.
+#[utoipa::path(get, path = "/ws-status", tag = "operations", responses((status = 200, body = Object)))]
 async fn ws_status(State(s): State<AppState>) -> Json<Value> {
     let n = s.ws_clients.load(Ordering::Relaxed);
     let clients: Vec<Value> = (0..n)
@@ -54,6 +59,7 @@ async fn ws_status(State(s): State<AppState>) -> Json<Value> {
 }
 
 /// Prometheus text exposition of the server's gauges.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
     let waiters = s.domain.mail_metrics.waiters.load(Ordering::Relaxed);
     let ws = s.ws_clients.load(Ordering::Relaxed);

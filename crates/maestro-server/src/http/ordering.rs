@@ -1,20 +1,28 @@
 //! `/api/ordering/:entityType/:projectId`: the UI's display order of tasks and sessions.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use maestro_protocol::{Ordering, UpdateOrdering};
+use axum::Json;
+use maestro_protocol::{ErrorBody, Ordering, UpdateOrdering};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/ordering/{entity_type}/{project_id}",
-        get(get_one).put(update),
-    )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_one, update))
 }
 
+#[utoipa::path(
+    get,
+    path = "/ordering/{entity_type}/{project_id}",
+    tag = "ordering",
+    summary = "Display order of tasks or sessions",
+    params(("entity_type" = String, Path), ("project_id" = String, Path)),
+    responses((status = 200, body = Ordering), (status = 400, body = ErrorBody)),
+)]
 async fn get_one(
     State(s): State<AppState>,
     IdPath((entity_type, project_id)): IdPath<(String, String)>,
@@ -22,6 +30,15 @@ async fn get_one(
     Ok(Json(s.domain.get_ordering(&entity_type, &project_id)?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/ordering/{entity_type}/{project_id}",
+    tag = "ordering",
+    summary = "Save a display order",
+    params(("entity_type" = String, Path), ("project_id" = String, Path)),
+    request_body = UpdateOrdering,
+    responses((status = 200, body = Ordering), (status = 400, body = ErrorBody)),
+)]
 async fn update(
     State(s): State<AppState>,
     IdPath((entity_type, project_id)): IdPath<(String, String)>,

@@ -2,23 +2,40 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use maestro_protocol::{CreateProject, Deleted, Project, UpdateProject};
+use axum::Json;
+use maestro_protocol::{ErrorBody, CreateProject, Deleted, Project, UpdateProject};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/projects", get(list).post(create))
-        .route("/projects/{id}", get(get_one).put(update).delete(delete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, update, delete))
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects",
+    tag = "projects",
+    summary = "List projects",
+    responses((status = 200, body = Vec<Project>)),
+)]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<Project>>> {
     Ok(Json(s.domain.list_projects()?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/projects",
+    tag = "projects",
+    summary = "Create a project",
+    request_body = CreateProject,
+    responses((status = 201, body = Project), (status = 400, body = ErrorBody)),
+)]
 async fn create(
     State(s): State<AppState>,
     Body(req): Body<CreateProject>,
@@ -29,10 +46,27 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/projects/{id}",
+    tag = "projects",
+    summary = "Get a project",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Project), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Project>> {
     Ok(Json(s.domain.get_project(&id)?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/projects/{id}",
+    tag = "projects",
+    summary = "Update a project",
+    params(("id" = String, Path)),
+    request_body = UpdateProject,
+    responses((status = 200, body = Project), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn update(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -41,6 +75,14 @@ async fn update(
     Ok(Json(s.domain.update_project(id, req).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/projects/{id}",
+    tag = "projects",
+    summary = "Delete an empty project",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+)]
 async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Deleted>> {
     Ok(Json(s.domain.delete_project(id).await?))
 }

@@ -4,34 +4,41 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use maestro_protocol::{
+use axum::Json;
+use maestro_protocol::{ErrorBody, 
     AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ModalAck,
     ModalAction, ModalShown, Session, ShowModal, SpawnRequest, SpawnResponse, UpdateSession,
 };
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Body, IdPath};
 use crate::domain::sessions::SessionFilter;
 use crate::error::{Error, Result};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sessions", get(list).post(create))
-        .route("/sessions/spawn", post(spawn))
-        .route("/sessions/{id}", get(get_one).patch(update).delete(delete))
-        .route("/sessions/{id}/events", post(events))
-        .route("/sessions/{id}/timeline", post(timeline))
-        .route("/sessions/{id}/docs", get(docs).post(add_doc))
-        .route("/sessions/{id}/tasks/{task_id}", post(link).delete(unlink))
-        .route("/sessions/{id}/modal", post(modal))
-        .route(
-            "/sessions/{id}/modal/{modal_id}/actions",
-            post(modal_action),
-        )
-        .route("/sessions/{id}/modal/{modal_id}/close", post(modal_close))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(spawn))
+        .routes(routes!(get_one, update, delete))
+        .routes(routes!(events))
+        .routes(routes!(timeline))
+        .routes(routes!(docs, add_doc))
+        .routes(routes!(link, unlink))
+        .routes(routes!(modal))
+        .routes(routes!(modal_action))
+        .routes(routes!(modal_close))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "sessions",
+    summary = "List sessions (active=true: spawning, idle, working)",
+    params(("projectId" = Option<String>, Query), ("taskId" = Option<String>, Query), ("status" = Option<String>, Query), ("active" = Option<String>, Query)),
+    responses((status = 200, body = Vec<Session>), (status = 400, body = ErrorBody)),
+)]
 async fn list(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -54,6 +61,14 @@ async fn list(
     Ok(Json(s.domain.list_sessions(&filter)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions",
+    tag = "sessions",
+    summary = "Create a session",
+    request_body = CreateSession,
+    responses((status = 201, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+)]
 async fn create(
     State(s): State<AppState>,
     Body(req): Body<CreateSession>,
@@ -64,6 +79,14 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/spawn",
+    tag = "sessions",
+    summary = "Spawn an agent session (Idempotency-Key header supported)",
+    request_body = SpawnRequest,
+    responses((status = 201, body = SpawnResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)),
+)]
 async fn spawn(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -83,10 +106,27 @@ async fn spawn(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}",
+    tag = "sessions",
+    summary = "Get a session",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Session>> {
     Ok(Json(s.domain.get_session(&id)?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/sessions/{id}",
+    tag = "sessions",
+    summary = "Update a session",
+    params(("id" = String, Path)),
+    request_body = UpdateSession,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn update(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -95,10 +135,27 @@ async fn update(
     Ok(Json(s.domain.update_session(id, req).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/sessions/{id}",
+    tag = "sessions",
+    summary = "Delete a session",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Deleted>> {
     Ok(Json(s.domain.delete_session(id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/events",
+    tag = "sessions",
+    summary = "Append a raw activity event",
+    params(("id" = String, Path)),
+    request_body = AppendSessionEvent,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn events(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -107,6 +164,15 @@ async fn events(
     Ok(Json(s.domain.append_session_event(id, req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/timeline",
+    tag = "sessions",
+    summary = "Append a timeline entry",
+    params(("id" = String, Path)),
+    request_body = AppendTimeline,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn timeline(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -115,6 +181,14 @@ async fn timeline(
     Ok(Json(s.domain.append_session_timeline(id, req).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}/docs",
+    tag = "sessions",
+    summary = "A session's docs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Vec<DocEntry>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn docs(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -122,6 +196,15 @@ async fn docs(
     Ok(Json(s.domain.session_docs(&id)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/docs",
+    tag = "sessions",
+    summary = "Attach a doc",
+    params(("id" = String, Path)),
+    request_body = AddDoc,
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn add_doc(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -130,6 +213,14 @@ async fn add_doc(
     Ok(Json(s.domain.add_session_doc(id, req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/tasks/{task_id}",
+    tag = "sessions",
+    summary = "Link a task to a session",
+    params(("id" = String, Path), ("task_id" = String, Path)),
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn link(
     State(s): State<AppState>,
     IdPath((id, task_id)): IdPath<(String, String)>,
@@ -137,6 +228,14 @@ async fn link(
     Ok(Json(s.domain.link_session_task(id, task_id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/sessions/{id}/tasks/{task_id}",
+    tag = "sessions",
+    summary = "Unlink a task from a session",
+    params(("id" = String, Path), ("task_id" = String, Path)),
+    responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn unlink(
     State(s): State<AppState>,
     IdPath((id, task_id)): IdPath<(String, String)>,
@@ -144,6 +243,15 @@ async fn unlink(
     Ok(Json(s.domain.unlink_session_task(id, task_id).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/modal",
+    tag = "sessions",
+    summary = "Show an HTML modal in the UI",
+    params(("id" = String, Path)),
+    request_body = ShowModal,
+    responses((status = 200, body = ModalShown), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn modal(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -152,6 +260,15 @@ async fn modal(
     Ok(Json(s.domain.show_modal(id, req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/modal/{modal_id}/actions",
+    tag = "sessions",
+    summary = "Report a modal action",
+    params(("id" = String, Path), ("modal_id" = String, Path)),
+    request_body = ModalAction,
+    responses((status = 200, body = ModalAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn modal_action(
     State(s): State<AppState>,
     IdPath((id, modal_id)): IdPath<(String, String)>,
@@ -160,6 +277,14 @@ async fn modal_action(
     Ok(Json(s.domain.modal_action(id, modal_id, req).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/modal/{modal_id}/close",
+    tag = "sessions",
+    summary = "Report a modal closed",
+    params(("id" = String, Path), ("modal_id" = String, Path)),
+    responses((status = 200, body = ModalAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn modal_close(
     State(s): State<AppState>,
     IdPath((id, modal_id)): IdPath<(String, String)>,

@@ -1,25 +1,42 @@
 //! `/api/skills`: skills read from `SKILLS_DIR`.
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use maestro_protocol::{Skill, SkillDetail, SkillReloaded, SkillSummary};
+use axum::Json;
+use maestro_protocol::{ErrorBody, Skill, SkillDetail, SkillReloaded, SkillSummary};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, IdPath};
 use crate::error::Result;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/skills", get(list))
-        .route("/skills/mode/{mode}", get(by_mode))
-        .route("/skills/{id}", get(get_one))
-        .route("/skills/{id}/reload", post(reload))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(by_mode))
+        .routes(routes!(get_one))
+        .routes(routes!(reload))
 }
 
+#[utoipa::path(
+    get,
+    path = "/skills",
+    tag = "skills",
+    summary = "Skills found in SKILLS_DIR",
+    responses((status = 200, body = Vec<Skill>)),
+)]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<Skill>>> {
     Ok(Json(s.domain.list_skills().await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/skills/{id}",
+    tag = "skills",
+    summary = "Get a skill",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SkillDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -27,6 +44,14 @@ async fn get_one(
     Ok(Json(s.domain.get_skill(&id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/skills/mode/{mode}",
+    tag = "skills",
+    summary = "Skills for a session mode",
+    params(("mode" = String, Path)),
+    responses((status = 200, body = Vec<SkillSummary>), (status = 400, body = ErrorBody)),
+)]
 async fn by_mode(
     State(s): State<AppState>,
     IdPath(mode): IdPath<String>,
@@ -34,6 +59,14 @@ async fn by_mode(
     Ok(Json(s.domain.skills_for_mode(&mode).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/skills/{id}/reload",
+    tag = "skills",
+    summary = "Re-read a skill from disk",
+    params(("id" = String, Path)),
+    responses((status = 200, body = SkillReloaded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn reload(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,

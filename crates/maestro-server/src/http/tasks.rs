@@ -4,25 +4,35 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use maestro_protocol::{
+use axum::Json;
+use maestro_protocol::{ErrorBody, 
     CreateTask, Deleted, Task, TaskDocEntry, TaskTimelineRequest, TaskTimelineResponse, UpdateTask,
 };
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Body, IdPath};
 use crate::domain::tasks::TaskFilter;
 use crate::error::Result;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/tasks", get(list).post(create))
-        .route("/tasks/{id}", get(get_one).patch(update).delete(delete))
-        .route("/tasks/{id}/children", get(children))
-        .route("/tasks/{id}/timeline", post(timeline))
-        .route("/tasks/{id}/docs", get(docs))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, update, delete))
+        .routes(routes!(children))
+        .routes(routes!(timeline))
+        .routes(routes!(docs))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "tasks",
+    summary = "List tasks (parentId=null: root tasks)",
+    params(("projectId" = Option<String>, Query), ("status" = Option<String>, Query), ("parentId" = Option<String>, Query)),
+    responses((status = 200, body = Vec<Task>), (status = 400, body = ErrorBody)),
+)]
 async fn list(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -35,6 +45,14 @@ async fn list(
     Ok(Json(s.domain.list_tasks(&filter)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks",
+    tag = "tasks",
+    summary = "Create a task",
+    request_body = CreateTask,
+    responses((status = 201, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn create(
     State(s): State<AppState>,
     Body(req): Body<CreateTask>,
@@ -42,10 +60,27 @@ async fn create(
     Ok((StatusCode::CREATED, Json(s.domain.create_task(req).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    summary = "Get a task",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Task>> {
     Ok(Json(s.domain.get_task(&id)?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    summary = "Update a task (user mode, or session mode with updateSource=session)",
+    params(("id" = String, Path)),
+    request_body = UpdateTask,
+    responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn update(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -54,10 +89,26 @@ async fn update(
     Ok(Json(s.domain.update_task(id, req).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    summary = "Delete a task and its descendants",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Deleted>> {
     Ok(Json(s.domain.delete_task(id).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/children",
+    tag = "tasks",
+    summary = "Direct children of a task",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Vec<Task>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn children(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -65,6 +116,15 @@ async fn children(
     Ok(Json(s.domain.task_children(&id)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/timeline",
+    tag = "tasks",
+    summary = "Add an entry about this task to a session's timeline",
+    params(("id" = String, Path)),
+    request_body = TaskTimelineRequest,
+    responses((status = 200, body = TaskTimelineResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn timeline(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -73,6 +133,14 @@ async fn timeline(
     Ok(Json(s.domain.task_timeline(id, req).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/docs",
+    tag = "tasks",
+    summary = "Docs about this task from its sessions",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Vec<TaskDocEntry>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn docs(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,

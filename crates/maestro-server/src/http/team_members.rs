@@ -4,33 +4,48 @@ use std::collections::HashMap;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use maestro_protocol::{CreateTeamMember, Deleted, ProjectRef, TeamMember, UpdateTeamMember};
+use axum::Json;
+use maestro_protocol::{ErrorBody, CreateTeamMember, Deleted, ProjectRef, TeamMember, UpdateTeamMember};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
 type Q = Query<HashMap<String, String>>;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/team-members", get(list).post(create))
-        .route(
-            "/team-members/{id}",
-            get(get_one).patch(update).delete(delete),
-        )
-        .route("/team-members/{id}/archive", post(archive))
-        .route("/team-members/{id}/unarchive", post(unarchive))
-        .route("/team-members/{id}/reset", post(reset))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, update, delete))
+        .routes(routes!(archive))
+        .routes(routes!(unarchive))
+        .routes(routes!(reset))
 }
 
+#[utoipa::path(
+    get,
+    path = "/team-members",
+    tag = "team-members",
+    summary = "Built-in and custom members of a project",
+    params(("projectId" = Option<String>, Query)),
+    responses((status = 200, body = Vec<TeamMember>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn list(State(s): State<AppState>, Query(q): Q) -> Result<Json<Vec<TeamMember>>> {
     Ok(Json(s.domain.list_team_members(
         q.get("projectId").map(String::as_str),
     )?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/team-members",
+    tag = "team-members",
+    summary = "Create a custom member",
+    request_body = CreateTeamMember,
+    responses((status = 201, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn create(
     State(s): State<AppState>,
     Body(req): Body<CreateTeamMember>,
@@ -41,6 +56,14 @@ async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/team-members/{id}",
+    tag = "team-members",
+    summary = "Get a member",
+    params(("id" = String, Path), ("projectId" = Option<String>, Query)),
+    responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -52,6 +75,15 @@ async fn get_one(
     )?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/team-members/{id}",
+    tag = "team-members",
+    summary = "Edit a member (built-ins get an override)",
+    params(("id" = String, Path)),
+    request_body = UpdateTeamMember,
+    responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn update(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -60,6 +92,14 @@ async fn update(
     Ok(Json(s.domain.update_team_member(id, req).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/team-members/{id}",
+    tag = "team-members",
+    summary = "Delete an archived custom member",
+    params(("id" = String, Path), ("projectId" = Option<String>, Query)),
+    responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+)]
 async fn delete(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -72,6 +112,15 @@ async fn delete(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/team-members/{id}/archive",
+    tag = "team-members",
+    summary = "Archive a custom member",
+    params(("id" = String, Path)),
+    request_body = ProjectRef,
+    responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn archive(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -84,6 +133,15 @@ async fn archive(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/team-members/{id}/unarchive",
+    tag = "team-members",
+    summary = "Restore an archived member",
+    params(("id" = String, Path)),
+    request_body = ProjectRef,
+    responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn unarchive(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
@@ -96,6 +154,15 @@ async fn unarchive(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/team-members/{id}/reset",
+    tag = "team-members",
+    summary = "Restore a built-in as shipped",
+    params(("id" = String, Path)),
+    request_body = ProjectRef,
+    responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn reset(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,

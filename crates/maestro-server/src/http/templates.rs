@@ -3,19 +3,30 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use maestro_protocol::ErrorBody;
 use maestro_protocol::WorkflowTemplate;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{AppState, IdPath};
 use crate::error::Result;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/workflow-templates", get(list))
-        .route("/workflow-templates/{id}", get(get_one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
 }
 
+#[utoipa::path(
+    get,
+    path = "/workflow-templates",
+    tag = "templates",
+    summary = "Built-in workflow templates",
+    params(("mode" = Option<String>, Query)),
+    responses((status = 200, body = Vec<WorkflowTemplate>)),
+)]
 async fn list(
     State(s): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -23,6 +34,14 @@ async fn list(
     Json(s.domain.list_templates(q.get("mode").map(String::as_str)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/workflow-templates/{id}",
+    tag = "templates",
+    summary = "Get a workflow template",
+    params(("id" = String, Path)),
+    responses((status = 200, body = WorkflowTemplate), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
 async fn get_one(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
