@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod import;
 pub mod ports;
 pub mod realtime;
 pub mod util;
@@ -31,7 +32,6 @@ pub use config::Config;
 use crate::backends::local::LocalStore;
 use crate::domain::{Domain, ServerInfo};
 use crate::http::AppState;
-use crate::ports::Store;
 
 /// Serves until `shutdown` is cancelled, then stops accepting, closes sockets, waits for
 /// in-flight requests (bounded by `shutdown_grace_secs`) and flushes the store.
@@ -42,23 +42,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = config.expand_paths();
     let addr = listener.local_addr()?;
-    let store = Arc::new(
-        LocalStore::open(&config.data_dir, config.journal_capacity)
-            .with_context(|| format!("opening the database in {}", config.data_dir.display()))?,
-    );
+    let domain = open(&config, server_url(&config, addr))?;
+    let store = domain.store.clone();
     write_server_url(&config, addr).await?;
-
-    let domain = Domain::new(
-        store.clone(),
-        ServerInfo {
-            hostname: util::hostname(),
-            platform: util::platform().into(),
-            data_dir: config.data_dir.clone(),
-            skills_dir: config.skills_dir.clone(),
-            session_dir: config.session_dir.clone(),
-            server_url: server_url(&config, addr),
-        },
-    );
     let state = AppState {
         domain,
         config: Arc::new(config.clone()),
@@ -90,6 +76,29 @@ pub async fn run(
     store.close().await;
     tracing::info!("maestro stopped");
     Ok(())
+}
+
+/// Opens the configured backend and the domain on top of it, without serving anything (used
+/// by `run` and by offline commands such as `maestro import`). `config` must have its paths
+/// expanded.
+pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
+    let store = LocalStore::open(&config.data_dir, config.journal_capacity).with_context(|| {
+        format!(
+            "opening the database in {} (is another maestro server using it?)",
+            config.data_dir.display()
+        )
+    })?;
+    Ok(Domain::new(
+        Arc::new(store),
+        ServerInfo {
+            hostname: util::hostname(),
+            platform: util::platform().into(),
+            data_dir: config.data_dir.clone(),
+            skills_dir: config.skills_dir.clone(),
+            session_dir: config.session_dir.clone(),
+            server_url,
+        },
+    ))
 }
 
 /// The URL agents use: `SERVER_URL`, or `http://localhost:<bound port>`.

@@ -663,7 +663,10 @@ async fn terminal_status_closes_open_task_statuses() {
         .unwrap();
     ws.expect_events(&["session:updated"]).await;
     // Back to work: upstream kept the old completedAt (contract §7.8); Maestro clears it.
-    let resumed = api.update_session(&s.id, &set_status("working")).await.unwrap();
+    let resumed = api
+        .update_session(&s.id, &set_status("working"))
+        .await
+        .unwrap();
     assert_eq!(resumed.completed_at, None);
     ws.expect_events(&["session:updated"]).await;
     ws.assert_quiet().await;

@@ -104,6 +104,11 @@ fn builtin(project: &Project, kind: &str) -> TeamMember {
     }
 }
 
+/// The built-in member of `kind`, for importing upstream overrides.
+pub(crate) fn builtin_for_import(project: &Project, kind: &str) -> TeamMember {
+    builtin(project, kind)
+}
+
 /// The kind of built-in `id` is, for `project_id`.
 fn default_kind(project_id: &str, id: &str) -> Option<&'static str> {
     DEFAULT_MEMBER_KINDS
