@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
 use crate::backends::local::LocalStore;
 use crate::domain::{Domain, ServerInfo};
 use crate::http::AppState;
+use crate::realtime::socketio::Realtime;
 
 /// Serves until `shutdown` is cancelled, then stops accepting, closes sockets, waits for
 /// in-flight requests (bounded by `shutdown_grace_secs`) and flushes the store.
@@ -45,12 +47,24 @@ pub async fn run(
     let domain = open(&config, server_url(&config, addr))?;
     let store = domain.store.clone();
     write_server_url(&config, addr).await?;
+    let config_arc = Arc::new(config.clone());
+    // Background work (the Socket.IO bridge and per-socket writers) is owned here: stopped by
+    // `shutdown`, awaited below.
+    let tasks = TaskTracker::new();
+    let socketio = Realtime::new(
+        domain.clone(),
+        config_arc.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(socketio.bridge());
     let state = AppState {
         domain,
-        config: Arc::new(config.clone()),
+        config: config_arc,
         started: Instant::now(),
         ws_clients: Arc::new(AtomicUsize::new(0)),
         shutdown: shutdown.clone(),
+        socketio,
     };
     let app = http::router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = "local", "maestro listening");
@@ -66,12 +80,17 @@ pub async fn run(
     });
     shutdown.cancelled().await;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    match tokio::time::timeout(grace, server).await {
+    let deadline = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(joined) => joined??,
         Err(_) => tracing::warn!(
             ?grace,
             "connections still open after the grace period; closing"
         ),
+    }
+    tasks.close();
+    if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
+        tracing::warn!(?grace, "background tasks still running after the grace period");
     }
     store.close().await;
     tracing::info!("maestro stopped");

@@ -1,7 +1,8 @@
 //! `maestro`: the one binary users install.
 //!
 //! `maestro serve` runs the coordination server. Parsing, logging and signals live here; the
-//! server itself is `maestro_server::run`.
+//! server itself is `maestro_server::run`. Every other command is an agent command
+//! (`maestro task …`, `maestro run -- <agent>`, …) implemented in [`cli`].
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -10,10 +11,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+mod cli;
+
 /// Coordination server for fleets of AI coding agents.
 #[derive(Debug, Parser)]
-#[command(name = "maestro", version, about, propagate_version = true)]
+#[command(
+    name = "maestro",
+    version,
+    about,
+    propagate_version = true,
+    after_help = cli::EXIT_CODES_HELP
+)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,12 +33,15 @@ struct Cli {
 enum Command {
     /// Run the server (REST API, WebSockets) on the local backend.
     Serve(Config),
+    #[command(flatten)]
+    Agent(cli::Command),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => serve(config),
+        Command::Agent(command) => std::process::exit(cli::main(cli.global, command)),
     }
 }
 

@@ -15,7 +15,6 @@
 //! - `journal`: `(scope, seq)` → event JSON, the last `journal_capacity` events per scope
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -29,7 +28,8 @@ use redb::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::ports::{Collection, PendingEvent, Reader, Replay, Store, Txn, TxnBody};
+use super::overlay::{Base, Changes, Overlay, Write};
+use crate::ports::{Collection, Reader, Replay, Store, TxnBody};
 use crate::util::now_ms;
 
 const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
@@ -219,19 +219,16 @@ fn run_batch(
         {
             let mut tables = Tables::open(&wtx)?;
             for mut job in batch.into_iter() {
-                let mut overlay = Overlay {
-                    tables: &mut tables,
-                    writes: HashMap::new(),
-                    order: Vec::new(),
-                    events: Vec::new(),
-                    counters: HashMap::new(),
-                };
+                let mut overlay = Overlay::new(&mut tables);
                 let result = (job.body)(&mut overlay);
                 let result = match result {
-                    Ok(value) => overlay.apply(journal_capacity).map(|evs| {
-                        events.extend(evs);
-                        value
-                    }),
+                    Ok(value) => {
+                        let (tables, changes) = overlay.into_changes();
+                        apply(tables, changes, journal_capacity).map(|evs| {
+                            events.extend(evs);
+                            value
+                        })
+                    }
                     Err(e) => Err(e),
                 };
                 // A storage failure while applying poisons the whole redb transaction.
@@ -291,216 +288,109 @@ impl<'t> Tables<'t> {
     }
 }
 
-enum Write {
-    Put {
-        owner: Option<String>,
-        value: Vec<u8>,
-    },
-    Delete,
-}
-
-/// One transaction's view: its own writes over the batch's redb transaction.
-struct Overlay<'a, 't> {
-    tables: &'a mut Tables<'t>,
-    writes: HashMap<(Collection, String), Write>,
-    /// Keys in first-write order, so new entities get creation order as written.
-    order: Vec<(Collection, String)>,
-    events: Vec<PendingEvent>,
-    counters: HashMap<String, u64>,
-}
-
-impl Overlay<'_, '_> {
-    /// Writes the overlay into the redb transaction and journals its events.
-    fn apply(self, journal_capacity: u64) -> Result<Vec<EventRecord>> {
-        let Overlay {
-            tables,
-            mut writes,
-            order,
-            events,
-            counters,
-        } = self;
-        for (name, value) in counters {
-            tables
-                .counters
-                .insert(format!("user:{name}").as_str(), value)?;
-        }
-        for key in order {
-            let Some(write) = writes.remove(&key) else {
-                continue;
-            };
-            let (coll, id) = (key.0.name(), key.1.as_str());
-            let existing = tables.meta.get((coll, id))?.map(|m| {
-                let (ord, owner) = m.value();
-                (ord, owner.to_owned())
-            });
-            match (write, existing) {
-                (Write::Put { value, .. }, Some(_)) => {
-                    tables.entities.insert((coll, id), value.as_slice())?;
-                }
-                (Write::Put { owner, value }, None) => {
-                    let ord = tables.bump("order")?;
-                    let owner = owner.unwrap_or_default();
-                    tables.meta.insert((coll, id), (ord, owner.as_str()))?;
-                    tables.index.insert((coll, "", ord), id)?;
-                    if !owner.is_empty() {
-                        tables.index.insert((coll, owner.as_str(), ord), id)?;
-                    }
-                    tables.entities.insert((coll, id), value.as_slice())?;
-                }
-                (Write::Delete, Some((ord, owner))) => {
-                    tables.meta.remove((coll, id))?;
-                    tables.index.remove((coll, "", ord))?;
-                    if !owner.is_empty() {
-                        tables.index.remove((coll, owner.as_str(), ord))?;
-                    }
-                    tables.entities.remove((coll, id))?;
-                }
-                (Write::Delete, None) => {}
-            }
-        }
-
-        let mut records = Vec::with_capacity(events.len());
-        let timestamp = now_ms();
-        for ev in events {
-            let seq = tables.bump(&seq_key(&ev.scope))?;
-            let record = EventRecord {
-                scope: ev.scope,
-                seq,
-                event: ev.event,
-                data: ev.data,
-                timestamp,
-                session_id: ev.session_id,
-            };
-            let bytes = serde_json::to_vec(&record).expect("events serialise");
-            tables
-                .journal
-                .insert((record.scope.as_str(), seq), bytes.as_slice())?;
-            if seq > journal_capacity {
-                tables
-                    .journal
-                    .remove((record.scope.as_str(), seq - journal_capacity))?;
-            }
-            records.push(record);
-        }
-        Ok(records)
+impl Base for &mut Tables<'_> {
+    fn get(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .entities
+            .get((coll.name(), id))?
+            .map(|v| v.value().to_vec()))
     }
 
-    fn base_list(
-        &mut self,
-        coll: Collection,
-        owner: Option<&str>,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
+    fn list(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<(String, Vec<u8>)>> {
         let name = coll.name();
         let owner = owner.unwrap_or("");
         let mut out = Vec::new();
-        for entry in self
-            .tables
-            .index
-            .range((name, owner, 0)..=(name, owner, u64::MAX))?
-        {
+        for entry in self.index.range((name, owner, 0)..=(name, owner, u64::MAX))? {
             let (_, id) = entry?;
             let id = id.value().to_owned();
-            if let Some(v) = self.tables.entities.get((name, id.as_str()))? {
+            if let Some(v) = self.entities.get((name, id.as_str()))? {
                 let bytes = v.value().to_vec();
                 out.push((id, bytes));
             }
         }
         Ok(out)
     }
-}
 
-impl Reader for Overlay<'_, '_> {
+    fn exists(&mut self, coll: Collection, id: &str) -> Result<bool> {
+        Ok(self.meta.get((coll.name(), id))?.is_some())
+    }
+
+    fn counter(&mut self, name: &str) -> Result<u64> {
+        Ok(self
+            .counters
+            .get(format!("user:{name}").as_str())?
+            .map_or(0, |v| v.value()))
+    }
+
     fn head_seq(&mut self, scope: &str) -> Result<u64> {
         Ok(self
-            .tables
             .counters
             .get(seq_key(scope).as_str())?
             .map_or(0, |v| v.value()))
     }
-
-    fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
-        match self.writes.get(&(coll, id.to_owned())) {
-            Some(Write::Put { value, .. }) => Ok(Some(value.clone())),
-            Some(Write::Delete) => Ok(None),
-            None => Ok(self
-                .tables
-                .entities
-                .get((coll.name(), id))?
-                .map(|v| v.value().to_vec())),
-        }
-    }
-
-    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
-        let base = self.base_list(coll, owner)?;
-        let mut out = Vec::with_capacity(base.len());
-        for (id, bytes) in base {
-            match self.writes.get(&(coll, id)) {
-                Some(Write::Put { value, .. }) => out.push(value.clone()),
-                Some(Write::Delete) => {}
-                None => out.push(bytes),
-            }
-        }
-        // Entities created by this transaction, in the order it created them.
-        for key in &self.order {
-            if key.0 != coll {
-                continue;
-            }
-            if let Some(Write::Put { owner: o, value }) = self.writes.get(key) {
-                let new = self
-                    .tables
-                    .meta
-                    .get((coll.name(), key.1.as_str()))?
-                    .is_none();
-                let owned = owner.is_none() || o.as_deref() == owner;
-                if new && owned {
-                    out.push(value.clone());
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
-impl Txn for Overlay<'_, '_> {
-    fn put_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>) {
-        let key = (coll, id.to_owned());
-        if !self.writes.contains_key(&key) {
-            self.order.push(key.clone());
+/// Writes a transaction's changes into the redb transaction and journals its events.
+fn apply(tables: &mut Tables<'_>, changes: Changes, journal_capacity: u64) -> Result<Vec<EventRecord>> {
+    for (name, value) in changes.counters {
+        tables.counters.insert(format!("user:{name}").as_str(), value)?;
+    }
+    for (coll, id, write) in changes.writes {
+        let (coll, id) = (coll.name(), id.as_str());
+        let existing = tables.meta.get((coll, id))?.map(|m| {
+            let (ord, owner) = m.value();
+            (ord, owner.to_owned())
+        });
+        match (write, existing) {
+            (Write::Put { value, .. }, Some(_)) => {
+                tables.entities.insert((coll, id), value.as_slice())?;
+            }
+            (Write::Put { owner, value }, None) => {
+                let ord = tables.bump("order")?;
+                let owner = owner.unwrap_or_default();
+                tables.meta.insert((coll, id), (ord, owner.as_str()))?;
+                tables.index.insert((coll, "", ord), id)?;
+                if !owner.is_empty() {
+                    tables.index.insert((coll, owner.as_str(), ord), id)?;
+                }
+                tables.entities.insert((coll, id), value.as_slice())?;
+            }
+            (Write::Delete, Some((ord, owner))) => {
+                tables.meta.remove((coll, id))?;
+                tables.index.remove((coll, "", ord))?;
+                if !owner.is_empty() {
+                    tables.index.remove((coll, owner.as_str(), ord))?;
+                }
+                tables.entities.remove((coll, id))?;
+            }
+            (Write::Delete, None) => {}
         }
-        self.writes.insert(
-            key,
-            Write::Put {
-                owner: owner.map(str::to_owned),
-                value,
-            },
-        );
     }
 
-    fn delete(&mut self, coll: Collection, id: &str) {
-        let key = (coll, id.to_owned());
-        if !self.writes.contains_key(&key) {
-            self.order.push(key.clone());
-        }
-        self.writes.insert(key, Write::Delete);
-    }
-
-    fn emit_raw(&mut self, event: PendingEvent) {
-        self.events.push(event);
-    }
-
-    fn next_counter(&mut self, name: &str) -> Result<u64> {
-        let current = match self.counters.get(name) {
-            Some(v) => *v,
-            None => self
-                .tables
-                .counters
-                .get(format!("user:{name}").as_str())?
-                .map(|v| v.value())
-                .unwrap_or(0),
+    let mut records = Vec::with_capacity(changes.events.len());
+    let timestamp = now_ms();
+    for ev in changes.events {
+        let seq = tables.bump(&seq_key(&ev.scope))?;
+        let record = EventRecord {
+            scope: ev.scope,
+            seq,
+            event: ev.event,
+            data: ev.data,
+            timestamp,
+            session_id: ev.session_id,
         };
-        self.counters.insert(name.to_owned(), current + 1);
-        Ok(current + 1)
+        let bytes = serde_json::to_vec(&record).expect("events serialise");
+        tables
+            .journal
+            .insert((record.scope.as_str(), seq), bytes.as_slice())?;
+        if seq > journal_capacity {
+            tables
+                .journal
+                .remove((record.scope.as_str(), seq - journal_capacity))?;
+        }
+        records.push(record);
     }
+    Ok(records)
 }
 
 /// Snapshot reads on a redb read transaction.

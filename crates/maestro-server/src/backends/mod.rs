@@ -3,3 +3,4 @@
 //! - [`local`]: the default; one redb file in `DATA_DIR`, in-process event bus.
 
 pub mod local;
+mod overlay;

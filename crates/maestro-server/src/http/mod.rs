@@ -4,6 +4,7 @@
 //! Handlers extract, call a [`Domain`](crate::domain::Domain) operation and map the result;
 //! rules live in `domain`.
 
+pub mod auth;
 mod extract;
 mod mail;
 mod ops;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub ws_clients: Arc<AtomicUsize>,
     /// Cancelled when the server begins to shut down.
     pub shutdown: CancellationToken,
+    /// Socket.IO (`/ui`, `/mobile`), served under `/socket.io/` by [`router`].
+    pub socketio: crate::realtime::socketio::Realtime,
 }
 
 /// The API as an OpenAPI-documented router: every route is registered together with its
@@ -102,6 +105,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::realtime::legacy::upgrade_middleware,
         ))
+        // `/socket.io/` (polling and WebSocket) is answered here; the legacy middleware
+        // above leaves those paths alone. Inside CORS, so polling from a browser gets it too.
+        .layer(state.socketio.layer())
         .layer(cors(&state.config))
         .with_state(state)
 }

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use maestro_client::Error as ClientError;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Exit codes, as documented in `maestro --help`.
 pub mod exit {
@@ -171,18 +171,13 @@ impl CliError {
     /// Prints the error the way the output mode asks for.
     pub fn print(&self, json: bool) {
         if json {
-            let mut body = json!({
-                "success": false,
-                "error": self.code,
-                "message": self.message,
+            print_json(&Failure {
+                success: false,
+                error: self.code,
+                message: &self.message,
+                details: self.details.as_ref(),
+                suggestion: self.hint.as_deref(),
             });
-            if let Some(d) = &self.details {
-                body["details"] = d.clone();
-            }
-            if let Some(h) = &self.hint {
-                body["suggestion"] = json!(h);
-            }
-            print_json(&body);
         } else {
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "Error: {}", self.message);
@@ -211,17 +206,38 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// Result of a command.
 pub type CmdResult<T = ()> = Result<T, CliError>;
 
+/// Upstream's success envelope (fields in upstream's order).
+#[derive(Serialize)]
+struct Success<'a, T: ?Sized> {
+    success: bool,
+    data: &'a T,
+}
+
+/// Upstream's failure envelope.
+#[derive(Serialize)]
+struct Failure<'a> {
+    success: bool,
+    error: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suggestion: Option<&'a str>,
+}
+
 /// Prints `value` as pretty JSON on stdout.
-pub fn print_json(value: &Value) {
-    let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+pub fn print_json<T: Serialize + ?Sized>(value: &T) {
+    let text = serde_json::to_string_pretty(value).expect("wire types serialise");
     say!("{text}");
 }
 
 /// Prints `data` in the success envelope with `--json`, or runs `human` otherwise.
 pub fn emit<T: Serialize + ?Sized>(json: bool, data: &T, human: impl FnOnce()) {
     if json {
-        let data = serde_json::to_value(data).expect("wire types serialise");
-        print_json(&json!({ "success": true, "data": data }));
+        print_json(&Success {
+            success: true,
+            data,
+        });
     } else {
         human();
     }

@@ -15,7 +15,7 @@ use maestro_protocol::{
 use serde_json::json;
 
 use super::context::Context;
-use super::output::{CliError, CmdResult, emit, exit, fmt_time, kv, now_ms, table, truncate};
+use super::output::{CmdResult, emit, exit, fmt_time, kv, now_ms, table, truncate};
 use super::task::read_doc;
 
 #[derive(Debug, Subcommand)]
@@ -165,7 +165,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
             let Some(id) = hook_session(ctx, "register") else {
                 return Ok(exit::OK);
             };
-            register(ctx, c, id).await?;
+            register(ctx, c, id, None).await?;
             emit(ctx.json, &json!({ "sessionId": id, "status": "registered" }), || {
                 say!("Session {id} registered (working).");
             });
@@ -335,8 +335,14 @@ fn hook_session<'a>(ctx: &'a Context, what: &str) -> Option<&'a str> {
     ctx.session_id.as_deref()
 }
 
-/// Marks `id` working, creating the session when the server does not know it.
-pub async fn register(ctx: &Context, c: &Client, id: &str) -> CmdResult<Session> {
+/// Marks `id` working, creating the session (named `name`, or after the mode and id) when
+/// the server does not know it.
+pub async fn register(
+    ctx: &Context,
+    c: &Client,
+    id: &str,
+    name: Option<&str>,
+) -> CmdResult<Session> {
     let working = UpdateSession {
         status: Some("working".into()),
         ..Default::default()
@@ -349,12 +355,13 @@ pub async fn register(ctx: &Context, c: &Client, id: &str) -> CmdResult<Session>
     let project = ctx.project().map_err(|e| {
         e.with_hint("The server does not know this session; creating it needs its project.")
     })?;
-    let name: String = id.chars().take(16).collect();
+    let short: String = id.chars().take(16).collect();
+    let name = name.map_or_else(|| format!("{}: {short}", ctx.mode), str::to_owned);
     let req = CreateSession {
         id: Some(id.to_owned()),
         project_id: Some(project.to_owned()),
         task_ids: Some(ctx.task_ids.clone()),
-        name: Some(format!("{}: {name}", ctx.mode)),
+        name: Some(name),
         status: Some("working".into()),
         metadata: Some(json!({ "mode": ctx.mode })),
         ..Default::default()

@@ -1,0 +1,155 @@
+//! A transaction's private view: its own writes layered over what the backend holds.
+//!
+//! Both backends run a transaction body against an [`Overlay`]. Reads fall through to the
+//! backend's [`Base`] (a redb write transaction, or a Redis connection that `WATCH`es what it
+//! reads); writes, events and counter bumps stay in the overlay until the backend commits the
+//! resulting [`Changes`] — or drops them, if the body failed.
+
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::ports::{Collection, PendingEvent, Reader, Txn};
+
+/// What a backend must answer for the overlay.
+pub(crate) trait Base {
+    fn get(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>>;
+    /// `(id, json)` of the collection (or of `owner`'s part), in creation order.
+    fn list(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Whether the entity exists in the backend (ignoring the overlay).
+    fn exists(&mut self, coll: Collection, id: &str) -> Result<bool>;
+    /// Current value of a user counter.
+    fn counter(&mut self, name: &str) -> Result<u64>;
+    fn head_seq(&mut self, scope: &str) -> Result<u64>;
+}
+
+/// One buffered write.
+#[derive(Debug, Clone)]
+pub(crate) enum Write {
+    Put { owner: Option<String>, value: Vec<u8> },
+    Delete,
+}
+
+/// Everything a successful body asked for, in the order it asked.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    pub writes: Vec<(Collection, String, Write)>,
+    pub events: Vec<PendingEvent>,
+    /// New values of user counters.
+    pub counters: HashMap<String, u64>,
+}
+
+pub(crate) struct Overlay<B> {
+    pub base: B,
+    writes: HashMap<(Collection, String), Write>,
+    /// Keys in first-write order, so new entities get creation order as written.
+    order: Vec<(Collection, String)>,
+    events: Vec<PendingEvent>,
+    counters: HashMap<String, u64>,
+}
+
+impl<B: Base> Overlay<B> {
+    pub fn new(base: B) -> Self {
+        Self {
+            base,
+            writes: HashMap::new(),
+            order: Vec::new(),
+            events: Vec::new(),
+            counters: HashMap::new(),
+        }
+    }
+
+    /// The buffered changes, in write order.
+    pub fn into_changes(mut self) -> (B, Changes) {
+        let writes = self
+            .order
+            .into_iter()
+            .filter_map(|key| {
+                let w = self.writes.remove(&key)?;
+                Some((key.0, key.1, w))
+            })
+            .collect();
+        (
+            self.base,
+            Changes {
+                writes,
+                events: self.events,
+                counters: self.counters,
+            },
+        )
+    }
+
+    fn mark(&mut self, key: (Collection, String), write: Write) {
+        if !self.writes.contains_key(&key) {
+            self.order.push(key.clone());
+        }
+        self.writes.insert(key, write);
+    }
+}
+
+impl<B: Base> Reader for Overlay<B> {
+    fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        match self.writes.get(&(coll, id.to_owned())) {
+            Some(Write::Put { value, .. }) => Ok(Some(value.clone())),
+            Some(Write::Delete) => Ok(None),
+            None => self.base.get(coll, id),
+        }
+    }
+
+    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        let base = self.base.list(coll, owner)?;
+        let mut out = Vec::with_capacity(base.len());
+        for (id, bytes) in base {
+            match self.writes.get(&(coll, id)) {
+                Some(Write::Put { value, .. }) => out.push(value.clone()),
+                Some(Write::Delete) => {}
+                None => out.push(bytes),
+            }
+        }
+        // Entities this transaction created, in the order it created them.
+        let created: Vec<(Collection, String)> = self.order.iter().filter(|k| k.0 == coll).cloned().collect();
+        for key in created {
+            let Some(Write::Put { owner: o, value }) = self.writes.get(&key) else {
+                continue;
+            };
+            let owned = owner.is_none() || o.as_deref() == owner;
+            let value = value.clone();
+            if owned && !self.base.exists(coll, &key.1)? {
+                out.push(value);
+            }
+        }
+        Ok(out)
+    }
+
+    fn head_seq(&mut self, scope: &str) -> Result<u64> {
+        self.base.head_seq(scope)
+    }
+}
+
+impl<B: Base> Txn for Overlay<B> {
+    fn put_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>) {
+        self.mark(
+            (coll, id.to_owned()),
+            Write::Put {
+                owner: owner.map(str::to_owned),
+                value,
+            },
+        );
+    }
+
+    fn delete(&mut self, coll: Collection, id: &str) {
+        self.mark((coll, id.to_owned()), Write::Delete);
+    }
+
+    fn emit_raw(&mut self, event: PendingEvent) {
+        self.events.push(event);
+    }
+
+    fn next_counter(&mut self, name: &str) -> Result<u64> {
+        let current = match self.counters.get(name) {
+            Some(v) => *v,
+            None => self.base.counter(name)?,
+        };
+        self.counters.insert(name.to_owned(), current + 1);
+        Ok(current + 1)
+    }
+}

@@ -1,0 +1,872 @@
+//! Socket.IO `/ui` and `/mobile` (docs/realtime.md), through a real client: [`Sio`] below speaks
+//! Engine.IO v4 / Socket.IO v5 over a WebSocket, the way `socket.io-client` does with
+//! `transports: ["websocket"]` (the JavaScript client itself is exercised by `tests/js`).
+//!
+//! Covered: the handshake and its refusals, which events reach which socket, every client
+//! event with its ack (and the error acks), the reconnect replay seam (no duplicate, no hole),
+//! a gap older than the journal, `session:reply-input` end to end, the payload cap, shutdown.
+
+mod common;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use common::{TestServer, WAIT};
+use futures_util::stream;
+use futures_util::{SinkExt, StreamExt};
+use maestro_client::Client;
+use maestro_protocol::{
+    CreateProject, CreateSession, CreateTask, NeedsInput, Project, Session, UpdateProject,
+    UpdateSession,
+};
+use maestro_server::Config;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------------
+// A small Socket.IO client
+
+/// One connection to one namespace.
+struct Sio {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ns: String,
+    next_ack: u64,
+    events: VecDeque<(String, Value)>,
+    acks: HashMap<u64, Value>,
+}
+
+/// A Socket.IO packet as received.
+enum Packet {
+    Connect(Value),
+    ConnectError(Value),
+    Disconnect,
+    Event(String, Value),
+    Ack(u64, Value),
+}
+
+/// Splits `<type>[/ns,][ackId]<json>` (the Engine.IO `4` already removed).
+fn parse_packet(text: &str) -> (u8, String, Option<u64>, Option<Value>) {
+    let kind = text.as_bytes()[0] - b'0';
+    let mut rest = &text[1..];
+    let mut ns = "/".to_owned();
+    if rest.starts_with('/') {
+        let end = rest.find(',').unwrap_or(rest.len());
+        ns = rest[..end].to_owned();
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let id = (digits > 0).then(|| rest[..digits].parse().unwrap());
+    rest = &rest[digits..];
+    let data = (!rest.is_empty()).then(|| {
+        serde_json::from_str(rest).unwrap_or_else(|e| panic!("bad packet JSON ({e}): {text}"))
+    });
+    (kind, ns, id, data)
+}
+
+impl Sio {
+    /// Connects to `ns` with `auth`; `Err` carries the `connect_error` message.
+    async fn connect(
+        addr: std::net::SocketAddr,
+        ns: &str,
+        auth: Value,
+        origin: Option<&str>,
+    ) -> Result<Self, String> {
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let mut req = url.into_client_request().unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connect");
+        let mut sio = Self {
+            ws,
+            ns: ns.to_owned(),
+            next_ack: 1,
+            events: VecDeque::new(),
+            acks: HashMap::new(),
+        };
+        let open = sio.read_engine().await.expect("engine.io open packet");
+        assert!(open.starts_with('0'), "expected the open packet, got {open}");
+        let open: Value = serde_json::from_str(&open[1..]).unwrap();
+        assert!(open["sid"].is_string() && open["maxPayload"].is_u64(), "{open}");
+        sio.send(&format!("0{ns},{auth}")).await;
+        match sio.read_packet().await.expect("connect answer") {
+            Packet::Connect(data) => {
+                assert!(data["sid"].is_string(), "connect packet: {data}");
+                Ok(sio)
+            }
+            Packet::ConnectError(data) => Err(data["message"].as_str().unwrap().to_owned()),
+            _ => panic!("expected CONNECT or CONNECT_ERROR"),
+        }
+    }
+
+    async fn send(&mut self, engine_payload: &str) {
+        self.ws
+            .send(Message::text(format!("4{engine_payload}")))
+            .await
+            .expect("websocket send");
+    }
+
+    /// The next Engine.IO message (pings answered on the way); `None` when the connection
+    /// closed.
+    async fn read_engine(&mut self) -> Option<String> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("nothing from the server in time");
+            let text = match msg {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(_)) => continue,
+            };
+            match text.as_bytes().first() {
+                Some(b'2') => {
+                    self.ws.send(Message::text("3")).await.expect("pong");
+                }
+                Some(b'1') => return None,
+                _ => return Some(text),
+            }
+        }
+    }
+
+    async fn read_packet(&mut self) -> Option<Packet> {
+        let text = self.read_engine().await?;
+        assert!(text.starts_with('4'), "expected a message packet: {text}");
+        let (kind, ns, id, data) = parse_packet(&text[1..]);
+        assert_eq!(ns, self.ns, "packet of another namespace: {text}");
+        Some(match kind {
+            0 => Packet::Connect(data.unwrap_or(Value::Null)),
+            1 => Packet::Disconnect,
+            2 => {
+                let Some(Value::Array(mut args)) = data else {
+                    panic!("event without arguments: {text}")
+                };
+                assert_eq!(args.len(), 2, "events carry one payload: {text}");
+                let payload = args.pop().unwrap();
+                let name = args.pop().unwrap().as_str().unwrap().to_owned();
+                Packet::Event(name, payload)
+            }
+            3 => {
+                let Some(Value::Array(mut args)) = data else {
+                    panic!("ack without arguments: {text}")
+                };
+                assert_eq!(args.len(), 1, "acks carry one value: {text}");
+                Packet::Ack(id.expect("ack id"), args.pop().unwrap())
+            }
+            4 => Packet::ConnectError(data.unwrap_or(Value::Null)),
+            other => panic!("unexpected packet type {other}: {text}"),
+        })
+    }
+
+    /// Reads one packet into the buffers; false when the connection is gone.
+    async fn pump(&mut self) -> bool {
+        match self.read_packet().await {
+            None | Some(Packet::Disconnect) => false,
+            Some(Packet::Event(name, data)) => {
+                self.events.push_back((name, data));
+                true
+            }
+            Some(Packet::Ack(id, data)) => {
+                self.acks.insert(id, data);
+                true
+            }
+            Some(_) => panic!("unexpected connect packet"),
+        }
+    }
+
+    /// Emits `event` with one payload and waits for its ack.
+    async fn call(&mut self, event: &str, data: Value) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let ns = self.ns.clone();
+        self.send(&format!("2{ns},{id}{}", json!([event, data])))
+            .await;
+        self.await_ack(id).await
+    }
+
+    /// Emits `event` with no payload at all, with an ack.
+    async fn call_bare(&mut self, event: &str) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let ns = self.ns.clone();
+        self.send(&format!("2{ns},{id}{}", json!([event]))).await;
+        self.await_ack(id).await
+    }
+
+    async fn await_ack(&mut self, id: u64) -> Value {
+        loop {
+            if let Some(v) = self.acks.remove(&id) {
+                return v;
+            }
+            assert!(self.pump().await, "connection closed while waiting for ack {id}");
+        }
+    }
+
+    /// The next event, or `None` if none arrives within `wait`.
+    async fn try_event(&mut self, wait: Duration) -> Option<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            match tokio::time::timeout_at(deadline, self.read_packet()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Packet::Disconnect)) => panic!("connection closed"),
+                Ok(Some(Packet::Event(n, d))) => self.events.push_back((n, d)),
+                Ok(Some(Packet::Ack(id, d))) => {
+                    self.acks.insert(id, d);
+                }
+                Ok(Some(_)) => panic!("unexpected connect packet"),
+            }
+        }
+    }
+
+    async fn event(&mut self) -> (String, Value) {
+        self.try_event(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no event within {WAIT:?}"))
+    }
+
+    /// Reads events and asserts they are `names`, in order; returns their payloads.
+    async fn expect(&mut self, names: &[&str]) -> Vec<Value> {
+        let mut got = Vec::new();
+        for name in names {
+            let (n, data) = self.event().await;
+            assert_eq!(&n, name, "expected {names:?}; after {} got {n}: {data}", got.len());
+            check_envelope(&n, &data);
+            got.push(data);
+        }
+        got
+    }
+
+    /// Asserts nothing arrives for a while.
+    async fn quiet(&mut self) {
+        if let Some((n, d)) = self.try_event(Duration::from_millis(300)).await {
+            panic!("expected no event, got {n}: {d}");
+        }
+    }
+
+    /// Whether the server closed the connection within [`WAIT`].
+    async fn closed_by_server(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// The payload of every domain event: `{type, event, data, timestamp, seq, projectId}`.
+#[track_caller]
+fn check_envelope(name: &str, v: &Value) {
+    if name == "replay:incomplete" {
+        return;
+    }
+    assert_eq!(
+        common::keys(v),
+        common::set(&["type", "event", "data", "timestamp", "seq", "projectId"]),
+        "envelope of {name}: {v}"
+    );
+    assert_eq!(v["type"], name, "{v}");
+    assert_eq!(v["event"], name, "{v}");
+    assert!(v["seq"].as_u64().is_some_and(|s| s >= 1), "{v}");
+    assert!(v["timestamp"].is_i64(), "{v}");
+}
+
+#[track_caller]
+fn ok(ack: &Value) -> &Value {
+    assert_eq!(ack["ok"], true, "expected a success ack, got {ack}");
+    ack
+}
+
+#[track_caller]
+fn err(ack: &Value, code: &str) {
+    assert_eq!(ack["ok"], false, "expected an error ack, got {ack}");
+    assert_eq!(ack["error"]["code"], code, "{ack}");
+    assert!(
+        ack["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{ack}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+async fn project(api: &Client, name: &str) -> Project {
+    api.create_project(&CreateProject {
+        name: Some(name.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn session(api: &Client, project: &str, name: &str) -> Session {
+    api.create_session(&CreateSession {
+        project_id: Some(project.into()),
+        task_ids: Some(vec![]),
+        name: Some(name.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn task(api: &Client, project: &str, title: &str) -> maestro_protocol::Task {
+    api.create_task(&CreateTask {
+        project_id: Some(project.into()),
+        title: Some(title.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Creates `n` tasks, several requests at a time: `n` `task:created` events.
+async fn many_tasks(api: &Client, project: &str, n: usize) {
+    stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let project = project.to_owned();
+            async move { task(&api, &project, &format!("t{i}")).await }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// A server with a custom configuration (the shared harness always uses the defaults).
+struct CustomServer {
+    addr: std::net::SocketAddr,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl CustomServer {
+    async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_dir(dir.path());
+        adjust(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let task = tokio::spawn(maestro_server::run(config, listener, token.clone()));
+        let api = Client::new(&format!("http://{addr}")).unwrap();
+        tokio::time::timeout(WAIT * 2, api.health())
+            .await
+            .expect("health in time")
+            .expect("health");
+        Self {
+            addr,
+            token,
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn api(&self) -> Client {
+        Client::new(&format!("http://{}", self.addr)).unwrap()
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(WAIT * 3, self.task)
+            .await
+            .expect("server stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn handshake_rules() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let p = project(api, "hs").await;
+    let addr = server.addr();
+
+    // /ui needs nothing; a token is accepted (not checked until credentials land).
+    Sio::connect(addr, "/ui", json!({}), None).await.unwrap().close().await;
+    Sio::connect(addr, "/ui", json!({ "token": "t", "projectId": p.id, "lastSeq": 0 }), None)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    Sio::connect(addr, "/mobile", json!({ "projectId": p.id }), None)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    // An allowed browser origin.
+    Sio::connect(addr, "/ui", json!({}), Some("http://localhost:5173"))
+        .await
+        .unwrap()
+        .close()
+        .await;
+
+    let refused = |r: Result<Sio, String>| match r {
+        Ok(_) => panic!("expected the handshake to be refused"),
+        Err(message) => message,
+    };
+    let m = refused(Sio::connect(addr, "/ui", json!({}), Some("https://evil.example")).await);
+    assert!(m.starts_with("FORBIDDEN: "), "{m}");
+    let m = refused(Sio::connect(addr, "/mobile", json!({}), None).await);
+    assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
+    let m = refused(Sio::connect(addr, "/mobile", json!({ "projectId": "proj_nope" }), None).await);
+    assert!(m.starts_with("NOT_FOUND: "), "{m}");
+    let m = refused(Sio::connect(addr, "/mobile", json!({ "projectId": "../x" }), None).await);
+    assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
+    let m = refused(Sio::connect(addr, "/ui", json!({ "lastSeq": 3 }), None).await);
+    assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
+    let m = refused(
+        Sio::connect(addr, "/mobile", json!({ "projectId": p.id, "lastSeq": "x" }), None).await,
+    );
+    assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
+    let m = refused(
+        Sio::connect(addr, "/mobile", json!({ "projectId": p.id, "lastSeq": -1 }), None).await,
+    );
+    assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
+}
+
+#[tokio::test]
+async fn events_reach_the_right_sockets() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let addr = server.addr();
+    let a = project(api, "a").await;
+    let b = project(api, "b").await;
+    let s1 = session(api, &a.id, "s1").await;
+    let s2 = session(api, &a.id, "s2").await;
+
+    let mut mobile = Sio::connect(addr, "/mobile", json!({ "projectId": a.id }), None)
+        .await
+        .unwrap();
+    let mut ui = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
+    let mut ui_s1 = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
+    let ack = ui_s1.call("subscribe", json!({ "sessionIds": [s1.id] })).await;
+    assert_eq!(ok(&ack)["sessionIds"], json!([s1.id]));
+
+    // A task in A: project-level, everyone following A gets it.
+    let t = task(api, &a.id, "in a").await;
+    for sock in [&mut mobile, &mut ui, &mut ui_s1] {
+        let got = sock.expect(&["task:created"]).await;
+        assert_eq!(got[0]["data"], common::to_json(&t));
+        assert_eq!(got[0]["projectId"], a.id);
+    }
+    // A task in B: not for A's phone.
+    task(api, &b.id, "in b").await;
+    ui.expect(&["task:created"]).await;
+    ui_s1.expect(&["task:created"]).await;
+    mobile.quiet().await;
+
+    // Session events: the subscribed screen gets only s1's.
+    api.append_timeline(&s2.id, &maestro_protocol::AppendTimeline {
+        message: Some("on s2".into()),
+        kind: Some("note".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    mobile.expect(&["session:updated"]).await;
+    ui.expect(&["session:updated"]).await;
+    ui_s1.quiet().await;
+    api.append_timeline(&s1.id, &maestro_protocol::AppendTimeline {
+        message: Some("on s1".into()),
+        kind: Some("note".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for sock in [&mut mobile, &mut ui, &mut ui_s1] {
+        let got = sock.expect(&["session:updated"]).await;
+        assert_eq!(got[0]["data"]["id"], s1.id);
+    }
+
+    // Global events: the phone gets those about its project only; projectId is null.
+    api.update_project(&b.id, &UpdateProject {
+        description: Some("b!".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    api.update_project(&a.id, &UpdateProject {
+        description: Some("a!".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = mobile.expect(&["project:updated"]).await;
+    assert_eq!(got[0]["data"]["id"], a.id);
+    assert_eq!(got[0]["projectId"], Value::Null);
+    let got = ui.expect(&["project:updated", "project:updated"]).await;
+    assert_eq!(got[1]["seq"].as_u64().unwrap(), got[0]["seq"].as_u64().unwrap() + 1);
+
+    // Unsubscribing one session narrows; unsubscribing all restores everything.
+    let ack = ui_s1.call("unsubscribe", json!({ "sessionIds": [s1.id] })).await;
+    assert_eq!(ok(&ack)["sessionIds"], json!([]));
+    let ack = ui_s1.call("unsubscribe", json!({})).await;
+    assert_eq!(ok(&ack)["sessionIds"], Value::Null);
+    api.append_timeline(&s2.id, &maestro_protocol::AppendTimeline {
+        message: Some("again".into()),
+        kind: Some("note".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ui_s1.expect(&["project:updated", "project:updated", "session:updated"]).await;
+}
+
+#[tokio::test]
+async fn every_client_event_acks() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let addr = server.addr();
+    let a = project(api, "a").await;
+    let b = project(api, "b").await;
+    let t = task(api, &a.id, "t").await;
+    let s = session(api, &a.id, "s").await;
+    let other = session(api, &b.id, "other").await;
+
+    let mut ui = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
+    let mut mobile = Sio::connect(addr, "/mobile", json!({ "projectId": a.id }), None)
+        .await
+        .unwrap();
+
+    // subscribe / unsubscribe
+    err(&ui.call("subscribe", json!({})).await, "VALIDATION_ERROR");
+    err(&ui.call("subscribe", json!({ "sessionIds": ["../etc"] })).await, "VALIDATION_ERROR");
+    err(&ui.call("subscribe", json!({ "sessionIds": "s" })).await, "VALIDATION_ERROR");
+    err(&ui.call("subscribe", json!([1, 2])).await, "VALIDATION_ERROR");
+    let ack = ui.call("subscribe", json!({ "sessionIds": [s.id, other.id] })).await;
+    let mut want = vec![s.id.clone(), other.id.clone()];
+    want.sort();
+    assert_eq!(ok(&ack)["sessionIds"], json!(want));
+    ok(&ui.call_bare("unsubscribe").await);
+
+    // state:sync: one snapshot with the heads.
+    let ack = ui.call_bare("state:sync").await;
+    ok(&ack);
+    assert_eq!(ack["projects"].as_array().unwrap().len(), 2);
+    assert_eq!(ack["tasks"], json!([common::to_json(&t)]));
+    assert_eq!(ack["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(ack["teamMembers"].as_array().unwrap().len(), 10, "5 built-ins per project");
+    let heads = &ack["seqs"];
+    assert_eq!(heads["global"], 2, "two project:created");
+    assert_eq!(heads[&a.id], 2, "task:created, session:created: {ack}");
+    let ack = ui.call("state:sync", json!({ "projectId": b.id })).await;
+    assert_eq!(ok(&ack)["projects"][0]["id"], b.id);
+    assert_eq!(common::keys(&ack["seqs"]), common::set(&["global", &b.id]));
+    err(&ui.call("state:sync", json!({ "projectId": "proj_none" })).await, "NOT_FOUND");
+    let ack = mobile.call_bare("state:sync").await;
+    assert_eq!(ok(&ack)["projects"].as_array().unwrap().len(), 1);
+    assert_eq!(ack["sessions"][0]["id"], s.id);
+    err(&mobile.call("state:sync", json!({ "projectId": b.id })).await, "FORBIDDEN");
+
+    // events:replay
+    err(&ui.call("events:replay", json!({})).await, "VALIDATION_ERROR");
+    err(&ui.call("events:replay", json!({ "afterSeq": "x" })).await, "VALIDATION_ERROR");
+    err(&ui.call("events:replay", json!({ "afterSeq": 0, "projectId": "proj_none" })).await, "NOT_FOUND");
+    err(&mobile.call("events:replay", json!({ "afterSeq": 0, "projectId": b.id })).await, "FORBIDDEN");
+    let ack = mobile.call("events:replay", json!({ "afterSeq": 0 })).await;
+    ok(&ack);
+    assert_eq!(ack["recovered"], true);
+    let seqs: Vec<u64> = ack["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2], "{ack}");
+    assert_eq!(ack["events"][0]["event"], "task:created");
+    assert_eq!(ack["events"][1]["event"], "session:created");
+    for e in ack["events"].as_array().unwrap() {
+        check_envelope(e["event"].as_str().unwrap(), e);
+    }
+    assert_eq!(ack["headSeq"], 2);
+    assert_eq!(ack["hasMore"], false);
+    let ack = ui.call("events:replay", json!({ "afterSeq": 0, "projectId": a.id, "limit": 1 })).await;
+    assert_eq!(ok(&ack)["events"].as_array().unwrap().len(), 1);
+    assert_eq!(ack["hasMore"], true);
+    let ack = ui.call("events:replay", json!({ "afterSeq": 0 })).await;
+    assert_eq!(ok(&ack)["projectId"], Value::Null, "the global scope");
+    assert_eq!(ack["events"][0]["event"], "project:created");
+    let ack = ui.call("events:replay", json!({ "afterSeq": 99, "projectId": a.id })).await;
+    assert_eq!(ok(&ack)["recovered"], false, "ahead of the server: {ack}");
+
+    // The events these calls cause reach the sockets; drain what is queued so far.
+    mobile.quiet().await;
+    ui.quiet().await;
+
+    // mail:send — same body as POST /api/mail.
+    let ack = mobile
+        .call("mail:send", json!({
+            "projectId": a.id, "fromSessionId": "user", "toSessionId": s.id,
+            "type": "directive", "subject": "hi", "body": { "x": 1 }
+        }))
+        .await;
+    assert_eq!(ok(&ack)["mail"]["toSessionId"], s.id);
+    mobile.expect(&["mail:received"]).await;
+    ui.expect(&["mail:received"]).await;
+    err(&mobile.call("mail:send", json!({ "projectId": a.id, "fromSessionId": "u", "type": "nope", "subject": "x" })).await, "VALIDATION_ERROR");
+    err(&mobile.call("mail:send", json!({ "projectId": a.id, "fromSessionId": "u", "type": "query", "subject": "x", "extra": 1 })).await, "VALIDATION_ERROR");
+    err(&mobile.call("mail:send", json!({ "projectId": b.id, "fromSessionId": "u", "type": "query", "subject": "x" })).await, "FORBIDDEN");
+    err(&ui.call("mail:send", json!({ "projectId": a.id, "fromSessionId": "u", "type": "query", "subject": "x", "toSessionId": "sess_none" })).await, "NOT_FOUND");
+
+    // session:spawn — same body as POST /api/sessions/spawn.
+    let ack = mobile
+        .call("session:spawn", json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": "k1" }))
+        .await;
+    ok(&ack);
+    let spawned = ack["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(ack["session"]["status"], "spawning");
+    let again = mobile
+        .call("session:spawn", json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": "k1" }))
+        .await;
+    assert_eq!(ok(&again)["sessionId"], spawned, "same idempotency key, same answer");
+    // Spawn's own errors keep upstream's snake_case codes, as over HTTP.
+    err(&mobile.call("session:spawn", json!({ "projectId": a.id })).await, "invalid_task_ids");
+    err(&ui.call("session:spawn", json!({ "taskIds": [t.id] })).await, "missing_project_id");
+    // On /mobile the project is implied.
+    let ack = mobile.call("session:spawn", json!({ "taskIds": [t.id] })).await;
+    assert_eq!(ok(&ack)["session"]["projectId"], a.id);
+    err(&mobile.call("session:spawn", json!({ "projectId": b.id, "taskIds": [t.id] })).await, "FORBIDDEN");
+    err(&ui.call("session:spawn", json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": 5 })).await, "VALIDATION_ERROR");
+
+    // session:stop
+    let ack = mobile.call("session:stop", json!({ "sessionId": spawned })).await;
+    assert_eq!(ok(&ack)["session"]["status"], "stopped");
+    err(&mobile.call("session:stop", json!({})).await, "VALIDATION_ERROR");
+    err(&mobile.call("session:stop", json!({ "sessionId": "sess_none" })).await, "NOT_FOUND");
+    err(&mobile.call("session:stop", json!({ "sessionId": other.id })).await, "FORBIDDEN");
+
+    // session:reply-input
+    let ack = ui.call("session:reply-input", json!({ "sessionId": s.id, "message": "go" })).await;
+    assert_eq!(ok(&ack)["mail"]["type"], "directive");
+    assert_eq!(ack["session"]["needsInput"]["active"], false);
+    err(&ui.call("session:reply-input", json!({ "sessionId": s.id })).await, "VALIDATION_ERROR");
+    err(&ui.call("session:reply-input", json!({ "sessionId": s.id, "message": "  " })).await, "VALIDATION_ERROR");
+    err(&ui.call("session:reply-input", json!({ "message": "x" })).await, "VALIDATION_ERROR");
+    err(&ui.call("session:reply-input", json!({ "sessionId": "sess_none", "message": "x" })).await, "NOT_FOUND");
+    err(&ui.call("session:reply-input", json!({ "sessionId": spawned, "message": "x" })).await, "CONFLICT");
+    err(&mobile.call("session:reply-input", json!({ "sessionId": other.id, "message": "x" })).await, "FORBIDDEN");
+
+    // Unknown events get an error ack too.
+    err(&ui.call("no:such-event", json!({})).await, "NOT_FOUND");
+}
+
+/// The seam: a client that was away while 500 events happened reconnects with `lastSeq`; it
+/// gets exactly those 500 in order, then live events, with nothing twice — also when live
+/// events are committed while its replay is being sent.
+#[tokio::test]
+async fn reconnect_replays_the_gap_then_live_events() {
+    let server = TestServer::start().await;
+    let api = server.api().clone();
+    let addr = server.addr();
+    let p = project(&api, "replay").await;
+
+    let mut phone = Sio::connect(addr, "/mobile", json!({ "projectId": p.id }), None)
+        .await
+        .unwrap();
+    task(&api, &p.id, "seen").await;
+    let seen = phone.expect(&["task:created"]).await;
+    let last_seq = seen[0]["seq"].as_u64().unwrap();
+    phone.close().await;
+
+    many_tasks(&api, &p.id, 500).await;
+
+    // Reconnect while more events are being written.
+    let writer = {
+        let (api, project) = (api.clone(), p.id.clone());
+        tokio::spawn(async move { many_tasks(&api, &project, 50).await })
+    };
+    let mut phone = Sio::connect(
+        addr,
+        "/mobile",
+        json!({ "projectId": p.id, "lastSeq": last_seq }),
+        None,
+    )
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 550 {
+        let (name, data) = phone.event().await;
+        assert_eq!(name, "task:created", "{data}");
+        check_envelope(&name, &data);
+        seqs.push(data["seq"].as_u64().unwrap());
+    }
+    let want: Vec<u64> = (last_seq + 1..=last_seq + 550).collect();
+    assert_eq!(seqs, want, "every event once, in order");
+    phone.quiet().await;
+
+    // And live from here on.
+    task(&api, &p.id, "live").await;
+    let live = phone.expect(&["task:created"]).await;
+    assert_eq!(live[0]["seq"], last_seq + 551);
+
+    // A client that saw everything gets nothing replayed.
+    let mut fresh = Sio::connect(
+        addr,
+        "/mobile",
+        json!({ "projectId": p.id, "lastSeq": last_seq + 551 }),
+        None,
+    )
+    .await
+    .unwrap();
+    fresh.quiet().await;
+}
+
+#[tokio::test]
+async fn a_gap_older_than_the_journal_is_not_recovered() {
+    let server = CustomServer::start(|c| c.journal_capacity = 50).await;
+    let api = server.api();
+    let p = project(&api, "small journal").await;
+    many_tasks(&api, &p.id, 120).await;
+
+    let mut phone = Sio::connect(
+        server.addr,
+        "/mobile",
+        json!({ "projectId": p.id, "lastSeq": 10 }),
+        None,
+    )
+    .await
+    .unwrap();
+    let (name, notice) = phone.event().await;
+    assert_eq!(name, "replay:incomplete");
+    assert_eq!(
+        notice,
+        json!({ "recovered": false, "projectId": p.id, "headSeq": 120, "lastSeq": 10 })
+    );
+    phone.quiet().await;
+    // The answer is state:sync; live events continue after its heads.
+    let ack = phone.call_bare("state:sync").await;
+    assert_eq!(ok(&ack)["seqs"][&p.id], 120);
+    assert_eq!(ack["tasks"].as_array().unwrap().len(), 120);
+    task(&api, &p.id, "after").await;
+    assert_eq!(phone.expect(&["task:created"]).await[0]["seq"], 121);
+
+    // Within the journal it still works.
+    let mut ok_phone = Sio::connect(
+        server.addr,
+        "/mobile",
+        json!({ "projectId": p.id, "lastSeq": 100 }),
+        None,
+    )
+    .await
+    .unwrap();
+    for seq in 101..=121 {
+        assert_eq!(ok_phone.expect(&["task:created"]).await[0]["seq"], seq);
+    }
+    ok_phone.quiet().await;
+
+    let ack = phone.call("events:replay", json!({ "afterSeq": 5 })).await;
+    assert_eq!(ok(&ack)["recovered"], false);
+    assert_eq!(ack["headSeq"], 121);
+    assert_eq!(ack["events"], json!([]));
+    server.stop().await;
+}
+
+/// A human answers from the phone: the agent's `mail/wait` gets the directive, a desktop
+/// screen following the session gets `session:input`, `needsInput` is cleared and the timeline
+/// shows the reply.
+#[tokio::test]
+async fn reply_input_reaches_the_agent_and_the_screens() {
+    let server = TestServer::start().await;
+    let api = server.api().clone();
+    let addr = server.addr();
+    let p = project(&api, "ask").await;
+    let s = session(&api, &p.id, "asker").await;
+    let bystander = session(&api, &p.id, "bystander").await;
+    api.update_session(&s.id, &UpdateSession {
+        needs_input: Some(NeedsInput {
+            active: true,
+            message: Some("Which database?".into()),
+            since: None,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // The agent is parked in mail/wait.
+    let waiting = {
+        let (api, id) = (api.clone(), s.id.clone());
+        tokio::spawn(async move {
+            api.wait_mail(&id, &[("ack", "true"), ("timeout", "10000")]).await
+        })
+    };
+    let mut desk = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
+    ok(&desk.call("subscribe", json!({ "sessionIds": [s.id] })).await);
+    let mut desk_other = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
+    ok(&desk_other.call("subscribe", json!({ "sessionIds": [bystander.id] })).await);
+    let mut phone = Sio::connect(addr, "/mobile", json!({ "projectId": p.id }), None)
+        .await
+        .unwrap();
+
+    let ack = phone
+        .call("session:reply-input", json!({ "sessionId": s.id, "message": "Postgres, please" }))
+        .await;
+    ok(&ack);
+    let mail_id = ack["mail"]["id"].as_str().unwrap().to_owned();
+
+    let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, mail_id);
+    assert_eq!(got[0].kind, "directive");
+    assert_eq!(got[0].from_session_id, "user");
+    assert_eq!(got[0].body["message"], "Postgres, please");
+    assert_eq!(got[0].body["inReplyTo"], "Which database?");
+
+    let frames = desk.expect(&["session:updated", "mail:received", "session:input"]).await;
+    assert_eq!(frames[2]["data"]["sessionId"], s.id);
+    assert_eq!(frames[2]["data"]["message"], "Postgres, please");
+    assert_eq!(frames[2]["data"]["mailId"], mail_id);
+    assert!(frames[2]["data"]["timestamp"].is_i64());
+    phone.expect(&["session:updated", "mail:received", "session:input"]).await;
+    desk_other.quiet().await;
+
+    let after = api.get_session(&s.id).await.unwrap();
+    assert!(!after.needs_input.as_ref().unwrap().active);
+    let last = after.timeline.last().unwrap();
+    assert_eq!(last.kind, "user_reply");
+    assert_eq!(last.message.as_deref(), Some("Postgres, please"));
+}
+
+#[tokio::test]
+async fn oversized_payloads_are_refused() {
+    let server = CustomServer::start(|c| c.max_body_bytes = 4096).await;
+    let mut ui = Sio::connect(server.addr, "/ui", json!({}), None).await.unwrap();
+    ok(&ui.call("subscribe", json!({ "sessionIds": ["a"] })).await);
+    let big = "x".repeat(10_000);
+    let ns = ui.ns.clone();
+    ui.send(&format!("2{ns},9{}", json!(["subscribe", { "sessionIds": [big] }])))
+        .await;
+    assert!(ui.closed_by_server().await, "a frame over the cap closes the connection");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets() {
+    let server = TestServer::start().await;
+    let p = project(server.api(), "bye").await;
+    let mut phone = Sio::connect(server.addr(), "/mobile", json!({ "projectId": p.id }), None)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < WAIT, "stopping does not wait on open sockets");
+    assert!(phone.closed_by_server().await);
+}

@@ -1,0 +1,538 @@
+//! `maestro run -- <agent command…>`: runs an agent in a pseudo-terminal and keeps its
+//! session truthful for the agent's whole life.
+//!
+//! 1. Registers the session (`working`), creating it when the server does not know it.
+//! 2. Starts the agent in a pty with `MAESTRO_SESSION_ID`, `MAESTRO_PROJECT_ID`,
+//!    `MAESTRO_TASK_IDS` and `MAESTRO_SERVER_URL` set, so its hooks report on this session.
+//!    When stdin is a terminal it is put in raw mode and passed through (resized on
+//!    SIGWINCH); otherwise stdin and stdout are plain pipes through the pty. End of input on
+//!    a pipe is not forwarded: replies may still arrive from the server.
+//! 3. Heartbeats the session every TTL/3 (`POST /api/sessions/:id/heartbeat`); a server
+//!    without that route gets one notice and no more beats.
+//! 4. Types replies into the agent's terminal: `session:input` events for this session on the
+//!    legacy WebSocket (`message` + Enter). The socket reconnects with back-off.
+//! 5. Forwards SIGINT (to the terminal's foreground process group, as a terminal would),
+//!    SIGTERM and SIGHUP (to the agent's process group).
+//! 6. The moment the agent exits, reports `completed` (status 0) or `failed` with the exit
+//!    status in a timeline entry, then exits with the agent's code (128+N for signal N).
+//!
+//! If `maestro run` itself is killed, nothing is reported: the heartbeats stop and the
+//! server's liveness sweep fails the session.
+//!
+//! Blocking pty and stdin I/O runs on plain threads; the runtime only waits on channels,
+//! signals, HTTP and the WebSocket.
+
+use std::io::{IsTerminal, Read, Write};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use maestro_client::Client;
+use maestro_protocol::{CreateSession, Session, TimelineEvent, UpdateSession};
+use portable_pty::{CommandBuilder, MasterPty, PtySize};
+use serde_json::{Value, json};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::context::Context;
+use super::output::{CliError, CmdResult, now_ms};
+
+/// Heartbeat TTL when neither the server nor `MAESTRO_HEARTBEAT_TTL_MS` says otherwise.
+const DEFAULT_TTL_MS: u64 = 15_000;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  maestro run --project proj_1 --task task_1 -- claude
+  MAESTRO_SESSION_ID=sess_1 maestro run -- codex --full-auto
+
+Exit code: the agent's (128+N when signal N killed it); 127 when it could not start.
+Environment: MAESTRO_HEARTBEAT_TTL_MS (15000), MAESTRO_WS_URL (default: the server URL with ws://).")]
+pub struct RunArgs {
+    /// A task the session works on (repeatable) [default: MAESTRO_TASK_IDS].
+    #[arg(long = "task", value_name = "ID")]
+    pub tasks: Vec<String>,
+    /// Name of the session when a new one is created.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The agent's command line (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+/// How the agent ended.
+#[derive(Debug, Clone, PartialEq)]
+struct AgentExit {
+    /// The code `maestro run` exits with.
+    code: i32,
+    /// The signal that killed the agent, if one did.
+    signal: Option<i32>,
+}
+
+impl AgentExit {
+    fn from_std(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self { code, signal: None },
+            (None, Some(sig)) => Self {
+                code: 128 + sig,
+                signal: Some(sig),
+            },
+            (None, None) => Self {
+                code: 1,
+                signal: None,
+            },
+        }
+    }
+
+    fn success(&self) -> bool {
+        self.code == 0 && self.signal.is_none()
+    }
+
+    fn describe(&self) -> String {
+        match self.signal {
+            Some(sig) => format!("Agent was killed by signal {sig}"),
+            None => format!("Agent exited with status {}", self.code),
+        }
+    }
+}
+
+/// Notes from `maestro run` itself, on stderr; `\r\n` while the terminal is raw.
+#[derive(Debug, Clone, Copy)]
+struct Log {
+    raw: bool,
+}
+
+impl Log {
+    fn note(&self, msg: &str) {
+        let end = if self.raw { "\r\n" } else { "\n" };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "[maestro] {msg}{end}");
+        let _ = err.flush();
+    }
+}
+
+pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
+    let client = ctx.client()?;
+    let mut ctx = ctx.clone();
+    if !args.tasks.is_empty() {
+        ctx.task_ids = args.tasks.clone();
+    }
+    let session = match ctx.session_id.clone() {
+        Some(id) => super::session::register(&ctx, &client, &id, args.name.as_deref()).await?,
+        None => create_session(&ctx, &client, &args).await?,
+    };
+    let sid = session.id.clone();
+
+    let tty = std::io::stdin().is_terminal();
+    let pty = portable_pty::native_pty_system();
+    let pair = pty
+        .openpty(if tty { terminal_size() } else { PtySize::default() })
+        .map_err(|e| CliError::failed("pty_error", format!("Cannot open a pseudo-terminal: {e}")))?;
+    let mut cmd = CommandBuilder::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    if let Ok(dir) = std::env::current_dir() {
+        cmd.cwd(dir);
+    }
+    cmd.env("MAESTRO_SESSION_ID", &sid);
+    cmd.env("MAESTRO_PROJECT_ID", &session.project_id);
+    cmd.env("MAESTRO_TASK_IDS", session.task_ids.join(","));
+    cmd.env("MAESTRO_SERVER_URL", &ctx.server);
+    let child = match pair.slave.spawn_command(cmd) {
+        Ok(child) => child,
+        Err(e) => {
+            let log = Log { raw: false };
+            log.note(&format!("cannot start {:?}: {e}", args.command[0]));
+            let exit = AgentExit {
+                code: 127,
+                signal: None,
+            };
+            let why = format!("Agent could not start: {e}");
+            if let Err(e) = report_exit(&client, &sid, &exit, Some(&why)).await {
+                log.note(&format!("could not report the failure: {e}"));
+            }
+            return Ok(exit.code);
+        }
+    };
+    // The agent holds the slave side now; once it (and its children) exit, reads on the
+    // master side end.
+    drop(pair.slave);
+    let master = pair.master;
+    let agent_pid = child.process_id().and_then(|p| i32::try_from(p).ok());
+
+    let raw = if tty { RawMode::enable() } else { RawMode(None) };
+    let log = Log {
+        raw: raw.0.is_some(),
+    };
+
+    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(wait_agent(child));
+    });
+    let output_done = copy_output(&*master)?;
+    let input = spawn_input_writer(&*master)?;
+    forward_stdin(input.clone());
+
+    let heartbeats = tokio::spawn(heartbeat(client.clone(), sid.clone(), log));
+    let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), input, log));
+
+    let mut sigint = listen(SignalKind::interrupt());
+    let mut sigterm = listen(SignalKind::terminate());
+    let mut sighup = listen(SignalKind::hangup());
+    let mut winch = listen(SignalKind::window_change());
+    let status = loop {
+        tokio::select! {
+            status = &mut exit_rx => {
+                break status.unwrap_or(AgentExit { code: 1, signal: None });
+            }
+            _ = recv(&mut sigint) => {
+                let group = master.process_group_leader().or(agent_pid);
+                signal_group(group, rustix::process::Signal::INT);
+            }
+            _ = recv(&mut sigterm) => signal_group(agent_pid, rustix::process::Signal::TERM),
+            _ = recv(&mut sighup) => signal_group(agent_pid, rustix::process::Signal::HUP),
+            _ = recv(&mut winch) => {
+                if tty {
+                    let _ = master.resize(terminal_size());
+                }
+            }
+        }
+    };
+    heartbeats.abort();
+    replies.abort();
+    if let Err(e) = report_exit(&client, &sid, &status, None).await {
+        log.note(&format!("could not report the agent's exit to the server: {e}"));
+    }
+    // Let the last output reach the terminal before it leaves raw mode.
+    let _ = tokio::time::timeout(Duration::from_secs(2), output_done).await;
+    drop(raw);
+    Ok(status.code)
+}
+
+/// Creates a new session (no id given): the server picks the id.
+async fn create_session(ctx: &Context, c: &Client, args: &RunArgs) -> CmdResult<Session> {
+    let project = ctx.project().map_err(|e| {
+        e.with_hint("`maestro run` needs a session (--session) or a project to create one in.")
+    })?;
+    let program = std::path::Path::new(&args.command[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| args.command[0].clone());
+    let req = CreateSession {
+        project_id: Some(project.to_owned()),
+        task_ids: Some(ctx.task_ids.clone()),
+        name: Some(args.name.clone().unwrap_or_else(|| format!("run: {program}"))),
+        status: Some("working".into()),
+        metadata: Some(json!({ "mode": ctx.mode, "launcher": "maestro run", "command": args.command })),
+        ..Default::default()
+    };
+    c.create_session(&req).await.map_err(|e| ctx.err(e))
+}
+
+/// Reports the agent's end: `completed` for status 0, else `failed`, with a timeline entry
+/// carrying the exit status.
+async fn report_exit(
+    c: &Client,
+    sid: &str,
+    exit: &AgentExit,
+    message: Option<&str>,
+) -> maestro_client::Result<Session> {
+    let now = now_ms();
+    let (status, kind) = if exit.success() {
+        ("completed", "session_stopped")
+    } else {
+        ("failed", "error")
+    };
+    let message = message.map_or_else(|| exit.describe(), str::to_owned);
+    let entry: TimelineEvent = serde_json::from_value(json!({
+        "id": format!("evt-{now}"),
+        "type": kind,
+        "timestamp": now,
+        "message": message,
+        "metadata": { "exitCode": exit.code, "signal": exit.signal, "source": "maestro run" },
+    }))
+    .expect("a valid timeline entry");
+    let mut req = UpdateSession {
+        status: Some(status.into()),
+        timeline: Some(vec![entry]),
+        ..Default::default()
+    };
+    req.other.insert("completedAt".into(), json!(now));
+    c.update_session(sid, &req).await
+}
+
+/// Waits for the agent on the calling thread.
+fn wait_agent(child: Box<dyn portable_pty::Child + Send + Sync>) -> AgentExit {
+    let child: Box<dyn portable_pty::Child> = child;
+    match child.downcast::<std::process::Child>() {
+        Ok(mut c) => c.wait().map(AgentExit::from_std).unwrap_or(AgentExit {
+            code: 1,
+            signal: None,
+        }),
+        // Not reached on Unix; portable-pty's own status has no signal number.
+        Err(mut c) => AgentExit {
+            code: c
+                .wait()
+                .map(|s| i32::try_from(s.exit_code()).unwrap_or(1))
+                .unwrap_or(1),
+            signal: None,
+        },
+    }
+}
+
+/// Copies the agent's terminal output to stdout on a thread; the receiver completes at
+/// end of output.
+fn copy_output(master: &dyn MasterPty) -> CmdResult<tokio::sync::oneshot::Receiver<()>> {
+    let mut reader = master
+        .try_clone_reader()
+        .map_err(|e| CliError::failed("pty_error", format!("Cannot read the terminal: {e}")))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        let mut out = std::io::stdout();
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    Ok(done_rx)
+}
+
+/// One thread owns the terminal's input side; stdin and replies send it bytes.
+fn spawn_input_writer(master: &dyn MasterPty) -> CmdResult<mpsc::Sender<Vec<u8>>> {
+    let mut writer = master
+        .take_writer()
+        .map_err(|e| CliError::failed("pty_error", format!("Cannot write the terminal: {e}")))?;
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for chunk in rx {
+            if writer.write_all(&chunk).and_then(|()| writer.flush()).is_err() {
+                break;
+            }
+        }
+        // Dropping the writer would send EOF to the agent; nobody is left to write anyway.
+        std::mem::forget(writer);
+    });
+    Ok(tx)
+}
+
+/// Copies stdin to the agent's terminal until stdin ends.
+fn forward_stdin(input: mpsc::Sender<Vec<u8>>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if input.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Beats every TTL/3 for as long as it runs (it is aborted when the agent exits).
+async fn heartbeat(client: Client, sid: String, log: Log) {
+    let mut ttl = std::env::var("MAESTRO_HEARTBEAT_TTL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(DEFAULT_TTL_MS);
+    let mut failing = false;
+    loop {
+        match client.heartbeat(&sid).await {
+            Ok(reply) => {
+                if let Some(t) = reply.get("ttlMs").and_then(Value::as_u64).filter(|&t| t > 0) {
+                    ttl = t;
+                }
+                if failing {
+                    log.note("heartbeats are getting through again");
+                    failing = false;
+                }
+            }
+            Err(e) if e.is_route_missing() => {
+                log.note(
+                    "this server does not support heartbeats (POST /api/sessions/:id/heartbeat); \
+                     the agent keeps running, but its liveness is not tracked",
+                );
+                return;
+            }
+            Err(e) => {
+                if !failing {
+                    log.note(&format!("heartbeat failed ({e}); still trying"));
+                    failing = true;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis((ttl / 3).max(100))).await;
+    }
+}
+
+/// Types `session:input` replies for `sid` into the agent's terminal, reconnecting the
+/// WebSocket with back-off when it drops.
+async fn relay_replies(url: String, sid: String, input: mpsc::Sender<Vec<u8>>, log: Log) {
+    let mut backoff = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((mut ws, _)) => {
+                backoff = Duration::from_secs(1);
+                let sub = json!({ "type": "subscribe", "sessionIds": [sid] });
+                if ws.send(Message::text(sub.to_string())).await.is_ok() {
+                    while let Some(Ok(msg)) = ws.next().await {
+                        let Message::Text(text) = msg else { continue };
+                        if let Some(reply) = session_input(&text, &sid) {
+                            let mut bytes = reply.into_bytes();
+                            bytes.push(b'\r');
+                            if input.send(bytes).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    log.note(&format!(
+                        "cannot open the WebSocket at {url} ({e}); replies will reach the agent once it can"
+                    ));
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// The reply text of a `session:input` frame addressed to `sid`.
+fn session_input(frame: &str, sid: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(frame).ok()?;
+    let event = v.get("event").or_else(|| v.get("type"))?.as_str()?;
+    if event != "session:input" {
+        return None;
+    }
+    let data = v.get("data")?;
+    if data.get("sessionId")?.as_str()? != sid {
+        return None;
+    }
+    data.get("message")?.as_str().map(str::to_owned)
+}
+
+fn listen(kind: SignalKind) -> Option<Signal> {
+    signal(kind).ok()
+}
+
+/// Waits for the next signal; forever when the handler could not be installed.
+async fn recv(sig: &mut Option<Signal>) {
+    match sig {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn signal_group(pgid: Option<i32>, sig: rustix::process::Signal) {
+    if let Some(pid) = pgid.and_then(rustix::process::Pid::from_raw) {
+        if rustix::process::kill_process_group(pid, sig).is_err() {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+}
+
+/// The size of the user's terminal, or 24×80.
+fn terminal_size() -> PtySize {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout())
+        .or_else(|_| rustix::termios::tcgetwinsize(std::io::stdin()));
+    match ws {
+        Ok(ws) if ws.ws_row > 0 && ws.ws_col > 0 => PtySize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+            pixel_width: ws.ws_xpixel,
+            pixel_height: ws.ws_ypixel,
+        },
+        _ => PtySize::default(),
+    }
+}
+
+/// The user's terminal in raw mode while the agent runs; restored on drop.
+struct RawMode(Option<rustix::termios::Termios>);
+
+impl RawMode {
+    fn enable() -> Self {
+        use rustix::termios::{OptionalActions, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let Ok(original) = tcgetattr(&stdin) else {
+            return Self(None);
+        };
+        let mut raw = original.clone();
+        raw.make_raw();
+        match tcsetattr(&stdin, OptionalActions::Now, &raw) {
+            Ok(()) => Self(Some(original)),
+            Err(_) => Self(None),
+        }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(original) = &self.0 {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                original,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_session_input_for_this_session_only() {
+        let frame = |sid: &str| {
+            json!({
+                "type": "session:input", "event": "session:input",
+                "data": { "sessionId": sid, "message": "yes, go on", "mailId": "mail_1", "timestamp": 1 },
+                "timestamp": 1,
+            })
+            .to_string()
+        };
+        assert_eq!(session_input(&frame("s1"), "s1").as_deref(), Some("yes, go on"));
+        assert_eq!(session_input(&frame("s2"), "s1"), None);
+        assert_eq!(session_input(r#"{"type":"subscribed","sessionIds":["s1"]}"#, "s1"), None);
+        assert_eq!(session_input("not json", "s1"), None);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = AgentExit::from_std(std::process::ExitStatus::from_raw(3 << 8));
+        assert_eq!(exited, AgentExit { code: 3, signal: None });
+        assert!(!exited.success());
+        let killed = AgentExit::from_std(std::process::ExitStatus::from_raw(9));
+        assert_eq!(killed, AgentExit { code: 137, signal: Some(9) });
+        assert!(AgentExit::from_std(std::process::ExitStatus::from_raw(0)).success());
+    }
+}
