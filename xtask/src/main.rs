@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask <command>`.
 //!
 //! - `run`: build the server (release) and start it on the embedded backend;
-//! - `test`: install what the tests need, then run every check CI runs;
+//! - `test`: install what the tests need, then run every check CI runs (the Rust suites, then
+//!   the Socket.IO interop tests in `tests/js` with node);
 //! - `openapi`: regenerate `docs/openapi.json`.
 //!
 //! CI calls `cargo xtask test` and nothing else, so what passes here is what a newcomer gets.
@@ -112,7 +113,14 @@ fn test(args: &[String]) -> Result<()> {
     step("cargo fmt --check", fmt)?;
 
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     step("cargo clippy", clippy)?;
 
     if have("cargo-nextest") {
@@ -129,6 +137,54 @@ fn test(args: &[String]) -> Result<()> {
         step("cargo test", t)?;
     }
 
+    js_interop()?;
+
     eprintln!("==> all checks passed in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// The Socket.IO interop tests in `tests/js`: the official `socket.io-client` (npm) against the
+/// real `maestro` binary, run by node's test runner.
+fn js_interop() -> Result<()> {
+    let version = Command::new("node").arg("--version").output();
+    let major = version
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| {
+            v.trim()
+                .trim_start_matches('v')
+                .split('.')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        });
+    match major {
+        Some(m) if m >= 20 && have("npm") => {}
+        found => bail!(
+            "the Socket.IO interop tests (tests/js) need Node.js 20 or later with npm \
+             (found: {}); install Node 20 (https://nodejs.org; Debian 12's own `nodejs` \
+             package is 18, too old), then rerun `cargo xtask test`",
+            found.map_or("no node".to_owned(), |m| format!("node {m}"))
+        ),
+    }
+
+    let mut build = cargo();
+    build.args(["build", "--package", "maestro"]);
+    step("cargo build -p maestro", build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target
+        .join("debug")
+        .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
+
+    let dir = root().join("tests").join("js");
+    let mut ci = Command::new("npm");
+    ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+    step("npm ci (tests/js)", ci)?;
+    let mut test = Command::new("npm");
+    test.arg("test").current_dir(&dir).env("MAESTRO_BIN", &bin);
+    step("npm test (tests/js)", test)
 }

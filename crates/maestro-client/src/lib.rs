@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use maestro_protocol::*;
-use reqwest::{Method, StatusCode};
+pub use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

@@ -60,6 +60,19 @@ pub struct Config {
     /// Seconds to wait for open connections to finish at shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
+
+    /// Redis to keep all state in (e.g. `redis://127.0.0.1:6379`, `redis+unix:///run/redis.sock`).
+    /// Unset: the embedded local backend. Several servers may share one Redis.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// `false` forces the local backend even when `REDIS_URL` is set.
+    #[arg(long, env = "REDIS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub redis_enabled: bool,
+
+    /// Prefix of every Redis key and channel this server uses.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "maestro:")]
+    pub redis_key_prefix: String,
 }
 
 impl Config {
@@ -78,7 +91,17 @@ impl Config {
             cors_origins: Vec::new(),
             external_url: None,
             shutdown_grace_secs: 5,
+            redis_url: None,
+            redis_enabled: true,
+            redis_key_prefix: "maestro:".into(),
         }
+    }
+
+    /// The Redis URL to use, if the Redis backend is selected.
+    pub fn redis(&self) -> Option<&str> {
+        self.redis_url
+            .as_deref()
+            .filter(|u| self.redis_enabled && !u.trim().is_empty())
     }
 
     /// Expands a leading `~` in every path, as upstream did.

@@ -67,7 +67,7 @@ pub async fn run(
         socketio,
     };
     let app = http::router(state);
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = "local", "maestro listening");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");
 
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -101,14 +101,24 @@ pub async fn run(
 /// by `run` and by offline commands such as `maestro import`). `config` must have its paths
 /// expanded.
 pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
-    let store = LocalStore::open(&config.data_dir, config.journal_capacity).with_context(|| {
-        format!(
-            "opening the database in {} (is another maestro server using it?)",
-            config.data_dir.display()
-        )
-    })?;
+    let store: Arc<dyn ports::Store> = match config.redis() {
+        Some(url) => Arc::new(
+            backends::redis::RedisStore::open(url, &config.redis_key_prefix, config.journal_capacity)
+                .context("setting up the Redis backend")?,
+        ),
+        None => Arc::new(
+            LocalStore::open(&config.data_dir, config.journal_capacity).with_context(|| {
+                format!(
+                    "opening the database in {} (is another maestro server using it?)",
+                    config.data_dir.display()
+                )
+            })?,
+        ),
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
     Ok(Domain::new(
-        Arc::new(store),
+        store,
         ServerInfo {
             hostname: util::hostname(),
             platform: util::platform().into(),

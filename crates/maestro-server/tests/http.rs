@@ -78,7 +78,8 @@ async fn operational_endpoints() {
     );
 
     let r = api.ready().await.unwrap();
-    assert_eq!((r.status.as_str(), r.backend.as_str()), ("ready", "local"));
+    let backend = if common::redis::enabled() { "redis" } else { "local" };
+    assert_eq!((r.status.as_str(), r.backend.as_str()), ("ready", backend));
 
     let none = api.ws_status().await.unwrap();
     assert_eq!(none, json!({ "connectedClients": 0, "clients": [] }));

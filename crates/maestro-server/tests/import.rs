@@ -6,7 +6,6 @@ mod common;
 use std::path::Path;
 
 use common::TestServer;
-use maestro_server::Config;
 use serde_json::{Value, json};
 
 fn write(dir: &Path, rel: &str, v: &Value) {
@@ -73,7 +72,7 @@ fn upstream_dir(dir: &Path) {
 }
 
 async fn import(server_dir: &Path, upstream: &Path) -> maestro_server::import::ImportReport {
-    let config = Config::for_dir(server_dir).expand_paths();
+    let config = common::config_for(server_dir).expand_paths();
     let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
     let report = maestro_server::import::import_upstream(&domain, upstream).await.unwrap();
     domain.store.close().await;

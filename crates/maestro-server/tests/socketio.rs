@@ -92,9 +92,15 @@ impl Sio {
             acks: HashMap::new(),
         };
         let open = sio.read_engine().await.expect("engine.io open packet");
-        assert!(open.starts_with('0'), "expected the open packet, got {open}");
+        assert!(
+            open.starts_with('0'),
+            "expected the open packet, got {open}"
+        );
         let open: Value = serde_json::from_str(&open[1..]).unwrap();
-        assert!(open["sid"].is_string() && open["maxPayload"].is_u64(), "{open}");
+        assert!(
+            open["sid"].is_string() && open["maxPayload"].is_u64(),
+            "{open}"
+        );
         sio.send(&format!("0{ns},{auth}")).await;
         match sio.read_packet().await.expect("connect answer") {
             Packet::Connect(data) => {
@@ -205,7 +211,10 @@ impl Sio {
             if let Some(v) = self.acks.remove(&id) {
                 return v;
             }
-            assert!(self.pump().await, "connection closed while waiting for ack {id}");
+            assert!(
+                self.pump().await,
+                "connection closed while waiting for ack {id}"
+            );
         }
     }
 
@@ -239,7 +248,12 @@ impl Sio {
         let mut got = Vec::new();
         for name in names {
             let (n, data) = self.event().await;
-            assert_eq!(&n, name, "expected {names:?}; after {} got {n}: {data}", got.len());
+            assert_eq!(
+                &n,
+                name,
+                "expected {names:?}; after {} got {n}: {data}",
+                got.len()
+            );
             check_envelope(&n, &data);
             got.push(data);
         }
@@ -298,7 +312,9 @@ fn err(ack: &Value, code: &str) {
     assert_eq!(ack["ok"], false, "expected an error ack, got {ack}");
     assert_eq!(ack["error"]["code"], code, "{ack}");
     assert!(
-        ack["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        ack["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "{ack}"
     );
 }
@@ -404,12 +420,21 @@ async fn handshake_rules() {
     let addr = server.addr();
 
     // /ui needs nothing; a token is accepted (not checked until credentials land).
-    Sio::connect(addr, "/ui", json!({}), None).await.unwrap().close().await;
-    Sio::connect(addr, "/ui", json!({ "token": "t", "projectId": p.id, "lastSeq": 0 }), None)
+    Sio::connect(addr, "/ui", json!({}), None)
         .await
         .unwrap()
         .close()
         .await;
+    Sio::connect(
+        addr,
+        "/ui",
+        json!({ "token": "t", "projectId": p.id, "lastSeq": 0 }),
+        None,
+    )
+    .await
+    .unwrap()
+    .close()
+    .await;
     Sio::connect(addr, "/mobile", json!({ "projectId": p.id }), None)
         .await
         .unwrap()
@@ -437,11 +462,23 @@ async fn handshake_rules() {
     let m = refused(Sio::connect(addr, "/ui", json!({ "lastSeq": 3 }), None).await);
     assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
     let m = refused(
-        Sio::connect(addr, "/mobile", json!({ "projectId": p.id, "lastSeq": "x" }), None).await,
+        Sio::connect(
+            addr,
+            "/mobile",
+            json!({ "projectId": p.id, "lastSeq": "x" }),
+            None,
+        )
+        .await,
     );
     assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
     let m = refused(
-        Sio::connect(addr, "/mobile", json!({ "projectId": p.id, "lastSeq": -1 }), None).await,
+        Sio::connect(
+            addr,
+            "/mobile",
+            json!({ "projectId": p.id, "lastSeq": -1 }),
+            None,
+        )
+        .await,
     );
     assert!(m.starts_with("VALIDATION_ERROR: "), "{m}");
 }
@@ -461,7 +498,9 @@ async fn events_reach_the_right_sockets() {
         .unwrap();
     let mut ui = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
     let mut ui_s1 = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
-    let ack = ui_s1.call("subscribe", json!({ "sessionIds": [s1.id] })).await;
+    let ack = ui_s1
+        .call("subscribe", json!({ "sessionIds": [s1.id] }))
+        .await;
     assert_eq!(ok(&ack)["sessionIds"], json!([s1.id]));
 
     // A task in A: project-level, everyone following A gets it.
@@ -478,21 +517,27 @@ async fn events_reach_the_right_sockets() {
     mobile.quiet().await;
 
     // Session events: the subscribed screen gets only s1's.
-    api.append_timeline(&s2.id, &maestro_protocol::AppendTimeline {
-        message: Some("on s2".into()),
-        kind: Some("note".into()),
-        ..Default::default()
-    })
+    api.append_timeline(
+        &s2.id,
+        &maestro_protocol::AppendTimeline {
+            message: Some("on s2".into()),
+            kind: Some("note".into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
     mobile.expect(&["session:updated"]).await;
     ui.expect(&["session:updated"]).await;
     ui_s1.quiet().await;
-    api.append_timeline(&s1.id, &maestro_protocol::AppendTimeline {
-        message: Some("on s1".into()),
-        kind: Some("note".into()),
-        ..Default::default()
-    })
+    api.append_timeline(
+        &s1.id,
+        &maestro_protocol::AppendTimeline {
+            message: Some("on s1".into()),
+            kind: Some("note".into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
     for sock in [&mut mobile, &mut ui, &mut ui_s1] {
@@ -501,37 +546,53 @@ async fn events_reach_the_right_sockets() {
     }
 
     // Global events: the phone gets those about its project only; projectId is null.
-    api.update_project(&b.id, &UpdateProject {
-        description: Some("b!".into()),
-        ..Default::default()
-    })
+    api.update_project(
+        &b.id,
+        &UpdateProject {
+            description: Some("b!".into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
-    api.update_project(&a.id, &UpdateProject {
-        description: Some("a!".into()),
-        ..Default::default()
-    })
+    api.update_project(
+        &a.id,
+        &UpdateProject {
+            description: Some("a!".into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
     let got = mobile.expect(&["project:updated"]).await;
     assert_eq!(got[0]["data"]["id"], a.id);
     assert_eq!(got[0]["projectId"], Value::Null);
     let got = ui.expect(&["project:updated", "project:updated"]).await;
-    assert_eq!(got[1]["seq"].as_u64().unwrap(), got[0]["seq"].as_u64().unwrap() + 1);
+    assert_eq!(
+        got[1]["seq"].as_u64().unwrap(),
+        got[0]["seq"].as_u64().unwrap() + 1
+    );
 
     // Unsubscribing one session narrows; unsubscribing all restores everything.
-    let ack = ui_s1.call("unsubscribe", json!({ "sessionIds": [s1.id] })).await;
+    let ack = ui_s1
+        .call("unsubscribe", json!({ "sessionIds": [s1.id] }))
+        .await;
     assert_eq!(ok(&ack)["sessionIds"], json!([]));
     let ack = ui_s1.call("unsubscribe", json!({})).await;
     assert_eq!(ok(&ack)["sessionIds"], Value::Null);
-    api.append_timeline(&s2.id, &maestro_protocol::AppendTimeline {
-        message: Some("again".into()),
-        kind: Some("note".into()),
-        ..Default::default()
-    })
+    api.append_timeline(
+        &s2.id,
+        &maestro_protocol::AppendTimeline {
+            message: Some("again".into()),
+            kind: Some("note".into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
-    ui_s1.expect(&["project:updated", "project:updated", "session:updated"]).await;
+    ui_s1
+        .expect(&["project:updated", "project:updated", "session:updated"])
+        .await;
 }
 
 #[tokio::test]
@@ -552,10 +613,22 @@ async fn every_client_event_acks() {
 
     // subscribe / unsubscribe
     err(&ui.call("subscribe", json!({})).await, "VALIDATION_ERROR");
-    err(&ui.call("subscribe", json!({ "sessionIds": ["../etc"] })).await, "VALIDATION_ERROR");
-    err(&ui.call("subscribe", json!({ "sessionIds": "s" })).await, "VALIDATION_ERROR");
-    err(&ui.call("subscribe", json!([1, 2])).await, "VALIDATION_ERROR");
-    let ack = ui.call("subscribe", json!({ "sessionIds": [s.id, other.id] })).await;
+    err(
+        &ui.call("subscribe", json!({ "sessionIds": ["../etc"] }))
+            .await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call("subscribe", json!({ "sessionIds": "s" })).await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call("subscribe", json!([1, 2])).await,
+        "VALIDATION_ERROR",
+    );
+    let ack = ui
+        .call("subscribe", json!({ "sessionIds": [s.id, other.id] }))
+        .await;
     let mut want = vec![s.id.clone(), other.id.clone()];
     want.sort();
     assert_eq!(ok(&ack)["sessionIds"], json!(want));
@@ -567,28 +640,64 @@ async fn every_client_event_acks() {
     assert_eq!(ack["projects"].as_array().unwrap().len(), 2);
     assert_eq!(ack["tasks"], json!([common::to_json(&t)]));
     assert_eq!(ack["sessions"].as_array().unwrap().len(), 2);
-    assert_eq!(ack["teamMembers"].as_array().unwrap().len(), 10, "5 built-ins per project");
+    assert_eq!(
+        ack["teamMembers"].as_array().unwrap().len(),
+        10,
+        "5 built-ins per project"
+    );
     let heads = &ack["seqs"];
     assert_eq!(heads["global"], 2, "two project:created");
     assert_eq!(heads[&a.id], 2, "task:created, session:created: {ack}");
     let ack = ui.call("state:sync", json!({ "projectId": b.id })).await;
     assert_eq!(ok(&ack)["projects"][0]["id"], b.id);
     assert_eq!(common::keys(&ack["seqs"]), common::set(&["global", &b.id]));
-    err(&ui.call("state:sync", json!({ "projectId": "proj_none" })).await, "NOT_FOUND");
+    err(
+        &ui.call("state:sync", json!({ "projectId": "proj_none" }))
+            .await,
+        "NOT_FOUND",
+    );
     let ack = mobile.call_bare("state:sync").await;
     assert_eq!(ok(&ack)["projects"].as_array().unwrap().len(), 1);
     assert_eq!(ack["sessions"][0]["id"], s.id);
-    err(&mobile.call("state:sync", json!({ "projectId": b.id })).await, "FORBIDDEN");
+    err(
+        &mobile
+            .call("state:sync", json!({ "projectId": b.id }))
+            .await,
+        "FORBIDDEN",
+    );
 
     // events:replay
-    err(&ui.call("events:replay", json!({})).await, "VALIDATION_ERROR");
-    err(&ui.call("events:replay", json!({ "afterSeq": "x" })).await, "VALIDATION_ERROR");
-    err(&ui.call("events:replay", json!({ "afterSeq": 0, "projectId": "proj_none" })).await, "NOT_FOUND");
-    err(&mobile.call("events:replay", json!({ "afterSeq": 0, "projectId": b.id })).await, "FORBIDDEN");
+    err(
+        &ui.call("events:replay", json!({})).await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call("events:replay", json!({ "afterSeq": "x" })).await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call(
+            "events:replay",
+            json!({ "afterSeq": 0, "projectId": "proj_none" }),
+        )
+        .await,
+        "NOT_FOUND",
+    );
+    err(
+        &mobile
+            .call("events:replay", json!({ "afterSeq": 0, "projectId": b.id }))
+            .await,
+        "FORBIDDEN",
+    );
     let ack = mobile.call("events:replay", json!({ "afterSeq": 0 })).await;
     ok(&ack);
     assert_eq!(ack["recovered"], true);
-    let seqs: Vec<u64> = ack["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = ack["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [1, 2], "{ack}");
     assert_eq!(ack["events"][0]["event"], "task:created");
     assert_eq!(ack["events"][1]["event"], "session:created");
@@ -597,13 +706,23 @@ async fn every_client_event_acks() {
     }
     assert_eq!(ack["headSeq"], 2);
     assert_eq!(ack["hasMore"], false);
-    let ack = ui.call("events:replay", json!({ "afterSeq": 0, "projectId": a.id, "limit": 1 })).await;
+    let ack = ui
+        .call(
+            "events:replay",
+            json!({ "afterSeq": 0, "projectId": a.id, "limit": 1 }),
+        )
+        .await;
     assert_eq!(ok(&ack)["events"].as_array().unwrap().len(), 1);
     assert_eq!(ack["hasMore"], true);
     let ack = ui.call("events:replay", json!({ "afterSeq": 0 })).await;
     assert_eq!(ok(&ack)["projectId"], Value::Null, "the global scope");
     assert_eq!(ack["events"][0]["event"], "project:created");
-    let ack = ui.call("events:replay", json!({ "afterSeq": 99, "projectId": a.id })).await;
+    let ack = ui
+        .call(
+            "events:replay",
+            json!({ "afterSeq": 99, "projectId": a.id }),
+        )
+        .await;
     assert_eq!(ok(&ack)["recovered"], false, "ahead of the server: {ack}");
 
     // The events these calls cause reach the sockets; drain what is queued so far.
@@ -612,56 +731,167 @@ async fn every_client_event_acks() {
 
     // mail:send — same body as POST /api/mail.
     let ack = mobile
-        .call("mail:send", json!({
-            "projectId": a.id, "fromSessionId": "user", "toSessionId": s.id,
-            "type": "directive", "subject": "hi", "body": { "x": 1 }
-        }))
+        .call(
+            "mail:send",
+            json!({
+                "projectId": a.id, "fromSessionId": "user", "toSessionId": s.id,
+                "type": "directive", "subject": "hi", "body": { "x": 1 }
+            }),
+        )
         .await;
     assert_eq!(ok(&ack)["mail"]["toSessionId"], s.id);
     mobile.expect(&["mail:received"]).await;
     ui.expect(&["mail:received"]).await;
-    err(&mobile.call("mail:send", json!({ "projectId": a.id, "fromSessionId": "u", "type": "nope", "subject": "x" })).await, "VALIDATION_ERROR");
+    err(
+        &mobile
+            .call(
+                "mail:send",
+                json!({ "projectId": a.id, "fromSessionId": "u", "type": "nope", "subject": "x" }),
+            )
+            .await,
+        "VALIDATION_ERROR",
+    );
     err(&mobile.call("mail:send", json!({ "projectId": a.id, "fromSessionId": "u", "type": "query", "subject": "x", "extra": 1 })).await, "VALIDATION_ERROR");
-    err(&mobile.call("mail:send", json!({ "projectId": b.id, "fromSessionId": "u", "type": "query", "subject": "x" })).await, "FORBIDDEN");
+    err(
+        &mobile
+            .call(
+                "mail:send",
+                json!({ "projectId": b.id, "fromSessionId": "u", "type": "query", "subject": "x" }),
+            )
+            .await,
+        "FORBIDDEN",
+    );
     err(&ui.call("mail:send", json!({ "projectId": a.id, "fromSessionId": "u", "type": "query", "subject": "x", "toSessionId": "sess_none" })).await, "NOT_FOUND");
 
     // session:spawn — same body as POST /api/sessions/spawn.
     let ack = mobile
-        .call("session:spawn", json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": "k1" }))
+        .call(
+            "session:spawn",
+            json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": "k1" }),
+        )
         .await;
     ok(&ack);
     let spawned = ack["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(ack["session"]["status"], "spawning");
     let again = mobile
-        .call("session:spawn", json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": "k1" }))
+        .call(
+            "session:spawn",
+            json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": "k1" }),
+        )
         .await;
-    assert_eq!(ok(&again)["sessionId"], spawned, "same idempotency key, same answer");
+    assert_eq!(
+        ok(&again)["sessionId"],
+        spawned,
+        "same idempotency key, same answer"
+    );
     // Spawn's own errors keep upstream's snake_case codes, as over HTTP.
-    err(&mobile.call("session:spawn", json!({ "projectId": a.id })).await, "invalid_task_ids");
-    err(&ui.call("session:spawn", json!({ "taskIds": [t.id] })).await, "missing_project_id");
+    err(
+        &mobile
+            .call("session:spawn", json!({ "projectId": a.id }))
+            .await,
+        "invalid_task_ids",
+    );
+    err(
+        &ui.call("session:spawn", json!({ "taskIds": [t.id] })).await,
+        "missing_project_id",
+    );
     // On /mobile the project is implied.
-    let ack = mobile.call("session:spawn", json!({ "taskIds": [t.id] })).await;
+    let ack = mobile
+        .call("session:spawn", json!({ "taskIds": [t.id] }))
+        .await;
     assert_eq!(ok(&ack)["session"]["projectId"], a.id);
-    err(&mobile.call("session:spawn", json!({ "projectId": b.id, "taskIds": [t.id] })).await, "FORBIDDEN");
-    err(&ui.call("session:spawn", json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": 5 })).await, "VALIDATION_ERROR");
+    err(
+        &mobile
+            .call(
+                "session:spawn",
+                json!({ "projectId": b.id, "taskIds": [t.id] }),
+            )
+            .await,
+        "FORBIDDEN",
+    );
+    err(
+        &ui.call(
+            "session:spawn",
+            json!({ "projectId": a.id, "taskIds": [t.id], "idempotencyKey": 5 }),
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
 
     // session:stop
-    let ack = mobile.call("session:stop", json!({ "sessionId": spawned })).await;
+    let ack = mobile
+        .call("session:stop", json!({ "sessionId": spawned }))
+        .await;
     assert_eq!(ok(&ack)["session"]["status"], "stopped");
-    err(&mobile.call("session:stop", json!({})).await, "VALIDATION_ERROR");
-    err(&mobile.call("session:stop", json!({ "sessionId": "sess_none" })).await, "NOT_FOUND");
-    err(&mobile.call("session:stop", json!({ "sessionId": other.id })).await, "FORBIDDEN");
+    err(
+        &mobile.call("session:stop", json!({})).await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &mobile
+            .call("session:stop", json!({ "sessionId": "sess_none" }))
+            .await,
+        "NOT_FOUND",
+    );
+    err(
+        &mobile
+            .call("session:stop", json!({ "sessionId": other.id }))
+            .await,
+        "FORBIDDEN",
+    );
 
     // session:reply-input
-    let ack = ui.call("session:reply-input", json!({ "sessionId": s.id, "message": "go" })).await;
+    let ack = ui
+        .call(
+            "session:reply-input",
+            json!({ "sessionId": s.id, "message": "go" }),
+        )
+        .await;
     assert_eq!(ok(&ack)["mail"]["type"], "directive");
     assert_eq!(ack["session"]["needsInput"]["active"], false);
-    err(&ui.call("session:reply-input", json!({ "sessionId": s.id })).await, "VALIDATION_ERROR");
-    err(&ui.call("session:reply-input", json!({ "sessionId": s.id, "message": "  " })).await, "VALIDATION_ERROR");
-    err(&ui.call("session:reply-input", json!({ "message": "x" })).await, "VALIDATION_ERROR");
-    err(&ui.call("session:reply-input", json!({ "sessionId": "sess_none", "message": "x" })).await, "NOT_FOUND");
-    err(&ui.call("session:reply-input", json!({ "sessionId": spawned, "message": "x" })).await, "CONFLICT");
-    err(&mobile.call("session:reply-input", json!({ "sessionId": other.id, "message": "x" })).await, "FORBIDDEN");
+    err(
+        &ui.call("session:reply-input", json!({ "sessionId": s.id }))
+            .await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call(
+            "session:reply-input",
+            json!({ "sessionId": s.id, "message": "  " }),
+        )
+        .await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call("session:reply-input", json!({ "message": "x" }))
+            .await,
+        "VALIDATION_ERROR",
+    );
+    err(
+        &ui.call(
+            "session:reply-input",
+            json!({ "sessionId": "sess_none", "message": "x" }),
+        )
+        .await,
+        "NOT_FOUND",
+    );
+    err(
+        &ui.call(
+            "session:reply-input",
+            json!({ "sessionId": spawned, "message": "x" }),
+        )
+        .await,
+        "CONFLICT",
+    );
+    err(
+        &mobile
+            .call(
+                "session:reply-input",
+                json!({ "sessionId": other.id, "message": "x" }),
+            )
+            .await,
+        "FORBIDDEN",
+    );
 
     // Unknown events get an error ack too.
     err(&ui.call("no:such-event", json!({})).await, "NOT_FOUND");
@@ -790,14 +1020,17 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     let p = project(&api, "ask").await;
     let s = session(&api, &p.id, "asker").await;
     let bystander = session(&api, &p.id, "bystander").await;
-    api.update_session(&s.id, &UpdateSession {
-        needs_input: Some(NeedsInput {
-            active: true,
-            message: Some("Which database?".into()),
-            since: None,
-        }),
-        ..Default::default()
-    })
+    api.update_session(
+        &s.id,
+        &UpdateSession {
+            needs_input: Some(NeedsInput {
+                active: true,
+                message: Some("Which database?".into()),
+                since: None,
+            }),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
 
@@ -805,24 +1038,36 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     let waiting = {
         let (api, id) = (api.clone(), s.id.clone());
         tokio::spawn(async move {
-            api.wait_mail(&id, &[("ack", "true"), ("timeout", "10000")]).await
+            api.wait_mail(&id, &[("ack", "true"), ("timeout", "10000")])
+                .await
         })
     };
     let mut desk = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
-    ok(&desk.call("subscribe", json!({ "sessionIds": [s.id] })).await);
+    ok(&desk
+        .call("subscribe", json!({ "sessionIds": [s.id] }))
+        .await);
     let mut desk_other = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
-    ok(&desk_other.call("subscribe", json!({ "sessionIds": [bystander.id] })).await);
+    ok(&desk_other
+        .call("subscribe", json!({ "sessionIds": [bystander.id] }))
+        .await);
     let mut phone = Sio::connect(addr, "/mobile", json!({ "projectId": p.id }), None)
         .await
         .unwrap();
 
     let ack = phone
-        .call("session:reply-input", json!({ "sessionId": s.id, "message": "Postgres, please" }))
+        .call(
+            "session:reply-input",
+            json!({ "sessionId": s.id, "message": "Postgres, please" }),
+        )
         .await;
     ok(&ack);
     let mail_id = ack["mail"]["id"].as_str().unwrap().to_owned();
 
-    let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(WAIT, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, mail_id);
     assert_eq!(got[0].kind, "directive");
@@ -830,12 +1075,16 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     assert_eq!(got[0].body["message"], "Postgres, please");
     assert_eq!(got[0].body["inReplyTo"], "Which database?");
 
-    let frames = desk.expect(&["session:updated", "mail:received", "session:input"]).await;
+    let frames = desk
+        .expect(&["session:updated", "mail:received", "session:input"])
+        .await;
     assert_eq!(frames[2]["data"]["sessionId"], s.id);
     assert_eq!(frames[2]["data"]["message"], "Postgres, please");
     assert_eq!(frames[2]["data"]["mailId"], mail_id);
     assert!(frames[2]["data"]["timestamp"].is_i64());
-    phone.expect(&["session:updated", "mail:received", "session:input"]).await;
+    phone
+        .expect(&["session:updated", "mail:received", "session:input"])
+        .await;
     desk_other.quiet().await;
 
     let after = api.get_session(&s.id).await.unwrap();
@@ -848,13 +1097,21 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
 #[tokio::test]
 async fn oversized_payloads_are_refused() {
     let server = CustomServer::start(|c| c.max_body_bytes = 4096).await;
-    let mut ui = Sio::connect(server.addr, "/ui", json!({}), None).await.unwrap();
+    let mut ui = Sio::connect(server.addr, "/ui", json!({}), None)
+        .await
+        .unwrap();
     ok(&ui.call("subscribe", json!({ "sessionIds": ["a"] })).await);
     let big = "x".repeat(10_000);
     let ns = ui.ns.clone();
-    ui.send(&format!("2{ns},9{}", json!(["subscribe", { "sessionIds": [big] }])))
-        .await;
-    assert!(ui.closed_by_server().await, "a frame over the cap closes the connection");
+    ui.send(&format!(
+        "2{ns},9{}",
+        json!(["subscribe", { "sessionIds": [big] }])
+    ))
+    .await;
+    assert!(
+        ui.closed_by_server().await,
+        "a frame over the cap closes the connection"
+    );
     server.stop().await;
 }
 
@@ -867,6 +1124,9 @@ async fn shutdown_closes_sockets() {
         .unwrap();
     let started = tokio::time::Instant::now();
     server.stop().await;
-    assert!(started.elapsed() < WAIT, "stopping does not wait on open sockets");
+    assert!(
+        started.elapsed() < WAIT,
+        "stopping does not wait on open sockets"
+    );
     assert!(phone.closed_by_server().await);
 }

@@ -100,9 +100,9 @@ impl Domain {
                 body: Some(body),
             };
             validate_send(&directive)?;
-            let mail = store_mail(tx, &directive, now)?
-                .pop()
-                .ok_or_else(|| Error::Internal("a directive to one session stored nothing".into()))?;
+            let mail = store_mail(tx, &directive, now)?.pop().ok_or_else(|| {
+                Error::Internal("a directive to one session stored nothing".into())
+            })?;
 
             tx.emit(
                 &scope,

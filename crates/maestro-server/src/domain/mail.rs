@@ -169,8 +169,7 @@ pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
 pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<Vec<MailMessage>> {
     let project = req.project_id.as_str();
     load_project(tx, project)?;
-    let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id)
-    {
+    let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id) {
         (Some(to), _) => {
             let s = load_session(tx, to)?;
             if s.project_id != project {

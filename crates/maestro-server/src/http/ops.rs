@@ -63,6 +63,7 @@ async fn ws_status(State(s): State<AppState>) -> Json<Value> {
 async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
     let waiters = s.domain.mail_metrics.waiters.load(Ordering::Relaxed);
     let ws = s.ws_clients.load(Ordering::Relaxed);
+    let sio = s.socketio.connections();
     let body = format!(
         "# HELP maestro_uptime_seconds Seconds since the server started.\n\
          # TYPE maestro_uptime_seconds gauge\n\
@@ -72,7 +73,10 @@ async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse
          maestro_mail_waiters {waiters}\n\
          # HELP maestro_ws_clients Open legacy WebSocket connections.\n\
          # TYPE maestro_ws_clients gauge\n\
-         maestro_ws_clients {ws}\n",
+         maestro_ws_clients {ws}\n\
+         # HELP maestro_socketio_clients Connected Socket.IO sockets (/ui and /mobile).\n\
+         # TYPE maestro_socketio_clients gauge\n\
+         maestro_socketio_clients {sio}\n",
         s.started.elapsed().as_secs_f64()
     );
     (

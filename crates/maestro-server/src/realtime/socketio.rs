@@ -177,10 +177,12 @@ fn initial_heads(domain: &Domain) -> HashMap<String, u64> {
 
 fn domain_projects(r: &mut (dyn crate::ports::Reader + Send + '_)) -> Result<Vec<String>> {
     use crate::ports::{Collection, ReaderExt};
-    Ok(r.list::<maestro_protocol::Project>(Collection::Projects, None)?
-        .into_iter()
-        .map(|p| p.id)
-        .collect())
+    Ok(
+        r.list::<maestro_protocol::Project>(Collection::Projects, None)?
+            .into_iter()
+            .map(|p| p.id)
+            .collect(),
+    )
 }
 
 /// Which namespace a connection came in on.
@@ -353,7 +355,12 @@ impl Bridge {
     async fn catch_up(&mut self) {
         let mut scopes: BTreeSet<String> = self.last.keys().cloned().collect();
         scopes.insert(GLOBAL_SCOPE.to_owned());
-        match self.hub.domain.reader().and_then(|mut r| domain_projects(&mut *r)) {
+        match self
+            .hub
+            .domain
+            .reader()
+            .and_then(|mut r| domain_projects(&mut *r))
+        {
             Ok(projects) => scopes.extend(projects),
             Err(e) => tracing::error!(error = %e, "cannot list projects for the catch-up"),
         }
@@ -392,9 +399,8 @@ impl Bridge {
                 self.last.insert(scope.to_owned(), after);
                 self.hub.dispatch(&Item::Event(Arc::new(event)));
             }
-            let done = page < REPLAY_PAGE
-                || after >= replay.head
-                || upto.is_some_and(|u| after >= u);
+            let done =
+                page < REPLAY_PAGE || after >= replay.head || upto.is_some_and(|u| after >= u);
             if done {
                 if let Some(u) = upto
                     && after < u
@@ -407,7 +413,12 @@ impl Bridge {
     }
 
     fn gap(&self, scope: &str, last_seq: u64, head_seq: u64) {
-        tracing::warn!(scope, last_seq, head_seq, "events lost to socket.io clients; they resync");
+        tracing::warn!(
+            scope,
+            last_seq,
+            head_seq,
+            "events lost to socket.io clients; they resync"
+        );
         self.hub.dispatch(&Item::Gap(ReplayIncomplete {
             recovered: false,
             project_id: (scope != GLOBAL_SCOPE).then(|| scope.to_owned()),
@@ -436,7 +447,11 @@ fn authorize(
             .is_ok_and(|o| origin_allowed(o, &hub.config));
         if !allowed {
             let shown = origin.to_str().unwrap_or("<not text>");
-            tracing::warn!(origin = shown, ns = kind.namespace(), "socket.io origin refused");
+            tracing::warn!(
+                origin = shown,
+                ns = kind.namespace(),
+                "socket.io origin refused"
+            );
             return Err(refuse(&Error::Forbidden(format!(
                 "origin '{shown}' is not allowed"
             ))));
@@ -672,47 +687,69 @@ fn install_handlers(hub: &Arc<Hub>, conn: &Arc<Conn>, s: &SocketRef) {
     on(s, hub, conn, "unsubscribe", |_, conn, s, data| async move {
         unsubscribe(&conn, &s, data)
     });
-    on(s, hub, conn, "state:sync", |hub, conn, _, data| async move {
-        state_sync(&hub, &conn, data)
-    });
-    on(s, hub, conn, "events:replay", |hub, conn, _, data| async move {
-        events_replay(&hub, &conn, data).await
-    });
+    on(
+        s,
+        hub,
+        conn,
+        "state:sync",
+        |hub, conn, _, data| async move { state_sync(&hub, &conn, data) },
+    );
+    on(
+        s,
+        hub,
+        conn,
+        "events:replay",
+        |hub, conn, _, data| async move { events_replay(&hub, &conn, data).await },
+    );
     on(s, hub, conn, "mail:send", |hub, conn, _, data| async move {
         let req: SendMail = parse(data)?;
         conn.check_project(&req.project_id)?;
         let sent = hub.domain.send_mail(req).await?;
         Ok(json!({ "mail": sent }))
     });
-    on(s, hub, conn, "session:reply-input", |hub, conn, _, data| async move {
-        let req: ReplyInput = parse(data)?;
-        if let Some(id) = &req.session_id {
-            check_session_project(&hub, &conn, id)?;
-        }
-        to_object(&hub.domain.reply_input(req).await?)
-    });
-    on(s, hub, conn, "session:spawn", |hub, conn, _, data| async move {
-        session_spawn(&hub, &conn, data).await
-    });
-    on(s, hub, conn, "session:stop", |hub, conn, _, data| async move {
-        let req: StopSession = parse(data)?;
-        let Some(id) = req.session_id else {
-            return Err(Error::validation("sessionId is required"));
-        };
-        check_session_project(&hub, &conn, &id)?;
-        let stop = UpdateSession {
-            status: Some("stopped".into()),
-            ..Default::default()
-        };
-        let session = hub.domain.update_session(id, stop).await?;
-        Ok(json!({ "session": session }))
-    });
-    s.on_fallback(
-        |Event(name): Event, ack: AckSender| async move {
-            let e = Error::not_found("Event", name);
-            send_ack(ack, Err(e));
+    on(
+        s,
+        hub,
+        conn,
+        "session:reply-input",
+        |hub, conn, _, data| async move {
+            let req: ReplyInput = parse(data)?;
+            if let Some(id) = &req.session_id {
+                check_session_project(&hub, &conn, id)?;
+            }
+            to_object(&hub.domain.reply_input(req).await?)
         },
     );
+    on(
+        s,
+        hub,
+        conn,
+        "session:spawn",
+        |hub, conn, _, data| async move { session_spawn(&hub, &conn, data).await },
+    );
+    on(
+        s,
+        hub,
+        conn,
+        "session:stop",
+        |hub, conn, _, data| async move {
+            let req: StopSession = parse(data)?;
+            let Some(id) = req.session_id else {
+                return Err(Error::validation("sessionId is required"));
+            };
+            check_session_project(&hub, &conn, &id)?;
+            let stop = UpdateSession {
+                status: Some("stopped".into()),
+                ..Default::default()
+            };
+            let session = hub.domain.update_session(id, stop).await?;
+            Ok(json!({ "session": session }))
+        },
+    );
+    s.on_fallback(|Event(name): Event, ack: AckSender| async move {
+        let e = Error::not_found("Event", name);
+        send_ack(ack, Err(e));
+    });
 }
 
 /// Registers `handler` for `event`: its payload (first argument) is passed as JSON, its result
@@ -819,7 +856,11 @@ fn subscribe(conn: &Conn, s: &SocketRef, data: Value) -> Result<Value> {
             set.insert(id.clone());
         }
     }
-    s.join(ids.iter().map(|id| format!("session:{id}")).collect::<Vec<_>>());
+    s.join(
+        ids.iter()
+            .map(|id| format!("session:{id}"))
+            .collect::<Vec<_>>(),
+    );
     Ok(subscription(conn))
 }
 
@@ -841,7 +882,11 @@ fn unsubscribe(conn: &Conn, s: &SocketRef, data: Value) -> Result<Value> {
             None => sessions.take().map(Vec::from_iter).unwrap_or_default(),
         }
     };
-    s.leave(left.iter().map(|id| format!("session:{id}")).collect::<Vec<_>>());
+    s.leave(
+        left.iter()
+            .map(|id| format!("session:{id}"))
+            .collect::<Vec<_>>(),
+    );
     Ok(subscription(conn))
 }
 
@@ -903,7 +948,10 @@ async fn events_replay(hub: &Hub, conn: &Conn, data: Value) -> Result<Value> {
 /// plus an optional `idempotencyKey` (the `Idempotency-Key` header's role).
 async fn session_spawn(hub: &Hub, conn: &Conn, data: Value) -> Result<Value> {
     let mut data = data;
-    let key = match data.as_object_mut().and_then(|o| o.remove("idempotencyKey")) {
+    let key = match data
+        .as_object_mut()
+        .and_then(|o| o.remove("idempotencyKey"))
+    {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) => Some(k),
         Some(_) => return Err(Error::validation("idempotencyKey must be a string")),
@@ -921,6 +969,9 @@ async fn session_spawn(hub: &Hub, conn: &Conn, data: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::local::LocalStore;
+    use crate::domain::ServerInfo;
+    use crate::ports::{Store, TxnExt, transact};
 
     fn conn(kind: Kind, project: Option<&str>) -> Conn {
         Conn {
@@ -950,7 +1001,10 @@ mod tests {
         assert!(!c.wants(&ev("p2", json!({}), None)));
         assert!(c.wants(&ev(GLOBAL_SCOPE, json!({ "id": "p1" }), None)));
         assert!(!c.wants(&ev(GLOBAL_SCOPE, json!({ "id": "p2" }), None)));
-        assert!(c.follows_scope(GLOBAL_SCOPE, None), "gap notices of the global scope");
+        assert!(
+            c.follows_scope(GLOBAL_SCOPE, None),
+            "gap notices of the global scope"
+        );
         assert!(c.check_project("p1").is_ok());
         assert_eq!(c.check_project("p2").unwrap_err().code(), "FORBIDDEN");
     }
@@ -964,6 +1018,113 @@ mod tests {
         assert!(c.wants(&ev("p2", json!({}), Some("s1"))));
         assert!(!c.wants(&ev("p2", json!({}), Some("s9"))));
         assert!(c.check_project("any").is_ok());
+    }
+
+    fn store_with(dir: &std::path::Path, capacity: u64) -> (Arc<Hub>, Arc<LocalStore>) {
+        let store = Arc::new(LocalStore::open(dir, capacity).unwrap());
+        let domain = Domain::new(
+            store.clone(),
+            ServerInfo {
+                hostname: "h".into(),
+                platform: "linux".into(),
+                data_dir: dir.to_path_buf(),
+                skills_dir: dir.join("skills"),
+                session_dir: dir.join("sessions"),
+                server_url: "http://localhost".into(),
+            },
+        );
+        let hub = Arc::new(Hub {
+            domain,
+            config: Arc::new(Config::for_dir(dir)),
+            conns: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        (hub, store)
+    }
+
+    async fn emit_n(store: &LocalStore, scope: &'static str, n: usize) -> Vec<EventRecord> {
+        for i in 0..n {
+            transact(store, move |tx| {
+                tx.emit(scope, "x", &json!({ "i": i }), None);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        }
+        store.replay(scope, 0, 10_000).await.unwrap().events
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Item>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            out.push(match item {
+                Item::Event(e) => format!("{}:{}", e.scope, e.seq),
+                Item::Gap(g) => format!("gap:{}>{}", g.last_seq, g.head_seq),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_bridge_fills_gaps_from_the_journal_and_drops_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, store) = store_with(dir.path(), 100);
+        let events = emit_n(&store, "p", 5).await;
+        let mut rx = hub.register(Sid::new(), Arc::new(conn(Kind::Ui, None)));
+        let mut bridge = Bridge {
+            hub: hub.clone(),
+            last: HashMap::new(),
+        };
+        // It sees only the fifth event: the four before come from the journal first.
+        bridge.forward(Arc::new(events[4].clone())).await;
+        assert_eq!(drain(&mut rx), ["p:1", "p:2", "p:3", "p:4", "p:5"]);
+        bridge.forward(Arc::new(events[2].clone())).await;
+        bridge.forward(Arc::new(events[4].clone())).await;
+        assert!(drain(&mut rx).is_empty(), "already forwarded");
+
+        // After a lag, every scope is read from where the bridge was.
+        emit_n(&store, "p", 2).await;
+        emit_n(&store, GLOBAL_SCOPE, 1).await;
+        bridge.catch_up().await;
+        assert_eq!(drain(&mut rx), ["global:1", "p:6", "p:7"]);
+        bridge.catch_up().await;
+        assert!(drain(&mut rx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_bridge_reports_what_the_journal_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, store) = store_with(dir.path(), 3);
+        let events = emit_n(&store, "p", 10).await;
+        assert_eq!(
+            events.first().map(|e| e.seq),
+            Some(8),
+            "the journal keeps 3"
+        );
+        let mut rx = hub.register(Sid::new(), Arc::new(conn(Kind::Mobile, Some("p"))));
+        let mut bridge = Bridge {
+            hub: hub.clone(),
+            last: HashMap::new(),
+        };
+        bridge.forward(Arc::new(events[2].clone())).await;
+        assert_eq!(drain(&mut rx), ["gap:0>10", "p:8", "p:9", "p:10"]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_stops_reading_is_dropped_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, _store) = store_with(dir.path(), 10);
+        let slow = Arc::new(conn(Kind::Ui, None));
+        let _rx = hub.register(Sid::new(), slow.clone());
+        let event = Arc::new(ev("p", json!({}), None));
+        for _ in 0..QUEUE_CAPACITY {
+            hub.dispatch(&Item::Event(event.clone()));
+        }
+        assert!(!slow.kick.is_cancelled());
+        hub.dispatch(&Item::Event(event));
+        assert!(slow.kick.is_cancelled(), "told to disconnect and resync");
+        assert!(hub.conns.lock().unwrap().is_empty());
     }
 
     #[test]

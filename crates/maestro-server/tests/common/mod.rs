@@ -15,6 +15,8 @@
 
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub use maestro_testkit::redis;
+
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,16 @@ use tokio_util::sync::CancellationToken;
 
 /// Upper bound on any single wait (a frame, a response, start-up, shutdown).
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// The configuration of a test server on `dir`: the local backend, or — when the suite runs
+/// with `MAESTRO_TEST_BACKEND=redis` — a `redis-server` of the directory's own.
+pub fn config_for(dir: &Path) -> Config {
+    let mut config = Config::for_dir(dir);
+    if redis::enabled() {
+        config.redis_url = Some(redis::for_dir(dir).url());
+    }
+    config
+}
 
 /// A server running in this process on `127.0.0.1:<ephemeral>`.
 pub struct TestServer {
@@ -65,7 +77,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let token = CancellationToken::new();
         let mut task = tokio::spawn(maestro_server::run(
-            Config::for_dir(dir),
+            config_for(dir),
             listener,
             token.clone(),
         ));

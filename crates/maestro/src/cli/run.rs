@@ -452,10 +452,10 @@ async fn recv(sig: &mut Option<Signal>) {
 }
 
 fn signal_group(pgid: Option<i32>, sig: rustix::process::Signal) {
-    if let Some(pid) = pgid.and_then(rustix::process::Pid::from_raw) {
-        if rustix::process::kill_process_group(pid, sig).is_err() {
-            let _ = rustix::process::kill_process(pid, sig);
-        }
+    if let Some(pid) = pgid.and_then(rustix::process::Pid::from_raw)
+        && rustix::process::kill_process_group(pid, sig).is_err()
+    {
+        let _ = rustix::process::kill_process(pid, sig);
     }
 }
 

@@ -1,0 +1,773 @@
+//! The Redis backend: all state in one Redis, shared by any number of servers.
+//!
+//! Layout (every key starts with the configured prefix, `maestro:` by default):
+//! - `e:<collection>:<id>` — an entity's JSON;
+//! - `i:<collection>:*` and `i:<collection>:<owner>` — sorted sets of ids by creation order;
+//!   `owner:<collection>` — hash id → owner, to unindex on delete;
+//! - `c:<name>` — counters (`c:~order` orders creations);
+//! - `seq:<scope>` — the last event sequence number of a scope;
+//! - `j:<scope>` — the event journal, a Stream with ids `0-<seq>` and approximate MAXLEN;
+//! - channel `events` — every committed event as `<seq>|<json>`.
+//!
+//! Transactions are optimistic: the body runs against an overlay whose reads `WATCH` the keys
+//! they touch; the changes are applied by one Lua script inside `MULTI`/`EXEC`, which also
+//! numbers, journals and publishes the events. If anything read has changed, `EXEC` aborts and
+//! the body runs again on fresh data — no read-modify-write ever spans two round trips
+//! unguarded.
+//!
+//! Delivery: each server subscribes to the channel and passes events to its local subscribers
+//! through a [`Sequencer`] that delivers each scope's events once, in order, filling any hole
+//! (a missed message, a reconnect) from the journal. A server's own commits go through the same
+//! sequencer right after `EXEC`, so its clients see them before the HTTP response.
+//!
+//! Blocking reads and transactions use plain (synchronous) connections with timeouts, from a
+//! small pool, on blocking threads; the subscription has its own async connection. When Redis
+//! is unreachable every operation fails fast with 503, `/ready` reports `degraded`, and the
+//! subscriber reconnects with back-off, then catches up from the journal.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use maestro_protocol::EventRecord;
+use redis::{Connection, RedisError, Value as RValue};
+use serde_json::json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::overlay::{Base, Changes, Overlay, Write};
+use crate::error::{Error, Result};
+use crate::ports::{Collection, Reader, Replay, Store, TxnBody};
+use crate::util::now_ms;
+
+const BUS_CAPACITY: usize = 65_536;
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_ATTEMPTS: usize = 200;
+const POOL_SIZE: usize = 16;
+
+/// Applies one transaction's changes; returns the sequence numbers given to its events.
+const COMMIT: &str = r#"
+local p = ARGV[1]
+local cap = tonumber(ARGV[2])
+local ch = ARGV[3]
+local ops = cjson.decode(ARGV[4])
+local seqs = {}
+for _, op in ipairs(ops) do
+  if op.t == 'put' then
+    local k = p .. 'e:' .. op.c .. ':' .. op.i
+    if redis.call('EXISTS', k) == 0 then
+      local ord = redis.call('INCR', p .. 'c:~order')
+      redis.call('ZADD', p .. 'i:' .. op.c .. ':*', ord, op.i)
+      if op.o ~= '' then
+        redis.call('ZADD', p .. 'i:' .. op.c .. ':' .. op.o, ord, op.i)
+        redis.call('HSET', p .. 'owner:' .. op.c, op.i, op.o)
+      end
+    end
+    redis.call('SET', k, op.v)
+  elseif op.t == 'del' then
+    local k = p .. 'e:' .. op.c .. ':' .. op.i
+    if redis.call('DEL', k) == 1 then
+      redis.call('ZREM', p .. 'i:' .. op.c .. ':*', op.i)
+      local o = redis.call('HGET', p .. 'owner:' .. op.c, op.i)
+      if o then
+        redis.call('ZREM', p .. 'i:' .. op.c .. ':' .. o, op.i)
+        redis.call('HDEL', p .. 'owner:' .. op.c, op.i)
+      end
+    end
+  elseif op.t == 'ctr' then
+    redis.call('SET', p .. 'c:' .. op.n, op.v)
+  elseif op.t == 'ev' then
+    local seq = redis.call('INCR', p .. 'seq:' .. op.s)
+    redis.call('XADD', p .. 'j:' .. op.s, 'MAXLEN', '~', cap, '0-' .. seq, 'e', op.b)
+    redis.call('PUBLISH', ch, seq .. '|' .. op.b)
+    table.insert(seqs, seq)
+  end
+end
+return seqs
+"#;
+
+/// Lists a collection atomically: ids in creation order, then their values.
+const LIST: &str = r#"
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then
+    table.insert(out, id)
+    table.insert(out, v)
+  end
+end
+return out
+"#;
+
+fn io_error(e: RedisError) -> Error {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        Error::Unavailable(format!("redis: {e}"))
+    } else {
+        Error::Storage(format!("redis: {e}"))
+    }
+}
+
+/// Key layout, shared by every part of the backend.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn entity(&self, coll: Collection, id: &str) -> String {
+        format!("{}e:{}:{id}", self.prefix, coll.name())
+    }
+    fn entity_prefix(&self, coll: Collection) -> String {
+        format!("{}e:{}:", self.prefix, coll.name())
+    }
+    fn index(&self, coll: Collection, owner: Option<&str>) -> String {
+        format!("{}i:{}:{}", self.prefix, coll.name(), owner.unwrap_or("*"))
+    }
+    fn counter(&self, name: &str) -> String {
+        format!("{}c:{name}", self.prefix)
+    }
+    fn seq(&self, scope: &str) -> String {
+        format!("{}seq:{scope}", self.prefix)
+    }
+    fn journal(&self, scope: &str) -> String {
+        format!("{}j:{scope}", self.prefix)
+    }
+    fn channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+}
+
+/// A few synchronous connections, reused; a broken one is dropped, not returned.
+struct Pool {
+    client: redis::Client,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Pool {
+    fn get(&self) -> Result<Connection> {
+        if let Some(c) = self.idle.lock().expect("pool lock").pop() {
+            return Ok(c);
+        }
+        let conn = self
+            .client
+            .get_connection_with_timeout(IO_TIMEOUT)
+            .map_err(io_error)?;
+        conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
+        conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < POOL_SIZE {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Runs blocking Redis I/O from async code without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Hands each scope's events to local subscribers once, in order, without holes.
+struct Sequencer {
+    last: Mutex<HashMap<String, u64>>,
+    bus: broadcast::Sender<Arc<EventRecord>>,
+}
+
+enum Offer {
+    Delivered,
+    Duplicate,
+    /// Events after `after` are missing before this one.
+    Gap { after: u64 },
+}
+
+impl Sequencer {
+    fn offer(&self, rec: &EventRecord) -> Offer {
+        let mut last = self.last.lock().expect("sequencer lock");
+        let seen = last.get(&rec.scope).copied().unwrap_or(0);
+        if rec.seq <= seen {
+            Offer::Duplicate
+        } else if rec.seq == seen + 1 {
+            last.insert(rec.scope.clone(), rec.seq);
+            let _ = self.bus.send(Arc::new(rec.clone()));
+            Offer::Delivered
+        } else {
+            Offer::Gap { after: seen }
+        }
+    }
+
+    /// Delivers `recs` (consecutive, from the journal) after a gap; if the journal no longer
+    /// reaches back, skips ahead so delivery goes on (clients see the jump in `seq`).
+    fn fill(&self, recs: Vec<EventRecord>) {
+        let mut last = self.last.lock().expect("sequencer lock");
+        for rec in recs {
+            let seen = last.get(&rec.scope).copied().unwrap_or(0);
+            if rec.seq <= seen {
+                continue;
+            }
+            if rec.seq > seen + 1 {
+                tracing::warn!(scope = %rec.scope, from = seen + 1, to = rec.seq - 1, "events no longer in the journal were skipped");
+            }
+            last.insert(rec.scope.clone(), rec.seq);
+            let _ = self.bus.send(Arc::new(rec));
+        }
+    }
+
+    fn baseline(&self, heads: HashMap<String, u64>) {
+        let mut last = self.last.lock().expect("sequencer lock");
+        for (scope, head) in heads {
+            last.entry(scope).or_insert(head);
+        }
+    }
+
+    fn known(&self) -> Vec<(String, u64)> {
+        let last = self.last.lock().expect("sequencer lock");
+        last.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// The Redis-backed store.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+}
+
+/// What blocking transactions and reads share.
+struct Inner {
+    keys: Keys,
+    pool: Arc<Pool>,
+    seq: Arc<Sequencer>,
+    journal_capacity: u64,
+    healthy: Arc<AtomicBool>,
+}
+
+impl RedisStore {
+    /// Connects (or keeps trying, if Redis is down), checks persistence, starts the subscriber.
+    pub fn open(url: &str, prefix: &str, journal_capacity: u64) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Storage(format!("invalid REDIS_URL: {e}")))?;
+        let keys = Keys {
+            prefix: prefix.to_owned(),
+        };
+        let pool = Arc::new(Pool {
+            client: client.clone(),
+            idle: Mutex::new(Vec::new()),
+        });
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        let seq = Arc::new(Sequencer {
+            last: Mutex::new(HashMap::new()),
+            bus,
+        });
+        let healthy = Arc::new(AtomicBool::new(false));
+        match blocking(|| pool.get()) {
+            Ok(mut conn) => {
+                warn_about_persistence(&mut conn);
+                healthy.store(true, Ordering::Relaxed);
+                pool.put(conn);
+            }
+            Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; serving degraded until it is"),
+        }
+        let stop = CancellationToken::new();
+        tokio::spawn(subscriber(
+            client,
+            keys.clone(),
+            pool.clone(),
+            seq.clone(),
+            healthy.clone(),
+            stop.clone(),
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys,
+                pool,
+                seq,
+                journal_capacity: journal_capacity.max(1),
+                healthy,
+            }),
+            stop,
+        })
+    }
+}
+
+impl Inner {
+    fn run_transaction(&self, mut body: TxnBody) -> Result<Box<dyn Any + Send>> {
+        let mut conn = self.pool.get()?;
+        let result = self.attempts(&mut conn, &mut body);
+        match &result {
+            Err(Error::Unavailable(_)) | Err(Error::Storage(_)) => {} // connection dropped
+            _ => self.pool.put(conn),
+        }
+        result
+    }
+
+    fn attempts(&self, conn: &mut Connection, body: &mut TxnBody) -> Result<Box<dyn Any + Send>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let base = RedisBase {
+                conn: &mut *conn,
+                keys: &self.keys,
+                watched: HashSet::new(),
+            };
+            let mut overlay = Overlay::new(base);
+            let value = match body(&mut overlay) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = redis::cmd("UNWATCH").exec(conn);
+                    return Err(e);
+                }
+            };
+            let (_, changes) = overlay.into_changes();
+            if changes.writes.is_empty() && changes.events.is_empty() && changes.counters.is_empty() {
+                redis::cmd("UNWATCH").exec(conn).map_err(io_error)?;
+                return Ok(value);
+            }
+            let timestamp = now_ms();
+            let (ops, pending) = encode_ops(changes, timestamp);
+            let reply: Option<(Vec<u64>,)> = redis::pipe()
+                .atomic()
+                .cmd("EVAL")
+                .arg(COMMIT)
+                .arg(0)
+                .arg(&self.keys.prefix)
+                .arg(self.journal_capacity)
+                .arg(self.keys.channel())
+                .arg(ops)
+                .query(conn)
+                .map_err(io_error)?;
+            let Some((seqs,)) = reply else {
+                continue; // something we read changed: run the body again
+            };
+            let records: Vec<EventRecord> = pending
+                .into_iter()
+                .zip(seqs)
+                .map(|(mut rec, seq)| {
+                    rec.seq = seq;
+                    rec
+                })
+                .collect();
+            self.deliver_local(conn, records);
+            return Ok(value);
+        }
+        Err(Error::Conflict(
+            "too much contention on the same data; retry".into(),
+        ))
+    }
+
+    /// Our own commits reach our subscribers now, in order, filling any gap first.
+    fn deliver_local(&self, conn: &mut Connection, records: Vec<EventRecord>) {
+        for rec in records {
+            if let Offer::Gap { after } = self.seq.offer(&rec) {
+                match read_journal(conn, &self.keys, &rec.scope, after, rec.seq - 1) {
+                    Ok(mut gap) => {
+                        gap.push(rec);
+                        self.seq.fill(gap);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot fill an event gap from the journal");
+                        self.seq.fill(vec![rec]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn warn_about_persistence(conn: &mut Connection) {
+    let get = |conn: &mut Connection, key: &str| -> Option<String> {
+        let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(conn).ok()?;
+        v.get(1).cloned()
+    };
+    let aof = get(conn, "appendonly");
+    let fsync = get(conn, "appendfsync");
+    match (aof.as_deref(), fsync.as_deref()) {
+        (Some("yes"), Some("always")) => tracing::info!("Redis persistence: AOF with appendfsync always"),
+        (Some("yes"), f) => tracing::warn!(appendfsync = ?f, "Redis AOF is on but not fsynced on every write: the last second of acknowledged writes can be lost if Redis crashes"),
+        (Some(_), _) => tracing::warn!("Redis has appendonly off: acknowledged writes can be lost if Redis restarts (set appendonly yes, appendfsync always)"),
+        (None, _) => tracing::warn!("cannot read Redis persistence settings (CONFIG GET refused); make sure AOF is on"),
+    }
+}
+
+/// Turns changes into the commit script's operation list, and the events to number.
+fn encode_ops(changes: Changes, timestamp: i64) -> (String, Vec<EventRecord>) {
+    let mut ops = Vec::new();
+    for (name, value) in &changes.counters {
+        ops.push(json!({ "t": "ctr", "n": name, "v": value }));
+    }
+    for (coll, id, write) in &changes.writes {
+        match write {
+            Write::Put { owner, value } => ops.push(json!({
+                "t": "put",
+                "c": coll.name(),
+                "i": id,
+                "o": owner.clone().unwrap_or_default(),
+                "v": String::from_utf8_lossy(value),
+            })),
+            Write::Delete => ops.push(json!({ "t": "del", "c": coll.name(), "i": id })),
+        }
+    }
+    let mut pending = Vec::with_capacity(changes.events.len());
+    for ev in changes.events {
+        let rec = EventRecord {
+            scope: ev.scope,
+            seq: 0,
+            event: ev.event,
+            data: ev.data,
+            timestamp,
+            session_id: ev.session_id,
+        };
+        let body = serde_json::to_string(&rec).expect("events serialise");
+        ops.push(json!({ "t": "ev", "s": rec.scope, "b": body }));
+        pending.push(rec);
+    }
+    (serde_json::to_string(&ops).expect("ops serialise"), pending)
+}
+
+/// `(after, upto]` of a scope's journal.
+fn read_journal(conn: &mut Connection, keys: &Keys, scope: &str, after: u64, upto: u64) -> Result<Vec<EventRecord>> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(keys.journal(scope))
+        .arg(format!("0-{}", after + 1))
+        .arg(format!("0-{upto}"))
+        .query(conn)
+        .map_err(io_error)?;
+    entries.into_iter().map(|(id, fields)| parse_entry(&id, &fields)).collect()
+}
+
+fn parse_entry(id: &str, fields: &[(String, String)]) -> Result<EventRecord> {
+    let seq: u64 = id
+        .strip_prefix("0-")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Storage(format!("unexpected journal id {id}")))?;
+    let body = fields
+        .iter()
+        .find(|(k, _)| k == "e")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| Error::Storage("journal entry without body".into()))?;
+    let mut rec: EventRecord =
+        serde_json::from_str(body).map_err(|e| Error::Storage(format!("corrupt journal entry: {e}")))?;
+    rec.seq = seq;
+    Ok(rec)
+}
+
+/// The channel subscriber: reconnects forever, catches up from the journal after each (re)connect.
+async fn subscriber(
+    client: redis::Client,
+    keys: Keys,
+    pool: Arc<Pool>,
+    seq: Arc<Sequencer>,
+    healthy: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.get_async_pubsub() => r,
+        };
+        let mut pubsub = match connected {
+            Ok(p) => p,
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                tracing::debug!(error = %e, "redis subscriber cannot connect; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(keys.channel()).await {
+            tracing::debug!(error = %e, "redis subscribe failed; retrying");
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        healthy.store(true, Ordering::Relaxed);
+        // Subscribed: now anything missed while we were away is in the journal.
+        let catch_up = {
+            let (pool, keys, seq) = (pool.clone(), keys.clone(), seq.clone());
+            tokio::task::spawn_blocking(move || catch_up(&pool, &keys, &seq)).await
+        };
+        if let Ok(Err(e)) | Err(e) = catch_up.map_err(|e| Error::Internal(e.to_string())) {
+            tracing::warn!(error = %e, "catching up from the journal failed");
+        }
+        tracing::info!("subscribed to the Redis event channel");
+        let mut messages = pubsub.on_message();
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            let Ok(payload) = msg.get_payload::<String>() else { continue };
+            let Some(rec) = parse_message(&payload) else {
+                tracing::warn!("malformed event message on the Redis channel");
+                continue;
+            };
+            if let Offer::Gap { after } = seq.offer(&rec) {
+                let (pool, keys, seq) = (pool.clone(), keys.clone(), seq.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    let gap = pool
+                        .get()
+                        .and_then(|mut c| {
+                            let r = read_journal(&mut c, &keys, &rec.scope, after, rec.seq - 1);
+                            if r.is_ok() {
+                                pool.put(c);
+                            }
+                            r
+                        })
+                        .unwrap_or_default();
+                    let mut all = gap;
+                    all.push(rec);
+                    seq.fill(all);
+                })
+                .await;
+            }
+        }
+        healthy.store(false, Ordering::Relaxed);
+        tracing::warn!("lost the Redis event channel; reconnecting");
+    }
+}
+
+fn parse_message(payload: &str) -> Option<EventRecord> {
+    let (seq, body) = payload.split_once('|')?;
+    let mut rec: EventRecord = serde_json::from_str(body).ok()?;
+    rec.seq = seq.parse().ok()?;
+    Some(rec)
+}
+
+/// Delivers every event after what each scope last delivered; scopes never seen start at the
+/// head they have now (their history predates this server).
+fn catch_up(pool: &Pool, keys: &Keys, seq: &Sequencer) -> Result<()> {
+    let mut conn = pool.get()?;
+    let mut heads = HashMap::new();
+    let pattern = format!("{}seq:*", keys.prefix);
+    let scopes: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).map_err(io_error)?;
+    for key in scopes {
+        let head: u64 = redis::cmd("GET").arg(&key).query(&mut conn).map_err(io_error)?;
+        let scope = key.trim_start_matches(&format!("{}seq:", keys.prefix)).to_owned();
+        heads.insert(scope, head);
+    }
+    let first_time = seq.known().is_empty();
+    if first_time {
+        seq.baseline(heads.clone());
+    }
+    for (scope, head) in heads {
+        let after = seq.known().into_iter().find(|(s, _)| *s == scope).map_or(0, |(_, v)| v);
+        if head > after {
+            let recs = read_journal(&mut conn, keys, &scope, after, head)?;
+            seq.fill(recs);
+        }
+    }
+    pool.put(conn);
+    Ok(())
+}
+
+/// Reads for a transaction: everything read is `WATCH`ed.
+struct RedisBase<'a> {
+    conn: &'a mut Connection,
+    keys: &'a Keys,
+    watched: HashSet<String>,
+}
+
+impl RedisBase<'_> {
+    fn watch(&mut self, keys: &[String]) -> Result<()> {
+        let new: Vec<&String> = keys.iter().filter(|k| !self.watched.contains(*k)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("WATCH").arg(&new).exec(self.conn).map_err(io_error)?;
+        for k in new {
+            self.watched.insert(k.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Base for RedisBase<'_> {
+    fn get(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.keys.entity(coll, id);
+        self.watch(std::slice::from_ref(&key))?;
+        redis::cmd("GET").arg(&key).query(self.conn).map_err(io_error)
+    }
+
+    fn list(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<(String, Vec<u8>)>> {
+        let index = self.keys.index(coll, owner);
+        self.watch(std::slice::from_ref(&index))?;
+        let ids: Vec<String> = redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query(self.conn).map_err(io_error)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entity_keys: Vec<String> = ids.iter().map(|id| self.keys.entity(coll, id)).collect();
+        self.watch(&entity_keys)?;
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&entity_keys).query(self.conn).map_err(io_error)?;
+        Ok(ids
+            .into_iter()
+            .zip(values)
+            .filter_map(|(id, v)| v.map(|v| (id, v)))
+            .collect())
+    }
+
+    fn exists(&mut self, coll: Collection, id: &str) -> Result<bool> {
+        let key = self.keys.entity(coll, id);
+        self.watch(std::slice::from_ref(&key))?;
+        redis::cmd("EXISTS").arg(&key).query(self.conn).map_err(io_error)
+    }
+
+    fn counter(&mut self, name: &str) -> Result<u64> {
+        let key = self.keys.counter(name);
+        self.watch(std::slice::from_ref(&key))?;
+        let v: Option<u64> = redis::cmd("GET").arg(&key).query(self.conn).map_err(io_error)?;
+        Ok(v.unwrap_or(0))
+    }
+
+    fn head_seq(&mut self, scope: &str) -> Result<u64> {
+        let v: Option<u64> = redis::cmd("GET").arg(self.keys.seq(scope)).query(self.conn).map_err(io_error)?;
+        Ok(v.unwrap_or(0))
+    }
+}
+
+/// Reads outside transactions, on a pooled connection.
+struct RedisReader<'a> {
+    store: &'a Inner,
+    conn: Option<Connection>,
+}
+
+impl RedisReader<'_> {
+    fn with<T>(&mut self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => blocking(|| self.store.pool.get())?,
+        };
+        let r = blocking(|| f(&mut conn));
+        if !matches!(r, Err(Error::Unavailable(_)) | Err(Error::Storage(_))) {
+            self.conn = Some(conn);
+        }
+        r
+    }
+}
+
+impl Drop for RedisReader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.store.pool.put(c);
+        }
+    }
+}
+
+impl Reader for RedisReader<'_> {
+    fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.store.keys.entity(coll, id);
+        self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))
+    }
+
+    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        let index = self.store.keys.index(coll, owner);
+        let prefix = self.store.keys.entity_prefix(coll);
+        let flat: Vec<RValue> = self.with(|c| {
+            redis::cmd("EVAL")
+                .arg(LIST)
+                .arg(1)
+                .arg(&index)
+                .arg(&prefix)
+                .query(c)
+                .map_err(io_error)
+        })?;
+        Ok(flat
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [_, RValue::BulkString(v)] => Some(v.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn head_seq(&mut self, scope: &str) -> Result<u64> {
+        let key = self.store.keys.seq(scope);
+        let v: Option<u64> = self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))?;
+        Ok(v.unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn transact_erased(&self, body: TxnBody) -> Result<Box<dyn Any + Send>> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.run_transaction(body))
+            .await
+            .map_err(|e| Error::Internal(format!("transaction task failed: {e}")))?
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader + Send + '_>> {
+        Ok(Box::new(RedisReader {
+            store: &self.inner,
+            conn: None,
+        }))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
+        self.inner.seq.bus.subscribe()
+    }
+
+    async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay> {
+        let (pool, keys, scope) = (self.inner.pool.clone(), self.inner.keys.clone(), scope.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            let head: Option<u64> = redis::cmd("GET").arg(keys.seq(&scope)).query(&mut conn).map_err(io_error)?;
+            let head = head.unwrap_or(0);
+            let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(keys.journal(&scope))
+                .arg(format!("0-{}", after.saturating_add(1)))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .query(&mut conn)
+                .map_err(io_error)?;
+            pool.put(conn);
+            let events: Vec<EventRecord> = entries
+                .iter()
+                .map(|(id, f)| parse_entry(id, f))
+                .collect::<Result<_>>()?;
+            let complete = after >= head || events.first().is_some_and(|e| e.seq == after + 1);
+            let events = if limit == 0 { Vec::new() } else { events };
+            Ok(Replay { events, complete, head })
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+    }
+
+    async fn ready(&self) -> bool {
+        let pool = self.inner.pool.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().ok()?;
+            let pong: String = redis::cmd("PING").query(&mut conn).ok()?;
+            pool.put(conn);
+            Some(pong == "PONG")
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        ok && self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        self.stop.cancel();
+    }
+}
+

@@ -1,0 +1,5 @@
+//! Helpers shared by Maestro's test suites. Not part of the product.
+//!
+//! - [`redis`]: real `redis-server` processes that tests can kill and restart.
+
+pub mod redis;
