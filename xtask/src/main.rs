@@ -123,10 +123,18 @@ fn test(args: &[String]) -> Result<()> {
     ]);
     step("cargo clippy", clippy)?;
 
+    ensure_redis_server()?;
+
     if have("cargo-nextest") {
         let mut nextest = cargo();
         nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
-        step("cargo nextest run", nextest)?;
+        step("cargo nextest run (local backend)", nextest)?;
+        // The server's conformance suite again, every test on its own redis-server.
+        let mut redis = cargo();
+        redis
+            .args(["nextest", "run", "--package", "maestro-server", "--no-fail-fast"])
+            .env("MAESTRO_TEST_BACKEND", "redis");
+        step("cargo nextest run (Redis backend)", redis)?;
         // nextest does not run doc tests.
         let mut doc = cargo();
         doc.args(["test", "--workspace", "--doc"]);
@@ -134,13 +142,51 @@ fn test(args: &[String]) -> Result<()> {
     } else {
         let mut t = cargo();
         t.args(["test", "--workspace", "--no-fail-fast"]);
-        step("cargo test", t)?;
+        step("cargo test (local backend)", t)?;
+        let mut redis = cargo();
+        redis
+            .args(["test", "--package", "maestro-server", "--no-fail-fast"])
+            .env("MAESTRO_TEST_BACKEND", "redis");
+        step("cargo test (Redis backend)", redis)?;
     }
 
     js_interop()?;
 
     eprintln!("==> all checks passed in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// Tests start their own `redis-server` processes; install Debian's package if it is missing.
+fn ensure_redis_server() -> Result<()> {
+    if have("redis-server") {
+        return Ok(());
+    }
+    if have("apt-get") && is_root() {
+        eprintln!("==> redis-server is missing; installing Debian's package");
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-qq"]);
+        step("apt-get update", update)?;
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y", "-qq", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        step("apt-get install redis-server", install)?;
+        // The package may start a system service on 6379; tests never use it.
+        return Ok(());
+    }
+    bail!(
+        "the tests need `redis-server` (Redis 6 or later) on PATH; install it \
+         (e.g. `sudo apt-get install redis-server` or `brew install redis`) and rerun"
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .is_some_and(|u| u.trim() == "0")
 }
 
 /// The Socket.IO interop tests in `tests/js`: the official `socket.io-client` (npm) against the

@@ -365,7 +365,8 @@ async fn many_tasks(api: &Client, project: &str, n: usize) {
         .await;
 }
 
-/// A server with a custom configuration (the shared harness always uses the defaults).
+/// A server with a custom configuration (the shared harness always uses the defaults), on the
+/// backend the suite runs on unless `adjust` picks one.
 struct CustomServer {
     addr: std::net::SocketAddr,
     token: CancellationToken,
@@ -376,7 +377,7 @@ struct CustomServer {
 impl CustomServer {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::for_dir(dir.path());
+        let mut config = common::config_for(dir.path());
         adjust(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -961,10 +962,12 @@ async fn reconnect_replays_the_gap_then_live_events() {
 
 #[tokio::test]
 async fn a_gap_older_than_the_journal_is_not_recovered() {
+    // 50 events per project are kept (Redis trims approximately, by whole stream nodes of 100:
+    // after 300 events at most the last 100 or so remain; seq 11 is gone on both backends).
     let server = CustomServer::start(|c| c.journal_capacity = 50).await;
     let api = server.api();
     let p = project(&api, "small journal").await;
-    many_tasks(&api, &p.id, 120).await;
+    many_tasks(&api, &p.id, 300).await;
 
     let mut phone = Sio::connect(
         server.addr,
@@ -978,35 +981,82 @@ async fn a_gap_older_than_the_journal_is_not_recovered() {
     assert_eq!(name, "replay:incomplete");
     assert_eq!(
         notice,
-        json!({ "recovered": false, "projectId": p.id, "headSeq": 120, "lastSeq": 10 })
+        json!({ "recovered": false, "projectId": p.id, "headSeq": 300, "lastSeq": 10 })
     );
     phone.quiet().await;
     // The answer is state:sync; live events continue after its heads.
     let ack = phone.call_bare("state:sync").await;
-    assert_eq!(ok(&ack)["seqs"][&p.id], 120);
-    assert_eq!(ack["tasks"].as_array().unwrap().len(), 120);
+    assert_eq!(ok(&ack)["seqs"][&p.id], 300);
+    assert_eq!(ack["tasks"].as_array().unwrap().len(), 300);
     task(&api, &p.id, "after").await;
-    assert_eq!(phone.expect(&["task:created"]).await[0]["seq"], 121);
+    assert_eq!(phone.expect(&["task:created"]).await[0]["seq"], 301);
 
     // Within the journal it still works.
     let mut ok_phone = Sio::connect(
         server.addr,
         "/mobile",
-        json!({ "projectId": p.id, "lastSeq": 100 }),
+        json!({ "projectId": p.id, "lastSeq": 280 }),
         None,
     )
     .await
     .unwrap();
-    for seq in 101..=121 {
+    for seq in 281..=301 {
         assert_eq!(ok_phone.expect(&["task:created"]).await[0]["seq"], seq);
     }
     ok_phone.quiet().await;
 
     let ack = phone.call("events:replay", json!({ "afterSeq": 5 })).await;
     assert_eq!(ok(&ack)["recovered"], false);
-    assert_eq!(ack["headSeq"], 121);
+    assert_eq!(ack["headSeq"], 301);
     assert_eq!(ack["events"], json!([]));
     server.stop().await;
+}
+
+/// Two servers on one Redis: a phone connected to B gets what is written through A, once, and
+/// its reconnect replay comes from the shared journal.
+#[tokio::test]
+async fn two_instances_on_one_redis() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis = common::redis::RedisServer::start(redis_dir.path());
+    let url = redis.url();
+    let a = CustomServer::start(|c| c.redis_url = Some(url.clone())).await;
+    let b = CustomServer::start(|c| c.redis_url = Some(url.clone())).await;
+    let (api_a, api_b) = (a.api(), b.api());
+    let p = project(&api_a, "shared").await;
+    assert_eq!(api_b.get_project(&p.id).await.unwrap(), p);
+
+    let mut phone = Sio::connect(b.addr, "/mobile", json!({ "projectId": p.id }), None)
+        .await
+        .unwrap();
+    let mut desk = Sio::connect(a.addr, "/ui", json!({}), None).await.unwrap();
+    let t = task(&api_a, &p.id, "written on A").await;
+    let got = phone.expect(&["task:created"]).await;
+    assert_eq!(got[0]["data"], common::to_json(&t));
+    desk.expect(&["task:created"]).await;
+    task(&api_b, &p.id, "written on B").await;
+    let again = phone.expect(&["task:created"]).await;
+    assert_eq!(again[0]["seq"], got[0]["seq"].as_u64().unwrap() + 1);
+    desk.expect(&["task:created"]).await;
+    phone.quiet().await;
+    desk.quiet().await;
+
+    let last_seq = again[0]["seq"].as_u64().unwrap();
+    phone.close().await;
+    many_tasks(&api_a, &p.id, 30).await;
+    let mut phone = Sio::connect(
+        b.addr,
+        "/mobile",
+        json!({ "projectId": p.id, "lastSeq": last_seq }),
+        None,
+    )
+    .await
+    .unwrap();
+    for seq in last_seq + 1..=last_seq + 30 {
+        assert_eq!(phone.expect(&["task:created"]).await[0]["seq"], seq);
+    }
+    phone.quiet().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// A human answers from the phone: the agent's `mail/wait` gets the directive, a desktop

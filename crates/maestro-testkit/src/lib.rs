@@ -1,5 +1,7 @@
 //! Helpers shared by Maestro's test suites. Not part of the product.
 //!
-//! - [`redis`]: real `redis-server` processes that tests can kill and restart.
+//! - [`redis`]: real `redis-server` processes that tests can kill and restart;
+//! - [`process`]: `maestro serve` as a child process.
 
+pub mod process;
 pub mod redis;

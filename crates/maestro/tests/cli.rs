@@ -65,12 +65,25 @@ fn help_documents_exit_codes_and_usage_errors_exit_2() {
     let out = Cli::new(None, home.path()).run(&["--help"]).ok();
     assert!(out.stdout.contains("Exit codes:"), "{}", out.stdout);
     assert!(out.stdout.contains("3  cannot reach the server"));
-    for cmd in ["project", "task", "session", "report", "mail", "team-member", "run", "claim"] {
+    for cmd in [
+        "project",
+        "task",
+        "session",
+        "report",
+        "mail",
+        "team-member",
+        "run",
+        "claim",
+    ] {
         assert!(out.stdout.contains(cmd), "--help lists {cmd}");
     }
-    let out = Cli::new(None, home.path()).run(&["task", "--bogus"]).code(2);
+    let out = Cli::new(None, home.path())
+        .run(&["task", "--bogus"])
+        .code(2);
     assert!(out.stderr.contains("--bogus"));
-    Cli::new(None, home.path()).run(&["task", "update", "x", "--status", "nonsense"]).code(2);
+    Cli::new(None, home.path())
+        .run(&["task", "update", "x", "--status", "nonsense"])
+        .code(2);
     Cli::new(None, home.path()).run(&["run"]).code(2);
 }
 
@@ -93,7 +106,14 @@ fn whoami_prints_the_context_without_a_server() {
     assert_eq!(data["mode"], "execute");
     // Flags win over the environment.
     let data = cli()
-        .run(&["whoami", "--json", "--server", "http://x:2/", "--session", "sess_2"])
+        .run(&[
+            "whoami",
+            "--json",
+            "--server",
+            "http://x:2/",
+            "--session",
+            "sess_2",
+        ])
         .ok()
         .data();
     assert_eq!(data["server"], "http://x:2");
@@ -106,7 +126,11 @@ fn an_unreachable_server_exits_3_and_says_what_to_do() {
     let url = format!("http://127.0.0.1:{}", closed_port());
     let cli = || Cli::new(Some(&url), home.path()).env("MAESTRO_RETRIES", "0");
     let out = cli().run(&["project", "list"]).code(3);
-    assert!(out.stderr.contains("Cannot reach the Maestro server"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Cannot reach the Maestro server"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("--server"), "{}", out.stderr);
     let out = cli().run(&["--json", "project", "list"]).code(3);
     assert_eq!(out.error_code(), "connection_refused");
@@ -152,7 +176,15 @@ async fn project_commands() {
     let server = Server::start().await;
     let out = server
         .cli()
-        .run(&["project", "create", "Alpha", "--dir", "/work/alpha", "--desc", "first"])
+        .run(&[
+            "project",
+            "create",
+            "Alpha",
+            "--dir",
+            "/work/alpha",
+            "--desc",
+            "first",
+        ])
         .ok();
     assert!(out.stdout.contains("Name: Alpha"), "{}", out.stdout);
     assert!(out.stdout.contains("Dir: /work/alpha"));
@@ -163,7 +195,10 @@ async fn project_commands() {
         .data();
     let beta = p["id"].as_str().unwrap().to_owned();
     assert!(beta.starts_with("proj_"));
-    assert_eq!(p["workingDir"], std::env::current_dir().unwrap().to_str().unwrap());
+    assert_eq!(
+        p["workingDir"],
+        std::env::current_dir().unwrap().to_str().unwrap()
+    );
 
     let out = server.cli().run(&["project", "list"]).ok();
     assert!(out.stdout.starts_with("ID"), "{}", out.stdout);
@@ -171,14 +206,25 @@ async fn project_commands() {
     let list = server.cli().run(&["--json", "project", "list"]).ok().data();
     assert_eq!(list.as_array().unwrap().len(), 2);
 
-    let got = server.cli().run(&["project", "get", &beta, "--json"]).ok().data();
+    let got = server
+        .cli()
+        .run(&["project", "get", &beta, "--json"])
+        .ok()
+        .data();
     assert_eq!(got["name"], "Beta");
-    let deleted = server.cli().run(&["--json", "project", "delete", &beta]).ok().data();
+    let deleted = server
+        .cli()
+        .run(&["--json", "project", "delete", &beta])
+        .ok()
+        .data();
     assert_eq!(deleted["deleted"], beta.as_str());
 
     let out = server.cli().run(&["project", "get", &beta]).code(1);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
-    let out = server.cli().run(&["--json", "project", "get", &beta]).code(1);
+    let out = server
+        .cli()
+        .run(&["--json", "project", "get", &beta])
+        .code(1);
     assert_eq!(out.error_code(), "resource_not_found");
     server.cli().run(&["project", "create", " "]).code(2);
 }
@@ -191,14 +237,26 @@ async fn task_commands() {
     let s = session(&client, &p, &[]).await;
 
     // Without a project: a usage error that names the fix.
-    let out = server.cli().run(&["--json", "task", "create", "orphan"]).code(2);
+    let out = server
+        .cli()
+        .run(&["--json", "task", "create", "orphan"])
+        .code(2);
     assert_eq!(out.error_code(), "no_context");
     assert!(out.stdout.contains("MAESTRO_PROJECT_ID"));
     server.cli().project(&p).run(&["task", "create"]).code(2);
 
     let cli = || server.cli().project(&p).session(&s);
     let root = cli()
-        .run(&["--json", "task", "create", "Root", "--priority", "high", "-d", "the root"])
+        .run(&[
+            "--json",
+            "task",
+            "create",
+            "Root",
+            "--priority",
+            "high",
+            "-d",
+            "the root",
+        ])
         .ok()
         .data();
     let root_id = root["id"].as_str().unwrap().to_owned();
@@ -213,16 +271,31 @@ async fn task_commands() {
         .unwrap()
         .to_owned();
     let grandchild = cli()
-        .run(&["--json", "task", "create", "Grandchild", "--parent", &child_id])
+        .run(&[
+            "--json",
+            "task",
+            "create",
+            "Grandchild",
+            "--parent",
+            &child_id,
+        ])
         .ok()
         .data();
     let grandchild_id = grandchild["id"].as_str().unwrap().to_owned();
 
     // list: a tree for humans, an array in JSON; filters.
     let out = cli().run(&["task", "list"]).ok();
-    assert!(out.stdout.contains(&format!("[{root_id}] Root (todo, high)")), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains(&format!("[{root_id}] Root (todo, high)")),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("└─ ["), "{}", out.stdout);
-    let high = cli().run(&["--json", "task", "list", "--priority", "high"]).ok().data();
+    let high = cli()
+        .run(&["--json", "task", "list", "--priority", "high"])
+        .ok()
+        .data();
     assert_eq!(high.as_array().unwrap().len(), 1);
     let sub = cli().run(&["--json", "task", "list", &root_id]).ok().data();
     assert_eq!(sub.as_array().unwrap().len(), 2);
@@ -237,26 +310,61 @@ async fn task_commands() {
         .data();
     assert_eq!(got["title"], "Child");
     cli().run(&["task", "get"]).code(2);
-    let out = cli().run(&["--json", "task", "get", "task_missing"]).code(1);
+    let out = cli()
+        .run(&["--json", "task", "get", "task_missing"])
+        .code(1);
     assert_eq!(out.error_code(), "resource_not_found");
 
     // edit / update / complete / block.
     cli().run(&["task", "edit", &root_id]).code(2);
     let edited = cli()
-        .run(&["--json", "task", "edit", &root_id, "--title", "Root 2", "--priority", "low"])
+        .run(&[
+            "--json",
+            "task",
+            "edit",
+            &root_id,
+            "--title",
+            "Root 2",
+            "--priority",
+            "low",
+        ])
         .ok()
         .data();
-    assert_eq!((edited["title"].as_str(), edited["priority"].as_str()), (Some("Root 2"), Some("low")));
+    assert_eq!(
+        (edited["title"].as_str(), edited["priority"].as_str()),
+        (Some("Root 2"), Some("low"))
+    );
     let updated = cli()
-        .run(&["--json", "task", "update", &root_id, "--status", "in_progress"])
+        .run(&[
+            "--json",
+            "task",
+            "update",
+            &root_id,
+            "--status",
+            "in_progress",
+        ])
         .ok()
         .data();
     assert_eq!(updated["status"], "in_progress");
     cli().run(&["task", "complete", &child_id]).ok();
-    let out = cli().run(&["task", "block", &grandchild_id, "--reason", "waiting on API"]).ok();
+    let out = cli()
+        .run(&[
+            "task",
+            "block",
+            &grandchild_id,
+            "--reason",
+            "waiting on API",
+        ])
+        .ok();
     assert!(out.stdout.contains("Reason: waiting on API"));
-    assert_eq!(client.get_task(&child_id).await.unwrap().status, "completed");
-    assert_eq!(client.get_task(&grandchild_id).await.unwrap().status, "blocked");
+    assert_eq!(
+        client.get_task(&child_id).await.unwrap().status,
+        "completed"
+    );
+    assert_eq!(
+        client.get_task(&grandchild_id).await.unwrap().status,
+        "blocked"
+    );
     // Status changes are noted in the session's timeline.
     let timeline = client.get_session(&s).await.unwrap().timeline;
     let notes: Vec<_> = timeline
@@ -274,7 +382,10 @@ async fn task_commands() {
     );
 
     // children / tree.
-    let kids = cli().run(&["--json", "task", "children", &root_id]).ok().data();
+    let kids = cli()
+        .run(&["--json", "task", "children", &root_id])
+        .ok()
+        .data();
     assert_eq!(kids.as_array().unwrap().len(), 1);
     let all = cli()
         .run(&["--json", "task", "children", &root_id, "--recursive"])
@@ -285,8 +396,14 @@ async fn task_commands() {
     assert!(out.stdout.contains("No child tasks"));
     let tree = cli().run(&["--json", "task", "tree"]).ok().data();
     assert_eq!(tree[0]["id"], root_id.as_str());
-    assert_eq!(tree[0]["children"][0]["children"][0]["id"], grandchild_id.as_str());
-    let shallow = cli().run(&["--json", "task", "tree", "--depth", "1"]).ok().data();
+    assert_eq!(
+        tree[0]["children"][0]["children"][0]["id"],
+        grandchild_id.as_str()
+    );
+    let shallow = cli()
+        .run(&["--json", "task", "tree", "--depth", "1"])
+        .ok()
+        .data();
     assert_eq!(shallow[0]["children"], serde_json::json!([]));
     let from = cli()
         .run(&["--json", "task", "tree", "--root", &child_id])
@@ -303,15 +420,37 @@ async fn task_commands() {
     let file = dir.path().join("notes.md");
     std::fs::write(&file, "# Notes\nbody").unwrap();
     let doc = cli()
-        .run(&["--json", "task", "docs", "add", &root_id, "Notes", "--file", file.to_str().unwrap()])
+        .run(&[
+            "--json",
+            "task",
+            "docs",
+            "add",
+            &root_id,
+            "Notes",
+            "--file",
+            file.to_str().unwrap(),
+        ])
         .ok()
         .data();
     assert_eq!(doc["content"], "# Notes\nbody");
     assert_eq!(doc["taskId"], root_id.as_str());
     let out = cli().run(&["task", "docs", "list", &root_id]).ok();
-    assert!(out.stdout.contains("Notes") && out.stdout.contains(&s), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Notes") && out.stdout.contains(&s),
+        "{}",
+        out.stdout
+    );
     let out = cli()
-        .run(&["--json", "task", "docs", "add", &root_id, "Gone", "--file", "/nonexistent/x"])
+        .run(&[
+            "--json",
+            "task",
+            "docs",
+            "add",
+            &root_id,
+            "Gone",
+            "--file",
+            "/nonexistent/x",
+        ])
         .code(1);
     assert_eq!(out.error_code(), "file_error");
 
@@ -336,7 +475,10 @@ async fn task_report_commands() {
     let s = session(&client, &p, &[]).await;
     let cli = || server.cli().project(&p).session(&s);
 
-    let out = server.cli().run(&["--json", "task", "report", "progress", &t, "x"]).code(2);
+    let out = server
+        .cli()
+        .run(&["--json", "task", "report", "progress", &t, "x"])
+        .code(2);
     assert_eq!(out.error_code(), "no_context");
     assert!(out.stdout.contains("MAESTRO_SESSION_ID"));
 
@@ -352,15 +494,29 @@ async fn task_report_commands() {
             .data();
         assert_eq!(data["sessionStatus"], status);
         let task = client.get_task(&t).await.unwrap();
-        assert_eq!(task.task_session_statuses.get(&s).map(String::as_str), Some(status));
-        let last = client.get_session(&s).await.unwrap().timeline.pop().unwrap();
+        assert_eq!(
+            task.task_session_statuses.get(&s).map(String::as_str),
+            Some(status)
+        );
+        let last = client
+            .get_session(&s)
+            .await
+            .unwrap()
+            .timeline
+            .pop()
+            .unwrap();
         assert_eq!(last.kind, kind);
-        assert_eq!(last.message.as_deref(), Some(format!("{sub} note").as_str()));
+        assert_eq!(
+            last.message.as_deref(),
+            Some(format!("{sub} note").as_str())
+        );
         assert_eq!(last.task_id.as_deref(), Some(t.as_str()));
     }
     let out = cli().run(&["task", "report", "progress", &t, "human"]).ok();
     assert!(out.stdout.contains("Reported working"), "{}", out.stdout);
-    cli().run(&["task", "report", "progress", "task_missing", "x"]).code(1);
+    cli()
+        .run(&["task", "report", "progress", "task_missing", "x"])
+        .code(1);
 }
 
 #[tokio::test]
@@ -382,12 +538,19 @@ async fn session_hook_commands() {
     // Outside a session, hooks do nothing and succeed.
     for hook in ["register", "complete", "needs-input", "resume-working"] {
         let out = server.cli().run(&["session", hook]).ok();
-        assert!(out.stderr.contains("nothing to do"), "{hook}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("nothing to do"),
+            "{hook}: {}",
+            out.stderr
+        );
     }
 
     // register creates an unknown session, working, with the context's tasks.
     let data = cli().run(&["--json", "session", "register"]).ok().data();
-    assert_eq!(data, serde_json::json!({ "sessionId": sid, "status": "registered" }));
+    assert_eq!(
+        data,
+        serde_json::json!({ "sessionId": sid, "status": "registered" })
+    );
     let s = client.get_session(sid).await.unwrap();
     assert_eq!(s.status, "working");
     assert_eq!(s.task_ids, [t.as_str()]);
@@ -404,7 +567,10 @@ async fn session_hook_commands() {
     assert!(ni.active);
     assert_eq!(ni.message.as_deref(), Some("which DB?"));
     let last = s.timeline.last().unwrap();
-    assert_eq!((last.kind.as_str(), last.message.as_deref()), ("needs_input", Some("which DB?")));
+    assert_eq!(
+        (last.kind.as_str(), last.message.as_deref()),
+        ("needs_input", Some("which DB?"))
+    );
 
     let out = cli().run(&["session", "resume-working"]).ok();
     assert!(out.stdout.contains("working again"));
@@ -450,8 +616,15 @@ async fn session_list_info_docs_and_reports() {
     let cli = || server.cli().project(&p).session(&a);
 
     let out = cli().run(&["session", "list"]).ok();
-    assert!(out.stdout.contains(&a) && out.stdout.contains(&b), "{}", out.stdout);
-    let by_task = cli().run(&["--json", "session", "list", "--task", &t]).ok().data();
+    assert!(
+        out.stdout.contains(&a) && out.stdout.contains(&b),
+        "{}",
+        out.stdout
+    );
+    let by_task = cli()
+        .run(&["--json", "session", "list", "--task", &t])
+        .ok()
+        .data();
     assert_eq!(by_task.as_array().unwrap().len(), 1);
     assert_eq!(by_task[0]["id"], a.as_str());
 
@@ -459,25 +632,48 @@ async fn session_list_info_docs_and_reports() {
     assert!(out.stdout.contains(&format!("ID: {a}")) && out.stdout.contains("Name: test session"));
     let info = cli().run(&["--json", "session", "info", &b]).ok().data();
     assert_eq!(info["id"], b.as_str());
-    let out = cli().run(&["--json", "session", "info", "sess_missing"]).code(1);
+    let out = cli()
+        .run(&["--json", "session", "info", "sess_missing"])
+        .code(1);
     assert_eq!(out.error_code(), "resource_not_found");
     server.cli().run(&["session", "info"]).code(2);
 
     // docs.
     let doc = cli()
-        .run(&["--json", "session", "docs", "add", "Plan", "--file", "plan.md", "--content", "step 1"])
+        .run(&[
+            "--json",
+            "session",
+            "docs",
+            "add",
+            "Plan",
+            "--file",
+            "plan.md",
+            "--content",
+            "step 1",
+        ])
         .ok()
         .data();
-    assert_eq!((doc["title"].as_str(), doc["content"].as_str()), (Some("Plan"), Some("step 1")));
+    assert_eq!(
+        (doc["title"].as_str(), doc["content"].as_str()),
+        (Some("Plan"), Some("step 1"))
+    );
     let out = cli().run(&["session", "docs", "list"]).ok();
     assert!(out.stdout.contains("plan.md"), "{}", out.stdout);
-    let docs = cli().run(&["--json", "session", "docs", "list"]).ok().data();
+    let docs = cli()
+        .run(&["--json", "session", "docs", "list"])
+        .ok()
+        .data();
     assert_eq!(docs.as_array().unwrap().len(), 1);
 
     // report and session report.
-    let data = cli().run(&["--json", "report", "progress", "half way"]).ok().data();
+    let data = cli()
+        .run(&["--json", "report", "progress", "half way"])
+        .ok()
+        .data();
     assert_eq!(data["sessionCompleted"], false);
-    cli().run(&["session", "report", "blocked", "need keys"]).ok();
+    cli()
+        .run(&["session", "report", "blocked", "need keys"])
+        .ok();
     cli().run(&["report", "error", "it broke"]).ok();
     let kinds: Vec<_> = client
         .get_session(&a)
@@ -495,12 +691,23 @@ async fn session_list_info_docs_and_reports() {
     let s = client.get_session(&a).await.unwrap();
     assert_eq!(s.status, "completed");
     assert_eq!(s.timeline.last().unwrap().kind, "task_completed");
-    let out = server.cli().run(&["--json", "report", "progress", "x"]).code(2);
+    let out = server
+        .cli()
+        .run(&["--json", "report", "progress", "x"])
+        .code(2);
     assert_eq!(out.error_code(), "no_context");
 
     // --active drops completed sessions.
-    let active = cli().run(&["--json", "session", "list", "--active"]).ok().data();
-    let ids: Vec<_> = active.as_array().unwrap().iter().map(|s| s["id"].clone()).collect();
+    let active = cli()
+        .run(&["--json", "session", "list", "--active"])
+        .ok()
+        .data();
+    let ids: Vec<_> = active
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
     assert_eq!(ids, [Value::String(b.clone())]);
 }
 
@@ -513,13 +720,18 @@ async fn session_spawn_and_watch() {
 
     let spawned = server
         .cli()
-        .run(&["--json", "session", "spawn", "--task", &t, "--name", "helper"])
+        .run(&[
+            "--json", "session", "spawn", "--task", &t, "--name", "helper",
+        ])
         .ok()
         .data();
     let sid = spawned["sessionId"].as_str().unwrap().to_owned();
     let s = client.get_session(&sid).await.unwrap();
     assert_eq!((s.status.as_str(), s.name.as_str()), ("spawning", "helper"));
-    let out = server.cli().run(&["session", "spawn", "--task", "task_missing"]).code(1);
+    let out = server
+        .cli()
+        .run(&["session", "spawn", "--task", "task_missing"])
+        .code(1);
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
 
     // watch exits once every watched session has finished.
@@ -538,10 +750,19 @@ async fn session_spawn_and_watch() {
         .session(&sid)
         .run(&["report", "progress", "working on it"])
         .ok();
-    server.cli().session(&sid).run(&["session", "complete"]).ok();
+    server
+        .cli()
+        .session(&sid)
+        .run(&["session", "complete"])
+        .ok();
     let status = tokio::task::spawn_blocking(move || {
         let mut out = String::new();
-        watcher.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        watcher
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         (watcher.wait().unwrap(), out)
     });
     let (status, out) = tokio::time::timeout(Duration::from_secs(15), status)
@@ -554,13 +775,24 @@ async fn session_spawn_and_watch() {
         .map(|l| serde_json::from_str(l).expect("JSON lines"))
         .collect();
     assert!(events.iter().all(|e| e["sessionId"] == sid.as_str()));
-    assert!(events.iter().any(|e| e["event"] == "notify:progress"), "{out}");
+    assert!(
+        events.iter().any(|e| e["event"] == "notify:progress"),
+        "{out}"
+    );
     let last = events.last().unwrap();
-    assert_eq!((last["event"].as_str(), last["data"]["status"].as_str()), (Some("session:updated"), Some("completed")), "{out}");
+    assert_eq!(
+        (last["event"].as_str(), last["data"]["status"].as_str()),
+        (Some("session:updated"), Some("completed")),
+        "{out}"
+    );
 
     // Watching a session that already finished returns at once.
     let out = server.cli().run(&["session", "watch", &sid]).ok();
-    assert!(out.stdout.contains("All watched sessions have finished."), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("All watched sessions have finished."),
+        "{}",
+        out.stdout
+    );
     server.cli().run(&["session", "watch", " , "]).code(2);
 }
 
@@ -576,8 +808,20 @@ async fn mail_commands() {
 
     let sent = as_a()
         .run(&[
-            "--json", "mail", "send", &b, "--type", "directive", "--subject", "Review", "--message",
-            "please review", "--task-id", "task_1", "--action", "review",
+            "--json",
+            "mail",
+            "send",
+            &b,
+            "--type",
+            "directive",
+            "--subject",
+            "Review",
+            "--message",
+            "please review",
+            "--task-id",
+            "task_1",
+            "--action",
+            "review",
         ])
         .ok()
         .data();
@@ -589,12 +833,26 @@ async fn mail_commands() {
     let mail_id = sent["id"].as_str().unwrap().to_owned();
 
     let out = as_b().run(&["mail", "inbox"]).ok();
-    assert!(out.stdout.contains(&mail_id) && out.stdout.contains("Review"), "{}", out.stdout);
-    let inbox = as_b().run(&["--json", "mail", "inbox", "--type", "directive"]).ok().data();
+    assert!(
+        out.stdout.contains(&mail_id) && out.stdout.contains("Review"),
+        "{}",
+        out.stdout
+    );
+    let inbox = as_b()
+        .run(&["--json", "mail", "inbox", "--type", "directive"])
+        .ok()
+        .data();
     assert_eq!(inbox.as_array().unwrap().len(), 1);
 
     let reply = as_b()
-        .run(&["--json", "mail", "reply", &mail_id, "--message", "looks good"])
+        .run(&[
+            "--json",
+            "mail",
+            "reply",
+            &mail_id,
+            "--message",
+            "looks good",
+        ])
         .ok()
         .data();
     assert_eq!(reply["type"], "response");
@@ -604,7 +862,16 @@ async fn mail_commands() {
     assert_eq!(reply["body"]["answer"], "looks good");
 
     let out = as_a()
-        .run(&["mail", "broadcast", "--type", "notification", "--subject", "hi all", "--message", "hello"])
+        .run(&[
+            "mail",
+            "broadcast",
+            "--type",
+            "notification",
+            "--subject",
+            "hi all",
+            "--message",
+            "hello",
+        ])
         .ok();
     assert!(out.stdout.contains("broadcast"));
     let inbox_b = as_b().run(&["--json", "mail", "inbox"]).ok().data();
@@ -612,7 +879,16 @@ async fn mail_commands() {
 
     // Several recipients at once.
     let many = as_a()
-        .run(&["--json", "mail", "send", &format!("{a},{b}"), "--type", "query", "--subject", "q"])
+        .run(&[
+            "--json",
+            "mail",
+            "send",
+            &format!("{a},{b}"),
+            "--type",
+            "query",
+            "--subject",
+            "q",
+        ])
         .ok()
         .data();
     assert_eq!(many.as_array().unwrap().len(), 2);
@@ -623,27 +899,52 @@ async fn mail_commands() {
         .ok()
         .data();
     assert_eq!(first.as_array().unwrap().len(), 3);
-    let out = as_b().run(&["mail", "wait", "--ack", "--timeout", "1000"]).ok();
+    let out = as_b()
+        .run(&["mail", "wait", "--ack", "--timeout", "1000"])
+        .ok();
     assert!(out.stdout.contains("no new mail"), "{}", out.stdout);
 
     // wait wakes up when mail arrives.
     let waiter = as_b().run_background(&["mail", "wait", "--ack", "--timeout", "20000"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     as_a()
-        .run(&["mail", "send", &b, "--type", "status_update", "--subject", "ping", "--message", "x"])
+        .run(&[
+            "mail",
+            "send",
+            &b,
+            "--type",
+            "status_update",
+            "--subject",
+            "ping",
+            "--message",
+            "x",
+        ])
         .ok();
     let out = tokio::task::spawn_blocking(move || waiter.wait_with_output().unwrap())
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("[status_update] ping"), "{text}");
+    assert!(
+        out.status.success() && text.contains("[status_update] ping"),
+        "{text}"
+    );
 
     // Bad input.
-    as_a().run(&["mail", "send", "--type", "query", "--subject", "x"]).code(2);
-    as_a().run(&["mail", "send", &b, "--type", "nonsense", "--subject", "x"]).code(2);
-    let out = as_a().run(&["--json", "mail", "reply", "mail_missing", "--message", "x"]).code(1);
+    as_a()
+        .run(&["mail", "send", "--type", "query", "--subject", "x"])
+        .code(2);
+    as_a()
+        .run(&["mail", "send", &b, "--type", "nonsense", "--subject", "x"])
+        .code(2);
+    let out = as_a()
+        .run(&["--json", "mail", "reply", "mail_missing", "--message", "x"])
+        .code(1);
     assert_eq!(out.error_code(), "resource_not_found");
-    let out = server.cli().session(&a).run(&["--json", "mail", "inbox"]).code(2);
+    let out = server
+        .cli()
+        .session(&a)
+        .run(&["--json", "mail", "inbox"])
+        .code(2);
     assert_eq!(out.error_code(), "no_context");
     as_b().run(&["mail", "wait", "--timeout", "5"]).code(1);
 }
@@ -677,24 +978,65 @@ async fn team_member_commands() {
 
     let m = cli()
         .run(&[
-            "--json", "team-member", "create", "Rusty", "--role", "Porter", "--avatar", "R",
-            "--mode", "execute", "--identity", "You port things",
+            "--json",
+            "team-member",
+            "create",
+            "Rusty",
+            "--role",
+            "Porter",
+            "--avatar",
+            "R",
+            "--mode",
+            "execute",
+            "--identity",
+            "You port things",
         ])
         .ok()
         .data();
     let id = m["id"].as_str().unwrap().to_owned();
-    assert_eq!((m["name"].as_str(), m["agentTool"].as_str()), (Some("Rusty"), Some("claude-code")));
+    assert_eq!(
+        (m["name"].as_str(), m["agentTool"].as_str()),
+        (Some("Rusty"), Some("claude-code"))
+    );
     let out = cli().run(&["team-member", "get", &id]).ok();
-    assert!(out.stdout.contains("Name: R Rusty") && out.stdout.contains("Identity: You port things"));
+    assert!(
+        out.stdout.contains("Name: R Rusty") && out.stdout.contains("Identity: You port things")
+    );
     let edited = cli()
-        .run(&["--json", "team-member", "edit", &id, "--role", "Lead porter", "--model", "opus"])
+        .run(&[
+            "--json",
+            "team-member",
+            "edit",
+            &id,
+            "--role",
+            "Lead porter",
+            "--model",
+            "opus",
+        ])
         .ok()
         .data();
-    assert_eq!((edited["role"].as_str(), edited["model"].as_str()), (Some("Lead porter"), Some("opus")));
+    assert_eq!(
+        (edited["role"].as_str(), edited["model"].as_str()),
+        (Some("Lead porter"), Some("opus"))
+    );
 
     cli().run(&["team-member", "edit", &id]).code(2);
-    cli().run(&["team-member", "create", "X", "--role", "r", "--avatar", "a", "--mode", "bogus"]).code(2);
-    let out = cli().run(&["--json", "team-member", "get", "tm_missing"]).code(1);
+    cli()
+        .run(&[
+            "team-member",
+            "create",
+            "X",
+            "--role",
+            "r",
+            "--avatar",
+            "a",
+            "--mode",
+            "bogus",
+        ])
+        .code(2);
+    let out = cli()
+        .run(&["--json", "team-member", "get", "tm_missing"])
+        .code(1);
     assert_eq!(out.error_code(), "resource_not_found");
     let out = server.cli().run(&["--json", "team-member", "list"]).code(2);
     assert_eq!(out.error_code(), "no_context");
@@ -708,14 +1050,31 @@ async fn status_command() {
     let t1 = task(&client, &p, "a").await;
     task(&client, &p, "b").await;
     let s = session(&client, &p, &[]).await;
-    server.cli().project(&p).run(&["task", "complete", &t1]).ok();
-    server.cli().session(&s).project(&p).run(&["session", "register"]).ok();
+    server
+        .cli()
+        .project(&p)
+        .run(&["task", "complete", &t1])
+        .ok();
+    server
+        .cli()
+        .session(&s)
+        .project(&p)
+        .run(&["session", "register"])
+        .ok();
 
     let out = server.cli().project(&p).run(&["status"]).ok();
     assert!(out.stdout.contains("Tasks: 2 total"), "{}", out.stdout);
     assert!(out.stdout.contains("Completed: 1") && out.stdout.contains("Active Sessions: 1"));
-    let data = server.cli().project(&p).run(&["--json", "status"]).ok().data();
-    assert_eq!(data["tasks"]["byStatus"], serde_json::json!({ "completed": 1, "todo": 1 }));
+    let data = server
+        .cli()
+        .project(&p)
+        .run(&["--json", "status"])
+        .ok()
+        .data();
+    assert_eq!(
+        data["tasks"]["byStatus"],
+        serde_json::json!({ "completed": 1, "todo": 1 })
+    );
     assert_eq!(data["sessions"]["active"], 1);
     let out = server.cli().run(&["--json", "status"]).code(2);
     assert_eq!(out.error_code(), "no_context");
@@ -740,7 +1099,10 @@ async fn claims_and_heartbeats() {
         )
         .await
         .unwrap();
-    let claims_supported = !(probe.status == 404 && probe.body["message"].as_str().is_some_and(|m| m.starts_with("no route")));
+    let claims_supported = !(probe.status == 404
+        && probe.body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no route")));
     if claims_supported {
         // Let the probe's 1 ms lease lapse.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -752,11 +1114,27 @@ async fn claims_and_heartbeats() {
             .data();
         assert_eq!(lease["holder"], a.as_str());
         let token = lease["fencingToken"].as_u64().unwrap().to_string();
-        let out = server.cli().session(&b).run(&["--json", "claim", &t]).code(1);
+        let out = server
+            .cli()
+            .session(&b)
+            .run(&["--json", "claim", &t])
+            .code(1);
         assert_eq!(out.error_code(), "conflict");
-        assert!(out.stdout.contains(&a), "the holder is named: {}", out.stdout);
-        server.cli().session(&a).run(&["renew", &t, "--token", &token]).ok();
-        server.cli().session(&a).run(&["release", &t, "--token", &token]).ok();
+        assert!(
+            out.stdout.contains(&a),
+            "the holder is named: {}",
+            out.stdout
+        );
+        server
+            .cli()
+            .session(&a)
+            .run(&["renew", &t, "--token", &token])
+            .ok();
+        server
+            .cli()
+            .session(&a)
+            .run(&["release", &t, "--token", &token])
+            .ok();
         server.cli().session(&b).run(&["claim", &t]).ok();
     } else {
         for args in [
@@ -765,22 +1143,47 @@ async fn claims_and_heartbeats() {
             vec!["release", t.as_str(), "--token", "1"],
         ] {
             let out = server.cli().session(&a).run(&args).code(1);
-            assert!(out.stderr.contains("does not support task claims"), "{}", out.stderr);
+            assert!(
+                out.stderr.contains("does not support task claims"),
+                "{}",
+                out.stderr
+            );
         }
-        let out = server.cli().session(&a).run(&["--json", "claim", &t]).code(1);
+        let out = server
+            .cli()
+            .session(&a)
+            .run(&["--json", "claim", &t])
+            .code(1);
         assert_eq!(out.error_code(), "unsupported");
     }
 
     let probe = client
-        .raw(maestro_client::Method::POST, &format!("/api/sessions/{a}/heartbeat"), Some(&serde_json::json!({})))
+        .raw(
+            maestro_client::Method::POST,
+            &format!("/api/sessions/{a}/heartbeat"),
+            Some(&serde_json::json!({})),
+        )
         .await
         .unwrap();
-    if probe.status == 404 && probe.body["message"].as_str().is_some_and(|m| m.starts_with("no route")) {
+    if probe.status == 404
+        && probe.body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no route"))
+    {
         let out = server.cli().session(&a).run(&["heartbeat"]).code(1);
-        assert!(out.stderr.contains("does not support heartbeats"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("does not support heartbeats"),
+            "{}",
+            out.stderr
+        );
     } else {
         server.cli().session(&a).run(&["heartbeat"]).ok();
-        server.cli().session(&a).run(&["--json", "heartbeat"]).ok().data();
+        server
+            .cli()
+            .session(&a)
+            .run(&["--json", "heartbeat"])
+            .ok()
+            .data();
     }
 }
 
@@ -812,7 +1215,10 @@ fn flaky_server(failures: usize) -> (String, Arc<Mutex<Vec<String>>>) {
             let _ = reader.read_exact(&mut body);
             log.lock().unwrap().push(head);
             let (status, body) = if n < failures {
-                ("503 Service Unavailable", r#"{"error":true,"statusCode":503,"code":"UNAVAILABLE","message":"try later"}"#)
+                (
+                    "503 Service Unavailable",
+                    r#"{"error":true,"statusCode":503,"code":"UNAVAILABLE","message":"try later"}"#,
+                )
             } else {
                 ("200 OK", "[]")
             };
@@ -841,7 +1247,11 @@ fn gets_are_retried_and_writes_without_a_key_are_not() {
         .run(&["--json", "project", "create", "once"])
         .code(1);
     assert_eq!(out.error_code(), "server_error");
-    assert_eq!(seen.lock().unwrap().len(), 1, "a POST without a key is sent once");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a POST without a key is sent once"
+    );
 
     // MAESTRO_RETRIES bounds the attempts.
     let (url, seen) = flaky_server(10);
@@ -862,14 +1272,26 @@ fn the_token_is_sent_as_a_bearer_credential() {
         .run(&["project", "list"])
         .ok();
     std::fs::create_dir_all(home.path().join(".maestro")).unwrap();
-    std::fs::write(home.path().join(".maestro/config"), "# maestro\ntoken=tok-file\n").unwrap();
-    Cli::new(Some(&url), home.path()).run(&["project", "list"]).ok();
+    std::fs::write(
+        home.path().join(".maestro/config"),
+        "# maestro\ntoken=tok-file\n",
+    )
+    .unwrap();
+    Cli::new(Some(&url), home.path())
+        .run(&["project", "list"])
+        .ok();
     let heads = seen.lock().unwrap();
     let auth = |h: &str| {
         h.lines()
             .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
             .map(|l| l.trim().to_owned())
     };
-    assert_eq!(auth(&heads[0]).as_deref(), Some("authorization: Bearer tok-env"));
-    assert_eq!(auth(&heads[1]).as_deref(), Some("authorization: Bearer tok-file"));
+    assert_eq!(
+        auth(&heads[0]).as_deref(),
+        Some("authorization: Bearer tok-env")
+    );
+    assert_eq!(
+        auth(&heads[1]).as_deref(),
+        Some("authorization: Bearer tok-file")
+    );
 }

@@ -39,13 +39,19 @@ async fn start(dir: &Path) -> Server {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn maestro");
+    // Owned at once, so the process is reaped whatever happens next.
+    let mut server = Server {
+        child,
+        url: String::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "server did not start");
         if let Ok(url) = std::fs::read_to_string(&url_file)
             && Client::new(&url).unwrap().health().await.is_ok()
         {
-            return Server { child, url };
+            server.url = url;
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

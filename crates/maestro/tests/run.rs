@@ -125,7 +125,17 @@ async fn run_registers_pipes_input_and_reports_failure_with_the_exit_code() {
     let mut child = maestro_run(
         &server,
         &[],
-        &["run", "--project", &p, "--task", &t, "--", "sh", "-c", SCRIPT],
+        &[
+            "run",
+            "--project",
+            &p,
+            "--task",
+            &t,
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+        ],
     );
     let out = lines(child.stdout.take().unwrap());
     let ready = expect_line(&out, "ready ");
@@ -137,9 +147,16 @@ async fn run_registers_pipes_input_and_reports_failure_with_the_exit_code() {
     assert_eq!(ready, format!("ready {}", s.id));
 
     // A line on stdin reaches the agent through the pty.
-    child.stdin.as_mut().unwrap().write_all(b"hello agent\n").unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hello agent\n")
+        .unwrap();
     expect_line(&out, "got: hello agent");
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
     assert_eq!(code, 3, "the agent's exit code is propagated");
 
     // Reported before maestro run exited: no waiting for heartbeat expiry.
@@ -167,11 +184,19 @@ async fn run_on_a_known_session_reports_completed() {
     let mut child = maestro_run(
         &server,
         &[("MAESTRO_SESSION_ID", &s.id)],
-        &["run", "--", "sh", "-c", "echo \"task=$MAESTRO_TASK_IDS project=$MAESTRO_PROJECT_ID\""],
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo \"task=$MAESTRO_TASK_IDS project=$MAESTRO_PROJECT_ID\"",
+        ],
     );
     let out = lines(child.stdout.take().unwrap());
     expect_line(&out, &format!("task={t} project={p}"));
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
     assert_eq!(code, 0);
     let s = client.get_session(&s.id).await.unwrap();
     assert_eq!(s.status, "completed");
@@ -184,7 +209,11 @@ async fn run_forwards_sigterm_to_the_agent() {
     let client = server.client();
     let (p, _) = fixture(&client).await;
     let script = r#"trap 'echo "got TERM"; exit 7' TERM; echo ready; while :; do sleep 0.1; done"#;
-    let mut child = maestro_run(&server, &[], &["run", "--project", &p, "--", "sh", "-c", script]);
+    let mut child = maestro_run(
+        &server,
+        &[],
+        &["run", "--project", &p, "--", "sh", "-c", script],
+    );
     let out = lines(child.stdout.take().unwrap());
     expect_line(&out, "ready");
     let status = Command::new("kill")
@@ -193,7 +222,9 @@ async fn run_forwards_sigterm_to_the_agent() {
         .unwrap();
     assert!(status.success());
     expect_line(&out, "got TERM");
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
     assert_eq!(code, 7);
     assert_eq!(only_session(&client, &p).await.status, "failed");
 }
@@ -208,19 +239,28 @@ async fn run_of_a_missing_program_fails_the_session_with_127() {
         &[],
         &["run", "--project", &p, "--", "/nonexistent/agent-binary"],
     );
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
     assert_eq!(code, 127);
     let s = only_session(&client, &p).await;
     assert_eq!(s.status, "failed");
     let last = s.timeline.last().unwrap();
-    assert!(last.message.as_deref().unwrap().starts_with("Agent could not start"));
+    assert!(
+        last.message
+            .as_deref()
+            .unwrap()
+            .starts_with("Agent could not start")
+    );
 }
 
 #[tokio::test]
 async fn run_without_session_or_project_is_a_usage_error() {
     let server = Server::start().await;
     let mut child = maestro_run(&server, &[], &["run", "--", "true"]);
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
     assert_eq!(code, 2);
 }
 
@@ -232,7 +272,15 @@ async fn killing_run_with_sigkill_reports_nothing() {
     let mut child = maestro_run(
         &server,
         &[],
-        &["run", "--project", &p, "--", "sh", "-c", "echo ready; sleep 30"],
+        &[
+            "run",
+            "--project",
+            &p,
+            "--",
+            "sh",
+            "-c",
+            "echo ready; sleep 30",
+        ],
     );
     let out = lines(child.stdout.take().unwrap());
     expect_line(&out, "ready");
@@ -242,103 +290,41 @@ async fn killing_run_with_sigkill_reports_nothing() {
     // No completed/failed report was sent; the heartbeat just stops (expiry is issue 6's).
     let s = only_session(&client, &p).await;
     assert_eq!(s.status, "working");
-    assert!(s.timeline.iter().all(|e| e.kind != "error" && e.kind != "session_stopped"));
+    assert!(
+        s.timeline
+            .iter()
+            .all(|e| e.kind != "error" && e.kind != "session_stopped")
+    );
 }
 
-/// The WebSocket side of replies: `maestro run` subscribes to its session and types each
-/// `session:input` event's message into the agent's terminal. The events come from a
-/// stand-in WebSocket endpoint (`MAESTRO_WS_URL`) because the server does not produce
-/// `session:input` yet (issue 5); the REST side is the real server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_types_session_input_events_into_the_agent() {
-    let server = Server::start().await;
-    let client = server.client();
-    let (p, _) = fixture(&client).await;
-    let s = client
-        .create_session(&CreateSession {
-            project_id: Some(p.clone()),
-            task_ids: Some(vec![]),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ws_url = format!("ws://{}/", listener.local_addr().unwrap());
-    let sid = s.id.clone();
-    let events = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let Some(Ok(Message::Text(sub))) = ws.next().await else {
-            panic!("expected a subscribe frame");
-        };
-        let sub: Value = serde_json::from_str(&sub).unwrap();
-        assert_eq!(sub, json!({ "type": "subscribe", "sessionIds": [sid] }));
-        let frame = |session: &str, message: &str| {
-            json!({
-                "type": "session:input", "event": "session:input",
-                "data": { "sessionId": session, "message": message, "mailId": "mail_1", "timestamp": 1 },
-                "timestamp": 1, "seq": 1, "projectId": "p",
-            })
-            .to_string()
-        };
-        // Another session's reply is not typed; this session's is.
-        ws.send(Message::text(frame("sess_other", "not for you"))).await.unwrap();
-        ws.send(Message::text(frame(&sid, "use postgres"))).await.unwrap();
-        // Keep the socket open until maestro run goes away.
-        while ws.next().await.is_some() {}
-    });
-
-    let mut child = maestro_run(
-        &server,
-        &[("MAESTRO_SESSION_ID", &s.id), ("MAESTRO_WS_URL", &ws_url)],
-        &["run", "--", "sh", "-c", SCRIPT],
-    );
-    let out = lines(child.stdout.take().unwrap());
-    expect_line(&out, "ready");
-    expect_line(&out, "got: use postgres");
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
-    assert_eq!(code, 3);
-    assert_eq!(client.get_session(&s.id).await.unwrap().status, "failed");
-    events.await.unwrap();
-}
-
-/// The whole path: a phone's `session:reply-input` over Socket.IO `/mobile` reaches the
-/// agent's stdin through `maestro run`. Uses Socket.IO's wire protocol (Engine.IO 4 over a
-/// WebSocket) directly.
-#[tokio::test]
-#[ignore = "needs session:reply-input (issue 5): nothing produces session:input yet"]
-async fn reply_input_from_mobile_reaches_the_agent() {
-    let server = Server::start().await;
-    let client = server.client();
-    let (p, t) = fixture(&client).await;
-    let mut child = maestro_run(
-        &server,
-        &[],
-        &["run", "--project", &p, "--task", &t, "--", "sh", "-c", SCRIPT],
-    );
-    let out = lines(child.stdout.take().unwrap());
-    expect_line(&out, "ready");
-    let s = only_session(&client, &p).await;
-    assert_eq!(s.status, "working");
-
+/// Sends `session:reply-input` as a phone would: Socket.IO `/mobile`, spoken directly on
+/// the wire (Engine.IO 4 over a WebSocket), and returns the ack.
+async fn reply_from_mobile(server: &Server, project: &str, session: &str, message: &str) -> String {
     let url = format!(
         "{}/socket.io/?EIO=4&transport=websocket",
         server.url.replace("http://", "ws://")
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
     let open = ws.next().await.unwrap().unwrap();
-    assert!(open.to_text().unwrap().starts_with('0'), "Engine.IO open");
-    ws.send(Message::text(format!("40/mobile,{}", json!({ "projectId": p }))))
+    assert!(
+        open.to_text().unwrap().starts_with('0'),
+        "Engine.IO open: {open:?}"
+    );
+    let auth = json!({ "projectId": project });
+    ws.send(Message::text(format!("40/mobile,{auth}")))
         .await
         .unwrap();
     loop {
         let msg = ws.next().await.unwrap().unwrap();
-        if msg.to_text().unwrap().starts_with("40/mobile") {
+        let text = msg.to_text().unwrap();
+        assert!(!text.starts_with("44/mobile"), "connect refused: {text}");
+        if text.starts_with("40/mobile") {
             break;
         }
     }
-    let reply = json!(["session:reply-input", { "sessionId": s.id, "message": "use postgres" }]);
+    let reply = json!(["session:reply-input", { "sessionId": session, "message": message }]);
     ws.send(Message::text(format!("42/mobile,1{reply}")))
         .await
         .unwrap();
@@ -348,12 +334,61 @@ async fn reply_input_from_mobile_reaches_the_agent() {
         if text == "2" {
             ws.send(Message::text("3")).await.unwrap();
         } else if text.starts_with("43/mobile,1") {
-            assert!(text.contains("\"ok\":true"), "{text}");
-            break;
+            return text;
         }
     }
+}
+
+/// The whole reply path: a phone's `session:reply-input` becomes a `session:input` event,
+/// which `maestro run` (subscribed to its session on the legacy WebSocket) types into the
+/// agent's terminal. A reply to another session is not typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_input_from_mobile_reaches_the_agent() {
+    let server = Server::start().await;
+    let client = server.client();
+    let (p, t) = fixture(&client).await;
+    let other = client
+        .create_session(&CreateSession {
+            project_id: Some(p.clone()),
+            task_ids: Some(vec![]),
+            status: Some("working".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut child = maestro_run(
+        &server,
+        &[],
+        &[
+            "run",
+            "--project",
+            &p,
+            "--task",
+            &t,
+            "--",
+            "sh",
+            "-c",
+            SCRIPT,
+        ],
+    );
+    let out = lines(child.stdout.take().unwrap());
+    let ready = expect_line(&out, "ready ");
+    let sid = ready.trim_start_matches("ready ").to_owned();
+    assert_eq!(client.get_session(&sid).await.unwrap().status, "working");
+    // Let maestro run's WebSocket subscribe before the replies go out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ack = reply_from_mobile(&server, &p, &other.id, "not for you").await;
+    assert!(ack.contains("\"ok\":true"), "{ack}");
+    let ack = reply_from_mobile(&server, &p, &sid, "use postgres").await;
+    assert!(ack.contains("\"ok\":true"), "{ack}");
+
     expect_line(&out, "got: use postgres");
-    let code = tokio::task::spawn_blocking(move || wait(&mut child)).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
     assert_eq!(code, 3);
-    assert_eq!(client.get_session(&s.id).await.unwrap().status, "failed");
+    let s = client.get_session(&sid).await.unwrap();
+    assert_eq!(s.status, "failed");
+    assert!(s.timeline.iter().any(|e| e.kind == "user_reply"));
 }

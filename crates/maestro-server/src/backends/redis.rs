@@ -105,7 +105,17 @@ return out
 "#;
 
 fn io_error(e: RedisError) -> Error {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+    use redis::ErrorKind as K;
+    let transient = matches!(
+        e.kind(),
+        K::BusyLoadingError | K::TryAgain | K::MasterDown | K::ReadOnly | K::ClusterDown
+    );
+    if transient
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+    {
         Error::Unavailable(format!("redis: {e}"))
     } else {
         Error::Storage(format!("redis: {e}"))

@@ -134,7 +134,10 @@ fn claim_error(ctx: &Context, e: maestro_client::Error, task_id: &str) -> CliErr
                 .and_then(Value::as_i64)
                 .map(|t| format!(" until {}", fmt_time(t)))
                 .unwrap_or_default();
-            err.message = format!("Task {task_id} is held by session {holder}{until}: {}", err.message);
+            err.message = format!(
+                "Task {task_id} is held by session {holder}{until}: {}",
+                err.message
+            );
         }
         err = err.with_hint("Wait for the lease to expire or be released, then claim again.");
     }

@@ -234,10 +234,16 @@ mod tests {
             ("MAESTRO_API_URL", "http://b:2/api"),
             ("DATA_DIR", data_dir),
         ];
-        assert_eq!(resolve_server(Some("http://flag:9/"), vars(&all)), "http://flag:9");
+        assert_eq!(
+            resolve_server(Some("http://flag:9/"), vars(&all)),
+            "http://flag:9"
+        );
         assert_eq!(resolve_server(None, vars(&all)), "http://a:1");
         assert_eq!(resolve_server(None, vars(&all[1..])), "http://b:2");
-        assert_eq!(resolve_server(None, vars(&all[2..])), "http://127.0.0.1:4567");
+        assert_eq!(
+            resolve_server(None, vars(&all[2..])),
+            "http://127.0.0.1:4567"
+        );
         assert_eq!(resolve_server(None, vars(&[])), DEFAULT_SERVER);
         // A DATA_DIR without the file falls through to the default.
         let empty = tempfile::tempdir().unwrap();
@@ -247,9 +253,14 @@ mod tests {
 
     #[test]
     fn parses_config_files() {
-        let c = parse_config("# comment\ntoken=abc\nexport MAESTRO_SERVER_URL=\"http://x:1\"\n\nbad line\n");
+        let c = parse_config(
+            "# comment\ntoken=abc\nexport MAESTRO_SERVER_URL=\"http://x:1\"\n\nbad line\n",
+        );
         assert_eq!(c.get("token").map(String::as_str), Some("abc"));
-        assert_eq!(c.get("MAESTRO_SERVER_URL").map(String::as_str), Some("http://x:1"));
+        assert_eq!(
+            c.get("MAESTRO_SERVER_URL").map(String::as_str),
+            Some("http://x:1")
+        );
         assert_eq!(c.len(), 2);
     }
 

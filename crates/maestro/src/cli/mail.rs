@@ -209,7 +209,11 @@ pub async fn run(ctx: &Context, cmd: MailCommand) -> CmdResult {
                 kv("To", &original.from_session_id);
             });
         }
-        MailCommand::Inbox { kind, since, unread } => {
+        MailCommand::Inbox {
+            kind,
+            since,
+            unread,
+        } => {
             let (id, project) = (ctx.session()?, ctx.project()?);
             let since = since.map(|s| s.to_string());
             let mut q: Vec<(&str, &str)> = vec![("projectId", project)];
@@ -298,9 +302,16 @@ fn build_body(kind: &str, message: Option<&str>) -> Map<String, Value> {
 
 /// The human text of a body, whichever key holds it.
 fn body_text(body: &Value) -> Option<&str> {
-    ["message", "instructions", "question", "answer", "details", "text"]
-        .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_str))
+    [
+        "message",
+        "instructions",
+        "question",
+        "answer",
+        "details",
+        "text",
+    ]
+    .iter()
+    .find_map(|k| body.get(*k).and_then(Value::as_str))
 }
 
 #[cfg(test)]

@@ -25,8 +25,8 @@ mod watch;
 use clap::Subcommand;
 use serde_json::json;
 
-pub use context::GlobalArgs;
 use context::Context;
+pub use context::GlobalArgs;
 pub use output::EXIT_CODES_HELP;
 use output::{CmdResult, emit, kv};
 
@@ -128,7 +128,14 @@ fn whoami(ctx: &Context) {
         kv("Project ID", na(&ctx.project_id));
         kv("Session ID", na(&ctx.session_id));
         let tasks = ctx.task_ids.join(", ");
-        kv("Task IDs", if tasks.is_empty() { "N/A".into() } else { tasks });
+        kv(
+            "Task IDs",
+            if tasks.is_empty() {
+                "N/A".into()
+            } else {
+                tasks
+            },
+        );
         kv("Mode", &ctx.mode);
     });
 }

@@ -122,7 +122,10 @@ impl CliError {
                 Self::new(
                     code,
                     exit::UNREACHABLE,
-                    format!("Cannot reach the Maestro server at {server}: {}", root_cause(&e)),
+                    format!(
+                        "Cannot reach the Maestro server at {server}: {}",
+                        root_cause(&e)
+                    ),
                 )
                 .with_hint(
                     "Is `maestro serve` running? Point the CLI at it with --server <url> or \
@@ -150,15 +153,24 @@ impl CliError {
 
     fn for_status(status: u16, message: String) -> Self {
         let (code, hint) = match status {
-            400 | 422 => ("invalid_request", Some("Check the command's arguments and try again.")),
+            400 | 422 => (
+                "invalid_request",
+                Some("Check the command's arguments and try again."),
+            ),
             401 => (
                 "unauthorized",
                 Some("Set MAESTRO_TOKEN, or token=<token> in ~/.maestro/config."),
             ),
             403 => ("permission_denied", None),
-            404 => ("resource_not_found", Some("Use the list commands to see what exists.")),
+            404 => (
+                "resource_not_found",
+                Some("Use the list commands to see what exists."),
+            ),
             409 => ("conflict", None),
-            500..=599 => ("server_error", Some("Check the server's log, or try again.")),
+            500..=599 => (
+                "server_error",
+                Some("Check the server's log, or try again."),
+            ),
             _ => ("http_error", None),
         };
         let e = Self::new(code, exit::FAILED, message);
@@ -268,7 +280,15 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         say!("{}", out.trim_end());
     };
     line(headers.to_vec());
-    line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect());
+    line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    );
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
@@ -336,7 +356,10 @@ mod tests {
         let e = CliError::for_status(404, "Task with id 'x' not found".into());
         assert_eq!((e.code, e.exit), ("resource_not_found", exit::FAILED));
         assert_eq!(CliError::for_status(409, String::new()).code, "conflict");
-        assert_eq!(CliError::for_status(503, String::new()).code, "server_error");
+        assert_eq!(
+            CliError::for_status(503, String::new()).code,
+            "server_error"
+        );
         assert_eq!(CliError::no_session().exit, exit::USAGE);
     }
 }

@@ -133,8 +133,14 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     let tty = std::io::stdin().is_terminal();
     let pty = portable_pty::native_pty_system();
     let pair = pty
-        .openpty(if tty { terminal_size() } else { PtySize::default() })
-        .map_err(|e| CliError::failed("pty_error", format!("Cannot open a pseudo-terminal: {e}")))?;
+        .openpty(if tty {
+            terminal_size()
+        } else {
+            PtySize::default()
+        })
+        .map_err(|e| {
+            CliError::failed("pty_error", format!("Cannot open a pseudo-terminal: {e}"))
+        })?;
     let mut cmd = CommandBuilder::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Ok(dir) = std::env::current_dir() {
@@ -166,7 +172,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     let master = pair.master;
     let agent_pid = child.process_id().and_then(|p| i32::try_from(p).ok());
 
-    let raw = if tty { RawMode::enable() } else { RawMode(None) };
+    let raw = if tty {
+        RawMode::enable()
+    } else {
+        RawMode(None)
+    };
     let log = Log {
         raw: raw.0.is_some(),
     };
@@ -207,7 +217,9 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     heartbeats.abort();
     replies.abort();
     if let Err(e) = report_exit(&client, &sid, &status, None).await {
-        log.note(&format!("could not report the agent's exit to the server: {e}"));
+        log.note(&format!(
+            "could not report the agent's exit to the server: {e}"
+        ));
     }
     // Let the last output reach the terminal before it leaves raw mode.
     let _ = tokio::time::timeout(Duration::from_secs(2), output_done).await;
@@ -227,9 +239,15 @@ async fn create_session(ctx: &Context, c: &Client, args: &RunArgs) -> CmdResult<
     let req = CreateSession {
         project_id: Some(project.to_owned()),
         task_ids: Some(ctx.task_ids.clone()),
-        name: Some(args.name.clone().unwrap_or_else(|| format!("run: {program}"))),
+        name: Some(
+            args.name
+                .clone()
+                .unwrap_or_else(|| format!("run: {program}")),
+        ),
         status: Some("working".into()),
-        metadata: Some(json!({ "mode": ctx.mode, "launcher": "maestro run", "command": args.command })),
+        metadata: Some(
+            json!({ "mode": ctx.mode, "launcher": "maestro run", "command": args.command }),
+        ),
         ..Default::default()
     };
     c.create_session(&req).await.map_err(|e| ctx.err(e))
@@ -319,7 +337,11 @@ fn spawn_input_writer(master: &dyn MasterPty) -> CmdResult<mpsc::Sender<Vec<u8>>
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         for chunk in rx {
-            if writer.write_all(&chunk).and_then(|()| writer.flush()).is_err() {
+            if writer
+                .write_all(&chunk)
+                .and_then(|()| writer.flush())
+                .is_err()
+            {
                 break;
             }
         }
@@ -358,7 +380,11 @@ async fn heartbeat(client: Client, sid: String, log: Log) {
     loop {
         match client.heartbeat(&sid).await {
             Ok(reply) => {
-                if let Some(t) = reply.get("ttlMs").and_then(Value::as_u64).filter(|&t| t > 0) {
+                if let Some(t) = reply
+                    .get("ttlMs")
+                    .and_then(Value::as_u64)
+                    .filter(|&t| t > 0)
+                {
                     ttl = t;
                 }
                 if failing {
@@ -519,9 +545,15 @@ mod tests {
             })
             .to_string()
         };
-        assert_eq!(session_input(&frame("s1"), "s1").as_deref(), Some("yes, go on"));
+        assert_eq!(
+            session_input(&frame("s1"), "s1").as_deref(),
+            Some("yes, go on")
+        );
         assert_eq!(session_input(&frame("s2"), "s1"), None);
-        assert_eq!(session_input(r#"{"type":"subscribed","sessionIds":["s1"]}"#, "s1"), None);
+        assert_eq!(
+            session_input(r#"{"type":"subscribed","sessionIds":["s1"]}"#, "s1"),
+            None
+        );
         assert_eq!(session_input("not json", "s1"), None);
     }
 
@@ -529,10 +561,22 @@ mod tests {
     fn exit_codes_follow_the_shell() {
         use std::os::unix::process::ExitStatusExt;
         let exited = AgentExit::from_std(std::process::ExitStatus::from_raw(3 << 8));
-        assert_eq!(exited, AgentExit { code: 3, signal: None });
+        assert_eq!(
+            exited,
+            AgentExit {
+                code: 3,
+                signal: None
+            }
+        );
         assert!(!exited.success());
         let killed = AgentExit::from_std(std::process::ExitStatus::from_raw(9));
-        assert_eq!(killed, AgentExit { code: 137, signal: Some(9) });
+        assert_eq!(
+            killed,
+            AgentExit {
+                code: 137,
+                signal: Some(9)
+            }
+        );
         assert!(AgentExit::from_std(std::process::ExitStatus::from_raw(0)).success());
     }
 }

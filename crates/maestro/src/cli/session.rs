@@ -166,9 +166,13 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 return Ok(exit::OK);
             };
             register(ctx, c, id, None).await?;
-            emit(ctx.json, &json!({ "sessionId": id, "status": "registered" }), || {
-                say!("Session {id} registered (working).");
-            });
+            emit(
+                ctx.json,
+                &json!({ "sessionId": id, "status": "registered" }),
+                || {
+                    say!("Session {id} registered (working).");
+                },
+            );
         }
         SessionCommand::Complete => {
             let Some(id) = hook_session(ctx, "complete") else {
@@ -180,9 +184,13 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
             };
             req.other.insert("completedAt".into(), json!(now_ms()));
             c.update_session(id, &req).await.map_err(e)?;
-            emit(ctx.json, &json!({ "sessionId": id, "status": "completed" }), || {
-                say!("Session {id} completed.");
-            });
+            emit(
+                ctx.json,
+                &json!({ "sessionId": id, "status": "completed" }),
+                || {
+                    say!("Session {id} completed.");
+                },
+            );
         }
         SessionCommand::NeedsInput { message } => {
             let Some(id) = hook_session(ctx, "needs-input") else {
@@ -206,9 +214,13 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 ..Default::default()
             };
             c.update_session(id, &req).await.map_err(e)?;
-            emit(ctx.json, &json!({ "sessionId": id, "needsInput": true }), || {
-                say!("Session {id} is waiting for input: {message}");
-            });
+            emit(
+                ctx.json,
+                &json!({ "sessionId": id, "needsInput": true }),
+                || {
+                    say!("Session {id} is waiting for input: {message}");
+                },
+            );
         }
         SessionCommand::ResumeWorking => {
             let Some(id) = hook_session(ctx, "resume-working") else {
@@ -220,9 +232,13 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 ..Default::default()
             };
             c.update_session(id, &req).await.map_err(e)?;
-            emit(ctx.json, &json!({ "sessionId": id, "status": "working" }), || {
-                say!("Session {id} is working again.");
-            });
+            emit(
+                ctx.json,
+                &json!({ "sessionId": id, "status": "working" }),
+                || {
+                    say!("Session {id} is working again.");
+                },
+            );
         }
         SessionCommand::Report(r) => report(ctx, r).await?,
         SessionCommand::Docs(SessionDocs::Add {
@@ -301,7 +317,14 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
             let req = SpawnRequest {
                 project_id: Some(t.project_id.clone()),
                 task_ids: Some(vec![t.id.clone()]),
-                spawn_source: Some(if ctx.session_id.is_some() { "session" } else { "ui" }.into()),
+                spawn_source: Some(
+                    if ctx.session_id.is_some() {
+                        "session"
+                    } else {
+                        "ui"
+                    }
+                    .into(),
+                ),
                 session_id: ctx.session_id.clone(),
                 mode: Some(mode.into()),
                 session_name: Some(name.clone()),

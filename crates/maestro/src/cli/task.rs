@@ -39,7 +39,12 @@ pub enum TaskCommand {
         #[arg(short = 't', long = "title", value_name = "TITLE")]
         title_flag: Option<String>,
         /// Description.
-        #[arg(short = 'd', long = "desc", visible_alias = "description", value_name = "TEXT")]
+        #[arg(
+            short = 'd',
+            long = "desc",
+            visible_alias = "description",
+            value_name = "TEXT"
+        )]
         desc: Option<String>,
         #[arg(long, default_value = "medium", value_parser = PossibleValuesParser::new(TASK_PRIORITIES))]
         priority: String,
@@ -118,7 +123,10 @@ pub enum TaskReport {
     /// Blocked on it.
     Blocked { task_id: String, reason: String },
     /// Failed at it.
-    Error { task_id: String, description: String },
+    Error {
+        task_id: String,
+        description: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

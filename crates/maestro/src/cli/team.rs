@@ -180,7 +180,10 @@ fn show(m: &TeamMember) {
     kv("Role", &m.role);
     kv("Mode", m.mode.as_deref().unwrap_or("execute"));
     kv("Model", m.model.as_deref().unwrap_or("sonnet"));
-    kv("Agent Tool", m.agent_tool.as_deref().unwrap_or("claude-code"));
+    kv(
+        "Agent Tool",
+        m.agent_tool.as_deref().unwrap_or("claude-code"),
+    );
     kv("Default", if m.is_default { "yes" } else { "no" });
     kv("Status", &m.status);
     if !m.identity.is_empty() {

@@ -26,7 +26,11 @@ pub async fn watch(ctx: &Context, c: &Client, ids: &str, timeout_ms: u64) -> Cmd
     let url = ctx.ws_url();
     let human = !ctx.json;
     if human {
-        say!("[session:watch] Watching {} session(s): {}", ids.len(), ids.join(", "));
+        say!(
+            "[session:watch] Watching {} session(s): {}",
+            ids.len(),
+            ids.join(", ")
+        );
         say!("[session:watch] Connecting to {url} ...");
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
@@ -67,7 +71,8 @@ pub async fn watch(ctx: &Context, c: &Client, ids: &str, timeout_ms: u64) -> Cmd
         return Ok(exit::OK);
     }
 
-    let deadline = (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+    let deadline =
+        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
         let next = async {
             match deadline {
@@ -106,7 +111,12 @@ pub async fn watch(ctx: &Context, c: &Client, ids: &str, timeout_ms: u64) -> Cmd
         };
         let sid = data
             .get("sessionId")
-            .or_else(|| event.starts_with("session:").then(|| data.get("id")).flatten())
+            .or_else(|| {
+                event
+                    .starts_with("session:")
+                    .then(|| data.get("id"))
+                    .flatten()
+            })
             .and_then(Value::as_str);
         let Some(sid) = sid.filter(|s| ids.iter().any(|i| i == s)) else {
             continue;
@@ -140,7 +150,12 @@ pub async fn watch(ctx: &Context, c: &Client, ids: &str, timeout_ms: u64) -> Cmd
 
 fn print_event(event: &str, sid: &str, data: &Value, ts: i64) {
     let ts = fmt_time(ts);
-    let msg = |v: &Value| v.get("message").and_then(Value::as_str).unwrap_or("").to_owned();
+    let msg = |v: &Value| {
+        v.get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
     match event {
         "session:updated" => {
             let latest = data
@@ -149,7 +164,10 @@ fn print_event(event: &str, sid: &str, data: &Value, ts: i64) {
                 .and_then(|t| t.last());
             if let Some(l) = latest {
                 let kind = l.get("type").and_then(Value::as_str).unwrap_or("");
-                if matches!(kind, "progress" | "task_completed" | "task_blocked" | "error") {
+                if matches!(
+                    kind,
+                    "progress" | "task_completed" | "task_blocked" | "error"
+                ) {
                     say!("[{ts}] {sid} {kind}: {}", msg(l));
                 }
             }
