@@ -212,6 +212,18 @@ pub struct Session {
     pub team_member_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_member_ids: Option<Vec<String>>,
+    /// Why the session failed, when the server failed it (e.g. `agent_disconnected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// Liveness, for sessions whose agent heartbeats (filled in on read, not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<bool>,
 }
 
 impl Session {

@@ -99,6 +99,9 @@ pub struct UpdateTask {
     pub team_member_ids: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_session_statuses: Option<BTreeMap<String, String>>,
+    /// In session mode: the fencing token of the caller's claim on the task, if it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
 }
 
 /// `POST /api/tasks/:id/timeline`.
@@ -111,6 +114,9 @@ pub struct TaskTimelineRequest {
     pub session_id: Option<String>,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// The fencing token of the reporter's claim on the task, if it holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
 }
 
 /// Answer to `POST /api/tasks/:id/timeline`.

@@ -61,6 +61,22 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
 
+    /// How long a session stays online after a heartbeat, in milliseconds.
+    #[arg(long, env = "HEARTBEAT_TTL_MS", default_value_t = 15_000)]
+    pub heartbeat_ttl_ms: u64,
+
+    /// Extra time past the TTL before a silent session is declared dead, in milliseconds.
+    #[arg(long, env = "HEARTBEAT_GRACE_MS", default_value_t = 500)]
+    pub heartbeat_grace_ms: u64,
+
+    /// A session that beats but reports no progress for this long is `stalled`, in milliseconds.
+    #[arg(long, env = "STALL_AFTER_MS", default_value_t = 600_000)]
+    pub stall_after_ms: u64,
+
+    /// How often expired heartbeats and leases are looked for, in milliseconds.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
+    pub sweep_interval_ms: u64,
+
     /// Redis to keep all state in (e.g. `redis://127.0.0.1:6379`, `redis+unix:///run/redis.sock`).
     /// Unset: the embedded local backend. Several servers may share one Redis.
     #[arg(long, env = "REDIS_URL")]
@@ -91,6 +107,10 @@ impl Config {
             cors_origins: Vec::new(),
             external_url: None,
             shutdown_grace_secs: 5,
+            heartbeat_ttl_ms: 15_000,
+            heartbeat_grace_ms: 500,
+            stall_after_ms: 600_000,
+            sweep_interval_ms: 250,
             redis_url: None,
             redis_enabled: true,
             redis_key_prefix: "maestro:".into(),

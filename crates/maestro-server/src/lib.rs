@@ -58,6 +58,7 @@ pub async fn run(
         shutdown.clone(),
     );
     tasks.spawn(socketio.bridge());
+    tasks.spawn(domain.clone().run_sweeper(shutdown.clone()));
     let state = AppState {
         domain,
         config: config_arc,
@@ -126,6 +127,12 @@ pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
             skills_dir: config.skills_dir.clone(),
             session_dir: config.session_dir.clone(),
             server_url,
+            liveness: domain::liveness::LivenessConfig {
+                ttl_ms: config.heartbeat_ttl_ms.max(100),
+                grace_ms: config.heartbeat_grace_ms,
+                stall_after_ms: config.stall_after_ms.max(1),
+                sweep_interval_ms: config.sweep_interval_ms.clamp(10, 60_000),
+            },
         },
     ))
 }

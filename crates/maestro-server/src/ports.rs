@@ -39,6 +39,10 @@ pub enum Collection {
     MailCursors,
     /// Answers remembered for idempotency keys.
     Idempotency,
+    /// Heartbeat state per session.
+    Presence,
+    /// Task leases (one record per task, kept after release for its fencing token).
+    Claims,
 }
 
 impl Collection {
@@ -53,6 +57,8 @@ impl Collection {
             Self::Orderings => "orderings",
             Self::MailCursors => "mail_cursors",
             Self::Idempotency => "idempotency",
+            Self::Presence => "presence",
+            Self::Claims => "claims",
         }
     }
 }

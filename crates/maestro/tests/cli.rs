@@ -743,8 +743,16 @@ async fn session_spawn_and_watch() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    // Give it time to subscribe, then finish the session.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Once it is connected (and has read the status), finish the session.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.ws_status().await.unwrap()["connectedClients"] == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watch never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server
         .cli()
         .session(&sid)

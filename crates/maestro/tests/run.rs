@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use maestro_client::{Client, SessionQuery};
 use maestro_protocol::{CreateProject, CreateSession, CreateTask, Session};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{BIN, Server};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -375,15 +375,23 @@ async fn reply_input_from_mobile_reaches_the_agent() {
     let ready = expect_line(&out, "ready ");
     let sid = ready.trim_start_matches("ready ").to_owned();
     assert_eq!(client.get_session(&sid).await.unwrap().status, "working");
-    // Let maestro run's WebSocket subscribe before the replies go out.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let maestro run's WebSocket connect and subscribe before the replies go out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.ws_status().await.unwrap()["connectedClients"] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "maestro run never opened its WebSocket"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let ack = reply_from_mobile(&server, &p, &other.id, "not for you").await;
     assert!(ack.contains("\"ok\":true"), "{ack}");
     let ack = reply_from_mobile(&server, &p, &sid, "use postgres").await;
     assert!(ack.contains("\"ok\":true"), "{ack}");
 
-    expect_line(&out, "got: use postgres");
+    assert_eq!(expect_line(&out, "got: "), "got: use postgres");
     let code = tokio::task::spawn_blocking(move || wait(&mut child))
         .await
         .unwrap();

@@ -169,11 +169,15 @@ pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
 pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<Vec<MailMessage>> {
     let project = req.project_id.as_str();
     load_project(tx, project)?;
+    let mut dead: Option<Session> = None;
     let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id) {
         (Some(to), _) => {
             let s = load_session(tx, to)?;
             if s.project_id != project {
                 return Err(Error::not_found("Session", to));
+            }
+            if s.is_terminal() {
+                dead = Some(s);
             }
             vec![Some(to.clone())]
         }
@@ -214,6 +218,32 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
         tx.put(Collection::Mail, &mail.id, Some(project), &mail);
         tx.emit(project, "mail:received", &mail, to.as_deref());
         sent.push(mail);
+    }
+    // The recipient's agent has ended: nobody will read this. Tell the sender.
+    if let (Some(dead), Some(original)) = (dead, sent.first())
+        && req.kind != "notification"
+    {
+        let reason = dead.failure_reason.clone().unwrap_or_else(|| dead.status.clone());
+        let bounce = MailMessage {
+            id: new_id(prefix::MAIL),
+            project_id: project.to_owned(),
+            from_session_id: dead.id.clone(),
+            to_session_id: Some(req.from_session_id.clone()),
+            reply_to_mail_id: Some(original.id.clone()),
+            kind: "notification".into(),
+            subject: format!("Undeliverable: {}", req.subject),
+            body: serde_json::json!({
+                "message": format!("Session '{}' has ended ({reason}); your message will not be read.", dead.id),
+                "bounced": true,
+                "originalMailId": original.id,
+                "recipientStatus": dead.status,
+                "reason": reason,
+            }),
+            created_at: now,
+            seq: tx.next_counter(&format!("mail:{project}"))?,
+        };
+        tx.put(Collection::Mail, &bounce.id, Some(project), &bounce);
+        tx.emit(project, "mail:received", &bounce, Some(&req.from_session_id));
     }
     Ok(sent)
 }

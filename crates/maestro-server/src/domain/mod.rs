@@ -11,6 +11,8 @@ pub mod projects;
 pub mod sessions;
 pub mod skills;
 pub mod spawn;
+pub mod liveness;
+pub mod claims;
 pub mod sync;
 pub mod tasks;
 pub mod team_members;
@@ -38,6 +40,8 @@ pub struct ServerInfo {
     pub session_dir: PathBuf,
     /// The URL agents are told to use.
     pub server_url: String,
+    /// Heartbeat and sweep timing.
+    pub liveness: liveness::LivenessConfig,
 }
 
 /// Entry point to every domain operation; cheap to clone.

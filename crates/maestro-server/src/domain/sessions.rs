@@ -31,7 +31,7 @@ pub struct SessionFilter {
 
 const ACTIVE_STATUSES: &[&str] = &["spawning", "idle", "working"];
 
-fn timeline_entry(
+pub(crate) fn timeline_entry(
     kind: &str,
     message: Option<String>,
     task_id: Option<String>,
@@ -113,6 +113,11 @@ impl Domain {
             needs_input: None,
             team_member_id: None,
             team_member_ids: None,
+            failure_reason: None,
+            online: None,
+            last_seen: None,
+            last_progress: None,
+            stalled: None,
         };
         let suppress = req.suppress_created_event.unwrap_or(false);
         transact(&*self.store, move |tx| {
@@ -161,17 +166,23 @@ impl Domain {
         }
         let mut r = self.reader()?;
         let sessions: Vec<Session> = r.list(Collection::Sessions, f.project_id.as_deref())?;
-        Ok(sessions
+        drop(r);
+        let mut sessions: Vec<Session> = sessions
             .into_iter()
             .filter(|s| f.task_id.as_ref().is_none_or(|t| s.task_ids.contains(t)))
             .filter(|s| f.status.as_ref().is_none_or(|st| &s.status == st))
             .filter(|s| !f.active || ACTIVE_STATUSES.contains(&s.status.as_str()))
-            .collect())
+            .collect();
+        self.with_presence(&mut sessions)?;
+        Ok(sessions)
     }
 
     pub fn get_session(&self, id: &str) -> Result<Session> {
         check_id("sessionId", id)?;
-        load_session(&mut *self.reader()?, id)
+        let mut session = [load_session(&mut *self.reader()?, id)?];
+        self.with_presence(&mut session)?;
+        let [session] = session;
+        Ok(session)
     }
 
     pub async fn update_session(&self, id: String, req: UpdateSession) -> Result<Session> {
@@ -646,7 +657,7 @@ pub(crate) fn append_timeline(
 }
 
 /// Moves the session's still-open per-task statuses to `outcome`, emitting `task:updated`.
-fn close_task_statuses(tx: &mut dyn Txn, session: &Session, outcome: &str, now: i64) -> Result<()> {
+pub(crate) fn close_task_statuses(tx: &mut dyn Txn, session: &Session, outcome: &str, now: i64) -> Result<()> {
     for task_id in &session.task_ids {
         let Some(before) = tx.get::<Task>(Collection::Tasks, task_id)? else {
             continue;

@@ -190,6 +190,11 @@ impl Domain {
             needs_input: None,
             team_member_id: single_member.clone(),
             team_member_ids: member_ids.clone(),
+            failure_reason: None,
+            online: None,
+            last_seen: None,
+            last_progress: None,
+            stalled: None,
         };
         let event = SpawnEvent {
             session: session.clone(),

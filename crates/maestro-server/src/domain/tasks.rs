@@ -13,6 +13,7 @@ use maestro_protocol::{
 };
 use serde_json::json;
 
+use super::claims::check_fence;
 use super::sessions::{append_timeline, link_task};
 use super::{Domain, check_enum, check_id, load_project, load_session, load_task, required};
 use crate::error::{Error, Result};
@@ -224,6 +225,7 @@ impl Domain {
                     "Session and task belong to different projects",
                 ));
             }
+            check_fence(tx, &id, &session_id, req.fencing_token, now)?;
             if !session.task_ids.contains(&id) {
                 link_task(tx, session, task, now)?;
             }
@@ -301,9 +303,11 @@ impl Domain {
         check_id("sessionId", &session_id)?;
         let kind = req.kind.clone().unwrap_or_else(|| "progress".into());
         let now = now_ms();
+        let token = req.fencing_token;
         transact(&*self.store, move |tx| {
             load_task(tx, &id)?;
             let session = load_session(tx, &session_id)?;
+            check_fence(tx, &id, &session_id, token, now)?;
             append_timeline(
                 tx,
                 session,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use maestro_protocol::{ErrorBody, 
+use maestro_protocol::{Heartbeat, Presence, ErrorBody, 
     AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ModalAck,
     ModalAction, ModalShown, Session, ShowModal, SpawnRequest, SpawnResponse, UpdateSession,
 };
@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(spawn))
         .routes(routes!(get_one, update, delete))
         .routes(routes!(events))
+        .routes(routes!(heartbeat))
         .routes(routes!(timeline))
         .routes(routes!(docs, add_doc))
         .routes(routes!(link, unlink))
@@ -290,4 +291,21 @@ async fn modal_close(
     IdPath((id, modal_id)): IdPath<(String, String)>,
 ) -> Result<Json<ModalAck>> {
     Ok(Json(s.domain.modal_close(id, modal_id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/sessions/{id}/heartbeat",
+    tag = "sessions",
+    summary = "Heartbeat: the agent of this session is alive (progress=true: and moving)",
+    params(("id" = String, Path)),
+    request_body = Heartbeat,
+    responses((status = 200, body = Presence), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+)]
+async fn heartbeat(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<Heartbeat>,
+) -> Result<Json<Presence>> {
+    Ok(Json(s.domain.heartbeat(id, req).await?))
 }

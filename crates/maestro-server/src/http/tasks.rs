@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use maestro_protocol::{ErrorBody, 
+use maestro_protocol::{Claim, ClaimRequest, LeaseRequest, Released, ErrorBody, 
     CreateTask, Deleted, Task, TaskDocEntry, TaskTimelineRequest, TaskTimelineResponse, UpdateTask,
 };
 
@@ -23,6 +23,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(children))
         .routes(routes!(timeline))
         .routes(routes!(docs))
+        .routes(routes!(claim, get_claim))
+        .routes(routes!(renew))
+        .routes(routes!(release))
 }
 
 #[utoipa::path(
@@ -146,4 +149,67 @@ async fn docs(
     IdPath(id): IdPath<String>,
 ) -> Result<Json<Vec<TaskDocEntry>>> {
     Ok(Json(s.domain.task_docs(&id)?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/claim",
+    tag = "tasks",
+    summary = "Claim a task for a session: a lease with a fencing token, or 409 with the holder",
+    params(("id" = String, Path)),
+    request_body = ClaimRequest,
+    responses((status = 200, body = Claim), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+)]
+async fn claim(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<ClaimRequest>,
+) -> Result<Json<Claim>> {
+    Ok(Json(s.domain.claim_task(id, req).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}/claim",
+    tag = "tasks",
+    summary = "The task's current lease (null when unclaimed)",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Option<Claim>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+async fn get_claim(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Option<Claim>>> {
+    Ok(Json(s.domain.get_claim(&id)?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/claim/renew",
+    tag = "tasks",
+    summary = "Extend the caller's lease",
+    params(("id" = String, Path)),
+    request_body = LeaseRequest,
+    responses((status = 200, body = Claim), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+)]
+async fn renew(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<LeaseRequest>,
+) -> Result<Json<Claim>> {
+    Ok(Json(s.domain.renew_claim(id, req).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/claim/release",
+    tag = "tasks",
+    summary = "Give the caller's lease up",
+    params(("id" = String, Path)),
+    request_body = LeaseRequest,
+    responses((status = 200, body = Released), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+)]
+async fn release(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<LeaseRequest>,
+) -> Result<Json<Released>> {
+    Ok(Json(s.domain.release_claim(id, req).await?))
 }

@@ -84,7 +84,10 @@ async fn serve(mut socket: WebSocket, state: AppState) {
             incoming = socket.recv() => {
                 let Some(Ok(msg)) = incoming else { return };
                 let reply = match msg {
-                    Message::Text(text) => handle_client_message(&text, &mut filter),
+                    Message::Text(text) => match heartbeat_of(&text) {
+                        Some(session_id) => Some(heartbeat_reply(&state, session_id).await),
+                        None => handle_client_message(&text, &mut filter),
+                    },
                     Message::Close(_) => return,
                     _ => None,
                 };
@@ -112,6 +115,27 @@ async fn serve(mut socket: WebSocket, state: AppState) {
                 Err(RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// The session of a `{"type":"heartbeat","sessionId":…}` message. Upstream clients send
+/// `heartbeat` without a session id; those stay ignored.
+fn heartbeat_of(text: &str) -> Option<String> {
+    let msg: Value = serde_json::from_str(text).ok()?;
+    (msg.get("type")?.as_str()? == "heartbeat")
+        .then(|| msg.get("sessionId")?.as_str().map(str::to_owned))
+        .flatten()
+}
+
+async fn heartbeat_reply(state: &AppState, session_id: String) -> Value {
+    match state.domain.heartbeat(session_id, Default::default()).await {
+        Ok(p) => json!({ "type": "heartbeat", "ok": true, "presence": p, "timestamp": now_ms() }),
+        Err(e) => json!({
+            "type": "heartbeat",
+            "ok": false,
+            "error": { "code": e.code(), "message": e.body().message },
+            "timestamp": now_ms(),
+        }),
     }
 }
 

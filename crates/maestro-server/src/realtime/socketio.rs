@@ -969,8 +969,6 @@ async fn session_spawn(hub: &Hub, conn: &Conn, data: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::local::LocalStore;
-    use crate::domain::ServerInfo;
     use crate::ports::{Store, TxnExt, transact};
 
     fn conn(kind: Kind, project: Option<&str>) -> Conn {
@@ -1020,22 +1018,14 @@ mod tests {
         assert!(c.check_project("any").is_ok());
     }
 
-    fn store_with(dir: &std::path::Path, capacity: u64) -> (Arc<Hub>, Arc<LocalStore>) {
-        let store = Arc::new(LocalStore::open(dir, capacity).unwrap());
-        let domain = Domain::new(
-            store.clone(),
-            ServerInfo {
-                hostname: "h".into(),
-                platform: "linux".into(),
-                data_dir: dir.to_path_buf(),
-                skills_dir: dir.join("skills"),
-                session_dir: dir.join("sessions"),
-                server_url: "http://localhost".into(),
-            },
-        );
+    fn store_with(dir: &std::path::Path, capacity: u64) -> (Arc<Hub>, Arc<dyn Store>) {
+        let mut config = Config::for_dir(dir);
+        config.journal_capacity = capacity;
+        let domain = crate::open(&config, "http://localhost".into()).unwrap();
+        let store = domain.store.clone();
         let hub = Arc::new(Hub {
             domain,
-            config: Arc::new(Config::for_dir(dir)),
+            config: Arc::new(config),
             conns: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -1043,7 +1033,7 @@ mod tests {
         (hub, store)
     }
 
-    async fn emit_n(store: &LocalStore, scope: &'static str, n: usize) -> Vec<EventRecord> {
+    async fn emit_n(store: &dyn Store, scope: &'static str, n: usize) -> Vec<EventRecord> {
         for i in 0..n {
             transact(store, move |tx| {
                 tx.emit(scope, "x", &json!({ "i": i }), None);
@@ -1070,7 +1060,7 @@ mod tests {
     async fn the_bridge_fills_gaps_from_the_journal_and_drops_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let (hub, store) = store_with(dir.path(), 100);
-        let events = emit_n(&store, "p", 5).await;
+        let events = emit_n(&*store, "p", 5).await;
         let mut rx = hub.register(Sid::new(), Arc::new(conn(Kind::Ui, None)));
         let mut bridge = Bridge {
             hub: hub.clone(),
@@ -1084,8 +1074,8 @@ mod tests {
         assert!(drain(&mut rx).is_empty(), "already forwarded");
 
         // After a lag, every scope is read from where the bridge was.
-        emit_n(&store, "p", 2).await;
-        emit_n(&store, GLOBAL_SCOPE, 1).await;
+        emit_n(&*store, "p", 2).await;
+        emit_n(&*store, GLOBAL_SCOPE, 1).await;
         bridge.catch_up().await;
         assert_eq!(drain(&mut rx), ["global:1", "p:6", "p:7"]);
         bridge.catch_up().await;
@@ -1096,7 +1086,7 @@ mod tests {
     async fn the_bridge_reports_what_the_journal_lost() {
         let dir = tempfile::tempdir().unwrap();
         let (hub, store) = store_with(dir.path(), 3);
-        let events = emit_n(&store, "p", 10).await;
+        let events = emit_n(&*store, "p", 10).await;
         assert_eq!(
             events.first().map(|e| e.seq),
             Some(8),

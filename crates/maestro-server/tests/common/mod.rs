@@ -71,13 +71,27 @@ impl TestServer {
     /// Starts a server on `dir` (e.g. the directory of a server that was stopped); the caller
     /// keeps the directory alive.
     pub async fn start_in(dir: &Path) -> Self {
+        Self::start_configured(dir, config_for(dir)).await
+    }
+
+    /// Starts a server on a fresh temporary directory with an adjusted configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let tempdir = tempfile::tempdir().expect("create a temp dir");
+        let mut config = config_for(tempdir.path());
+        adjust(&mut config);
+        let mut server = Self::start_configured(tempdir.path(), config).await;
+        server.tempdir = Some(tempdir);
+        server
+    }
+
+    async fn start_configured(dir: &Path, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let token = CancellationToken::new();
         let mut task = tokio::spawn(maestro_server::run(
-            config_for(dir),
+            config,
             listener,
             token.clone(),
         ));

@@ -119,6 +119,11 @@ impl Log {
 }
 
 pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
+    // Installed first, so a signal at any point is forwarded rather than killing us.
+    let mut sigint = listen(SignalKind::interrupt());
+    let mut sigterm = listen(SignalKind::terminate());
+    let mut sighup = listen(SignalKind::hangup());
+    let mut winch = listen(SignalKind::window_change());
     let client = ctx.client()?;
     let mut ctx = ctx.clone();
     if !args.tasks.is_empty() {
@@ -192,10 +197,6 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     let heartbeats = tokio::spawn(heartbeat(client.clone(), sid.clone(), log));
     let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), input, log));
 
-    let mut sigint = listen(SignalKind::interrupt());
-    let mut sigterm = listen(SignalKind::terminate());
-    let mut sighup = listen(SignalKind::hangup());
-    let mut winch = listen(SignalKind::window_change());
     let status = loop {
         tokio::select! {
             status = &mut exit_rx => {
