@@ -375,10 +375,23 @@ struct CustomServer {
 }
 
 impl CustomServer {
+    /// On the suite's backend, with `adjust`ed settings.
     async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = common::config_for(dir.path());
         adjust(&mut config);
+        Self::start_with(dir, config).await
+    }
+
+    /// On the Redis at `url` (shared with other servers).
+    async fn on_redis(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_dir(dir.path());
+        config.redis_url = Some(url.to_owned());
+        Self::start_with(dir, config).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, config: Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
@@ -1019,8 +1032,8 @@ async fn two_instances_on_one_redis() {
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = common::redis::RedisServer::start(redis_dir.path());
     let url = redis.url();
-    let a = CustomServer::start(|c| c.redis_url = Some(url.clone())).await;
-    let b = CustomServer::start(|c| c.redis_url = Some(url.clone())).await;
+    let a = CustomServer::on_redis(&url).await;
+    let b = CustomServer::on_redis(&url).await;
     let (api_a, api_b) = (a.api(), b.api());
     let p = project(&api_a, "shared").await;
     assert_eq!(api_b.get_project(&p.id).await.unwrap(), p);

@@ -12,14 +12,16 @@ pub struct MaestroProcess {
 }
 
 impl MaestroProcess {
-    /// Starts `bin serve --port 0` with `DATA_DIR=data_dir` and the extra environment, and
-    /// waits until it accepts connections (it writes `server-url` once it listens).
+    /// Starts `bin serve` with `DATA_DIR=data_dir`, `PORT=0` (unless `env` sets `PORT`) and the
+    /// extra environment, and waits until it accepts connections (it writes `server-url` once
+    /// it listens).
     pub fn start(bin: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Self {
         std::fs::create_dir_all(data_dir).unwrap();
         let url_file = data_dir.join("server-url");
         let _ = std::fs::remove_file(&url_file);
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--port", "0"])
+        cmd.arg("serve")
+            .env("PORT", "0")
             .env("DATA_DIR", data_dir)
             .env("SESSION_DIR", data_dir.join("sessions"))
             .env("SKILLS_DIR", data_dir.join("skills"))
@@ -76,4 +78,13 @@ impl Drop for MaestroProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A TCP port that was free a moment ago, for a server that must come back on the same port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

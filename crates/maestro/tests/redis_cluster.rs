@@ -306,3 +306,61 @@ async fn redis_restart_during_writes() {
     let seqs: Vec<u64> = frames.iter().filter(|f| f["projectId"] == p.as_str()).map(|f| f["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "B's sequence has a gap");
 }
+
+/// 50 claimants spread over two instances race for one task, 100 times: one winner a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_have_one_winner_across_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let (a, b) = (instance(dir.path(), "a", &redis), instance(dir.path(), "b", &redis));
+    let clients = [Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap()];
+    let p = project(&clients[0]).await;
+    let task = clients[0]
+        .create_task(&CreateTask { project_id: Some(p.clone()), title: Some("prize".into()), ..Default::default() })
+        .await
+        .unwrap()
+        .id;
+    let mut sessions = Vec::new();
+    for _ in 0..50 {
+        sessions.push(
+            clients[0]
+                .create_session(&CreateSession { project_id: Some(p.clone()), task_ids: Some(vec![]), ..Default::default() })
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for _round in 0..100 {
+        let mut joins = Vec::new();
+        for (i, s) in sessions.iter().enumerate() {
+            let (c, task, s) = (clients[i % 2].clone(), task.clone(), s.clone());
+            joins.push(tokio::spawn(async move {
+                let r = c
+                    .raw(reqwest::Method::POST, &format!("/api/tasks/{task}/claim"), Some(&json!({ "sessionId": s })))
+                    .await
+                    .unwrap();
+                (s, r.status.as_u16(), r.body)
+            }));
+        }
+        let mut winners = Vec::new();
+        for j in joins {
+            let (s, status, body) = j.await.unwrap();
+            match status {
+                200 => winners.push((s, body)),
+                409 => {}
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one winner per round");
+        let (s, lease) = &winners[0];
+        let r = clients[1]
+            .raw(
+                reqwest::Method::POST,
+                &format!("/api/tasks/{task}/claim/release"),
+                Some(&json!({ "sessionId": s, "fencingToken": lease["fencingToken"] })),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    }
+}

@@ -40,8 +40,31 @@ async fn fixture(client: &Client) -> (String, String) {
     (p, t)
 }
 
+/// A child process that is killed if the test fails before it exits.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// `maestro run` with piped stdin/stdout and a clean environment.
-fn maestro_run(server: &Server, env: &[(&str, &str)], args: &[&str]) -> Child {
+fn maestro_run(server: &Server, env: &[(&str, &str)], args: &[&str]) -> Running {
     let mut cmd = Command::new(BIN);
     for v in [
         "MAESTRO_SESSION_ID",
@@ -62,7 +85,7 @@ fn maestro_run(server: &Server, env: &[(&str, &str)], args: &[&str]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn maestro run")
+    Running(cmd.spawn().expect("spawn maestro run"))
 }
 
 /// Lines of the agent's output, read on a thread.

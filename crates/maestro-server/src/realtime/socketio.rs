@@ -4,11 +4,11 @@
 //! How it is laid out:
 //! - [`Realtime`] is what `run` creates: the tower layer for the router, and [`Realtime::bridge`],
 //!   the one task that feeds every socket.
-//! - [`authorize`] is the connect middleware: origin allowlist, local trust (the one place the
+//! - `authorize` is the connect middleware: origin allowlist, local trust (the one place the
 //!   credential check will go), handshake parsing and the namespace's rules. It also installs
 //!   the socket's client-event handlers, because socketioxide sends the CONNECT answer before
 //!   it runs the connect handler: a client that emits right after `connect` must find them.
-//! - [`on_connect`] registers the connection with the [`Hub`] and starts its writer.
+//! - `on_connect` registers the connection with the `Hub` and starts its writer (a `Writer`).
 //! - Client events (`subscribe`, `state:sync`, …) are thin: parse, check the namespace's
 //!   rules, call a [`Domain`] operation, ack `{ok: true, …}` or `{ok: false, error}`.
 //!
