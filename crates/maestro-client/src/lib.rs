@@ -293,7 +293,11 @@ impl Client {
         self.call::<(), T>(Method::GET, path, None, None).await
     }
 
-    async fn get_q<T: DeserializeOwned>(&self, path: &str, q: &(dyn ErasedQuery + Sync)) -> Result<T> {
+    async fn get_q<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        q: &(dyn ErasedQuery + Sync),
+    ) -> Result<T> {
         self.call::<(), T>(Method::GET, path, Some(q), None).await
     }
 
@@ -379,8 +383,12 @@ impl Client {
         id: &str,
         req: &TaskTimelineRequest,
     ) -> Result<TaskTimelineResponse> {
-        self.send(Method::POST, &format!("/api/tasks/{}/timeline", enc(id)), req)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/tasks/{}/timeline", enc(id)),
+            req,
+        )
+        .await
     }
 
     pub async fn task_docs(&self, id: &str) -> Result<Vec<TaskDocEntry>> {
@@ -410,19 +418,35 @@ impl Client {
         self.delete(&format!("/api/sessions/{}", enc(id))).await
     }
 
-    pub async fn append_session_event(&self, id: &str, req: &AppendSessionEvent) -> Result<Session> {
-        self.send(Method::POST, &format!("/api/sessions/{}/events", enc(id)), req)
-            .await
+    pub async fn append_session_event(
+        &self,
+        id: &str,
+        req: &AppendSessionEvent,
+    ) -> Result<Session> {
+        self.send(
+            Method::POST,
+            &format!("/api/sessions/{}/events", enc(id)),
+            req,
+        )
+        .await
     }
 
     pub async fn append_timeline(&self, id: &str, req: &AppendTimeline) -> Result<Session> {
-        self.send(Method::POST, &format!("/api/sessions/{}/timeline", enc(id)), req)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/sessions/{}/timeline", enc(id)),
+            req,
+        )
+        .await
     }
 
     pub async fn add_session_doc(&self, id: &str, req: &AddDoc) -> Result<Session> {
-        self.send(Method::POST, &format!("/api/sessions/{}/docs", enc(id)), req)
-            .await
+        self.send(
+            Method::POST,
+            &format!("/api/sessions/{}/docs", enc(id)),
+            req,
+        )
+        .await
     }
 
     pub async fn session_docs(&self, id: &str) -> Result<Vec<DocEntry>> {
@@ -492,12 +516,22 @@ impl Client {
 
     pub async fn delete_team_member(&self, id: &str, project_id: &str) -> Result<Deleted> {
         let path = format!("/api/team-members/{}", enc(id));
-        self.call::<(), Deleted>(Method::DELETE, &path, Some(&[("projectId", project_id)]), None)
-            .await
+        self.call::<(), Deleted>(
+            Method::DELETE,
+            &path,
+            Some(&[("projectId", project_id)]),
+            None,
+        )
+        .await
     }
 
     /// `action` is `archive`, `unarchive` or `reset`.
-    pub async fn team_member_action(&self, id: &str, action: &str, project_id: &str) -> Result<TeamMember> {
+    pub async fn team_member_action(
+        &self,
+        id: &str,
+        action: &str,
+        project_id: &str,
+    ) -> Result<TeamMember> {
         let path = format!("/api/team-members/{}/{action}", enc(id));
         let body = ProjectRef {
             project_id: Some(project_id.to_owned()),
@@ -513,13 +547,21 @@ impl Client {
 
     /// Inbox of `session_id`; `query` holds extra parameters (`projectId`, `type`, `since`,
     /// `unread`).
-    pub async fn inbox(&self, session_id: &str, query: &[(&str, &str)]) -> Result<Vec<MailMessage>> {
+    pub async fn inbox(
+        &self,
+        session_id: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<MailMessage>> {
         let path = format!("/api/mail/inbox/{}", enc(session_id));
         self.get_q(&path, &query).await
     }
 
     /// Long-poll for mail; `query` holds `projectId`, `timeout`, `since`, `ack`.
-    pub async fn wait_mail(&self, session_id: &str, query: &[(&str, &str)]) -> Result<Vec<MailMessage>> {
+    pub async fn wait_mail(
+        &self,
+        session_id: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<MailMessage>> {
         let path = format!("/api/mail/wait/{}", enc(session_id));
         self.get_q(&path, &query).await
     }
@@ -540,7 +582,11 @@ impl Client {
     // --- spawn ----------------------------------------------------------------------------
 
     /// Spawns a session; with `idempotency_key`, a retry returns the first answer.
-    pub async fn spawn(&self, req: &SpawnRequest, idempotency_key: Option<&str>) -> Result<SpawnResponse> {
+    pub async fn spawn(
+        &self,
+        req: &SpawnRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<SpawnResponse> {
         let resp = self
             .send_with_retry(idempotency_key.is_some(), || {
                 let builder = self.request(Method::POST, "/api/sessions/spawn").json(req);

@@ -5,8 +5,8 @@
 //! A client that remembers the last `seq` it saw can ask for exactly what it missed.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::Millis;
 

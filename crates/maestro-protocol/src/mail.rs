@@ -1,8 +1,8 @@
 //! Agent-to-agent mail.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::Millis;
 

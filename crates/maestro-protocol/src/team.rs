@@ -4,8 +4,8 @@
 //! upstream's did.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Agent tools a member can run with.
 pub const AGENT_TOOLS: &[&str] = &["claude-code", "codex", "gemini"];

@@ -206,10 +206,17 @@ fn read_all(dir: &Path) -> (Vec<Record>, ImportReport) {
     let mut members = Vec::new();
     let members_dir = dir.join("team-members");
     for sub in subdirs(&members_dir) {
-        let project_id = sub.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let project_id = sub
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         let project = projects.iter().find(|p| p.id == project_id).cloned();
         for (path, v) in json_files(&sub, &mut report) {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name.ends_with(".override.json") {
                 let Some(project) = &project else {
                     report.skip(&path, "override for a project that is not being imported");
@@ -219,7 +226,9 @@ fn read_all(dir: &Path) -> (Vec<Record>, ImportReport) {
                     Ok(m) => members.push(m),
                     Err(e) => report.skip(&path, e),
                 }
-            } else if let Some(m) = convert::<TeamMember>(&path, normalize_member(v, &project_id), &mut report) {
+            } else if let Some(m) =
+                convert::<TeamMember>(&path, normalize_member(v, &project_id), &mut report)
+            {
                 members.push(m);
             }
         }
@@ -273,7 +282,11 @@ fn json_files(dir: &Path, report: &mut ImportReport) -> Vec<(PathBuf, Value)> {
     out
 }
 
-fn convert<T: DeserializeOwned + HasId>(path: &Path, v: Result<Value, String>, report: &mut ImportReport) -> Option<T> {
+fn convert<T: DeserializeOwned + HasId>(
+    path: &Path,
+    v: Result<Value, String>,
+    report: &mut ImportReport,
+) -> Option<T> {
     let v = match v {
         Ok(v) => v,
         Err(e) => {
@@ -336,9 +349,7 @@ fn normalize_task(v: Value) -> Result<Value, String> {
             .and_then(Value::as_str)
             .map(str::to_owned)
     {
-        let map = m
-            .entry("taskSessionStatuses")
-            .or_insert_with(|| json!({}));
+        let map = m.entry("taskSessionStatuses").or_insert_with(|| json!({}));
         if let Some(map) = map.as_object_mut() {
             map.entry(first).or_insert(status);
         }
@@ -348,7 +359,11 @@ fn normalize_task(v: Value) -> Result<Value, String> {
 
 fn normalize_session(v: Value) -> Result<Value, String> {
     let mut m = obj(v)?;
-    let id = m.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id = m
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if !m.contains_key("taskIds") {
         let ids = match m.remove("taskId") {
             Some(Value::String(t)) => json!([t]),
@@ -357,7 +372,8 @@ fn normalize_session(v: Value) -> Result<Value, String> {
         m.insert("taskIds".into(), ids);
     }
     m.remove("strategy");
-    m.entry("name").or_insert_with(|| json!(format!("Session {id}")));
+    m.entry("name")
+        .or_insert_with(|| json!(format!("Session {id}")));
     m.entry("status").or_insert(json!("idle"));
     let started = m.get("startedAt").cloned().unwrap_or(json!(0));
     m.entry("startedAt").or_insert(started.clone());

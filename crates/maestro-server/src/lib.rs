@@ -90,8 +90,14 @@ pub async fn run(
         ),
     }
     tasks.close();
-    if tokio::time::timeout_at(deadline, tasks.wait()).await.is_err() {
-        tracing::warn!(?grace, "background tasks still running after the grace period");
+    if tokio::time::timeout_at(deadline, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "background tasks still running after the grace period"
+        );
     }
     store.close().await;
     tracing::info!("maestro stopped");
@@ -104,8 +110,12 @@ pub async fn run(
 pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
     let store: Arc<dyn ports::Store> = match config.redis() {
         Some(url) => Arc::new(
-            backends::redis::RedisStore::open(url, &config.redis_key_prefix, config.journal_capacity)
-                .context("setting up the Redis backend")?,
+            backends::redis::RedisStore::open(
+                url,
+                &config.redis_key_prefix,
+                config.journal_capacity,
+            )
+            .context("setting up the Redis backend")?,
         ),
         None => Arc::new(
             LocalStore::open(&config.data_dir, config.journal_capacity).with_context(|| {

@@ -13,22 +13,33 @@ use serde_json::{Value, json};
 
 async fn setup(c: &Client, sessions: usize) -> (String, String, Vec<String>) {
     let p = c
-        .create_project(&CreateProject { name: Some("claims".into()), ..Default::default() })
+        .create_project(&CreateProject {
+            name: Some("claims".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .id;
     let t = c
-        .create_task(&CreateTask { project_id: Some(p.clone()), title: Some("contended".into()), ..Default::default() })
+        .create_task(&CreateTask {
+            project_id: Some(p.clone()),
+            title: Some("contended".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .id;
     let mut ids = Vec::new();
     for _ in 0..sessions {
         ids.push(
-            c.create_session(&CreateSession { project_id: Some(p.clone()), task_ids: Some(vec![]), ..Default::default() })
-                .await
-                .unwrap()
-                .id,
+            c.create_session(&CreateSession {
+                project_id: Some(p.clone()),
+                task_ids: Some(vec![]),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .id,
         );
     }
     (p, t, ids)
@@ -36,19 +47,34 @@ async fn setup(c: &Client, sessions: usize) -> (String, String, Vec<String>) {
 
 async fn claim(c: &Client, task: &str, session: &str, ttl: u64) -> (u16, Value) {
     let r = c
-        .raw(Method::POST, &format!("/api/tasks/{task}/claim"), Some(&json!({ "sessionId": session, "ttlMs": ttl })))
+        .raw(
+            Method::POST,
+            &format!("/api/tasks/{task}/claim"),
+            Some(&json!({ "sessionId": session, "ttlMs": ttl })),
+        )
         .await
         .unwrap();
     (r.status.as_u16(), r.body)
 }
 
-async fn lease_call(c: &Client, task: &str, action: &str, session: &str, token: u64, ttl: Option<u64>) -> (u16, Value) {
+async fn lease_call(
+    c: &Client,
+    task: &str,
+    action: &str,
+    session: &str,
+    token: u64,
+    ttl: Option<u64>,
+) -> (u16, Value) {
     let mut body = json!({ "sessionId": session, "fencingToken": token });
     if let Some(t) = ttl {
         body["ttlMs"] = json!(t);
     }
     let r = c
-        .raw(Method::POST, &format!("/api/tasks/{task}/claim/{action}"), Some(&body))
+        .raw(
+            Method::POST,
+            &format!("/api/tasks/{task}/claim/{action}"),
+            Some(&body),
+        )
         .await
         .unwrap();
     (r.status.as_u16(), r.body)
@@ -65,7 +91,9 @@ async fn fifty_claimants_one_winner_each_round() {
         let mut joins = Vec::new();
         for s in &sessions {
             let (c, task, s) = (server.client(), task.clone(), s.clone());
-            joins.push(tokio::spawn(async move { (s.clone(), claim(&c, &task, &s, 60_000).await) }));
+            joins.push(tokio::spawn(async move {
+                (s.clone(), claim(&c, &task, &s, 60_000).await)
+            }));
         }
         let mut winners = Vec::new();
         for j in joins {
@@ -82,7 +110,10 @@ async fn fifty_claimants_one_winner_each_round() {
         let token = lease["fencingToken"].as_u64().unwrap();
         assert!(token > last_token, "tokens only grow");
         last_token = token;
-        assert_eq!(lease_call(c, &task, "release", holder, token, None).await.0, 200);
+        assert_eq!(
+            lease_call(c, &task, "release", holder, token, None).await.0,
+            200
+        );
     }
 }
 
@@ -103,7 +134,10 @@ async fn stale_token_is_refused() {
     assert_eq!(status, 200, "{new}");
     assert!(new["fencingToken"].as_u64().unwrap() > old_token);
     let frames = ws.collect_events(2).await;
-    let names: Vec<_> = frames.iter().map(|f| f["event"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<_> = frames
+        .iter()
+        .map(|f| f["event"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["task:claim_expired", "task:claimed"]);
 
     let before = c.get_task(&task).await.unwrap();
@@ -114,10 +148,17 @@ async fn stale_token_is_refused() {
         fencing_token: Some(old_token),
         ..Default::default()
     };
-    let body = api_err(c.update_task(&task, &stale).await, 409, "STALE_FENCING_TOKEN");
+    let body = api_err(
+        c.update_task(&task, &stale).await,
+        409,
+        "STALE_FENCING_TOKEN",
+    );
     assert!(body.message.contains("stale"));
     // Without a token, a non-holder is refused too.
-    let untokened = UpdateTask { fencing_token: None, ..stale.clone() };
+    let untokened = UpdateTask {
+        fencing_token: None,
+        ..stale.clone()
+    };
     api_err(c.update_task(&task, &untokened).await, 409, "TASK_CLAIMED");
     let report = TaskTimelineRequest {
         message: Some("done!".into()),
@@ -125,9 +166,20 @@ async fn stale_token_is_refused() {
         kind: Some("progress".into()),
         fencing_token: Some(old_token),
     };
-    api_err(c.task_timeline(&task, &report).await, 409, "STALE_FENCING_TOKEN");
+    api_err(
+        c.task_timeline(&task, &report).await,
+        409,
+        "STALE_FENCING_TOKEN",
+    );
     assert_eq!(c.get_task(&task).await.unwrap(), before, "nothing changed");
-    assert!(c.get_session(&s[0]).await.unwrap().timeline.iter().all(|e| e.message.as_deref() != Some("done!")));
+    assert!(
+        c.get_session(&s[0])
+            .await
+            .unwrap()
+            .timeline
+            .iter()
+            .all(|e| e.message.as_deref() != Some("done!"))
+    );
     ws.assert_quiet().await;
 
     // The new holder writes with its token.
@@ -145,7 +197,13 @@ async fn renew_release_get_and_errors() {
     let server = TestServer::start_with(|c| c.sweep_interval_ms = 50).await;
     let c = server.api();
     let (_, task, s) = setup(c, 2).await;
-    assert_eq!(c.raw(Method::GET, &format!("/api/tasks/{task}/claim"), None).await.unwrap().body, Value::Null);
+    assert_eq!(
+        c.raw(Method::GET, &format!("/api/tasks/{task}/claim"), None)
+            .await
+            .unwrap()
+            .body,
+        Value::Null
+    );
     let (status, lease) = claim(c, &task, &s[0], 300).await;
     assert_eq!(status, 200);
     let token = lease["fencingToken"].as_u64().unwrap();
@@ -158,26 +216,53 @@ async fn renew_release_get_and_errors() {
         assert_eq!(status, 200, "{renewed}");
         assert_eq!(renewed["fencingToken"], token);
     }
-    let current = c.raw(Method::GET, &format!("/api/tasks/{task}/claim"), None).await.unwrap().body;
+    let current = c
+        .raw(Method::GET, &format!("/api/tasks/{task}/claim"), None)
+        .await
+        .unwrap()
+        .body;
     assert_eq!(current["holder"], s[0].as_str());
     // Only the holder with the right token renews or releases.
     let (status, body) = lease_call(c, &task, "release", &s[1], token, None).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("TASK_CLAIMED")));
     let (status, body) = lease_call(c, &task, "renew", &s[0], token + 7, None).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("STALE_FENCING_TOKEN")));
-    assert_eq!(lease_call(c, &task, "release", &s[0], token, None).await.0, 200);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("STALE_FENCING_TOKEN"))
+    );
+    assert_eq!(
+        lease_call(c, &task, "release", &s[0], token, None).await.0,
+        200
+    );
     let (status, body) = lease_call(c, &task, "release", &s[0], token, None).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("LEASE_EXPIRED")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("LEASE_EXPIRED"))
+    );
     // Bad input.
     for (body, status) in [
         (json!({}), 400),
         (json!({ "sessionId": s[0], "ttlMs": 5 }), 400),
         (json!({ "sessionId": "sess_nope" }), 404),
     ] {
-        let r = c.raw(Method::POST, &format!("/api/tasks/{task}/claim"), Some(&body)).await.unwrap();
+        let r = c
+            .raw(
+                Method::POST,
+                &format!("/api/tasks/{task}/claim"),
+                Some(&body),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.status.as_u16(), status, "{body} -> {}", r.body);
     }
-    let r = c.raw(Method::POST, "/api/tasks/task_nope/claim", Some(&json!({ "sessionId": s[0] }))).await.unwrap();
+    let r = c
+        .raw(
+            Method::POST,
+            "/api/tasks/task_nope/claim",
+            Some(&json!({ "sessionId": s[0] })),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status.as_u16(), 404);
     // An expired lease is reaped by the sweep.
     let (_, short) = claim(c, &task, &s[1], 100).await;

@@ -78,7 +78,11 @@ async fn operational_endpoints() {
     );
 
     let r = api.ready().await.unwrap();
-    let backend = if common::redis::enabled() { "redis" } else { "local" };
+    let backend = if common::redis::enabled() {
+        "redis"
+    } else {
+        "local"
+    };
     assert_eq!((r.status.as_str(), r.backend.as_str()), ("ready", backend));
 
     let none = api.ws_status().await.unwrap();

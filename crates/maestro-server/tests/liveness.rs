@@ -12,7 +12,14 @@ use reqwest::Method;
 use serde_json::json;
 
 async fn session(c: &Client) -> (String, String) {
-    let p = c.create_project(&CreateProject { name: Some("p".into()), ..Default::default() }).await.unwrap().id;
+    let p = c
+        .create_project(&CreateProject {
+            name: Some("p".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
     let s = c
         .create_session(&CreateSession {
             project_id: Some(p.clone()),
@@ -28,7 +35,11 @@ async fn session(c: &Client) -> (String, String) {
 
 async fn beat(c: &Client, s: &str, progress: bool) -> (u16, serde_json::Value) {
     let r = c
-        .raw(Method::POST, &format!("/api/sessions/{s}/heartbeat"), Some(&json!({ "progress": progress })))
+        .raw(
+            Method::POST,
+            &format!("/api/sessions/{s}/heartbeat"),
+            Some(&json!({ "progress": progress })),
+        )
         .await
         .unwrap();
     (r.status.as_u16(), r.body)
@@ -62,7 +73,9 @@ async fn presence_stall_death_and_revival() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         beat(c, &s, false).await;
     }
-    let frames = ws.expect_events(&["session:stalled", "session:presence"]).await;
+    let frames = ws
+        .expect_events(&["session:stalled", "session:presence"])
+        .await;
     assert_eq!(frames[1]["data"]["stalled"], true);
     assert_eq!(c.get_session(&s).await.unwrap().status, "working");
     // Progress clears it.
@@ -72,12 +85,25 @@ async fn presence_stall_death_and_revival() {
 
     // Silence: (stalled again on the way, since stalling is quicker than dying) then failed, once.
     let mut frames = Vec::new();
-    while frames.last().is_none_or(|f: &serde_json::Value| f["event"] != "notify:session_failed") {
+    while frames
+        .last()
+        .is_none_or(|f: &serde_json::Value| f["event"] != "notify:session_failed")
+    {
         frames.push(ws.next_frame().await);
     }
     frames.push(ws.next_frame().await);
-    let names: Vec<_> = frames.iter().map(|f| f["event"].as_str().unwrap_or("")).collect();
-    assert_eq!(names[names.len() - 3..], ["session:updated", "notify:session_failed", "session:presence"]);
+    let names: Vec<_> = frames
+        .iter()
+        .map(|f| f["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names[names.len() - 3..],
+        [
+            "session:updated",
+            "notify:session_failed",
+            "session:presence"
+        ]
+    );
     let failed = &frames[frames.len() - 3];
     assert_eq!(failed["data"]["status"], "failed");
     assert_eq!(failed["data"]["failureReason"], "agent_disconnected");
@@ -88,12 +114,22 @@ async fn presence_stall_death_and_revival() {
     // The agent was only partitioned: its next beat brings the session back.
     let (status, _) = beat(c, &s, true).await;
     assert_eq!(status, 200);
-    let frames = ws.expect_events(&["session:updated", "session:presence"]).await;
+    let frames = ws
+        .expect_events(&["session:updated", "session:presence"])
+        .await;
     assert_eq!(frames[0]["data"]["status"], "working");
     assert_eq!(c.get_session(&s).await.unwrap().failure_reason, None);
 
     // A session that ended normally cannot beat.
-    c.update_session(&s, &UpdateSession { status: Some("completed".into()), ..Default::default() }).await.unwrap();
+    c.update_session(
+        &s,
+        &UpdateSession {
+            status: Some("completed".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let (status, body) = beat(c, &s, true).await;
     assert_eq!((status, body["code"].as_str()), (409, Some("CONFLICT")));
     let (status, _) = beat(c, "sess_unknown", true).await;
@@ -106,17 +142,24 @@ async fn heartbeat_over_the_legacy_websocket() {
     let (_, s) = session(server.api()).await;
     let mut ws = server.ws().await;
     ws.send_json(&json!({ "type": "heartbeat" })).await; // upstream's: ignored
-    ws.send_json(&json!({ "type": "heartbeat", "sessionId": s })).await;
+    ws.send_json(&json!({ "type": "heartbeat", "sessionId": s }))
+        .await;
     let mut replies = Vec::new();
     while replies.len() < 2 {
         let f = ws.next_frame().await;
         replies.push(f);
     }
-    let reply = replies.iter().find(|f| f["type"] == "heartbeat").expect("heartbeat reply");
+    let reply = replies
+        .iter()
+        .find(|f| f["type"] == "heartbeat")
+        .expect("heartbeat reply");
     assert_eq!(reply["ok"], true);
     assert_eq!(reply["presence"]["online"], true);
     assert!(replies.iter().any(|f| f["event"] == "session:presence"));
-    assert_eq!(server.api().get_session(&s).await.unwrap().online, Some(true));
+    assert_eq!(
+        server.api().get_session(&s).await.unwrap().online,
+        Some(true)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,11 +168,23 @@ async fn mail_to_an_ended_session_bounces() {
     let c = server.api();
     let (p, sender) = session(c).await;
     let dead = c
-        .create_session(&CreateSession { project_id: Some(p.clone()), task_ids: Some(vec![]), ..Default::default() })
+        .create_session(&CreateSession {
+            project_id: Some(p.clone()),
+            task_ids: Some(vec![]),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .id;
-    c.update_session(&dead, &UpdateSession { status: Some("failed".into()), ..Default::default() }).await.unwrap();
+    c.update_session(
+        &dead,
+        &UpdateSession {
+            status: Some("failed".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let SentMail::One(sent) = c
         .send_mail(&SendMail {
             project_id: p.clone(),

@@ -79,12 +79,20 @@ async fn every_documented_route_is_served() {
         if concrete.starts_with("/api/mail/wait") {
             continue; // a long-poll; served, see the mail tests
         }
-        let resp = server.raw(&method, &concrete, Some("application/json"), "{}").await;
-        assert_ne!(resp.status, 405, "{method} {path} is documented but not routed");
+        let resp = server
+            .raw(&method, &concrete, Some("application/json"), "{}")
+            .await;
+        assert_ne!(
+            resp.status, 405,
+            "{method} {path} is documented but not routed"
+        );
         if resp.status == 404 {
             let body = resp.json();
             assert!(
-                !body["message"].as_str().unwrap_or("").starts_with("no route"),
+                !body["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("no route"),
                 "{method} {path} is documented but not routed"
             );
         }
@@ -153,6 +161,9 @@ fn every_upstream_route_is_documented() {
         .map(|(m, p)| format!("{m} {p}"))
         .collect();
     for route in upstream {
-        assert!(documented.iter().any(|d| d == route), "{route} is not documented");
+        assert!(
+            documented.iter().any(|d| d == route),
+            "{route} is not documented"
+        );
     }
 }

@@ -59,12 +59,20 @@ async fn spawn_creates_session_manifest_and_events() {
     assert!(r.success);
     assert_eq!(r.session.status, "spawning");
     assert_eq!(r.session.name, format!("Coordinate for {}", tasks[0]));
-    assert_eq!(r.session.team_member_id.as_deref(), Some(format!("tm_{p}_coordinator").as_str()));
+    assert_eq!(
+        r.session.team_member_id.as_deref(),
+        Some(format!("tm_{p}_coordinator").as_str())
+    );
     assert_eq!(r.session.env["MAESTRO_SESSION_ID"], r.session_id);
     assert_eq!(r.session.env["MAESTRO_MODE"], "coordinate");
 
     let frames = ws
-        .expect_events(&["session:updated", "session:spawn", "task:session_added", "task:session_added"])
+        .expect_events(&[
+            "session:updated",
+            "session:spawn",
+            "task:session_added",
+            "task:session_added",
+        ])
         .await;
     let spawn = &frames[1]["data"];
     assert_eq!(spawn["command"], "maestro orchestrator init");
@@ -75,14 +83,21 @@ async fn spawn_creates_session_manifest_and_events() {
     assert_eq!(spawn["manifest"]["tasks"].as_array().unwrap().len(), 2);
 
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(&r.manifest_path).expect("manifest written")).unwrap();
+        serde_json::from_slice(&std::fs::read(&r.manifest_path).expect("manifest written"))
+            .unwrap();
     assert_eq!(manifest["manifestVersion"], "1.0");
     assert_eq!(manifest["session"]["workingDirectory"], "/work/here");
     assert_eq!(manifest["teamMemberName"], "Coordinator");
     assert_eq!(manifest, spawn["manifest"]);
 
     for t in &tasks {
-        assert!(c.get_task(t).await.unwrap().session_ids.contains(&r.session_id));
+        assert!(
+            c.get_task(t)
+                .await
+                .unwrap()
+                .session_ids
+                .contains(&r.session_id)
+        );
     }
     let stored = c.get_session(&r.session_id).await.unwrap();
     assert_eq!(stored, r.session);
@@ -96,9 +111,30 @@ async fn validation_codes_in_upstream_order() {
     let before = snapshot(c).await;
     let cases: Vec<(SpawnRequest, u16, &str)> = vec![
         (SpawnRequest::default(), 400, "missing_project_id"),
-        (SpawnRequest { task_ids: Some(vec![]), ..req(&p, &[]) }, 400, "invalid_task_ids"),
-        (SpawnRequest { spawn_source: Some("cron".into()), ..req(&p, &tasks) }, 400, "invalid_spawn_source"),
-        (SpawnRequest { spawn_source: Some("session".into()), ..req(&p, &tasks) }, 400, "missing_session_id"),
+        (
+            SpawnRequest {
+                task_ids: Some(vec![]),
+                ..req(&p, &[])
+            },
+            400,
+            "invalid_task_ids",
+        ),
+        (
+            SpawnRequest {
+                spawn_source: Some("cron".into()),
+                ..req(&p, &tasks)
+            },
+            400,
+            "invalid_spawn_source",
+        ),
+        (
+            SpawnRequest {
+                spawn_source: Some("session".into()),
+                ..req(&p, &tasks)
+            },
+            400,
+            "missing_session_id",
+        ),
         (
             SpawnRequest {
                 spawn_source: Some("session".into()),
@@ -108,7 +144,14 @@ async fn validation_codes_in_upstream_order() {
             404,
             "parent_session_not_found",
         ),
-        (SpawnRequest { mode: Some("dance".into()), ..req(&p, &tasks) }, 400, "invalid_mode"),
+        (
+            SpawnRequest {
+                mode: Some("dance".into()),
+                ..req(&p, &tasks)
+            },
+            400,
+            "invalid_mode",
+        ),
         (req(&p, &["task_nope".into()]), 404, "task_not_found"),
         (req("proj_nope", &tasks), 404, "project_not_found"),
     ];
@@ -119,7 +162,13 @@ async fn validation_codes_in_upstream_order() {
         }
     }
     assert_eq!(snapshot(c).await, before, "failed spawns changed nothing");
-    assert!(!server.dir().join("sessions").exists() || std::fs::read_dir(server.dir().join("sessions")).unwrap().next().is_none());
+    assert!(
+        !server.dir().join("sessions").exists()
+            || std::fs::read_dir(server.dir().join("sessions"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +197,10 @@ async fn child_spawn_records_parent() {
         .await
         .unwrap();
     assert_eq!(r.session.name, "helper");
-    assert_eq!(r.session.metadata.as_ref().unwrap()["spawnedBy"], parent.id.as_str());
+    assert_eq!(
+        r.session.metadata.as_ref().unwrap()["spawnedBy"],
+        parent.id.as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +215,9 @@ async fn idempotency_key_yields_one_session() {
     let mut joins = Vec::new();
     for _ in 0..8 {
         let (c, r) = (server.client(), req(&p, &tasks));
-        joins.push(tokio::spawn(async move { c.spawn(&r, Some("burst")).await.unwrap().session_id }));
+        joins.push(tokio::spawn(async move {
+            c.spawn(&r, Some("burst")).await.unwrap().session_id
+        }));
     }
     let mut ids = Vec::new();
     for j in joins {
@@ -174,7 +228,9 @@ async fn idempotency_key_yields_one_session() {
     let sessions = c.list_sessions(&Default::default()).await.unwrap();
     assert_eq!(sessions.len(), 2, "one session per key");
     // Only the two winners' manifests remain.
-    let dirs = std::fs::read_dir(server.dir().join("sessions")).unwrap().count();
+    let dirs = std::fs::read_dir(server.dir().join("sessions"))
+        .unwrap()
+        .count();
     assert_eq!(dirs, 2);
 }
 
@@ -187,9 +243,18 @@ async fn manifest_failure_leaves_no_session() {
     let c = server.api();
     let (p, tasks) = setup(c).await;
     let before = snapshot(c).await;
-    api_err(c.spawn(&req(&p, &tasks), Some("k")).await, 500, "manifest_generation_failed");
+    api_err(
+        c.spawn(&req(&p, &tasks), Some("k")).await,
+        500,
+        "manifest_generation_failed",
+    );
     assert_eq!(snapshot(c).await, before);
-    assert!(c.list_sessions(&Default::default()).await.unwrap().is_empty());
+    assert!(
+        c.list_sessions(&Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,9 +264,21 @@ async fn no_provider_keys_in_session_or_event() {
     let (p, tasks) = setup(c).await;
     let mut ws = server.ws().await;
     let r = c.spawn(&req(&p, &tasks), None).await.unwrap();
-    let frames = ws.expect_events(&["session:updated", "session:spawn"]).await;
-    let all = format!("{} {} {:?}", serde_json::to_string(&frames).unwrap(), serde_json::to_string(&r.session).unwrap(), r.session.env);
-    for key in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"] {
+    let frames = ws
+        .expect_events(&["session:updated", "session:spawn"])
+        .await;
+    let all = format!(
+        "{} {} {:?}",
+        serde_json::to_string(&frames).unwrap(),
+        serde_json::to_string(&r.session).unwrap(),
+        r.session.env
+    );
+    for key in [
+        "ANTHROPIC_API_KEY",
+        "OPENAI_API_KEY",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+    ] {
         assert!(!all.contains(key), "{key} leaked");
     }
 }

@@ -810,6 +810,7 @@ async fn task_timeline() {
                 message: Some("halfway".into()),
                 session_id: Some(s.id.clone()),
                 kind: None,
+                fencing_token: None,
             },
         )
         .await
@@ -847,6 +848,7 @@ async fn task_timeline() {
                 message: Some("status changed".into()),
                 session_id: Some(s.id.clone()),
                 kind: Some("task_status_changed".into()),
+                fencing_token: None,
             },
         )
         .await
@@ -859,6 +861,7 @@ async fn task_timeline() {
             message: Some("help".into()),
             session_id: Some(s.id.clone()),
             kind: Some("needs_input".into()),
+            fencing_token: None,
         },
     )
     .await
@@ -877,6 +880,7 @@ async fn task_timeline() {
         message: m.map(Into::into),
         session_id: s.map(Into::into),
         kind: None,
+        fencing_token: None,
     };
     api_err(
         api.task_timeline(&t.id, &req(None, Some(&s.id))).await,

@@ -21,10 +21,22 @@ async fn defaults_custom_and_lifecycle() {
 
     let list = c.list_team_members(&p).await.unwrap();
     let ids: Vec<_> = list.iter().map(|m| m.id.clone()).collect();
-    let kinds = ["simple_worker", "coordinator", "batch_coordinator", "dag_coordinator", "recruiter"];
+    let kinds = [
+        "simple_worker",
+        "coordinator",
+        "batch_coordinator",
+        "dag_coordinator",
+        "recruiter",
+    ];
     assert_eq!(ids, kinds.map(|k| format!("tm_{p}_{k}")));
-    assert!(list.iter().all(|m| m.is_default && m.status == "active" && !m.identity.is_empty()));
-    assert_eq!(list[4].workflow_template_id.as_deref(), Some("execute-recruit"));
+    assert!(
+        list.iter()
+            .all(|m| m.is_default && m.status == "active" && !m.identity.is_empty())
+    );
+    assert_eq!(
+        list[4].workflow_template_id.as_deref(),
+        Some("execute-recruit")
+    );
     assert!(list[0].created_at.ends_with('Z'));
     // Stable across reads (upstream reported "now").
     assert_eq!(c.list_team_members(&p).await.unwrap(), list);
@@ -48,7 +60,11 @@ async fn defaults_custom_and_lifecycle() {
     assert_eq!(c.list_team_members(&p).await.unwrap().len(), 6);
 
     // Delete needs archive first; archive and unarchive work.
-    api_err(c.delete_team_member(&m.id, &p).await, 422, "BUSINESS_RULE_ERROR");
+    api_err(
+        c.delete_team_member(&m.id, &p).await,
+        422,
+        "BUSINESS_RULE_ERROR",
+    );
     let a = c.team_member_action(&m.id, "archive", &p).await.unwrap();
     assert_eq!(a.status, "archived");
     let again = c.team_member_action(&m.id, "archive", &p).await.unwrap();
@@ -56,7 +72,12 @@ async fn defaults_custom_and_lifecycle() {
     let u = c.team_member_action(&m.id, "unarchive", &p).await.unwrap();
     assert_eq!(u.status, "active");
     c.team_member_action(&m.id, "archive", &p).await.unwrap();
-    ws.expect_events(&["team_member:archived", "team_member:updated", "team_member:archived"]).await;
+    ws.expect_events(&[
+        "team_member:archived",
+        "team_member:updated",
+        "team_member:archived",
+    ])
+    .await;
     c.delete_team_member(&m.id, &p).await.unwrap();
     ws.expect_events(&["team_member:deleted"]).await;
     api_err(c.get_team_member(&m.id, &p).await, 404, "NOT_FOUND");
@@ -76,9 +97,20 @@ async fn defaults_custom_and_lifecycle() {
         .unwrap();
     assert_eq!(edited.model.as_deref(), Some("opus"));
     assert!(edited.is_default);
-    assert_eq!(c.get_team_member(&worker, &p).await.unwrap().model.as_deref(), Some("opus"));
+    assert_eq!(
+        c.get_team_member(&worker, &p)
+            .await
+            .unwrap()
+            .model
+            .as_deref(),
+        Some("opus")
+    );
     ws.expect_events(&["team_member:updated"]).await;
-    api_err(c.team_member_action(&worker, "archive", &p).await, 403, "FORBIDDEN");
+    api_err(
+        c.team_member_action(&worker, "archive", &p).await,
+        403,
+        "FORBIDDEN",
+    );
     api_err(c.delete_team_member(&worker, &p).await, 403, "FORBIDDEN");
     let reset = c.team_member_action(&worker, "reset", &p).await.unwrap();
     assert_eq!(reset.model.as_deref(), Some("sonnet"));
@@ -95,7 +127,11 @@ async fn defaults_custom_and_lifecycle() {
         })
         .await
         .unwrap();
-    api_err(c.team_member_action(&custom.id, "reset", &p).await, 404, "NOT_FOUND");
+    api_err(
+        c.team_member_action(&custom.id, "reset", &p).await,
+        404,
+        "NOT_FOUND",
+    );
     api_err(
         c.create_team_member(&CreateTeamMember {
             project_id: Some(p.clone()),
@@ -122,7 +158,13 @@ async fn defaults_custom_and_lifecycle() {
         "VALIDATION_ERROR",
     );
     api_err(c.list_team_members("proj_nope").await, 404, "NOT_FOUND");
-    let missing = server.raw("GET", "/api/team-members", None, Vec::new()).await;
+    let missing = server
+        .raw("GET", "/api/team-members", None, Vec::new())
+        .await;
     assert_eq!(missing.status, 400);
-    api_err(c.get_team_member("tm_../x", &p).await, 400, "VALIDATION_ERROR");
+    api_err(
+        c.get_team_member("tm_../x", &p).await,
+        400,
+        "VALIDATION_ERROR",
+    );
 }

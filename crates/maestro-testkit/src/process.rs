@@ -31,18 +31,22 @@ impl MaestroProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn maestro");
+        // Owned from the start, so a failed start kills and reaps the process (Drop).
+        let mut this = Self {
+            child: cmd.spawn().expect("spawn maestro"),
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "maestro did not start");
             if let Ok(url) = std::fs::read_to_string(&url_file) {
-                let addr = url.trim_start_matches("http://").replace("localhost", "127.0.0.1");
+                let addr = url
+                    .trim_start_matches("http://")
+                    .replace("localhost", "127.0.0.1");
                 if std::net::TcpStream::connect(&addr).is_ok() {
-                    return Self {
-                        child,
-                        url,
-                        data_dir: data_dir.to_path_buf(),
-                    };
+                    this.url = url;
+                    return this;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -22,7 +22,8 @@ pub fn enabled() -> bool {
 
 pub struct RedisServer {
     dir: PathBuf,
-    child: Mutex<Option<Child>>,
+    /// The server and its watchdog.
+    child: Mutex<Option<(Child, Child)>>,
 }
 
 impl RedisServer {
@@ -56,7 +57,14 @@ impl RedisServer {
             .arg(self.socket())
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(&self.dir)
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
             .args(["--logfile", "redis.log"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -68,7 +76,7 @@ impl RedisServer {
             parent = std::process::id(),
             child = child.id()
         );
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,14 +91,16 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        *slot = Some(child);
+        *slot = Some((child, watchdog));
     }
 
     /// SIGKILLs the process.
     pub fn kill(&self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
+        if let Some((mut child, mut watchdog)) = self.child.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
         }
     }
 }

@@ -98,8 +98,12 @@ async fn acknowledged_writes_survive_sigkill() {
     let dead = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (client, acked, ack_count, dead) =
-            (client.clone(), acked.clone(), ack_count.clone(), dead.clone());
+        let (client, acked, ack_count, dead) = (
+            client.clone(),
+            acked.clone(),
+            ack_count.clone(),
+            dead.clone(),
+        );
         let project_id = project.id.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..10_000 {
@@ -148,7 +152,10 @@ async fn acknowledged_writes_survive_sigkill() {
         .expect("every stored task decodes");
     let stored: std::collections::HashSet<_> = tasks.iter().map(|t| t.id.as_str()).collect();
     for id in &acked {
-        assert!(stored.contains(id.as_str()), "acknowledged task {id} was lost");
+        assert!(
+            stored.contains(id.as_str()),
+            "acknowledged task {id} was lost"
+        );
     }
     assert!(tasks.len() >= acked.len());
     // Nothing half-written: every task is complete.

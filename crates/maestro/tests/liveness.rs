@@ -15,7 +15,11 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 const TTL: &str = "1000";
-const FAST: [(&str, &str); 3] = [("HEARTBEAT_TTL_MS", TTL), ("HEARTBEAT_GRACE_MS", "200"), ("SWEEP_INTERVAL_MS", "50")];
+const FAST: [(&str, &str); 3] = [
+    ("HEARTBEAT_TTL_MS", TTL),
+    ("HEARTBEAT_GRACE_MS", "200"),
+    ("SWEEP_INTERVAL_MS", "50"),
+];
 
 fn serve(dir: &Path, extra: &[(&str, &str)]) -> MaestroProcess {
     let mut env: Vec<(&str, &str)> = FAST.to_vec();
@@ -55,8 +59,23 @@ impl Drop for Agent {
 
 /// A project with a task and a working session that reports on it.
 async fn working_session(c: &Client) -> (String, String, String) {
-    let p = c.create_project(&CreateProject { name: Some("live".into()), ..Default::default() }).await.unwrap().id;
-    let t = c.create_task(&CreateTask { project_id: Some(p.clone()), title: Some("t".into()), ..Default::default() }).await.unwrap().id;
+    let p = c
+        .create_project(&CreateProject {
+            name: Some("live".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let t = c
+        .create_task(&CreateTask {
+            project_id: Some(p.clone()),
+            title: Some("t".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
     let s = c
         .create_session(&CreateSession {
             project_id: Some(p.clone()),
@@ -67,12 +86,15 @@ async fn working_session(c: &Client) -> (String, String, String) {
         .await
         .unwrap()
         .id;
-    c.update_task(&t, &UpdateTask {
-        update_source: Some("session".into()),
-        session_id: Some(s.clone()),
-        session_status: Some("working".into()),
-        ..Default::default()
-    })
+    c.update_task(
+        &t,
+        &UpdateTask {
+            update_source: Some("session".into()),
+            session_id: Some(s.clone()),
+            session_status: Some("working".into()),
+            ..Default::default()
+        },
+    )
     .await
     .unwrap();
     (p, t, s)
@@ -86,14 +108,21 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() ->
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Every event frame until a pong.
 async fn drain(ws: &mut Ws) -> Vec<Value> {
-    ws.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
+    ws.send(Message::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .unwrap();
     let mut out = Vec::new();
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("pong").unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("pong")
+            .unwrap()
+            .unwrap();
         let Message::Text(t) = msg else { continue };
         let v: Value = serde_json::from_str(&t).unwrap();
         if v["type"] == "pong" {
@@ -109,18 +138,34 @@ fn count(frames: &[Value], event: &str) -> usize {
 
 async fn assert_failed_once(clients: &[&Client], wss: &mut [Ws], s: &str, t: &str) {
     let c = clients[0];
-    wait_until("session failed", Duration::from_secs(10), async || c.get_session(s).await.unwrap().status == "failed").await;
+    wait_until("session failed", Duration::from_secs(10), async || {
+        c.get_session(s).await.unwrap().status == "failed"
+    })
+    .await;
     let session = c.get_session(s).await.unwrap();
-    assert_eq!(session.failure_reason.as_deref(), Some("agent_disconnected"));
+    assert_eq!(
+        session.failure_reason.as_deref(),
+        Some("agent_disconnected")
+    );
     assert_eq!(session.online, Some(false));
-    assert_eq!(c.get_task(t).await.unwrap().task_session_statuses[s], "failed");
+    assert_eq!(
+        c.get_task(t).await.unwrap().task_session_statuses[s],
+        "failed"
+    );
     // Give any duplicate a chance to show up, then count on every instance.
     tokio::time::sleep(Duration::from_millis(600)).await;
     for ws in wss.iter_mut() {
         let frames = drain(ws).await;
-        assert_eq!(count(&frames, "notify:session_failed"), 1, "exactly one notify:session_failed");
+        assert_eq!(
+            count(&frames, "notify:session_failed"),
+            1,
+            "exactly one notify:session_failed"
+        );
         assert_eq!(count(&frames, "task:claim_released"), 1);
-        let failed = frames.iter().find(|f| f["event"] == "notify:session_failed").unwrap();
+        let failed = frames
+            .iter()
+            .find(|f| f["event"] == "notify:session_failed")
+            .unwrap();
         assert_eq!(failed["data"]["reason"], "agent_disconnected");
     }
 }
@@ -132,9 +177,21 @@ async fn killed_agent_is_noticed_once_local() {
     let c = Client::new(server.url()).unwrap();
     let (_, t, s) = working_session(&c).await;
     let mut agent = Agent::start(server.url(), &s);
-    wait_until("agent online", Duration::from_secs(10), async || c.get_session(&s).await.unwrap().online == Some(true)).await;
-    c.raw(reqwest::Method::POST, &format!("/api/tasks/{t}/claim"), Some(&json!({"sessionId": s}))).await.unwrap();
-    let mut ws = tokio_tungstenite::connect_async(server.ws_url()).await.unwrap().0;
+    wait_until("agent online", Duration::from_secs(10), async || {
+        c.get_session(&s).await.unwrap().online == Some(true)
+    })
+    .await;
+    c.raw(
+        reqwest::Method::POST,
+        &format!("/api/tasks/{t}/claim"),
+        Some(&json!({"sessionId": s})),
+    )
+    .await
+    .unwrap();
+    let mut ws = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap()
+        .0;
     // Alive for a few TTLs: nothing happens.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(c.get_session(&s).await.unwrap().status, "working");
@@ -152,11 +209,26 @@ async fn killed_agent_is_noticed_once_across_two_redis_instances() {
     let (ca, cb) = (Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap());
     let (_, t, s) = working_session(&ca).await;
     let mut agent = Agent::start(a.url(), &s);
-    wait_until("agent online", Duration::from_secs(10), async || cb.get_session(&s).await.unwrap().online == Some(true)).await;
-    ca.raw(reqwest::Method::POST, &format!("/api/tasks/{t}/claim"), Some(&json!({"sessionId": s}))).await.unwrap();
+    wait_until("agent online", Duration::from_secs(10), async || {
+        cb.get_session(&s).await.unwrap().online == Some(true)
+    })
+    .await;
+    ca.raw(
+        reqwest::Method::POST,
+        &format!("/api/tasks/{t}/claim"),
+        Some(&json!({"sessionId": s})),
+    )
+    .await
+    .unwrap();
     let mut wss = vec![
-        tokio_tungstenite::connect_async(a.ws_url()).await.unwrap().0,
-        tokio_tungstenite::connect_async(b.ws_url()).await.unwrap().0,
+        tokio_tungstenite::connect_async(a.ws_url())
+            .await
+            .unwrap()
+            .0,
+        tokio_tungstenite::connect_async(b.ws_url())
+            .await
+            .unwrap()
+            .0,
     ];
     agent.kill();
     assert_failed_once(&[&cb, &ca], &mut wss, &s, &t).await;
@@ -171,11 +243,17 @@ async fn live_agent_survives_redis_restart() {
     let c = Client::new(server.url()).unwrap();
     let (_, _, s) = working_session(&c).await;
     let _agent = Agent::start(server.url(), &s);
-    wait_until("agent online", Duration::from_secs(10), async || c.get_session(&s).await.unwrap().online == Some(true)).await;
+    wait_until("agent online", Duration::from_secs(10), async || {
+        c.get_session(&s).await.unwrap().online == Some(true)
+    })
+    .await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(2500)).await; // well past TTL + grace
     redis.restart();
-    wait_until("Redis back", Duration::from_secs(10), async || c.ready().await.is_ok()).await;
+    wait_until("Redis back", Duration::from_secs(10), async || {
+        c.ready().await.is_ok()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let session = c.get_session(&s).await.unwrap();
     assert_eq!(session.status, "working", "a live agent was declared dead");
@@ -190,12 +268,18 @@ async fn live_agent_survives_server_restart() {
     let c = Client::new(server.url()).unwrap();
     let (_, _, s) = working_session(&c).await;
     let _agent = Agent::start(server.url(), &s);
-    wait_until("agent online", Duration::from_secs(10), async || c.get_session(&s).await.unwrap().online == Some(true)).await;
+    wait_until("agent online", Duration::from_secs(10), async || {
+        c.get_session(&s).await.unwrap().online == Some(true)
+    })
+    .await;
     server.kill();
     tokio::time::sleep(Duration::from_millis(2500)).await; // the agent's beats fail meanwhile
     let _server = serve(&dir.path().join("a"), &[("PORT", &port)]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let session = c.get_session(&s).await.unwrap();
-    assert_eq!(session.status, "working", "a live agent was declared dead after a restart");
+    assert_eq!(
+        session.status, "working",
+        "a live agent was declared dead after a restart"
+    );
     assert_eq!(session.online, Some(true));
 }

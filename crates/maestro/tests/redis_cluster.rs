@@ -30,7 +30,10 @@ fn instance(dir: &Path, name: &str, redis: &RedisServer) -> MaestroProcess {
 }
 
 async fn ws(p: &MaestroProcess) -> Ws {
-    tokio_tungstenite::connect_async(p.ws_url()).await.unwrap().0
+    tokio_tungstenite::connect_async(p.ws_url())
+        .await
+        .unwrap()
+        .0
 }
 
 async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
@@ -46,7 +49,9 @@ async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
 
 /// Reads frames until a `pong`; returns the event frames before it.
 async fn drain(ws: &mut Ws) -> Vec<Value> {
-    ws.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.unwrap();
+    ws.send(Message::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .unwrap();
     let mut frames = Vec::new();
     loop {
         let f = next_json(ws, Duration::from_secs(10)).await.expect("pong");
@@ -76,7 +81,11 @@ async fn three_instances_share_state_and_events() {
         instance(dir.path(), "b", &redis),
         instance(dir.path(), "c", &redis),
     );
-    let (ca, cb, cc) = (Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap(), Client::new(c.url()).unwrap());
+    let (ca, cb, cc) = (
+        Client::new(a.url()).unwrap(),
+        Client::new(b.url()).unwrap(),
+        Client::new(c.url()).unwrap(),
+    );
     let mut ws_c = ws(&c).await;
 
     let p = project(&ca).await;
@@ -90,7 +99,10 @@ async fn three_instances_share_state_and_events() {
         .unwrap();
     for client in [&cb, &cc] {
         let tasks = client
-            .list_tasks(&TaskQuery { project_id: Some(p.clone()), ..Default::default() })
+            .list_tasks(&TaskQuery {
+                project_id: Some(p.clone()),
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert_eq!(tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), [&task.id]);
@@ -98,7 +110,10 @@ async fn three_instances_share_state_and_events() {
 
     // C's WebSocket got A's events exactly once, in order.
     let frames = drain(&mut ws_c).await;
-    let names: Vec<_> = frames.iter().map(|f| f["event"].as_str().unwrap()).collect();
+    let names: Vec<_> = frames
+        .iter()
+        .map(|f| f["event"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["project:created", "task:created"]);
     assert_eq!(frames[1]["seq"], 1);
     assert_eq!(frames[1]["data"]["id"], task.id.as_str());
@@ -115,7 +130,11 @@ async fn three_instances_share_state_and_events() {
     let waiter = {
         let (cb, p, sid) = (cb.clone(), p.clone(), s.id.clone());
         tokio::spawn(async move {
-            cb.wait_mail(&sid, &[("projectId", &p), ("timeout", "20000"), ("ack", "true")]).await
+            cb.wait_mail(
+                &sid,
+                &[("projectId", &p), ("timeout", "20000"), ("ack", "true")],
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await; // let it park on B
@@ -129,13 +148,21 @@ async fn three_instances_share_state_and_events() {
     })
     .await
     .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("woken").unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken")
+        .unwrap()
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].subject, "from A");
 
     // And C saw everything once, gap-free.
     let frames = drain(&mut ws_c).await;
-    let seqs: Vec<u64> = frames.iter().filter(|f| f["projectId"] == p.as_str()).map(|f| f["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["projectId"] == p.as_str())
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, (2..2 + seqs.len() as u64).collect::<Vec<_>>());
 }
 
@@ -143,11 +170,18 @@ async fn three_instances_share_state_and_events() {
 async fn two_instances_contend_without_losing_updates() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let (a, b) = (instance(dir.path(), "a", &redis), instance(dir.path(), "b", &redis));
+    let (a, b) = (
+        instance(dir.path(), "a", &redis),
+        instance(dir.path(), "b", &redis),
+    );
     let (ca, cb) = (Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap());
     let p = project(&ca).await;
     let task = ca
-        .create_task(&CreateTask { project_id: Some(p.clone()), title: Some("hot".into()), ..Default::default() })
+        .create_task(&CreateTask {
+            project_id: Some(p.clone()),
+            title: Some("hot".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut sessions = Vec::new();
@@ -169,24 +203,35 @@ async fn two_instances_contend_without_losing_updates() {
     let statuses = ["working", "blocked", "completed"];
     let mut joins = Vec::new();
     for (i, client) in [ca.clone(), cb.clone()].into_iter().enumerate() {
-        let (task_id, me, shared, p) = (task.id.clone(), sessions[i].clone(), sessions[0].clone(), p.clone());
+        let (task_id, me, shared, p) = (
+            task.id.clone(),
+            sessions[i].clone(),
+            sessions[0].clone(),
+            p.clone(),
+        );
         joins.push(tokio::spawn(async move {
             for r in 0..ROUNDS {
                 client
-                    .update_task(&task_id, &UpdateTask {
-                        update_source: Some("session".into()),
-                        session_id: Some(me.clone()),
-                        session_status: Some(statuses[r % 3].into()),
-                        ..Default::default()
-                    })
+                    .update_task(
+                        &task_id,
+                        &UpdateTask {
+                            update_source: Some("session".into()),
+                            session_id: Some(me.clone()),
+                            session_status: Some(statuses[r % 3].into()),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .unwrap();
                 client
-                    .append_timeline(&shared, &AppendTimeline {
-                        message: Some(format!("{me} {r}")),
-                        kind: Some("milestone".into()),
-                        ..Default::default()
-                    })
+                    .append_timeline(
+                        &shared,
+                        &AppendTimeline {
+                            message: Some(format!("{me} {r}")),
+                            kind: Some("milestone".into()),
+                            ..Default::default()
+                        },
+                    )
                     .await
                     .unwrap();
             }
@@ -201,16 +246,29 @@ async fn two_instances_contend_without_losing_updates() {
     assert_eq!(t.task_session_statuses[&sessions[0]], last);
     assert_eq!(t.task_session_statuses[&sessions[1]], last);
     let s = cb.get_session(&sessions[0]).await.unwrap();
-    let entries: HashSet<_> = s.timeline.iter().filter(|e| e.kind == "milestone").filter_map(|e| e.message.clone()).collect();
+    let entries: HashSet<_> = s
+        .timeline
+        .iter()
+        .filter(|e| e.kind == "milestone")
+        .filter_map(|e| e.message.clone())
+        .collect();
     assert_eq!(entries.len(), 2 * ROUNDS, "timeline appends lost");
 
     // Both instances delivered the same gap-free sequence.
     for ws in [&mut ws_a, &mut ws_b] {
         let frames = drain(ws).await;
-        let seqs: Vec<u64> = frames.iter().filter(|f| f["projectId"] == p.as_str()).map(|f| f["seq"].as_u64().unwrap()).collect();
+        let seqs: Vec<u64> = frames
+            .iter()
+            .filter(|f| f["projectId"] == p.as_str())
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect();
         assert!(!seqs.is_empty());
         let first = seqs[0];
-        assert_eq!(seqs, (first..first + seqs.len() as u64).collect::<Vec<_>>(), "gap or duplicate");
+        assert_eq!(
+            seqs,
+            (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+            "gap or duplicate"
+        );
     }
 }
 
@@ -218,7 +276,10 @@ async fn two_instances_contend_without_losing_updates() {
 async fn redis_restart_during_writes() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let (a, b) = (instance(dir.path(), "a", &redis), instance(dir.path(), "b", &redis));
+    let (a, b) = (
+        instance(dir.path(), "a", &redis),
+        instance(dir.path(), "b", &redis),
+    );
     let (ca, cb) = (Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap());
     let p = project(&ca).await;
     let mut ws_b = ws(&b).await;
@@ -227,13 +288,20 @@ async fn redis_restart_during_writes() {
     let statuses = Arc::new(tokio::sync::Mutex::new(Vec::<u16>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
-    for (w, client) in [ca.clone(), cb.clone(), ca.clone(), cb.clone()].into_iter().enumerate() {
+    for (w, client) in [ca.clone(), cb.clone(), ca.clone(), cb.clone()]
+        .into_iter()
+        .enumerate()
+    {
         let (acked, statuses, stop, p) = (acked.clone(), statuses.clone(), stop.clone(), p.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 i += 1;
-                let req = CreateTask { project_id: Some(p.clone()), title: Some(format!("w{w} {i}")), ..Default::default() };
+                let req = CreateTask {
+                    project_id: Some(p.clone()),
+                    title: Some(format!("w{w} {i}")),
+                    ..Default::default()
+                };
                 let started = Instant::now();
                 let r = tokio::time::timeout(Duration::from_secs(10), client.create_task(&req))
                     .await
@@ -278,10 +346,19 @@ async fn redis_restart_during_writes() {
 
     let failures = statuses.lock().await.clone();
     assert!(!failures.is_empty(), "the outage was not noticed");
-    assert!(failures.iter().all(|s| *s == 503), "failed writes must be 503: {failures:?}");
+    assert!(
+        failures.iter().all(|s| *s == 503),
+        "failed writes must be 503: {failures:?}"
+    );
     let acked = acked.lock().await.clone();
     for client in [&ca, &cb] {
-        let tasks = client.list_tasks(&TaskQuery { project_id: Some(p.clone()), ..Default::default() }).await.unwrap();
+        let tasks = client
+            .list_tasks(&TaskQuery {
+                project_id: Some(p.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let ids: HashSet<_> = tasks.iter().map(|t| t.id.clone()).collect();
         for id in &acked {
             assert!(ids.contains(id), "acknowledged task {id} lost");
@@ -289,13 +366,19 @@ async fn redis_restart_during_writes() {
     }
     // Delivery resumed on B for writes made through A, with no gap.
     let t = ca
-        .create_task(&CreateTask { project_id: Some(p.clone()), title: Some("after".into()), ..Default::default() })
+        .create_task(&CreateTask {
+            project_id: Some(p.clone()),
+            title: Some("after".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     // B's subscriber may still be reconnecting (back-off of at most 2 s): wait for the event.
     let mut frames = Vec::new();
     loop {
-        let f = next_json(&mut ws_b, Duration::from_secs(10)).await.expect("B did not get A's event");
+        let f = next_json(&mut ws_b, Duration::from_secs(10))
+            .await
+            .expect("B did not get A's event");
         let done = f["data"]["id"] == t.id.as_str();
         frames.push(f);
         if done {
@@ -303,8 +386,16 @@ async fn redis_restart_during_writes() {
         }
     }
     frames.extend(drain(&mut ws_b).await);
-    let seqs: Vec<u64> = frames.iter().filter(|f| f["projectId"] == p.as_str()).map(|f| f["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "B's sequence has a gap");
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["projectId"] == p.as_str())
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "B's sequence has a gap"
+    );
 }
 
 /// 50 claimants spread over two instances race for one task, 100 times: one winner a round.
@@ -312,11 +403,18 @@ async fn redis_restart_during_writes() {
 async fn claims_have_one_winner_across_instances() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let (a, b) = (instance(dir.path(), "a", &redis), instance(dir.path(), "b", &redis));
+    let (a, b) = (
+        instance(dir.path(), "a", &redis),
+        instance(dir.path(), "b", &redis),
+    );
     let clients = [Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap()];
     let p = project(&clients[0]).await;
     let task = clients[0]
-        .create_task(&CreateTask { project_id: Some(p.clone()), title: Some("prize".into()), ..Default::default() })
+        .create_task(&CreateTask {
+            project_id: Some(p.clone()),
+            title: Some("prize".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .id;
@@ -324,7 +422,11 @@ async fn claims_have_one_winner_across_instances() {
     for _ in 0..50 {
         sessions.push(
             clients[0]
-                .create_session(&CreateSession { project_id: Some(p.clone()), task_ids: Some(vec![]), ..Default::default() })
+                .create_session(&CreateSession {
+                    project_id: Some(p.clone()),
+                    task_ids: Some(vec![]),
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .id,
@@ -336,7 +438,11 @@ async fn claims_have_one_winner_across_instances() {
             let (c, task, s) = (clients[i % 2].clone(), task.clone(), s.clone());
             joins.push(tokio::spawn(async move {
                 let r = c
-                    .raw(reqwest::Method::POST, &format!("/api/tasks/{task}/claim"), Some(&json!({ "sessionId": s })))
+                    .raw(
+                        reqwest::Method::POST,
+                        &format!("/api/tasks/{task}/claim"),
+                        Some(&json!({ "sessionId": s })),
+                    )
                     .await
                     .unwrap();
                 (s, r.status.as_u16(), r.body)

@@ -27,8 +27,8 @@ use redb::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::error::{Error, Result};
 use super::overlay::{Base, Changes, Overlay, Write};
+use crate::error::{Error, Result};
 use crate::ports::{Collection, Reader, Replay, Store, TxnBody};
 use crate::util::now_ms;
 
@@ -300,7 +300,10 @@ impl Base for &mut Tables<'_> {
         let name = coll.name();
         let owner = owner.unwrap_or("");
         let mut out = Vec::new();
-        for entry in self.index.range((name, owner, 0)..=(name, owner, u64::MAX))? {
+        for entry in self
+            .index
+            .range((name, owner, 0)..=(name, owner, u64::MAX))?
+        {
             let (_, id) = entry?;
             let id = id.value().to_owned();
             if let Some(v) = self.entities.get((name, id.as_str()))? {
@@ -331,9 +334,15 @@ impl Base for &mut Tables<'_> {
 }
 
 /// Writes a transaction's changes into the redb transaction and journals its events.
-fn apply(tables: &mut Tables<'_>, changes: Changes, journal_capacity: u64) -> Result<Vec<EventRecord>> {
+fn apply(
+    tables: &mut Tables<'_>,
+    changes: Changes,
+    journal_capacity: u64,
+) -> Result<Vec<EventRecord>> {
     for (name, value) in changes.counters {
-        tables.counters.insert(format!("user:{name}").as_str(), value)?;
+        tables
+            .counters
+            .insert(format!("user:{name}").as_str(), value)?;
     }
     for (coll, id, write) in changes.writes {
         let (coll, id) = (coll.name(), id.as_str());
@@ -401,7 +410,9 @@ struct LocalReader {
 impl Reader for LocalReader {
     fn head_seq(&mut self, scope: &str) -> Result<u64> {
         let counters = self.rtx.open_table(COUNTERS)?;
-        Ok(counters.get(seq_key(scope).as_str())?.map_or(0, |v| v.value()))
+        Ok(counters
+            .get(seq_key(scope).as_str())?
+            .map_or(0, |v| v.value()))
     }
 
     fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {

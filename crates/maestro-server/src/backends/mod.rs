@@ -3,5 +3,5 @@
 //! - [`local`]: the default; one redb file in `DATA_DIR`, in-process event bus.
 
 pub mod local;
-pub mod redis;
 mod overlay;
+pub mod redis;

@@ -25,7 +25,10 @@ pub(crate) trait Base {
 /// One buffered write.
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
-    Put { owner: Option<String>, value: Vec<u8> },
+    Put {
+        owner: Option<String>,
+        value: Vec<u8>,
+    },
     Delete,
 }
 
@@ -106,7 +109,8 @@ impl<B: Base> Reader for Overlay<B> {
             }
         }
         // Entities this transaction created, in the order it created them.
-        let created: Vec<(Collection, String)> = self.order.iter().filter(|k| k.0 == coll).cloned().collect();
+        let created: Vec<(Collection, String)> =
+            self.order.iter().filter(|k| k.0 == coll).cloned().collect();
         for key in created {
             let Some(Write::Put { owner: o, value }) = self.writes.get(&key) else {
                 continue;

@@ -200,7 +200,9 @@ enum Offer {
     Delivered,
     Duplicate,
     /// Events after `after` are missing before this one.
-    Gap { after: u64 },
+    Gap {
+        after: u64,
+    },
 }
 
 impl Sequencer {
@@ -287,7 +289,9 @@ impl RedisStore {
                 healthy.store(true, Ordering::Relaxed);
                 pool.put(conn);
             }
-            Err(e) => tracing::warn!(error = %e, "Redis is not reachable yet; serving degraded until it is"),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis is not reachable yet; serving degraded until it is")
+            }
         }
         let stop = CancellationToken::new();
         tokio::spawn(subscriber(
@@ -338,7 +342,8 @@ impl Inner {
                 }
             };
             let (_, changes) = overlay.into_changes();
-            if changes.writes.is_empty() && changes.events.is_empty() && changes.counters.is_empty() {
+            if changes.writes.is_empty() && changes.events.is_empty() && changes.counters.is_empty()
+            {
                 redis::cmd("UNWATCH").exec(conn).map_err(io_error)?;
                 return Ok(value);
             }
@@ -401,10 +406,18 @@ fn warn_about_persistence(conn: &mut Connection) {
     let aof = get(conn, "appendonly");
     let fsync = get(conn, "appendfsync");
     match (aof.as_deref(), fsync.as_deref()) {
-        (Some("yes"), Some("always")) => tracing::info!("Redis persistence: AOF with appendfsync always"),
-        (Some("yes"), f) => tracing::warn!(appendfsync = ?f, "Redis AOF is on but not fsynced on every write: the last second of acknowledged writes can be lost if Redis crashes"),
-        (Some(_), _) => tracing::warn!("Redis has appendonly off: acknowledged writes can be lost if Redis restarts (set appendonly yes, appendfsync always)"),
-        (None, _) => tracing::warn!("cannot read Redis persistence settings (CONFIG GET refused); make sure AOF is on"),
+        (Some("yes"), Some("always")) => {
+            tracing::info!("Redis persistence: AOF with appendfsync always")
+        }
+        (Some("yes"), f) => {
+            tracing::warn!(appendfsync = ?f, "Redis AOF is on but not fsynced on every write: the last second of acknowledged writes can be lost if Redis crashes")
+        }
+        (Some(_), _) => tracing::warn!(
+            "Redis has appendonly off: acknowledged writes can be lost if Redis restarts (set appendonly yes, appendfsync always)"
+        ),
+        (None, _) => tracing::warn!(
+            "cannot read Redis persistence settings (CONFIG GET refused); make sure AOF is on"
+        ),
     }
 }
 
@@ -444,14 +457,23 @@ fn encode_ops(changes: Changes, timestamp: i64) -> (String, Vec<EventRecord>) {
 }
 
 /// `(after, upto]` of a scope's journal.
-fn read_journal(conn: &mut Connection, keys: &Keys, scope: &str, after: u64, upto: u64) -> Result<Vec<EventRecord>> {
+fn read_journal(
+    conn: &mut Connection,
+    keys: &Keys,
+    scope: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Vec<EventRecord>> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(keys.journal(scope))
         .arg(format!("0-{}", after + 1))
         .arg(format!("0-{upto}"))
         .query(conn)
         .map_err(io_error)?;
-    entries.into_iter().map(|(id, fields)| parse_entry(&id, &fields)).collect()
+    entries
+        .into_iter()
+        .map(|(id, fields)| parse_entry(&id, &fields))
+        .collect()
 }
 
 fn parse_entry(id: &str, fields: &[(String, String)]) -> Result<EventRecord> {
@@ -464,8 +486,8 @@ fn parse_entry(id: &str, fields: &[(String, String)]) -> Result<EventRecord> {
         .find(|(k, _)| k == "e")
         .map(|(_, v)| v.as_str())
         .ok_or_else(|| Error::Storage("journal entry without body".into()))?;
-    let mut rec: EventRecord =
-        serde_json::from_str(body).map_err(|e| Error::Storage(format!("corrupt journal entry: {e}")))?;
+    let mut rec: EventRecord = serde_json::from_str(body)
+        .map_err(|e| Error::Storage(format!("corrupt journal entry: {e}")))?;
     rec.seq = seq;
     Ok(rec)
 }
@@ -520,7 +542,9 @@ async fn subscriber(
                 m = messages.next() => m,
             };
             let Some(msg) = msg else { break };
-            let Ok(payload) = msg.get_payload::<String>() else { continue };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
             let Some(rec) = parse_message(&payload) else {
                 tracing::warn!("malformed event message on the Redis channel");
                 continue;
@@ -563,10 +587,18 @@ fn catch_up(pool: &Pool, keys: &Keys, seq: &Sequencer) -> Result<()> {
     let mut conn = pool.get()?;
     let mut heads = HashMap::new();
     let pattern = format!("{}seq:*", keys.prefix);
-    let scopes: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn).map_err(io_error)?;
+    let scopes: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query(&mut conn)
+        .map_err(io_error)?;
     for key in scopes {
-        let head: u64 = redis::cmd("GET").arg(&key).query(&mut conn).map_err(io_error)?;
-        let scope = key.trim_start_matches(&format!("{}seq:", keys.prefix)).to_owned();
+        let head: u64 = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut conn)
+            .map_err(io_error)?;
+        let scope = key
+            .trim_start_matches(&format!("{}seq:", keys.prefix))
+            .to_owned();
         heads.insert(scope, head);
     }
     let first_time = seq.known().is_empty();
@@ -574,7 +606,11 @@ fn catch_up(pool: &Pool, keys: &Keys, seq: &Sequencer) -> Result<()> {
         seq.baseline(heads.clone());
     }
     for (scope, head) in heads {
-        let after = seq.known().into_iter().find(|(s, _)| *s == scope).map_or(0, |(_, v)| v);
+        let after = seq
+            .known()
+            .into_iter()
+            .find(|(s, _)| *s == scope)
+            .map_or(0, |(_, v)| v);
         if head > after {
             let recs = read_journal(&mut conn, keys, &scope, after, head)?;
             seq.fill(recs);
@@ -597,7 +633,10 @@ impl RedisBase<'_> {
         if new.is_empty() {
             return Ok(());
         }
-        redis::cmd("WATCH").arg(&new).exec(self.conn).map_err(io_error)?;
+        redis::cmd("WATCH")
+            .arg(&new)
+            .exec(self.conn)
+            .map_err(io_error)?;
         for k in new {
             self.watched.insert(k.clone());
         }
@@ -609,19 +648,30 @@ impl Base for RedisBase<'_> {
     fn get(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
         let key = self.keys.entity(coll, id);
         self.watch(std::slice::from_ref(&key))?;
-        redis::cmd("GET").arg(&key).query(self.conn).map_err(io_error)
+        redis::cmd("GET")
+            .arg(&key)
+            .query(self.conn)
+            .map_err(io_error)
     }
 
     fn list(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<(String, Vec<u8>)>> {
         let index = self.keys.index(coll, owner);
         self.watch(std::slice::from_ref(&index))?;
-        let ids: Vec<String> = redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query(self.conn).map_err(io_error)?;
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query(self.conn)
+            .map_err(io_error)?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let entity_keys: Vec<String> = ids.iter().map(|id| self.keys.entity(coll, id)).collect();
         self.watch(&entity_keys)?;
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&entity_keys).query(self.conn).map_err(io_error)?;
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&entity_keys)
+            .query(self.conn)
+            .map_err(io_error)?;
         Ok(ids
             .into_iter()
             .zip(values)
@@ -632,18 +682,27 @@ impl Base for RedisBase<'_> {
     fn exists(&mut self, coll: Collection, id: &str) -> Result<bool> {
         let key = self.keys.entity(coll, id);
         self.watch(std::slice::from_ref(&key))?;
-        redis::cmd("EXISTS").arg(&key).query(self.conn).map_err(io_error)
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query(self.conn)
+            .map_err(io_error)
     }
 
     fn counter(&mut self, name: &str) -> Result<u64> {
         let key = self.keys.counter(name);
         self.watch(std::slice::from_ref(&key))?;
-        let v: Option<u64> = redis::cmd("GET").arg(&key).query(self.conn).map_err(io_error)?;
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(&key)
+            .query(self.conn)
+            .map_err(io_error)?;
         Ok(v.unwrap_or(0))
     }
 
     fn head_seq(&mut self, scope: &str) -> Result<u64> {
-        let v: Option<u64> = redis::cmd("GET").arg(self.keys.seq(scope)).query(self.conn).map_err(io_error)?;
+        let v: Option<u64> = redis::cmd("GET")
+            .arg(self.keys.seq(scope))
+            .query(self.conn)
+            .map_err(io_error)?;
         Ok(v.unwrap_or(0))
     }
 }
@@ -705,7 +764,8 @@ impl Reader for RedisReader<'_> {
 
     fn head_seq(&mut self, scope: &str) -> Result<u64> {
         let key = self.store.keys.seq(scope);
-        let v: Option<u64> = self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))?;
+        let v: Option<u64> =
+            self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))?;
         Ok(v.unwrap_or(0))
     }
 }
@@ -735,10 +795,17 @@ impl Store for RedisStore {
     }
 
     async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay> {
-        let (pool, keys, scope) = (self.inner.pool.clone(), self.inner.keys.clone(), scope.to_owned());
+        let (pool, keys, scope) = (
+            self.inner.pool.clone(),
+            self.inner.keys.clone(),
+            scope.to_owned(),
+        );
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
-            let head: Option<u64> = redis::cmd("GET").arg(keys.seq(&scope)).query(&mut conn).map_err(io_error)?;
+            let head: Option<u64> = redis::cmd("GET")
+                .arg(keys.seq(&scope))
+                .query(&mut conn)
+                .map_err(io_error)?;
             let head = head.unwrap_or(0);
             let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
                 .arg(keys.journal(&scope))
@@ -755,7 +822,11 @@ impl Store for RedisStore {
                 .collect::<Result<_>>()?;
             let complete = after >= head || events.first().is_some_and(|e| e.seq == after + 1);
             let events = if limit == 0 { Vec::new() } else { events };
-            Ok(Replay { events, complete, head })
+            Ok(Replay {
+                events,
+                complete,
+                head,
+            })
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
@@ -780,4 +851,3 @@ impl Store for RedisStore {
         self.stop.cancel();
     }
 }
-

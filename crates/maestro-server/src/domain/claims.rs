@@ -129,14 +129,24 @@ pub(crate) fn check_fence(
 }
 
 /// Releases every lease `session_id` holds in `project_id` (the session has ended).
-pub(crate) fn release_all(tx: &mut dyn Txn, project_id: &str, session_id: &str, reason: &str) -> Result<()> {
+pub(crate) fn release_all(
+    tx: &mut dyn Txn,
+    project_id: &str,
+    session_id: &str,
+    reason: &str,
+) -> Result<()> {
     let records: Vec<ClaimRecord> = tx.list(Collection::Claims, Some(project_id))?;
     for mut rec in records {
         if rec.holder.as_deref() != Some(session_id) {
             continue;
         }
         rec.holder = None;
-        tx.put(Collection::Claims, &rec.task_id.clone(), Some(project_id), &rec);
+        tx.put(
+            Collection::Claims,
+            &rec.task_id.clone(),
+            Some(project_id),
+            &rec,
+        );
         tx.emit(
             project_id,
             "task:claim_released",
@@ -210,7 +220,12 @@ impl Domain {
         transact(&*self.store, move |tx| {
             let mut rec = holder_record(tx, &task_id, &session_id, token, now)?;
             rec.expires_at = now + ttl as i64;
-            tx.put(Collection::Claims, &task_id, Some(&rec.project_id.clone()), &rec);
+            tx.put(
+                Collection::Claims,
+                &task_id,
+                Some(&rec.project_id.clone()),
+                &rec,
+            );
             Ok(rec.active(now).expect("renewed"))
         })
         .await
@@ -291,15 +306,28 @@ fn lease_args(req: &LeaseRequest) -> Result<(String, u64)> {
 }
 
 /// The claim record, if `session_id` holds the live lease with `token`.
-fn holder_record(tx: &mut dyn Txn, task_id: &str, session_id: &str, token: u64, now: i64) -> Result<ClaimRecord> {
+fn holder_record(
+    tx: &mut dyn Txn,
+    task_id: &str,
+    session_id: &str,
+    token: u64,
+    now: i64,
+) -> Result<ClaimRecord> {
     load_task(tx, task_id)?;
-    let rec: ClaimRecord = tx
-        .get(Collection::Claims, task_id)?
-        .ok_or_else(|| conflict("NO_LEASE", "This task is not claimed", json!({ "taskId": task_id })))?;
+    let rec: ClaimRecord = tx.get(Collection::Claims, task_id)?.ok_or_else(|| {
+        conflict(
+            "NO_LEASE",
+            "This task is not claimed",
+            json!({ "taskId": task_id }),
+        )
+    })?;
     if rec.fencing_token != token {
         return Err(conflict(
             "STALE_FENCING_TOKEN",
-            format!("Fencing token {token} is stale: the latest lease has token {}", rec.fencing_token),
+            format!(
+                "Fencing token {token} is stale: the latest lease has token {}",
+                rec.fencing_token
+            ),
             json!({ "taskId": task_id }),
         ));
     }

@@ -52,7 +52,8 @@ impl Domain {
         let progress = req.progress.unwrap_or(false);
         transact(&*self.store, move |tx| {
             let mut session = load_session(tx, &session_id)?;
-            let revived = session.status == "failed" && session.failure_reason.as_deref() == Some(DISCONNECTED);
+            let revived = session.status == "failed"
+                && session.failure_reason.as_deref() == Some(DISCONNECTED);
             if session.is_terminal() && !revived {
                 return Err(Error::Conflict(format!(
                     "Session '{session_id}' has ended ({}); start a new session",
@@ -76,7 +77,12 @@ impl Domain {
                 p.last_progress = now;
                 p.stalled = false;
             }
-            tx.put(Collection::Presence, &session_id, Some(&session.project_id), &p);
+            tx.put(
+                Collection::Presence,
+                &session_id,
+                Some(&session.project_id),
+                &p,
+            );
             if revived {
                 session.status = "working".into();
                 session.completed_at = None;
@@ -90,9 +96,16 @@ impl Domain {
                     now,
                 ));
                 tx.put(Collection::Sessions, &session_id, None, &session);
-                tx.emit(&session.project_id, "session:updated", &session, Some(&session_id));
+                tx.emit(
+                    &session.project_id,
+                    "session:updated",
+                    &session,
+                    Some(&session_id),
+                );
             }
-            let changed = before.as_ref().is_none_or(|b| !b.online || (progress && b.stalled));
+            let changed = before
+                .as_ref()
+                .is_none_or(|b| !b.online || (progress && b.stalled));
             if changed {
                 presence_event(tx, &p);
             }
@@ -108,7 +121,9 @@ impl Domain {
         }
         let mut r = self.reader()?;
         let records: Vec<Presence> = if sessions.len() == 1 {
-            r.get(Collection::Presence, &sessions[0].id)?.into_iter().collect()
+            r.get(Collection::Presence, &sessions[0].id)?
+                .into_iter()
+                .collect()
         } else {
             let mut projects: Vec<&str> = sessions.iter().map(|s| s.project_id.as_str()).collect();
             projects.sort_unstable();
@@ -168,7 +183,8 @@ impl Domain {
         for p in presences.into_iter().filter(|p| p.online) {
             let silent_for = now - p.last_seen.max(epoch);
             if silent_for > (p.ttl_ms + cfg.grace_ms) as i64 {
-                self.expire_session(p.session_id.clone(), now, epoch).await?;
+                self.expire_session(p.session_id.clone(), now, epoch)
+                    .await?;
             } else if !p.stalled && now - p.last_progress.max(epoch) > cfg.stall_after_ms as i64 {
                 self.mark_stalled(p.session_id.clone(), now, epoch).await?;
             }
@@ -241,7 +257,12 @@ impl Domain {
                 return Ok(());
             }
             p.stalled = true;
-            tx.put(Collection::Presence, &session_id, Some(&p.project_id.clone()), &p);
+            tx.put(
+                Collection::Presence,
+                &session_id,
+                Some(&p.project_id.clone()),
+                &p,
+            );
             tx.emit(
                 &p.project_id,
                 "session:stalled",

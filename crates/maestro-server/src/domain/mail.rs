@@ -223,7 +223,10 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
     if let (Some(dead), Some(original)) = (dead, sent.first())
         && req.kind != "notification"
     {
-        let reason = dead.failure_reason.clone().unwrap_or_else(|| dead.status.clone());
+        let reason = dead
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| dead.status.clone());
         let bounce = MailMessage {
             id: new_id(prefix::MAIL),
             project_id: project.to_owned(),
@@ -243,7 +246,12 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
             seq: tx.next_counter(&format!("mail:{project}"))?,
         };
         tx.put(Collection::Mail, &bounce.id, Some(project), &bounce);
-        tx.emit(project, "mail:received", &bounce, Some(&req.from_session_id));
+        tx.emit(
+            project,
+            "mail:received",
+            &bounce,
+            Some(&req.from_session_id),
+        );
     }
     Ok(sent)
 }

@@ -4,15 +4,15 @@
 //! changes, and which events it emits in which order. Each operation validates its input,
 //! then runs one transaction through the [`Store`] port; it never sees redb or Redis.
 
+pub mod claims;
 pub mod interaction;
+pub mod liveness;
 pub mod mail;
 pub mod ordering;
 pub mod projects;
 pub mod sessions;
 pub mod skills;
 pub mod spawn;
-pub mod liveness;
-pub mod claims;
 pub mod sync;
 pub mod tasks;
 pub mod team_members;

@@ -657,7 +657,12 @@ pub(crate) fn append_timeline(
 }
 
 /// Moves the session's still-open per-task statuses to `outcome`, emitting `task:updated`.
-pub(crate) fn close_task_statuses(tx: &mut dyn Txn, session: &Session, outcome: &str, now: i64) -> Result<()> {
+pub(crate) fn close_task_statuses(
+    tx: &mut dyn Txn,
+    session: &Session,
+    outcome: &str,
+    now: i64,
+) -> Result<()> {
     for task_id in &session.task_ids {
         let Some(before) = tx.get::<Task>(Collection::Tasks, task_id)? else {
             continue;

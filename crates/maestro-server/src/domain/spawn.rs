@@ -349,7 +349,10 @@ impl Domain {
         }
         let mut tasks = Vec::with_capacity(task_ids.len());
         for t in &task_ids {
-            tasks.push(r.get::<Task>(Collection::Tasks, t)?.ok_or_else(|| task_not_found(t))?);
+            tasks.push(
+                r.get::<Task>(Collection::Tasks, t)?
+                    .ok_or_else(|| task_not_found(t))?,
+            );
         }
         let project = if project_ok {
             r.get::<Project>(Collection::Projects, &project_id)?

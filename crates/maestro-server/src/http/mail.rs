@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::Json;
-use maestro_protocol::{ErrorBody, AckMail, MailCursor, MailDeleted, MailMessage, SendMail, SentMail};
+use maestro_protocol::{
+    AckMail, ErrorBody, MailCursor, MailDeleted, MailMessage, SendMail, SentMail,
+};
 use serde_json::json;
 
 use utoipa_axum::router::OpenApiRouter;

@@ -94,7 +94,12 @@ pub fn router(state: AppState) -> Router {
             "/api/openapi.json",
             axum::routing::get(move || {
                 let spec = spec.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], (*spec).clone()) }
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        (*spec).clone(),
+                    )
+                }
             }),
         )
         .route("/api/docs", axum::routing::get(docs_page))

@@ -2,9 +2,9 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use maestro_protocol::{Health, Ready};
 use serde_json::{Value, json};
 

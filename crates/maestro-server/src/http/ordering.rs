@@ -1,7 +1,7 @@
 //! `/api/ordering/:entityType/:projectId`: the UI's display order of tasks and sessions.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use maestro_protocol::{ErrorBody, Ordering, UpdateOrdering};
 
 use utoipa_axum::router::OpenApiRouter;
@@ -11,8 +11,7 @@ use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(get_one, update))
+    OpenApiRouter::new().routes(routes!(get_one, update))
 }
 
 #[utoipa::path(

@@ -1,9 +1,9 @@
 //! `/api/projects`.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
-use maestro_protocol::{ErrorBody, CreateProject, Deleted, Project, UpdateProject};
+use maestro_protocol::{CreateProject, Deleted, ErrorBody, Project, UpdateProject};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
-use maestro_protocol::{Heartbeat, Presence, ErrorBody, 
-    AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ModalAck,
-    ModalAction, ModalShown, Session, ShowModal, SpawnRequest, SpawnResponse, UpdateSession,
+use maestro_protocol::{
+    AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ErrorBody,
+    Heartbeat, ModalAck, ModalAction, ModalShown, Presence, Session, ShowModal, SpawnRequest,
+    SpawnResponse, UpdateSession,
 };
 
 use utoipa_axum::router::OpenApiRouter;

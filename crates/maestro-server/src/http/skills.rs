@@ -1,7 +1,7 @@
 //! `/api/skills`: skills read from `SKILLS_DIR`.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use maestro_protocol::{ErrorBody, Skill, SkillDetail, SkillReloaded, SkillSummary};
 
 use utoipa_axum::router::OpenApiRouter;

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::Json;
-use maestro_protocol::{Claim, ClaimRequest, LeaseRequest, Released, ErrorBody, 
-    CreateTask, Deleted, Task, TaskDocEntry, TaskTimelineRequest, TaskTimelineResponse, UpdateTask,
+use maestro_protocol::{
+    Claim, ClaimRequest, CreateTask, Deleted, ErrorBody, LeaseRequest, Released, Task,
+    TaskDocEntry, TaskTimelineRequest, TaskTimelineResponse, UpdateTask,
 };
 
 use utoipa_axum::router::OpenApiRouter;
@@ -176,7 +177,10 @@ async fn claim(
     params(("id" = String, Path)),
     responses((status = 200, body = Option<Claim>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
-async fn get_claim(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Option<Claim>>> {
+async fn get_claim(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+) -> Result<Json<Option<Claim>>> {
     Ok(Json(s.domain.get_claim(&id)?))
 }
 

@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::Json;
-use maestro_protocol::{ErrorBody, CreateTeamMember, Deleted, ProjectRef, TeamMember, UpdateTeamMember};
+use maestro_protocol::{
+    CreateTeamMember, Deleted, ErrorBody, ProjectRef, TeamMember, UpdateTeamMember,
+};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

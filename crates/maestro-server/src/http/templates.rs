@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
 use axum::Json;
+use axum::extract::{Query, State};
 use maestro_protocol::ErrorBody;
 use maestro_protocol::WorkflowTemplate;
 

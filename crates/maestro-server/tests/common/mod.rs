@@ -90,11 +90,7 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let token = CancellationToken::new();
-        let mut task = tokio::spawn(maestro_server::run(
-            config,
-            listener,
-            token.clone(),
-        ));
+        let mut task = tokio::spawn(maestro_server::run(config, listener, token.clone()));
         let client = Client::new(&format!("http://{addr}")).expect("client");
         // The listener is already bound, so this request waits in the backlog until the server
         // accepts it; it fails only if `run` gave up (then its error is the interesting part).
