@@ -46,6 +46,20 @@ pub enum Collection {
 }
 
 impl Collection {
+    /// Every collection.
+    pub const ALL: [Collection; 10] = [
+        Self::Projects,
+        Self::Tasks,
+        Self::Sessions,
+        Self::Mail,
+        Self::TeamMembers,
+        Self::Orderings,
+        Self::MailCursors,
+        Self::Idempotency,
+        Self::Presence,
+        Self::Claims,
+    ];
+
     /// Stable name used in storage keys.
     pub fn name(self) -> &'static str {
         match self {
@@ -167,6 +181,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A consistent snapshot for reads.
     fn reader(&self) -> Result<Box<dyn Reader + Send + '_>>;
+
+    /// A number that changes whenever an entity of `coll` is written, by any server sharing
+    /// the store, no later than the write is acknowledged. Read *before* taking a snapshot, it
+    /// tells whether something computed from an earlier snapshot is still current (read
+    /// caches).
+    fn collection_version(&self, coll: Collection) -> Result<u64>;
 
     /// Live events from every writer, in commit order.
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>>;

@@ -31,17 +31,41 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server (REST API, WebSockets) on the local backend.
+    /// Run the server: REST API, Socket.IO (/ui, /mobile) and the legacy WebSocket, on the
+    /// embedded database or on Redis (REDIS_URL).
     Serve(Config),
+    /// Import an upstream maestro-server data directory (JSON files) into this server's store.
+    ///
+    /// Reads projects, tasks (current and legacy layouts), sessions, mail, orderings and team
+    /// members; applies upstream's own migrations; drops provider API keys from session env.
+    /// Safe to run twice (records keep their ids). Stop the server first when using the
+    /// embedded database.
+    Import(ImportArgs),
     #[command(flatten)]
     Agent(cli::Command),
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+struct ImportArgs {
+    /// The upstream DATA_DIR (holding projects/, tasks/, sessions/, …).
+    upstream_dir: std::path::PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: Config,
+}
+
+fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(config) => serve(config),
+        Command::Import(args) => import(args),
         Command::Agent(command) => std::process::exit(cli::main(cli.global, command)),
+    };
+    if let Err(e) = result {
+        eprintln!("maestro: error: {e:#}");
+        std::process::exit(1);
     }
 }
 
@@ -57,6 +81,46 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         maestro_server::run(config, listener, shutdown).await
     })
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    init_tracing("warn");
+    if !args.upstream_dir.is_dir() {
+        anyhow::bail!("{} is not a directory", args.upstream_dir.display());
+    }
+    let config = args.config.expand_paths();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(async {
+        let domain = maestro_server::open(&config, String::new())?;
+        let report = maestro_server::import::import_upstream(&domain, &args.upstream_dir).await;
+        domain.store.close().await;
+        anyhow::Ok(report?)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let target = config
+        .redis()
+        .map(|_| "Redis".to_owned())
+        .unwrap_or_else(|| config.data_dir.display().to_string());
+    println!("Imported {} into {target}:", args.upstream_dir.display());
+    for (kind, n) in &report.imported {
+        println!("  {kind:<12} {n}");
+    }
+    if report.imported.is_empty() {
+        println!("  nothing (no upstream files found)");
+    }
+    if report.migrated_away > 0 {
+        println!("  dropped {} team-member task(s), as upstream does at start-up", report.migrated_away);
+    }
+    if !report.skipped.is_empty() {
+        println!("Skipped {} file(s):", report.skipped.len());
+        for s in &report.skipped {
+            println!("  {}: {}", s.path.display(), s.reason);
+        }
+    }
+    Ok(())
 }
 
 fn init_tracing(level: &str) {

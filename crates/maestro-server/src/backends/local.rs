@@ -17,6 +17,7 @@
 use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use async_trait::async_trait;
@@ -53,9 +54,13 @@ enum Msg {
     Close,
 }
 
+/// Per collection, how many committed batches wrote to it ([`Store::collection_version`]).
+type Versions = [AtomicU64; Collection::ALL.len()];
+
 /// The redb-backed store.
 pub struct LocalStore {
     db: Arc<Database>,
+    versions: Arc<Versions>,
     jobs: mpsc::UnboundedSender<Msg>,
     bus: broadcast::Sender<Arc<EventRecord>>,
     writer: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
@@ -76,18 +81,21 @@ impl LocalStore {
         wtx.commit()?;
 
         let db = Arc::new(db);
+        let versions: Arc<Versions> = Arc::new(Default::default());
         let (jobs, rx) = mpsc::unbounded_channel();
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         let writer = {
             let db = db.clone();
             let bus = bus.clone();
+            let versions = versions.clone();
             thread::Builder::new()
                 .name("maestro-writer".into())
-                .spawn(move || writer_loop(&db, rx, &bus, journal_capacity.max(1)))
+                .spawn(move || writer_loop(&db, &versions, rx, &bus, journal_capacity.max(1)))
                 .map_err(|e| Error::Internal(format!("cannot start writer thread: {e}")))?
         };
         Ok(Self {
             db,
+            versions,
             jobs,
             bus,
             writer: std::sync::Mutex::new(Some(writer)),
@@ -114,6 +122,10 @@ impl Store for LocalStore {
         Ok(Box::new(LocalReader {
             rtx: self.db.begin_read()?,
         }))
+    }
+
+    fn collection_version(&self, coll: Collection) -> Result<u64> {
+        Ok(self.versions[coll as usize].load(Ordering::Acquire))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
@@ -171,6 +183,7 @@ fn seq_key(scope: &str) -> String {
 /// The writer thread: batch, run, commit, publish, answer.
 fn writer_loop(
     db: &Database,
+    versions: &Versions,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     bus: &broadcast::Sender<Arc<EventRecord>>,
     journal_capacity: u64,
@@ -191,7 +204,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        run_batch(db, batch, bus, journal_capacity);
+        run_batch(db, versions, batch, bus, journal_capacity);
     }
     // Anything still queued is answered with an error, never left hanging.
     rx.close();
@@ -206,6 +219,7 @@ fn writer_loop(
 
 fn run_batch(
     db: &Database,
+    versions: &Versions,
     batch: Vec<Job>,
     bus: &broadcast::Sender<Arc<EventRecord>>,
     journal_capacity: u64,
@@ -213,6 +227,8 @@ fn run_batch(
     let mut outcomes: Vec<(oneshot::Sender<_>, Result<Box<dyn Any + Send>>)> =
         Vec::with_capacity(batch.len());
     let mut events = Vec::new();
+    // Bit `c` set: the batch wrote to collection `c`.
+    let mut written = 0u32;
     let committed = (|| -> Result<()> {
         let mut wtx = db.begin_write()?;
         wtx.set_durability(Durability::Immediate)?;
@@ -224,6 +240,9 @@ fn run_batch(
                 let result = match result {
                     Ok(value) => {
                         let (tables, changes) = overlay.into_changes();
+                        for (coll, _, _) in &changes.writes {
+                            written |= 1 << *coll as u32;
+                        }
                         apply(tables, changes, journal_capacity).map(|evs| {
                             events.extend(evs);
                             value
@@ -246,6 +265,13 @@ fn run_batch(
 
     match committed {
         Ok(()) => {
+            // Visible to readers now; caches keyed on the version see the change before
+            // anyone is told about it.
+            for coll in Collection::ALL {
+                if written & (1 << coll as u32) != 0 {
+                    versions[coll as usize].fetch_add(1, Ordering::Release);
+                }
+            }
             for event in events {
                 let _ = bus.send(Arc::new(event));
             }

@@ -6,6 +6,7 @@
 //!   `owner:<collection>` — hash id → owner, to unindex on delete;
 //! - `c:<name>` — counters (`c:~order` orders creations);
 //! - `seq:<scope>` — the last event sequence number of a scope;
+//! - `v:<collection>` — bumped by every commit that writes the collection (read caches);
 //! - `j:<scope>` — the event journal, a Stream with ids `0-<seq>` and approximate MAXLEN;
 //! - channel `events` — every committed event as `<seq>|<json>`.
 //!
@@ -47,7 +48,9 @@ use crate::util::now_ms;
 const BUS_CAPACITY: usize = 65_536;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: usize = 200;
-const POOL_SIZE: usize = 16;
+/// Idle connections kept. Above the 50 concurrent requests a busy server sees, so a burst does
+/// not open and close a connection per request.
+const POOL_SIZE: usize = 64;
 
 /// Applies one transaction's changes; returns the sequence numbers given to its events.
 const COMMIT: &str = r#"
@@ -56,7 +59,11 @@ local cap = tonumber(ARGV[2])
 local ch = ARGV[3]
 local ops = cjson.decode(ARGV[4])
 local seqs = {}
+local written = {}
 for _, op in ipairs(ops) do
+  if op.c then
+    written[op.c] = true
+  end
   if op.t == 'put' then
     local k = p .. 'e:' .. op.c .. ':' .. op.i
     if redis.call('EXISTS', k) == 0 then
@@ -86,6 +93,9 @@ for _, op in ipairs(ops) do
     redis.call('PUBLISH', ch, seq .. '|' .. op.b)
     table.insert(seqs, seq)
   end
+end
+for c, _ in pairs(written) do
+  redis.call('INCR', p .. 'v:' .. c)
 end
 return seqs
 "#;
@@ -140,6 +150,9 @@ impl Keys {
     }
     fn counter(&self, name: &str) -> String {
         format!("{}c:{name}", self.prefix)
+    }
+    fn version(&self, coll: Collection) -> String {
+        format!("{}v:{}", self.prefix, coll.name())
     }
     fn seq(&self, scope: &str) -> String {
         format!("{}seq:{scope}", self.prefix)
@@ -587,10 +600,26 @@ fn catch_up(pool: &Pool, keys: &Keys, seq: &Sequencer) -> Result<()> {
     let mut conn = pool.get()?;
     let mut heads = HashMap::new();
     let pattern = format!("{}seq:*", keys.prefix);
-    let scopes: Vec<String> = redis::cmd("KEYS")
-        .arg(&pattern)
-        .query(&mut conn)
-        .map_err(io_error)?;
+    // SCAN, not KEYS: never block Redis on a big keyspace.
+    let mut scopes: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)
+            .map_err(io_error)?;
+        scopes.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    scopes.sort();
+    scopes.dedup();
     for key in scopes {
         let head: u64 = redis::cmd("GET")
             .arg(&key)
@@ -788,6 +817,17 @@ impl Store for RedisStore {
             store: &self.inner,
             conn: None,
         }))
+    }
+
+    fn collection_version(&self, coll: Collection) -> Result<u64> {
+        let key = self.inner.keys.version(coll);
+        let mut reader = RedisReader {
+            store: &self.inner,
+            conn: None,
+        };
+        let v: Option<u64> =
+            reader.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))?;
+        Ok(v.unwrap_or(0))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {

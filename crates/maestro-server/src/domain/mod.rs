@@ -50,6 +50,8 @@ pub struct Domain {
     pub store: Arc<dyn Store>,
     pub info: Arc<ServerInfo>,
     pub mail_metrics: Arc<mail::MailMetrics>,
+    /// Serialized task lists, reused while no task changes (see [`Domain::list_tasks_json`]).
+    task_lists: Arc<tasks::ListCache>,
 }
 
 impl Domain {
@@ -58,6 +60,7 @@ impl Domain {
             store,
             info: Arc::new(info),
             mail_metrics: Arc::default(),
+            task_lists: Arc::default(),
         }
     }
 

@@ -4,7 +4,8 @@
 //! one transaction, so two agents reporting on the same task at once both land (upstream lost
 //! one of them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use maestro_protocol::ids::prefix;
 use maestro_protocol::{
@@ -29,7 +30,68 @@ pub struct TaskFilter {
     pub parent_id: Option<Option<String>>,
 }
 
+/// Most bytes of serialized task lists kept by [`ListCache`].
+const LIST_CACHE_BYTES: usize = 16 << 20;
+
+/// The JSON of unfiltered `GET /api/tasks` answers, per project (`""`: every task), with the
+/// tasks collection version it was computed at.
+#[derive(Default)]
+pub struct ListCache {
+    entries: Mutex<HashMap<String, (u64, Arc<[u8]>)>>,
+}
+
+impl ListCache {
+    fn get(&self, key: &str, version: u64) -> Option<Arc<[u8]>> {
+        let entries = self.entries.lock().expect("list cache lock");
+        entries
+            .get(key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: String, version: u64, body: Arc<[u8]>) {
+        if body.len() > LIST_CACHE_BYTES / 4 {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("list cache lock");
+        // Entries of an older version are never used again.
+        entries.retain(|_, (v, _)| *v >= version);
+        let held: usize = entries.values().map(|(_, b)| b.len()).sum();
+        if held + body.len() > LIST_CACHE_BYTES {
+            entries.clear();
+        }
+        entries.insert(key, (version, body));
+    }
+}
+
 impl Domain {
+    /// [`Domain::list_tasks`] as the JSON array the API returns. Without `status` or
+    /// `parentId` the answer is kept and served again until a task is written anywhere (the
+    /// store's version of the tasks collection moves): screens and agents poll this list far
+    /// more often than tasks change, and serializing a thousand tasks costs milliseconds.
+    pub fn list_tasks_json(&self, filter: &TaskFilter) -> Result<Arc<[u8]>> {
+        let encode = |tasks: Vec<Task>| -> Result<Arc<[u8]>> {
+            serde_json::to_vec(&tasks)
+                .map(Arc::from)
+                .map_err(|e| Error::Internal(format!("cannot encode tasks: {e}")))
+        };
+        if filter.status.is_some() || filter.parent_id.is_some() {
+            return encode(self.list_tasks(filter)?);
+        }
+        if let Some(p) = &filter.project_id {
+            check_id("projectId", p)?;
+        }
+        // Before the snapshot: what is read below is at least as new as `version`.
+        let version = self.store.collection_version(Collection::Tasks)?;
+        let key = filter.project_id.clone().unwrap_or_default();
+        if let Some(body) = self.task_lists.get(&key, version) {
+            return Ok(body);
+        }
+        let body = encode(self.list_tasks(filter)?)?;
+        self.task_lists.put(key, version, body.clone());
+        Ok(body)
+    }
+
     pub async fn create_task(&self, req: CreateTask) -> Result<Task> {
         let project_id = required(req.project_id.as_deref(), "projectId is required")?;
         check_id("projectId", &project_id)?;

@@ -37,6 +37,7 @@ use maestro_protocol::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -248,9 +249,32 @@ impl Conn {
 
 /// What the bridge hands a connection's writer.
 enum Item {
-    Event(Arc<EventRecord>),
+    Event(Arc<Outgoing>),
     /// The bridge could not fill a gap of `scope` from the journal.
     Gap(ReplayIncomplete),
+}
+
+/// A live event on its way to the sockets, its envelope serialized once for all of them (with
+/// thousands of sockets, serializing per socket was a large part of the fan-out's cost).
+struct Outgoing {
+    record: Arc<EventRecord>,
+    envelope: Box<RawValue>,
+}
+
+impl Outgoing {
+    fn new(record: Arc<EventRecord>) -> Arc<Self> {
+        let envelope = serde_json::value::to_raw_value(&record.envelope())
+            .expect("envelopes serialise");
+        Arc::new(Self { record, envelope })
+    }
+}
+
+impl std::ops::Deref for Outgoing {
+    type Target = EventRecord;
+
+    fn deref(&self) -> &EventRecord {
+        &self.record
+    }
 }
 
 struct Entry {
@@ -347,7 +371,7 @@ impl Bridge {
         if event.seq > seen + 1 {
             self.fill(&event.scope, seen, Some(event.seq - 1)).await;
         }
-        self.hub.dispatch(&Item::Event(event.clone()));
+        self.hub.dispatch(&Item::Event(Outgoing::new(event.clone())));
         self.last.insert(event.scope.clone(), event.seq);
     }
 
@@ -397,7 +421,8 @@ impl Bridge {
                 }
                 after = event.seq;
                 self.last.insert(scope.to_owned(), after);
-                self.hub.dispatch(&Item::Event(Arc::new(event)));
+                self.hub
+                    .dispatch(&Item::Event(Outgoing::new(Arc::new(event))));
             }
             let done =
                 page < REPLAY_PAGE || after >= replay.head || upto.is_some_and(|u| after >= u);
@@ -574,7 +599,9 @@ impl Writer {
                 };
                 match item {
                     None => return Ok(()),
-                    Some(Item::Event(event)) => self.deliver(&event).await?,
+                    Some(Item::Event(event)) => {
+                        self.deliver(&event.record, Some(&event.envelope)).await?
+                    }
                     Some(Item::Gap(gap)) => self.emit("replay:incomplete", &gap).await?,
                 }
             }
@@ -604,7 +631,7 @@ impl Writer {
             let page = replay.events.len();
             for event in &replay.events {
                 after = event.seq;
-                self.deliver(event).await?;
+                self.deliver(event, None).await?;
             }
             if page < REPLAY_PAGE || after >= replay.head {
                 return Ok(());
@@ -630,7 +657,13 @@ impl Writer {
         self.emit("replay:incomplete", &notice).await
     }
 
-    async fn deliver(&mut self, event: &EventRecord) -> std::result::Result<(), Gone> {
+    /// Sends `event` unless already sent or unwanted; `envelope` is its envelope, when already
+    /// serialized.
+    async fn deliver(
+        &mut self,
+        event: &EventRecord,
+        envelope: Option<&RawValue>,
+    ) -> std::result::Result<(), Gone> {
         let floor = self.sent.entry(event.scope.clone()).or_default();
         if event.seq <= *floor {
             return Ok(());
@@ -639,7 +672,10 @@ impl Writer {
         if !self.conn.wants(event) {
             return Ok(());
         }
-        self.emit(&event.event, &event.envelope()).await
+        match envelope {
+            Some(raw) => self.emit(&event.event, raw).await,
+            None => self.emit(&event.event, &event.envelope()).await,
+        }
     }
 
     /// Emits, waiting for room in the socket's buffer rather than dropping the event.
@@ -1109,10 +1145,10 @@ mod tests {
         let _rx = hub.register(Sid::new(), slow.clone());
         let event = Arc::new(ev("p", json!({}), None));
         for _ in 0..QUEUE_CAPACITY {
-            hub.dispatch(&Item::Event(event.clone()));
+            hub.dispatch(&Item::Event(Outgoing::new(event.clone())));
         }
         assert!(!slow.kick.is_cancelled());
-        hub.dispatch(&Item::Event(event));
+        hub.dispatch(&Item::Event(Outgoing::new(event)));
         assert!(slow.kick.is_cancelled(), "told to disconnect and resync");
         assert!(hub.conns.lock().unwrap().is_empty());
     }
