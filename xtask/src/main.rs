@@ -3,7 +3,9 @@
 //! - `run`: build the server (release) and start it on the embedded backend;
 //! - `test`: install what the tests need, then run every check CI runs (the Rust suites, then
 //!   the Socket.IO interop tests in `tests/js` with node);
-//! - `openapi`: regenerate `docs/openapi.json`.
+//! - `openapi`: regenerate `docs/openapi.json`;
+//! - `bench`: build the server and the load generator (release) and run the benchmarks of
+//!   `docs/performance.md` (never part of `test`).
 //!
 //! CI calls `cargo xtask test` and nothing else, so what passes here is what a newcomer gets.
 
@@ -20,6 +22,9 @@ commands:
   run [-- <serve args>]   build and start `maestro serve` (release build, embedded backend)
   test                    install test prerequisites, then fmt, clippy and every test
   openapi                 regenerate docs/openapi.json (CI fails when it drifts)
+  bench [--quick] [--backend local|redis|both] [--only FIGURES]
+                          benchmark a release build on loopback: prints the table, writes
+                          bench/results/<date>-<backend>.json (--quick: under 3 minutes)
   help                    this text
 ";
 
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("openapi") => openapi(),
+        Some("bench") => bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())
@@ -233,4 +239,71 @@ fn js_interop() -> Result<()> {
     let mut test = Command::new("npm");
     test.arg("test").current_dir(&dir).env("MAESTRO_BIN", &bin);
     step("npm test (tests/js)", test)
+}
+
+/// `cargo xtask bench`: builds `maestro` and `maestro-bench` with `--release` and runs the
+/// benchmarks against the real binary (`crates/maestro-bench`; figures and targets in
+/// `docs/performance.md`). Flags go to `maestro-bench` as they are.
+fn bench(args: &[String]) -> Result<()> {
+    let backend = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--backend") {
+            Some("") => args.get(i + 1).map(String::as_str),
+            Some(v) => v.strip_prefix('='),
+            None => None,
+        })
+        .unwrap_or("both");
+    if !have("wrk") {
+        install_debian_package("wrk", "wrk")?;
+    }
+    if backend != "local" {
+        ensure_redis_server()?;
+    }
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "--package",
+        "maestro",
+        "--package",
+        "maestro-bench",
+    ]);
+    step("cargo build --release (maestro, maestro-bench)", build)?;
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"))
+        .join("release");
+    let exe = |name: &str| release.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let mut run = Command::new(exe("maestro-bench"));
+    run.current_dir(root())
+        .arg("--maestro")
+        .arg(exe("maestro"))
+        .arg("--out")
+        .arg(root().join("bench").join("results"))
+        .args(args)
+        .env(
+            "MAESTRO_BENCH_COMMAND",
+            format!("cargo xtask bench {}", args.join(" ")).trim_end(),
+        );
+    step("maestro-bench", run)
+}
+
+/// Installs Debian's `package` for `program` when we can (root with apt-get), else explains.
+fn install_debian_package(program: &str, package: &str) -> Result<()> {
+    if have("apt-get") && is_root() {
+        eprintln!("==> {program} is missing; installing Debian's package {package}");
+        let mut update = Command::new("apt-get");
+        update.args(["update", "-qq"]);
+        step("apt-get update", update)?;
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        return step(&format!("apt-get install {package}"), install);
+    }
+    bail!(
+        "`{program}` is needed on PATH; install it (e.g. `sudo apt-get install {package}`) and rerun"
+    )
 }

@@ -663,14 +663,22 @@ impl Client {
 
 /// Percent-encodes one path segment, so an odd id reaches the server as one segment (where it
 /// is rejected) instead of changing the path.
+///
+/// `.` is encoded too. A segment of only `.` or `..` is a dot segment to URL parsers even when
+/// percent-encoded (`%2E%2E` resolves like `..`; WHATWG URL, which `reqwest` follows), so for
+/// those the `%` is encoded once more: the server receives the segment `%2E` or `%2E%2E`, one
+/// segment that is not a valid id (400), instead of a request to another route.
 fn enc(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
+    }
+    if matches!(segment, "." | "..") {
+        out = out.replace('%', "%25");
     }
     out
 }

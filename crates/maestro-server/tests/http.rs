@@ -320,7 +320,21 @@ async fn bad_ids_are_400() {
     let before = snapshot(&api).await;
 
     // Through the typed client (which percent-encodes, so each id stays one path segment).
-    for bad in ["a.b", "a/b", "a b", "é", "%2e%2e", &"x".repeat(129)] {
+    // `.` and `..` included: URL parsers resolve such segments, percent-encoded or not, so
+    // `get_project("..")` once requested `/api/` and `unlink_task("..", t)` `DELETE
+    // /api/tasks/t`.
+    for bad in [
+        "a.b",
+        "a/b",
+        "a b",
+        "é",
+        "%2e%2e",
+        ".",
+        "..",
+        "...",
+        "%2E",
+        &"x".repeat(129),
+    ] {
         api_err(api.get_project(bad).await, 400, "VALIDATION_ERROR");
         api_err(api.get_task(bad).await, 400, "VALIDATION_ERROR");
         api_err(api.get_session(bad).await, 400, "VALIDATION_ERROR");

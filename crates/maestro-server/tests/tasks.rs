@@ -971,3 +971,49 @@ async fn task_docs() {
     api_err(api.task_docs("task_nope").await, 404, "NOT_FOUND");
     api_err(api.task_docs("a.b").await, 400, "VALIDATION_ERROR");
 }
+
+/// Unfiltered lists are served from a cache (`Domain::list_tasks_json`): every kind of write
+/// must show in the next list, whichever project and list it touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_lists_follow_every_write() {
+    let server = TestServer::start().await;
+    let api = server.client();
+    let p = project(&api, "Cached").await;
+    let other = project(&api, "Other").await;
+    let of = |project: &Project| TaskQuery {
+        project_id: Some(project.id.clone()),
+        ..Default::default()
+    };
+    let titles = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.title).collect::<Vec<_>>();
+    let a = task(&api, &p.id, "a", None).await;
+    let b = task(&api, &p.id, "b", None).await;
+    for _ in 0..2 {
+        assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a", "b"]);
+    }
+    assert_eq!(api.list_tasks(&TaskQuery::default()).await.unwrap().len(), 2);
+
+    let renamed = UpdateTask {
+        title: Some("a2".into()),
+        ..Default::default()
+    };
+    api.update_task(&a.id, &renamed).await.unwrap();
+    assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a2", "b"]);
+
+    api.delete_task(&b.id).await.unwrap();
+    assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a2"]);
+
+    task(&api, &other.id, "elsewhere", None).await;
+    assert_eq!(titles(api.list_tasks(&of(&other)).await.unwrap()), ["elsewhere"]);
+    assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a2"]);
+    assert_eq!(api.list_tasks(&TaskQuery::default()).await.unwrap().len(), 2);
+
+    // A session reporting on a task changes the task too.
+    let s = session(&api, &p.id, &[&a.id], "s").await;
+    let listed = api.list_tasks(&of(&p)).await.unwrap();
+    assert_eq!(listed[0].session_ids, [s.id.clone()]);
+    let filtered = TaskQuery {
+        status: Some("todo".into()),
+        ..of(&p)
+    };
+    assert_eq!(titles(api.list_tasks(&filtered).await.unwrap()), ["a2"]);
+}

@@ -79,6 +79,15 @@ fn invalid(message: &str, problems: Vec<(String, String)>) -> Error {
     }
 }
 
+/// The problem of a `type` outside [`MAIL_TYPES`], worded as upstream (zod quotes each option).
+fn bad_type() -> (String, String) {
+    let options: Vec<String> = MAIL_TYPES.iter().map(|t| format!("\"{t}\"")).collect();
+    (
+        "type".into(),
+        format!("Invalid option: expected one of {}", options.join("|")),
+    )
+}
+
 fn id_ok(problems: &mut Vec<(String, String)>, path: &str, id: &str) {
     if !maestro_protocol::ids::is_valid_id(id) {
         problems.push((
@@ -139,10 +148,7 @@ pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
         }
     }
     if !MAIL_TYPES.contains(&req.kind.as_str()) {
-        problems.push((
-            "type".into(),
-            format!("Invalid option: expected one of {}", MAIL_TYPES.join("|")),
-        ));
+        problems.push(bad_type());
     }
     let len = req.subject.chars().count();
     if len == 0 {
@@ -289,13 +295,7 @@ impl Domain {
         if let Some(k) = &q.kind
             && !MAIL_TYPES.contains(&k.as_str())
         {
-            return Err(invalid(
-                "Invalid query parameters",
-                vec![(
-                    "type".into(),
-                    format!("Invalid option: expected one of {}", MAIL_TYPES.join("|")),
-                )],
-            ));
+            return Err(invalid("Invalid query parameters", vec![bad_type()]));
         }
         let mut r = self.reader()?;
         let cursor = if q.unread {

@@ -37,8 +37,11 @@ const LIST_CACHE_BYTES: usize = 16 << 20;
 /// tasks collection version it was computed at.
 #[derive(Default)]
 pub struct ListCache {
-    entries: Mutex<HashMap<String, (u64, Arc<[u8]>)>>,
+    entries: Mutex<HashMap<String, CachedList>>,
 }
+
+/// A list's JSON and the tasks collection version it was computed at.
+type CachedList = (u64, Arc<[u8]>);
 
 impl ListCache {
     fn get(&self, key: &str, version: u64) -> Option<Arc<[u8]>> {

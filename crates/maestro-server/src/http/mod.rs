@@ -113,8 +113,40 @@ pub fn router(state: AppState) -> Router {
         // `/socket.io/` (polling and WebSocket) is answered here; the legacy middleware
         // above leaves those paths alone. Inside CORS, so polling from a browser gets it too.
         .layer(state.socketio.layer())
+        .layer(axum::middleware::map_request(detach_socketio_head))
         .layer(cors(&state.config))
         .with_state(state)
+}
+
+/// Socket.IO keeps every connection's request head for the connection's whole life (for
+/// `req_parts`: the origin and peer checks). hyper parses header values and the URI as slices
+/// of the connection's read buffer (8–16 KiB), so keeping the head kept that whole buffer
+/// alive for each idle socket; owned copies of the few bytes let it go (about 16 KB per
+/// socket, measured by `cargo xtask bench`).
+async fn detach_socketio_head(mut req: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    if !req.uri().path().starts_with("/socket.io") {
+        return req;
+    }
+    let mut headers = axum::http::HeaderMap::with_capacity(req.headers().len());
+    for (name, value) in req.headers() {
+        let copy = match HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(mut copy) => {
+                copy.set_sensitive(value.is_sensitive());
+                copy
+            }
+            Err(_) => value.clone(),
+        };
+        headers.append(name.clone(), copy);
+    }
+    *req.headers_mut() = headers;
+    if let Ok(uri) = req.uri().to_string().parse::<axum::http::Uri>() {
+        // The router's copy of the URI (`OriginalUri`) is such a slice too.
+        if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
+            original.0 = uri.clone();
+        }
+        *req.uri_mut() = uri;
+    }
+    req
 }
 
 /// A self-contained page that renders `/api/openapi.json` (no external scripts).

@@ -263,8 +263,8 @@ struct Outgoing {
 
 impl Outgoing {
     fn new(record: Arc<EventRecord>) -> Arc<Self> {
-        let envelope = serde_json::value::to_raw_value(&record.envelope())
-            .expect("envelopes serialise");
+        let envelope =
+            serde_json::value::to_raw_value(&record.envelope()).expect("envelopes serialise");
         Arc::new(Self { record, envelope })
     }
 }
@@ -371,7 +371,8 @@ impl Bridge {
         if event.seq > seen + 1 {
             self.fill(&event.scope, seen, Some(event.seq - 1)).await;
         }
-        self.hub.dispatch(&Item::Event(Outgoing::new(event.clone())));
+        self.hub
+            .dispatch(&Item::Event(Outgoing::new(event.clone())));
         self.last.insert(event.scope.clone(), event.seq);
     }
 
