@@ -138,7 +138,13 @@ fn test(args: &[String]) -> Result<()> {
         // The server's conformance suite again, every test on its own redis-server.
         let mut redis = cargo();
         redis
-            .args(["nextest", "run", "--package", "maestro-server", "--no-fail-fast"])
+            .args([
+                "nextest",
+                "run",
+                "--package",
+                "maestro-server",
+                "--no-fail-fast",
+            ])
             .env("MAESTRO_TEST_BACKEND", "redis");
         step("cargo nextest run (Redis backend)", redis)?;
         // nextest does not run doc tests.

@@ -990,7 +990,10 @@ async fn cached_lists_follow_every_write() {
     for _ in 0..2 {
         assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a", "b"]);
     }
-    assert_eq!(api.list_tasks(&TaskQuery::default()).await.unwrap().len(), 2);
+    assert_eq!(
+        api.list_tasks(&TaskQuery::default()).await.unwrap().len(),
+        2
+    );
 
     let renamed = UpdateTask {
         title: Some("a2".into()),
@@ -1003,14 +1006,20 @@ async fn cached_lists_follow_every_write() {
     assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a2"]);
 
     task(&api, &other.id, "elsewhere", None).await;
-    assert_eq!(titles(api.list_tasks(&of(&other)).await.unwrap()), ["elsewhere"]);
+    assert_eq!(
+        titles(api.list_tasks(&of(&other)).await.unwrap()),
+        ["elsewhere"]
+    );
     assert_eq!(titles(api.list_tasks(&of(&p)).await.unwrap()), ["a2"]);
-    assert_eq!(api.list_tasks(&TaskQuery::default()).await.unwrap().len(), 2);
+    assert_eq!(
+        api.list_tasks(&TaskQuery::default()).await.unwrap().len(),
+        2
+    );
 
     // A session reporting on a task changes the task too.
     let s = session(&api, &p.id, &[&a.id], "s").await;
     let listed = api.list_tasks(&of(&p)).await.unwrap();
-    assert_eq!(listed[0].session_ids, [s.id.clone()]);
+    assert_eq!(listed[0].session_ids, vec![s.id]);
     let filtered = TaskQuery {
         status: Some("todo".into()),
         ..of(&p)

@@ -112,7 +112,10 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         println!("  nothing (no upstream files found)");
     }
     if report.migrated_away > 0 {
-        println!("  dropped {} team-member task(s), as upstream does at start-up", report.migrated_away);
+        println!(
+            "  dropped {} team-member task(s), as upstream does at start-up",
+            report.migrated_away
+        );
     }
     if !report.skipped.is_empty() {
         println!("Skipped {} file(s):", report.skipped.len());

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use maestro_protocol::EventRecord;
 use maestro_protocol::ids::prefix;
 use maestro_protocol::{
     AckMail, MAIL_TYPES, MailCursor, MailDeleted, MailMessage, SendMail, SentMail, Session,
 };
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{Domain, check_id, load_project, load_session};
 use crate::error::{Error, Result};
@@ -131,6 +132,33 @@ fn set_cursor(tx: &mut dyn Txn, session: &str, project: &str, cursor: u64) {
             cursor,
         },
     );
+}
+
+/// The messages for `session` in the event that woke a waiter and in those already queued
+/// behind it (newer than `since`); `None` when they cannot be read as messages or some events
+/// were missed, and the inbox must be read again.
+fn woken_by(
+    first: &EventRecord,
+    events: &mut tokio::sync::broadcast::Receiver<Arc<EventRecord>>,
+    project: &str,
+    session: &str,
+    since: Option<i64>,
+) -> Option<Vec<MailMessage>> {
+    let newer = |m: &MailMessage| since.is_none_or(|s| m.created_at > s);
+    let mut found: Vec<MailMessage> = vec![serde_json::from_value(first.data.clone()).ok()?];
+    loop {
+        match events.try_recv() {
+            Ok(ev) if ev.event == "mail:received" && is_for_value(&ev.data, project, session) => {
+                found.push(serde_json::from_value(ev.data.clone()).ok()?);
+            }
+            Ok(_) => {}
+            // Some events were missed: only a fresh read is complete.
+            Err(TryRecvError::Lagged(_)) => return None,
+            Err(_) => break,
+        }
+    }
+    found.retain(newer);
+    Some(found).filter(|f| !f.is_empty())
 }
 
 /// Checks a send request's fields (upstream's rules and messages), before any transaction.
@@ -374,6 +402,15 @@ impl Domain {
                     Ok(Ok(ev)) => {
                         if ev.event == "mail:received" && is_for_value(&ev.data, &project, session)
                         {
+                            // Without `ack` the answer is the mail itself: everything stored
+                            // since the (empty) read above comes as an event, so there is no
+                            // need to list the project's mail again.
+                            if !q.ack
+                                && let Some(found) =
+                                    woken_by(&ev, &mut events, &project, session, q.since)
+                            {
+                                return Ok(found);
+                            }
                             break;
                         }
                     }

@@ -1,0 +1,832 @@
+//! The figures, each measured against a real `maestro serve` on loopback.
+//!
+//! One backend's run, each group of figures on its own server and fresh store: the idle memory
+//! and fan-out (with the memory per socket); the CLI, mail wake, list and create throughput and
+//! replay; crash detection (with its own TTL); start-up (a store filled with 10,000 tasks,
+//! restarted). Every loop is bounded in count and time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::api::Api;
+use crate::crowd::{Crowd, OnEvent};
+use crate::report::{Row, Samples, ms, round3};
+use crate::server::{Backend, Server, Store, cpu_time, free_port, health_ok, stop_child};
+use crate::sio::{Sio, envelope_seq};
+use crate::wrk;
+
+/// Sizes and durations of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub list_tasks: usize,
+    pub http_secs: u64,
+    pub connections: u32,
+    pub fanout_sockets: Vec<usize>,
+    pub fanout_events: usize,
+    pub mail_trips: usize,
+    pub replay_events: u64,
+    pub replay_trials: usize,
+    pub crash_ttl_ms: u64,
+    pub startup_tasks: usize,
+    pub startup_runs: usize,
+    pub cli_runs: usize,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Self {
+            list_tasks: 1_000,
+            http_secs: 10,
+            connections: 50,
+            fanout_sockets: vec![1_000, 10_000],
+            fanout_events: 200,
+            mail_trips: 1_000,
+            replay_events: 1_000,
+            replay_trials: 100,
+            crash_ttl_ms: 15_000,
+            startup_tasks: 10_000,
+            startup_runs: 5,
+            cli_runs: 50,
+        }
+    }
+
+    /// Under three minutes for both backends: shorter, fewer, 1,000 sockets, a 2 s TTL.
+    pub fn quick() -> Self {
+        Self {
+            http_secs: 3,
+            fanout_sockets: vec![1_000],
+            fanout_events: 50,
+            mail_trips: 200,
+            replay_trials: 20,
+            crash_ttl_ms: 2_000,
+            startup_runs: 3,
+            cli_runs: 20,
+            ..Self::full()
+        }
+    }
+}
+
+/// Every figure's name, for `--only`.
+pub const FIGURES: &[&str] = &[
+    "memory", "cli", "mail", "list", "create", "replay", "fanout", "crash", "startup",
+];
+
+/// What one backend's run shares.
+pub struct Bench {
+    pub bin: PathBuf,
+    pub backend: Backend,
+    pub plan: Plan,
+    pub only: Vec<String>,
+    pub tmp: PathBuf,
+}
+
+impl Bench {
+    fn wants(&self, figure: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|f| f == figure)
+    }
+
+    /// Measures every selected figure; a figure that fails is reported as such and the run
+    /// goes on.
+    pub async fn run(&self) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        if self.wants("mail") || self.wants("create") {
+            eprintln!("bench[{}]: fsync latency", self.backend.name());
+            rows.push(self.or_error("disk: fsync p99", "(no target)", self.fsync_probe()));
+        }
+        if self.wants("memory") || self.wants("fanout") {
+            // Its own server: the sockets' memory is measured on a fresh heap, and the heap
+            // they leave behind (10,000 sockets freed) does not slow the figures after them.
+            let store = Store::new(self.backend, &self.tmp.join("sockets"));
+            let server = store.start(&self.bin, &[])?;
+            let api = Api::new(&server.url())?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.wants("memory") {
+                eprintln!("bench[{}]: memory idle", self.backend.name());
+                rows.push(idle_memory(&server));
+            }
+            if self.wants("fanout") {
+                eprintln!("bench[{}]: fan-out", self.backend.name());
+                match self.fanout(&api, &server).await {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => rows.push(error_row("fan-out p99", "<= 15 ms", &e)),
+                }
+            }
+        }
+        let main = Store::new(self.backend, &self.tmp.join("main"));
+        let server = main.start(&self.bin, &[])?;
+        let api = Api::new(&server.url())?;
+        if self.wants("cli") {
+            eprintln!("bench[{}]: CLI", self.backend.name());
+            rows.push(self.or_error("CLI: session register", "<= 10 ms", self.cli(&api).await));
+        }
+        if self.wants("mail") {
+            eprintln!("bench[{}]: mail wake", self.backend.name());
+            match self.mail(&api).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => rows.push(error_row("mail wake p99", &self.mail_target(), &e)),
+            }
+        }
+        let mut events_project = None;
+        if self.wants("list") || self.wants("replay") {
+            let p = api.create_project("bench list").await?;
+            api.create_tasks(&p, self.plan.list_tasks).await?;
+            events_project = Some(p);
+        }
+        if self.wants("list") {
+            eprintln!("bench[{}]: list throughput", self.backend.name());
+            let p = events_project.as_deref().expect("created above");
+            match self.list(&api, &server, p).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => rows.push(error_row("list throughput", ">= 4,500 req/s", &e)),
+            }
+        }
+        if self.wants("create") {
+            eprintln!("bench[{}]: create throughput", self.backend.name());
+            let row = self.create(&api, &server).await;
+            rows.push(self.or_error("create throughput", ">= 7,500 req/s", row));
+        }
+        if self.wants("replay") {
+            eprintln!("bench[{}]: replay", self.backend.name());
+            let p = events_project.as_deref().expect("created above");
+            let row = self.replay(server.addr, p).await;
+            rows.push(self.or_error("replay p99 (1,000 events)", "<= 50 ms", row));
+        }
+        drop(server);
+
+        if self.wants("crash") {
+            eprintln!("bench[{}]: crash detection", self.backend.name());
+            let target = format!("<= {} s", (self.plan.crash_ttl_ms + 1_000) as f64 / 1000.0);
+            let row = self.crash().await;
+            rows.push(self.or_error("crash detection", &target, row));
+        }
+        if self.wants("startup") {
+            eprintln!("bench[{}]: start-up", self.backend.name());
+            let row = self.startup().await;
+            rows.push(self.or_error("start-up (10,000 tasks)", "<= 100 ms", row));
+        }
+        Ok(rows)
+    }
+
+    /// How long this disk takes to make 4 KiB durable (`fdatasync`): the floor under every
+    /// acknowledged write, hence under create throughput's latency and mail wake.
+    fn fsync_probe(&self) -> Result<Row> {
+        use std::io::Write as _;
+        let path = self.tmp.join("fsync-probe");
+        let mut file = std::fs::File::create(&path)?;
+        let block = [7u8; 4096];
+        let mut samples = Vec::with_capacity(self.plan.mail_trips);
+        for _ in 0..self.plan.mail_trips {
+            file.write_all(&block)?;
+            let started = Instant::now();
+            file.sync_data()?;
+            samples.push(started.elapsed());
+        }
+        drop(file);
+        std::fs::remove_file(&path)?;
+        let s = Samples::new(samples);
+        Ok(Row::info(
+            "disk: fsync p99 (4 KiB append)",
+            s.percentile_ms(99.0),
+            "ms",
+        )
+        .with_detail(s.summary()))
+    }
+
+    fn or_error(&self, figure: &str, target: &str, row: Result<Row>) -> Row {
+        row.unwrap_or_else(|e| error_row(figure, target, &e))
+    }
+
+    fn mail_target(&self) -> String {
+        format!("<= {} ms", self.mail_target_ms())
+    }
+
+    fn mail_target_ms(&self) -> f64 {
+        match self.backend {
+            Backend::Local => 2.0,
+            Backend::Redis => 4.0,
+        }
+    }
+
+    /// `maestro session register` as an agent hook runs it: a fresh process each time, the
+    /// context in the environment, the session already known to the server.
+    async fn cli(&self, api: &Api) -> Result<Row> {
+        let project = api.create_project("bench cli").await?;
+        let session = api.create_session(&project, "idle").await?;
+        let home = self.tmp.join("cli-home");
+        std::fs::create_dir_all(&home)?;
+        let (bin, url, runs) = (self.bin.clone(), api.base.clone(), self.plan.cli_runs);
+        tokio::task::spawn_blocking(move || -> Result<Row> {
+            let command = |args: &[&str]| {
+                let mut cmd = Command::new(&bin);
+                cmd.args(args)
+                    .env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .env("HOME", &home)
+                    .env("MAESTRO_SERVER_URL", &url)
+                    .env("MAESTRO_SESSION_ID", &session)
+                    .env("MAESTRO_PROJECT_ID", &project)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                cmd
+            };
+            let help = command(&["session", "register", "--help"]).output()?;
+            if !help.status.success() {
+                return Ok(Row::not_measured(
+                    "CLI: session register",
+                    "<= 10 ms",
+                    "command missing",
+                ));
+            }
+            let mut samples = Vec::with_capacity(runs);
+            for i in 0..=runs {
+                let started = Instant::now();
+                let out = command(&["session", "register"]).output()?;
+                let took = started.elapsed();
+                if !out.status.success() {
+                    bail!(
+                        "maestro session register failed ({}): {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                if i > 0 {
+                    samples.push(took); // the first run only warms the page cache
+                }
+            }
+            let s = Samples::new(samples);
+            Ok(Row::at_most(
+                &format!("CLI: session register (median of {runs})"),
+                s.percentile_ms(50.0),
+                "ms",
+                10.0,
+            )
+            .with_detail(s.summary()))
+        })
+        .await?
+    }
+
+    /// `GET /api/mail/wait` parked, then a send: from the send going out to the waiter's
+    /// answer. Upstream's wait (`since`), and the exactly-once wait (`ack=true`).
+    async fn mail(&self, api: &Api) -> Result<Vec<Row>> {
+        let project = api.create_project("bench mail").await?;
+        let to = api.create_session(&project, "working").await?;
+        let from = api.create_session(&project, "working").await?;
+        let mut rows = Vec::new();
+        for ack in [false, true] {
+            if ack {
+                // Take what the first pass left unread.
+                api.get(&format!(
+                    "/api/mail/wait/{to}?projectId={project}&timeout=1000&ack=true"
+                ))
+                .await?;
+            }
+            let mut since = 0i64;
+            let mut samples = Vec::with_capacity(self.plan.mail_trips);
+            let deadline = Instant::now() + Duration::from_secs(300);
+            for _ in 0..self.plan.mail_trips {
+                if Instant::now() > deadline {
+                    bail!("mail wake: over 300 s");
+                }
+                let url = if ack {
+                    format!(
+                        "{}/api/mail/wait/{to}?projectId={project}&timeout=10000&ack=true",
+                        api.base
+                    )
+                } else {
+                    format!(
+                        "{}/api/mail/wait/{to}?projectId={project}&timeout=10000&since={since}",
+                        api.base
+                    )
+                };
+                let http = api.http.clone();
+                let waiter = tokio::spawn(async move {
+                    let body = http
+                        .get(url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .text()
+                        .await?;
+                    anyhow::Ok((body, Instant::now()))
+                });
+                wait_parked(api).await?;
+                // A message in the same millisecond as the last would not be after `since`.
+                while now_ms() <= since {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                let body = json!({
+                    "projectId": project, "fromSessionId": from, "toSessionId": to,
+                    "type": "query", "subject": "ping",
+                });
+                let started = Instant::now();
+                let (sent, woken) = tokio::join!(api.post("/api/mail", &body), waiter);
+                sent?;
+                let (answer, at) = woken??;
+                let messages: Vec<Value> = serde_json::from_str(&answer)?;
+                if messages.len() != 1 {
+                    bail!("the waiter got {} messages, not 1", messages.len());
+                }
+                since = messages[0]["createdAt"].as_i64().context("createdAt")?;
+                samples.push(at.duration_since(started));
+            }
+            let s = Samples::new(samples);
+            // The figure is upstream's wait; `ack=true` (exactly once, `maestro mail wait
+            // --ack`) is shown beside it without a target of its own.
+            let row = if ack {
+                Row::info("mail wake p99, wait ack=true", s.percentile_ms(99.0), "ms")
+            } else {
+                Row::at_most(
+                    "mail wake p99",
+                    s.percentile_ms(99.0),
+                    "ms",
+                    self.mail_target_ms(),
+                )
+            };
+            rows.push(row.with_detail(s.summary()));
+        }
+        Ok(rows)
+    }
+
+    /// wrk, 50 connections, on `GET /api/tasks?projectId=` with 1,000 tasks.
+    async fn list(&self, api: &Api, server: &Server, project: &str) -> Result<Vec<Row>> {
+        let n = api.count_tasks(project).await?;
+        if n != self.plan.list_tasks {
+            bail!("the project has {n} tasks, not {}", self.plan.list_tasks);
+        }
+        let url = format!("{}/api/tasks?projectId={project}", server.url());
+        let (c, d) = (
+            self.plan.connections,
+            Duration::from_secs(self.plan.http_secs),
+        );
+        let r = tokio::task::spawn_blocking(move || wrk::run(&url, c, d, None)).await??;
+        let detail = wrk_detail(&r);
+        let mut rate = Row::at_least("list throughput", r.requests_per_sec, "req/s", 4_500.0)
+            .with_detail(detail.clone());
+        let mut p99 = Row::at_most("list p99", r.p99_ms, "ms", 50.0).with_detail(detail);
+        if r.non_2xx > 0 || r.socket_errors > 0 {
+            let why = format!("{} non-2xx, {} socket errors", r.non_2xx, r.socket_errors);
+            rate = rate.failed(&why);
+            p99 = p99.failed(&why);
+        }
+        Ok(vec![rate, p99])
+    }
+
+    /// wrk, 50 connections, `POST /api/tasks`; afterwards every acknowledged task must be
+    /// stored.
+    async fn create(&self, api: &Api, server: &Server) -> Result<Row> {
+        let project = api.create_project("bench create").await?;
+        let script = self.tmp.join("create.lua");
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\n\
+                 wrk.body = '{{\"projectId\":\"{project}\",\"title\":\"bench task\"}}'\n\
+                 wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+            ),
+        )?;
+        let url = format!("{}/api/tasks", server.url());
+        let (c, d) = (
+            self.plan.connections,
+            Duration::from_secs(self.plan.http_secs),
+        );
+        let r = tokio::task::spawn_blocking(move || wrk::run(&url, c, d, Some(&script))).await??;
+        let stored = api.count_tasks(&project).await?;
+        let mut detail = wrk_detail(&r);
+        detail["stored"] = json!(stored);
+        let mut row = Row::at_least("create throughput", r.requests_per_sec, "req/s", 7_500.0)
+            .with_detail(detail);
+        if r.non_2xx > 0 || r.socket_errors > 0 {
+            row = row.failed(&format!(
+                "{} non-2xx, {} socket errors",
+                r.non_2xx, r.socket_errors
+            ));
+        }
+        if (stored as u64) < r.ok_responses() {
+            row = row.failed(&format!(
+                "{stored} stored of {} acknowledged",
+                r.ok_responses()
+            ));
+        }
+        Ok(row)
+    }
+
+    /// A `/ui` socket reconnecting with `lastSeq` 1,000 events behind: from the connect to the
+    /// 1,000th replayed event, each checked in order.
+    async fn replay(&self, addr: SocketAddr, project: &str) -> Result<Row> {
+        let behind = self.plan.replay_events;
+        let mut probe = Sio::connect(addr, "/ui", &json!({})).await?;
+        let sync = probe
+            .call("state:sync", json!({ "projectId": project }))
+            .await?;
+        probe.close().await;
+        let head = sync["seqs"][project].as_u64().context("no head seq")?;
+        if head < behind {
+            bail!("the project has {head} events, fewer than {behind}");
+        }
+        let auth = json!({ "projectId": project, "lastSeq": head - behind });
+        let mut samples = Vec::with_capacity(self.plan.replay_trials);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for _ in 0..self.plan.replay_trials {
+            if Instant::now() > deadline {
+                bail!("replay: over 300 s");
+            }
+            let started = Instant::now();
+            let mut sio = Sio::connect(addr, "/ui", &auth).await?;
+            let mut expected = head - behind + 1;
+            while expected <= head {
+                let packet = sio.read().await?.context("closed during the replay")?;
+                if !packet.starts_with("42/ui,[") {
+                    continue;
+                }
+                let seq = envelope_seq(&packet).context("an event without seq")?;
+                if seq != expected {
+                    bail!("replay delivered seq {seq}, expected {expected}");
+                }
+                expected += 1;
+            }
+            samples.push(started.elapsed());
+            sio.close().await;
+        }
+        let s = Samples::new(samples);
+        Ok(Row::at_most(
+            "replay p99 (1,000 events)",
+            s.percentile_ms(99.0),
+            "ms",
+            50.0,
+        )
+        .with_detail(s.summary()))
+    }
+
+    /// N idle `/ui` sockets: the server's RSS per socket, then one task created at a time and
+    /// the time until the last socket has its `task:created`.
+    async fn fanout(&self, api: &Api, server: &Server) -> Result<Vec<Row>> {
+        let project = api.create_project("bench fan-out").await?;
+        let shared = Arc::new(Shared {
+            base: Instant::now(),
+            received: AtomicUsize::new(0),
+            last_ns: AtomicU64::new(0),
+            first_ns: AtomicU64::new(u64::MAX),
+            expected: AtomicUsize::new(usize::MAX),
+            all: Notify::new(),
+            connected: AtomicUsize::new(0),
+        });
+        let rss_before = server.rss_kib()?;
+        let mut crowd = Crowd::start(
+            server.addr,
+            "42/ui,[\"task:created\"",
+            shared.clone() as Arc<dyn OnEvent>,
+        )?;
+        let mut rows = Vec::new();
+        let mut connected = 0;
+        for &n in &self.plan.fanout_sockets {
+            crowd.grow(n - connected)?;
+            connected = n;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while shared.connected.load(Ordering::Relaxed) < n {
+                if let Some(ended) = crowd.finished() {
+                    ended?;
+                    bail!("the sockets' thread stopped");
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "only {} of {n} sockets connected in 300 s",
+                        shared.connected.load(Ordering::Relaxed)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss = server.rss_kib()?;
+            let per_socket_kb = rss.saturating_sub(rss_before) as f64 * 1024.0 / n as f64 / 1000.0;
+            let label = count_label(n);
+            rows.push(
+                Row::at_most(
+                    &format!("memory: RSS per idle socket ({label} sockets)"),
+                    per_socket_kb,
+                    "KB",
+                    20.0,
+                )
+                .with_detail(json!({
+                    "rss_before_kib": rss_before, "rss_kib": rss, "sockets": n,
+                })),
+            );
+
+            let target = if n <= 1_000 { 15.0 } else { 100.0 };
+            let mut samples = Vec::with_capacity(self.plan.fanout_events);
+            let (mut firsts, mut posts) = (Vec::new(), Vec::new());
+            let mut lost = None;
+            let cpu_before = (cpu_time(server.pid())?, cpu_time(std::process::id())?);
+            for i in 0..self.plan.fanout_events {
+                shared.received.store(0, Ordering::SeqCst);
+                shared.last_ns.store(0, Ordering::SeqCst);
+                shared.first_ns.store(u64::MAX, Ordering::SeqCst);
+                shared.expected.store(n, Ordering::SeqCst);
+                let sent_ns = shared.base.elapsed().as_nanos() as u64;
+                api.create_task(&project, "fan-out").await?;
+                posts.push(Duration::from_nanos(
+                    (shared.base.elapsed().as_nanos() as u64).saturating_sub(sent_ns),
+                ));
+                let all = tokio::time::timeout(Duration::from_secs(10), shared.all.notified());
+                if all.await.is_err() {
+                    lost = Some(format!(
+                        "event {i}: {} of {n} sockets got it within 10 s",
+                        shared.received.load(Ordering::SeqCst)
+                    ));
+                    if let Some(Err(e)) = crowd.finished() {
+                        lost = Some(format!("{lost:?}; the sockets' thread failed: {e:#}"));
+                    }
+                    break;
+                }
+                let last = shared.last_ns.load(Ordering::SeqCst);
+                let first = shared.first_ns.load(Ordering::SeqCst);
+                firsts.push(Duration::from_nanos(first.saturating_sub(sent_ns)));
+                samples.push(Duration::from_nanos(last.saturating_sub(sent_ns)));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            shared.expected.store(usize::MAX, Ordering::SeqCst);
+            let events = samples.len().max(1) as f64;
+            let cpu_per_event = |before: Duration, pid: u32| -> Result<f64> {
+                Ok(round3(ms(cpu_time(pid)?.saturating_sub(before)) / events))
+            };
+            let server_cpu = cpu_per_event(cpu_before.0, server.pid())?;
+            let bench_cpu = cpu_per_event(cpu_before.1, std::process::id())?;
+            let s = Samples::new(samples);
+            let mut row = Row::at_most(
+                &format!("fan-out p99 ({label} /ui sockets)"),
+                s.percentile_ms(99.0),
+                "ms",
+                target,
+            )
+            .with_detail(json!({
+                "last_socket": s.summary(),
+                "first_socket": Samples::new(firsts).summary(),
+                "post_answered": Samples::new(posts).summary(),
+                "server_cpu_ms_per_event": server_cpu,
+                "bench_cpu_ms_per_event": bench_cpu,
+            }));
+            if let Some(why) = lost {
+                row = row.failed(&why);
+                rows.push(row);
+                break;
+            }
+            rows.push(row);
+        }
+        drop(crowd);
+        Ok(rows)
+    }
+
+    /// An agent process beating every 200 ms is SIGKILLed; the time until the server's
+    /// `notify:session_failed` reaches a WebSocket client.
+    async fn crash(&self) -> Result<Row> {
+        let ttl = self.plan.crash_ttl_ms;
+        let store = Store::new(self.backend, &self.tmp.join("crash"));
+        let server = store.start(&self.bin, &[("HEARTBEAT_TTL_MS", &ttl.to_string())])?;
+        let api = Api::new(&server.url())?;
+        let project = api.create_project("bench crash").await?;
+        let session = api.create_session(&project, "working").await?;
+        let mut agent = Command::new(std::env::current_exe()?)
+            .args(["--agent-url", &server.url(), "--agent-session", &session])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let result = async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while api.get(&format!("/api/sessions/{session}")).await?["online"] != json!(true) {
+                if Instant::now() > deadline {
+                    bail!("the agent's session never came online");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://{}/", server.addr)).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let killed = Instant::now();
+            agent.kill()?;
+            agent.wait()?;
+            let limit = Duration::from_millis(ttl) + Duration::from_secs(15);
+            let noticed = tokio::time::timeout(limit, async {
+                while let Some(msg) = ws.next().await {
+                    if let Message::Text(text) = msg?
+                        && text.contains("\"notify:session_failed\"")
+                        && text.contains(&session)
+                    {
+                        return anyhow::Ok(killed.elapsed());
+                    }
+                }
+                bail!("the WebSocket closed")
+            })
+            .await
+            .context("no notify:session_failed in time")??;
+            let status = api.get(&format!("/api/sessions/{session}")).await?["status"].clone();
+            let secs = noticed.as_secs_f64();
+            let row = Row::at_most(
+                &format!("crash detection (TTL {} s)", ttl as f64 / 1000.0),
+                secs,
+                "s",
+                (ttl + 1_000) as f64 / 1000.0,
+            )
+            .with_detail(
+                json!({ "ttl_ms": ttl, "detected_ms": round3(ms(noticed)), "status": status }),
+            );
+            Ok(if status == "failed" {
+                row
+            } else {
+                row.failed(&format!("status {status}"))
+            })
+        }
+        .await;
+        let _ = agent.kill();
+        let _ = agent.wait();
+        result
+    }
+
+    /// `maestro serve` on a store holding 10,000 tasks: from spawning the process to the first
+    /// 200 on `/health`.
+    async fn startup(&self) -> Result<Row> {
+        let store = Store::new(self.backend, &self.tmp.join("startup"));
+        {
+            let mut server = store.start(&self.bin, &[])?;
+            let api = Api::new(&server.url())?;
+            let project = api.create_project("bench start-up").await?;
+            api.create_tasks(&project, self.plan.startup_tasks).await?;
+            let n = api.count_tasks(&project).await?;
+            if n != self.plan.startup_tasks {
+                bail!("stored {n} tasks, not {}", self.plan.startup_tasks);
+            }
+            server.stop();
+        }
+        let (bin, runs) = (self.bin.clone(), self.plan.startup_runs);
+        let samples = tokio::task::spawn_blocking(move || -> Result<Vec<Duration>> {
+            let mut samples = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                samples.push(time_startup(&store, &bin)?);
+            }
+            Ok(samples)
+        })
+        .await??;
+        let s = Samples::new(samples);
+        let mut detail = s.summary();
+        detail["tasks"] = json!(self.plan.startup_tasks);
+        Ok(Row::at_most(
+            &format!("start-up, 10,000 tasks (median of {runs})"),
+            s.percentile_ms(50.0),
+            "ms",
+            100.0,
+        )
+        .with_detail(detail))
+    }
+}
+
+fn time_startup(store: &Store, bin: &Path) -> Result<Duration> {
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let mut child = store.spawn(bin, port, &[])?;
+    let took = loop {
+        if health_ok(addr) {
+            break Ok(started.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!("maestro serve exited at start ({status})"));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break Err(anyhow::anyhow!("no 200 on /health within 30 s"));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    stop_child(&mut child);
+    took
+}
+
+/// What the fan-out's sockets share with the driver.
+struct Shared {
+    base: Instant,
+    /// Sockets that got the current event.
+    received: AtomicUsize,
+    /// When the latest of them got it, in ns since `base`.
+    last_ns: AtomicU64,
+    /// When the first of them got it.
+    first_ns: AtomicU64,
+    /// How many sockets must get it.
+    expected: AtomicUsize,
+    all: Notify,
+    connected: AtomicUsize,
+}
+
+impl OnEvent for Shared {
+    fn received(&self) {
+        let at = self.base.elapsed().as_nanos() as u64;
+        self.last_ns.fetch_max(at, Ordering::SeqCst);
+        self.first_ns.fetch_min(at, Ordering::SeqCst);
+        let got = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if got == self.expected.load(Ordering::SeqCst) {
+            self.all.notify_one();
+        }
+    }
+
+    fn connected(&self) {
+        self.connected.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until the server counts a parked mail waiter (`/metrics`), then a moment more so it
+/// is waiting on the event stream.
+async fn wait_parked(api: &Api) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = api
+            .http
+            .get(format!("{}/metrics", api.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let parked = text
+            .lines()
+            .find_map(|l| l.strip_prefix("maestro_mail_waiters "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        if parked >= 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the mail waiter never parked");
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn idle_memory(server: &Server) -> Row {
+    match server.rss_kib() {
+        Ok(kib) => Row::at_most("memory: RSS idle", kib as f64 * 1024.0 / 1e6, "MB", 20.0)
+            .with_detail(json!({ "rss_kib": kib })),
+        Err(e) => error_row("memory: RSS idle", "<= 20 MB", &e),
+    }
+}
+
+fn wrk_detail(r: &wrk::WrkResult) -> Value {
+    json!({
+        "requests": r.requests, "seconds": r.seconds, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms,
+        "p99_ms": r.p99_ms, "non_2xx": r.non_2xx, "socket_errors": r.socket_errors,
+    })
+}
+
+fn error_row(figure: &str, target: &str, e: &anyhow::Error) -> Row {
+    eprintln!("bench: {figure}: {e:#}");
+    let mut row = Row::not_measured(figure, target, &format!("error: {e:#}"));
+    row.verdict = crate::report::Verdict::Miss;
+    row
+}
+
+fn count_label(n: usize) -> String {
+    crate::report::number(n as f64)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The hidden `--agent-url` mode: an agent that beats its session every 200 ms until it is
+/// killed (at most 30 minutes).
+pub fn agent(url: &str, session: &str) -> Result<()> {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .context("the agent needs http://<ip>:<port>")?;
+    let request = format!(
+        "POST /api/sessions/{session}/heartbeat HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    let until = Instant::now() + Duration::from_secs(1_800);
+    while Instant::now() < until {
+        let beat = || -> std::io::Result<()> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(request.as_bytes())?;
+            let mut sink = Vec::new();
+            s.read_to_end(&mut sink)?;
+            Ok(())
+        };
+        if let Err(e) = beat() {
+            eprintln!("bench agent: heartbeat failed: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
