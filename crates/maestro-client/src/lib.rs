@@ -278,15 +278,7 @@ impl Client {
                 req
             })
             .await?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp.json().await?);
-        }
-        let text = resp.text().await?;
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => Err(Error::Api { status, body }),
-            Err(_) => Err(Error::UnexpectedBody { status, text }),
-        }
+        decode(resp).await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -596,15 +588,7 @@ impl Client {
                 }
             })
             .await?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp.json().await?);
-        }
-        let text = resp.text().await?;
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => Err(Error::Api { status, body }),
-            Err(_) => Err(Error::UnexpectedBody { status, text }),
-        }
+        decode(resp).await
     }
 }
 
@@ -658,6 +642,19 @@ impl Client {
     pub async fn heartbeat(&self, session_id: &str) -> Result<serde_json::Value> {
         let path = format!("/api/sessions/{}/heartbeat", enc(session_id));
         self.send(Method::POST, &path, &serde_json::json!({})).await
+    }
+}
+
+/// The typed body of a success, or the server's error.
+async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp.json().await?);
+    }
+    let text = resp.text().await?;
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => Err(Error::Api { status, body }),
+        Err(_) => Err(Error::UnexpectedBody { status, text }),
     }
 }
 

@@ -59,7 +59,9 @@ type Versions = [AtomicU64; Collection::ALL.len()];
 
 /// The redb-backed store.
 pub struct LocalStore {
-    db: Arc<Database>,
+    /// `None` once closed: the file is released at `close`, even while something still holds
+    /// the store, so a new server can open it at once.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     versions: Arc<Versions>,
     jobs: mpsc::UnboundedSender<Msg>,
     bus: broadcast::Sender<Arc<EventRecord>>,
@@ -67,6 +69,15 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// The open database, or 503 once the store is closed.
+    fn db(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .expect("db lock")
+            .clone()
+            .ok_or_else(|| Error::Unavailable("the store is shutting down".into()))
+    }
+
     /// Opens (or creates) `maestro.redb` in `dir` and starts the writer thread.
     pub fn open(dir: &Path, journal_capacity: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)
@@ -94,7 +105,7 @@ impl LocalStore {
                 .map_err(|e| Error::Internal(format!("cannot start writer thread: {e}")))?
         };
         Ok(Self {
-            db,
+            db: std::sync::RwLock::new(Some(db)),
             versions,
             jobs,
             bus,
@@ -120,7 +131,7 @@ impl Store for LocalStore {
 
     fn reader(&self) -> Result<Box<dyn Reader + Send + '_>> {
         Ok(Box::new(LocalReader {
-            rtx: self.db.begin_read()?,
+            rtx: self.db()?.begin_read()?,
         }))
     }
 
@@ -133,7 +144,7 @@ impl Store for LocalStore {
     }
 
     async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db()?.begin_read()?;
         let head = rtx
             .open_table(COUNTERS)?
             .get(seq_key(scope).as_str())?
@@ -173,6 +184,7 @@ impl Store for LocalStore {
             let _ = self.jobs.send(Msg::Close);
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        self.db.write().expect("db lock").take();
     }
 }
 
