@@ -72,6 +72,13 @@ pub async fn run(
 
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // Small frames (events, acks) go out at once instead of waiting on Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -103,6 +103,8 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/api/docs", axum::routing::get(docs_page))
+        .route("/socket.io", axum::routing::get(socketio).post(socketio))
+        .route("/socket.io/", axum::routing::get(socketio).post(socketio))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -110,43 +112,20 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::realtime::legacy::upgrade_middleware,
         ))
-        // `/socket.io/` (polling and WebSocket) is answered here; the legacy middleware
-        // above leaves those paths alone. Inside CORS, so polling from a browser gets it too.
-        .layer(state.socketio.layer())
-        .layer(axum::middleware::map_request(detach_socketio_head))
         .layer(cors(&state.config))
         .with_state(state)
 }
 
-/// Socket.IO keeps every connection's request head for the connection's whole life (for
-/// `req_parts`: the origin and peer checks). hyper parses header values and the URI as slices
-/// of the connection's read buffer (8–16 KiB), so keeping the head kept that whole buffer
-/// alive for each idle socket; owned copies of the few bytes let it go (about 16 KB per
-/// socket, measured by `cargo xtask bench`).
-async fn detach_socketio_head(mut req: Request<axum::body::Body>) -> Request<axum::body::Body> {
-    if !req.uri().path().starts_with("/socket.io") {
-        return req;
-    }
-    let mut headers = axum::http::HeaderMap::with_capacity(req.headers().len());
-    for (name, value) in req.headers() {
-        let copy = match HeaderValue::from_bytes(value.as_bytes()) {
-            Ok(mut copy) => {
-                copy.set_sensitive(value.is_sensitive());
-                copy
-            }
-            Err(_) => value.clone(),
-        };
-        headers.append(name.clone(), copy);
-    }
-    *req.headers_mut() = headers;
-    if let Ok(uri) = req.uri().to_string().parse::<axum::http::Uri>() {
-        // The router's copy of the URI (`OriginalUri`) is such a slice too.
-        if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
-            original.0 = uri.clone();
-        }
-        *req.uri_mut() = uri;
-    }
-    req
+/// `/socket.io/`: Engine.IO polling and WebSocket upgrades, for Socket.IO `/ui` and `/mobile`.
+async fn socketio(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request<axum::body::Body>,
+) -> axum::response::Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    state.socketio.serve(req, peer).await
 }
 
 /// A self-contained page that renders `/api/openapi.json` (no external scripts).

@@ -1,0 +1,1045 @@
+//! Engine.IO v4, the transport under Socket.IO: sessions over HTTP long-polling and WebSocket,
+//! the upgrade from one to the other, and the heartbeat.
+//!
+//! The part that matters for speed is [`Session::send`]. A packet is framed once (a
+//! server's WebSocket frames are not masked, so one event's bytes are the same for every
+//! socket) and written straight to the socket's connection by whoever sends it — the
+//! fan-out, an ack, the heartbeat — without waking a task per socket: the write is polled
+//! once with a no-op waker, which on a socket with room in its kernel buffer completes at
+//! once. Only when the buffer is full does the rest go into the session's queue, drained by a
+//! short-lived flusher task that polls with a real waker. An idle WebSocket session costs its
+//! reader task (a small read buffer and the decoder) and this struct.
+//!
+//! Protocol (what `socket.io-client` 3.x/4.x speaks):
+//! - handshake: `GET /socket.io/?EIO=4&transport=polling` answers `0{"sid",…}`; or a WebSocket
+//!   to `?EIO=4&transport=websocket` gets the same open packet as its first message.
+//! - polling: `GET …&sid=` waits for packets (joined by `\x1e`); `POST …&sid=` carries the
+//!   client's packets and is answered `ok`.
+//! - upgrade: a WebSocket with `sid=` sends `2probe` (answered `3probe`), the client pauses
+//!   polling (a waiting `GET` is answered with a noop `6`), then sends `5`; from then on
+//!   everything, including what was still queued for polling, goes over the WebSocket.
+//! - heartbeat: the server sends `2` every `ping_interval`; a session that does not answer `3`
+//!   within `ping_timeout` is closed.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
+};
+use bytes::{Bytes, BytesMut};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::socketio::Conn;
+use super::ws::{self, Incoming};
+
+/// Frames (WebSocket) or packets (polling) a session may have waiting before the client
+/// counts as gone: it is disconnected and recovers with `lastSeq` when it reconnects.
+pub const MAX_QUEUED: usize = 16_384;
+/// How long a WebSocket may accept nothing while frames wait, before the session is closed.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// How often the heartbeat looks at the sessions.
+const TICK: Duration = Duration::from_millis(250);
+/// Polling packets are separated by this byte.
+const SEPARATOR: u8 = 0x1e;
+/// Request headers kept for the session's life: what decides whether the client is trusted.
+const KEPT_HEADERS: [&str; 6] = [
+    "origin",
+    "authorization",
+    "cf-access-jwt-assertion",
+    "cf-connecting-ip",
+    "x-forwarded-for",
+    "x-real-ip",
+];
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Largest message (WebSocket) or request body (polling) the client may send.
+    pub max_payload: usize,
+}
+
+/// One Engine.IO packet, ready for either transport: the bytes of its WebSocket text frame,
+/// whose tail (after the header) is the packet as polling sends it.
+#[derive(Clone)]
+pub struct Frame {
+    bytes: Bytes,
+    header: usize,
+}
+
+impl Frame {
+    pub fn text(packet: &str) -> Self {
+        Self {
+            bytes: ws::frame(ws::OP_TEXT, packet.as_bytes()),
+            header: ws::header_len(packet.len()),
+        }
+    }
+
+    #[cfg(test)]
+    fn payload(&self) -> Bytes {
+        self.bytes.slice(self.header..)
+    }
+}
+
+/// What sits above the transport (Socket.IO).
+pub trait Handler: Send + Sync + 'static {
+    /// A message packet (`4…`) from the client; `text` is what follows the `4`. Messages of
+    /// one session are handled one at a time, in order.
+    fn on_message<'a>(
+        &'a self,
+        session: &'a Arc<Session>,
+        text: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+    /// The session has ended (called once).
+    fn on_close(&self, session: &Arc<Session>);
+}
+
+/// The sessions, the request handler for `/socket.io/` and the heartbeat.
+pub struct Engine {
+    config: EngineConfig,
+    handler: Arc<dyn Handler>,
+    sessions: Mutex<HashMap<Box<str>, Arc<Session>>>,
+    epoch: Instant,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// One client's connection, whichever transport carries it.
+pub struct Session {
+    id: Box<str>,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    out: Mutex<Out>,
+    /// Woken when a polling `GET` may have something to answer.
+    wake_poll: Notify,
+    closed: CancellationToken,
+    finished: AtomicBool,
+    /// When the outstanding ping was sent (ms since the engine's epoch); 0: none.
+    ping_sent: AtomicU64,
+    next_ping: AtomicU64,
+    /// Serializes the handling of incoming messages (polling `POST`s may overlap).
+    inbox: tokio::sync::Mutex<()>,
+    /// The Socket.IO namespaces connected over this session.
+    pub(super) sockets: Mutex<Vec<Arc<Conn>>>,
+}
+
+struct Out {
+    transport: Transport,
+    /// WebSocket: frames (the first possibly partly written) that the kernel did not take
+    /// yet. Polling: packets not yet fetched.
+    queue: VecDeque<Bytes>,
+    /// WebSocket: a flusher task owns writing until the queue is empty.
+    flushing: bool,
+    /// Polling: a `GET` is waiting.
+    polling: bool,
+    /// Polling: a WebSocket probe was answered; waiting `GET`s get a noop.
+    upgrading: bool,
+}
+
+/// The connection after a WebSocket upgrade.
+type Io = TokioIo<hyper::upgrade::Upgraded>;
+
+enum Transport {
+    Polling,
+    WebSocket(WriteHalf<Io>),
+    Closed,
+}
+
+/// One write attempt that never waits: `Ok(None)` means the socket has no room now.
+///
+/// Outside tokio's cooperative budget: the fan-out writes to thousands of sockets in one poll
+/// of the bridge, and a budgeted poll would answer `Pending` after the first 128 of them
+/// (sending the rest through flusher tasks for no reason).
+fn try_write(w: &mut WriteHalf<Io>, bytes: &[u8]) -> io::Result<Option<usize>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let write = std::future::poll_fn(|cx| Pin::new(&mut *w).poll_write(cx, bytes));
+    let mut write = std::pin::pin!(tokio::task::unconstrained(write));
+    match write.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(0)) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+        Poll::Ready(Ok(n)) => Ok(Some(n)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok(None),
+    }
+}
+
+/// What one turn of the flusher did.
+enum Flushed {
+    /// The queue is empty (or the session closed).
+    Done,
+    /// Some bytes went out, then the socket had no room.
+    Progress,
+}
+
+impl Session {
+    /// The Engine.IO session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The peer's address, as the TCP connection of the handshake saw it.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The handshake request's headers that decide trust (Origin and the credential headers).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Sends one packet; `false` if the session is closed (or closes now because the client
+    /// stopped taking packets).
+    pub fn send(self: &Arc<Self>, frame: &Frame) -> bool {
+        self.send_bytes(frame.bytes.clone(), frame.header)
+    }
+
+    fn send_bytes(self: &Arc<Self>, bytes: Bytes, header: usize) -> bool {
+        let mut out = self.out.lock().expect("session lock");
+        match &out.transport {
+            Transport::Closed => return false,
+            Transport::Polling => {
+                out.queue.push_back(bytes.slice(header..));
+                if out.queue.len() > MAX_QUEUED {
+                    drop(out);
+                    self.overflow();
+                    return false;
+                }
+                drop(out);
+                self.wake_poll.notify_one();
+                return true;
+            }
+            Transport::WebSocket(_) if !out.queue.is_empty() || out.flushing => {
+                out.queue.push_back(bytes);
+                if out.queue.len() > MAX_QUEUED {
+                    drop(out);
+                    self.overflow();
+                    return false;
+                }
+                return true;
+            }
+            Transport::WebSocket(_) => {}
+        }
+        let Transport::WebSocket(w) = &mut out.transport else {
+            unreachable!("matched above")
+        };
+        let rest = match try_write(w, &bytes) {
+            Ok(Some(n)) if n == bytes.len() => return true,
+            Ok(Some(n)) => bytes.slice(n..),
+            Ok(None) => bytes,
+            Err(e) => {
+                drop(out);
+                tracing::debug!(session = %self.id, error = %e, "websocket write failed");
+                self.close();
+                return false;
+            }
+        };
+        out.queue.push_back(rest);
+        out.flushing = true;
+        drop(out);
+        tokio::spawn(self.clone().flush());
+        true
+    }
+
+    fn overflow(&self) {
+        tracing::warn!(session = %self.id, "client stopped taking packets; disconnecting (it recovers with lastSeq)");
+        self.close();
+    }
+
+    /// Writes the queue as the socket takes it; ends when the queue is empty. A socket that
+    /// takes nothing for [`STALL_LIMIT`] is closed.
+    async fn flush(self: Arc<Self>) {
+        loop {
+            let turn = std::future::poll_fn(|cx| self.flush_turn(cx));
+            tokio::select! {
+                _ = self.closed.cancelled() => return,
+                turn = tokio::time::timeout(STALL_LIMIT, turn) => match turn {
+                    Ok(Flushed::Done) => return,
+                    Ok(Flushed::Progress) => {}
+                    Err(_) => {
+                        tracing::warn!(session = %self.id, "client accepted nothing for {STALL_LIMIT:?}; disconnecting");
+                        self.close();
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn flush_turn(&self, cx: &mut Context<'_>) -> Poll<Flushed> {
+        let mut guard = self.out.lock().expect("session lock");
+        let out = &mut *guard;
+        let mut progressed = false;
+        loop {
+            let Transport::WebSocket(w) = &mut out.transport else {
+                return Poll::Ready(Flushed::Done);
+            };
+            if out.queue.is_empty() {
+                out.flushing = false;
+                return Poll::Ready(Flushed::Done);
+            }
+            let slices: Vec<IoSlice<'_>> =
+                out.queue.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            match Pin::new(w).poll_write_vectored(cx, &slices) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    progressed = true;
+                    let mut n = n;
+                    while n > 0 {
+                        let front = out.queue.front_mut().expect("written from it");
+                        if n >= front.len() {
+                            n -= front.len();
+                            out.queue.pop_front();
+                        } else {
+                            *front = front.slice(n..);
+                            n = 0;
+                        }
+                    }
+                }
+                Poll::Ready(result) => {
+                    drop(guard);
+                    let error = result.err().map(|e| e.to_string());
+                    tracing::debug!(session = %self.id, ?error, "websocket write failed");
+                    self.close();
+                    return Poll::Ready(Flushed::Done);
+                }
+                Poll::Pending if progressed => return Poll::Ready(Flushed::Progress),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Closes the session: a WebSocket gets a close frame (if nothing is still queued in
+    /// front of it); a waiting polling `GET` gets what is queued and the close packet.
+    pub fn close(&self) {
+        self.close_with(ws::CLOSE_NORMAL);
+    }
+
+    fn close_with(&self, code: u16) {
+        let mut out = self.out.lock().expect("session lock");
+        let previous = std::mem::replace(&mut out.transport, Transport::Closed);
+        if let Transport::WebSocket(mut w) = previous {
+            if out.queue.is_empty() && !out.flushing {
+                let _ = try_write(&mut w, &ws::close_frame(code));
+            }
+            out.queue.clear();
+        }
+        drop(out);
+        self.closed.cancel();
+        self.wake_poll.notify_one();
+    }
+
+    fn pong(&self, now: u64, interval: u64) {
+        self.ping_sent.store(0, Ordering::Relaxed);
+        self.next_ping.store(now + interval, Ordering::Relaxed);
+    }
+
+    /// A WebSocket probe was answered: waiting polls end with a noop so the client can pause.
+    fn begin_upgrade(&self) -> bool {
+        let mut out = self.out.lock().expect("session lock");
+        if !matches!(out.transport, Transport::Polling) {
+            return false;
+        }
+        out.upgrading = true;
+        drop(out);
+        self.wake_poll.notify_one();
+        true
+    }
+
+    fn abort_upgrade(&self) {
+        self.out.lock().expect("session lock").upgrading = false;
+    }
+
+    /// The client sent `5`: the WebSocket carries the session from now on, starting with
+    /// whatever was still queued for polling.
+    fn switch_to_websocket(self: &Arc<Self>, writer: WriteHalf<Io>) -> bool {
+        let mut out = self.out.lock().expect("session lock");
+        if !matches!(out.transport, Transport::Polling) {
+            return false;
+        }
+        let pending: Vec<Bytes> = out
+            .queue
+            .drain(..)
+            .map(|packet| ws::frame(ws::OP_TEXT, &packet))
+            .collect();
+        out.transport = Transport::WebSocket(writer);
+        out.upgrading = false;
+        let start_flusher = !pending.is_empty();
+        out.queue.extend(pending);
+        if start_flusher {
+            out.flushing = true;
+        }
+        drop(out);
+        if start_flusher {
+            tokio::spawn(self.clone().flush());
+        }
+        self.wake_poll.notify_one();
+        true
+    }
+
+    /// Takes everything queued for a polling `GET`, as its body.
+    fn drain_polling(out: &mut Out, closing: bool) -> Vec<u8> {
+        let mut body = Vec::new();
+        for packet in out.queue.drain(..) {
+            if !body.is_empty() {
+                body.push(SEPARATOR);
+            }
+            body.extend_from_slice(&packet);
+        }
+        if closing {
+            if !body.is_empty() {
+                body.push(SEPARATOR);
+            }
+            body.push(b'1');
+        }
+        body
+    }
+}
+
+/// Resets a session's "a `GET` is waiting" mark when the request ends, even when the client
+/// goes away mid-wait.
+struct PollGuard<'a>(&'a Session);
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0.out.lock().expect("session lock").polling = false;
+    }
+}
+
+/// Engine.IO's error answers: `400 {"code", "message"}`.
+fn refuse(status: StatusCode, code: u8, message: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            json!({ "code": code, "message": message }).to_string(),
+        ))
+        .expect("a valid response")
+}
+
+fn text(body: impl Into<Body>, content_type: &'static str) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(body.into())
+        .expect("a valid response")
+}
+
+struct Query<'a> {
+    eio: Option<&'a str>,
+    transport: Option<&'a str>,
+    sid: Option<&'a str>,
+}
+
+fn query(q: Option<&str>) -> Query<'_> {
+    let mut out = Query {
+        eio: None,
+        transport: None,
+        sid: None,
+    };
+    for pair in q.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "EIO" => out.eio = Some(v),
+            "transport" => out.transport = Some(v),
+            "sid" => out.sid = Some(v),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A random id (Engine.IO session, Socket.IO socket): 20 URL-safe characters, 120 bits.
+pub fn new_sid() -> Box<str> {
+    let mut bytes = [0u8; 15];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No system randomness: still unique, if guessable.
+        for b in &mut bytes {
+            *b = fastrand::u8(..);
+        }
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut id = String::with_capacity(20);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(chunk[1]) << 8) | u32::from(chunk[2]);
+        for shift in [18, 12, 6, 0] {
+            id.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+        }
+    }
+    id.into_boxed_str()
+}
+
+fn kept_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in KEPT_HEADERS {
+        for value in headers.get_all(name) {
+            // An owned copy: a borrowed value would keep the connection's read buffer alive.
+            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                kept.append(HeaderName::from_static(name), v);
+            }
+        }
+    }
+    kept
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+impl Engine {
+    pub fn new(
+        config: EngineConfig,
+        handler: Arc<dyn Handler>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            handler,
+            sessions: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            tasks,
+            shutdown,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        // Never 0: 0 means "no ping outstanding".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn interval_ms(&self) -> u64 {
+        self.config.ping_interval.as_millis() as u64
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> usize {
+        self.sessions.lock().expect("engine lock").len()
+    }
+
+    fn lookup(&self, sid: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().expect("engine lock").get(sid).cloned()
+    }
+
+    fn open_session(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: HeaderMap,
+        transport: Transport,
+    ) -> Arc<Session> {
+        let session = Arc::new(Session {
+            id: new_sid(),
+            peer,
+            headers,
+            out: Mutex::new(Out {
+                transport,
+                queue: VecDeque::new(),
+                flushing: false,
+                polling: false,
+                upgrading: false,
+            }),
+            wake_poll: Notify::new(),
+            // Not a child of the shutdown token: shutdown closes sessions itself, after the
+            // goodbyes (`close_all`).
+            closed: CancellationToken::new(),
+            finished: AtomicBool::new(false),
+            ping_sent: AtomicU64::new(0),
+            next_ping: AtomicU64::new(self.now() + self.interval_ms()),
+            inbox: tokio::sync::Mutex::new(()),
+            sockets: Mutex::new(Vec::new()),
+        });
+        self.sessions
+            .lock()
+            .expect("engine lock")
+            .insert(session.id.clone(), session.clone());
+        session
+    }
+
+    fn open_packet(&self, sid: &str, upgrades: &[&str]) -> String {
+        let open = json!({
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingInterval": self.config.ping_interval.as_millis() as u64,
+            "pingTimeout": self.config.ping_timeout.as_millis() as u64,
+            "maxPayload": self.config.max_payload,
+        });
+        format!("0{open}")
+    }
+
+    /// Removes a closed session and tells the handler (once).
+    fn finish(&self, session: &Arc<Session>) {
+        session.close();
+        if session.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.sessions
+            .lock()
+            .expect("engine lock")
+            .remove(&session.id);
+        self.handler.on_close(session);
+    }
+
+    /// Answers a request under `/socket.io/`.
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Body>,
+        peer: Option<SocketAddr>,
+    ) -> Response<Body> {
+        let q = query(req.uri().query());
+        if q.eio != Some("4") {
+            return refuse(StatusCode::BAD_REQUEST, 5, "Unsupported protocol version");
+        }
+        let sid = q.sid.map(str::to_owned);
+        match (q.transport, req.method()) {
+            (Some("polling"), &Method::GET) => match sid {
+                None => {
+                    let session =
+                        self.open_session(peer, kept_headers(req.headers()), Transport::Polling);
+                    let open = self.open_packet(&session.id, &["websocket"]);
+                    tracing::debug!(session = %session.id, "engine.io session opened (polling)");
+                    text(open, "text/plain; charset=UTF-8")
+                }
+                Some(sid) => match self.lookup(&sid) {
+                    Some(session) => self.poll(session).await,
+                    None => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
+                },
+            },
+            (Some("polling"), &Method::POST) => match sid.and_then(|s| self.lookup(&s)) {
+                Some(session) => self.post(session, req.into_body()).await,
+                None => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
+            },
+            (Some("polling"), _) => refuse(StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
+            (Some("websocket"), &Method::GET) => self.upgrade(req, peer, sid),
+            (Some("websocket"), _) => refuse(StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
+            _ => refuse(StatusCode::BAD_REQUEST, 0, "Transport unknown"),
+        }
+    }
+
+    /// A polling `GET`: answers at once with what is queued, else waits for packets.
+    async fn poll(&self, session: Arc<Session>) -> Response<Body> {
+        {
+            let mut out = session.out.lock().expect("session lock");
+            if out.polling {
+                drop(out);
+                tracing::debug!(session = %session.id, "overlapping polls; closing");
+                self.finish(&session);
+                return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
+            }
+            if matches!(out.transport, Transport::WebSocket(_)) {
+                return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
+            }
+            out.polling = true;
+        }
+        let _guard = PollGuard(&session);
+        let deadline = tokio::time::sleep(self.config.ping_interval + self.config.ping_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let notified = session.wake_poll.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut out = session.out.lock().expect("session lock");
+                match out.transport {
+                    Transport::Closed => {
+                        let body = Session::drain_polling(&mut out, true);
+                        drop(out);
+                        self.finish(&session);
+                        return text(body, "text/plain; charset=UTF-8");
+                    }
+                    // Upgraded while this request waited.
+                    Transport::WebSocket(_) => return text("6", "text/plain; charset=UTF-8"),
+                    Transport::Polling => {}
+                }
+                if !out.queue.is_empty() {
+                    let body = Session::drain_polling(&mut out, false);
+                    return text(body, "text/plain; charset=UTF-8");
+                }
+                if out.upgrading {
+                    return text("6", "text/plain; charset=UTF-8");
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut deadline => return text("6", "text/plain; charset=UTF-8"),
+            }
+        }
+    }
+
+    /// A polling `POST`: the client's packets, handled in order.
+    async fn post(&self, session: Arc<Session>, body: Body) -> Response<Body> {
+        let bytes = match axum::body::to_bytes(body, self.config.max_payload).await {
+            Ok(b) => b,
+            Err(_) => {
+                tracing::debug!(session = %session.id, "polling payload too large; closing");
+                self.finish(&session);
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, 3, "Payload too large");
+            }
+        };
+        let Ok(body) = std::str::from_utf8(&bytes) else {
+            self.finish(&session);
+            return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
+        };
+        if session.is_closed() {
+            return refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown");
+        }
+        let _inbox = session.inbox.lock().await;
+        for packet in body.split(SEPARATOR as char) {
+            if session.is_closed() {
+                break;
+            }
+            self.on_packet(&session, packet).await;
+        }
+        if session.is_closed() {
+            self.finish(&session);
+        }
+        text("ok", "text/html")
+    }
+
+    /// One Engine.IO packet from the client, over either transport.
+    async fn on_packet(&self, session: &Arc<Session>, packet: &str) {
+        match packet.as_bytes().first() {
+            Some(b'4') => self.handler.on_message(session, &packet[1..]).await,
+            Some(b'3') => session.pong(self.now(), self.interval_ms()),
+            Some(b'2') => {
+                session.send(&Frame::text(&format!("3{}", &packet[1..])));
+            }
+            Some(b'1') => session.close(),
+            Some(b'6') | Some(b'5') => {}
+            _ => {
+                tracing::debug!(session = %session.id, "unknown engine.io packet; closing");
+                session.close();
+            }
+        }
+    }
+
+    /// A WebSocket handshake: a new session (no `sid`) or the upgrade of a polling one.
+    fn upgrade(
+        self: Arc<Self>,
+        mut req: Request<Body>,
+        peer: Option<SocketAddr>,
+        sid: Option<String>,
+    ) -> Response<Body> {
+        let headers = req.headers();
+        let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+        let valid = header_has(headers, header::CONNECTION, "upgrade")
+            && header_has(headers, header::UPGRADE, "websocket")
+            && headers
+                .get(header::SEC_WEBSOCKET_VERSION)
+                .is_some_and(|v| v == "13");
+        let Some(key) = key.filter(|_| valid) else {
+            return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
+        };
+        let existing = match sid {
+            None => None,
+            Some(sid) => match self.lookup(&sid) {
+                Some(s)
+                    if matches!(
+                        s.out.lock().expect("session lock").transport,
+                        Transport::Polling
+                    ) =>
+                {
+                    Some(s)
+                }
+                Some(_) => return refuse(StatusCode::BAD_REQUEST, 3, "Bad request"),
+                None => return refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
+            },
+        };
+        let kept = kept_headers(req.headers());
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let engine = self.clone();
+        self.tasks.spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            match existing {
+                Some(session) => engine.run_upgrade(session, reader, writer).await,
+                None => {
+                    let session = engine.open_session(peer, kept, Transport::WebSocket(writer));
+                    tracing::debug!(session = %session.id, "engine.io session opened (websocket)");
+                    session.send(&Frame::text(&engine.open_packet(&session.id, &[])));
+                    engine
+                        .read_websocket(&session, reader, BytesMut::new())
+                        .await;
+                    engine.finish(&session);
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, ws::accept_key(key.as_bytes()))
+            .body(Body::empty())
+            .expect("a valid response")
+    }
+
+    /// The probe phase of an upgrade, then (after `5`) the session's reader.
+    async fn run_upgrade(
+        &self,
+        session: Arc<Session>,
+        mut reader: ReadHalf<Io>,
+        mut writer: WriteHalf<Io>,
+    ) {
+        let mut decoder = ws::Decoder::new(self.config.max_payload);
+        let mut need = 0;
+        let mut buf = BytesMut::new();
+        let upgraded = 'probe: loop {
+            loop {
+                match decoder.next(&mut buf, &mut need) {
+                    Ok(Some(Incoming::Text(t))) if t == "2probe" => {
+                        if !session.begin_upgrade()
+                            || writer
+                                .write_all(&Frame::text("3probe").bytes)
+                                .await
+                                .is_err()
+                        {
+                            break 'probe false;
+                        }
+                    }
+                    Ok(Some(Incoming::Text(t))) if t == "5" => {
+                        break 'probe session.switch_to_websocket(writer);
+                    }
+                    Ok(Some(Incoming::Ping(p))) => {
+                        if writer.write_all(&ws::frame(ws::OP_PONG, &p)).await.is_err() {
+                            break 'probe false;
+                        }
+                    }
+                    Ok(Some(Incoming::Pong)) => {}
+                    Ok(Some(_)) | Err(_) => break 'probe false,
+                    Ok(None) => break,
+                }
+            }
+            tokio::select! {
+                _ = session.closed.cancelled() => break false,
+                r = read_more(&mut reader, &mut buf, need) => if !r { break false },
+            }
+        };
+        if !upgraded {
+            session.abort_upgrade();
+            return;
+        }
+        tracing::debug!(session = %session.id, "engine.io session upgraded to websocket");
+        self.read_websocket(&session, reader, buf).await;
+        self.finish(&session);
+    }
+
+    /// Reads the session's WebSocket until it closes (either side).
+    async fn read_websocket(
+        &self,
+        session: &Arc<Session>,
+        mut reader: ReadHalf<Io>,
+        mut buf: BytesMut,
+    ) {
+        let mut decoder = ws::Decoder::new(self.config.max_payload);
+        let mut need = 0;
+        loop {
+            loop {
+                match decoder.next(&mut buf, &mut need) {
+                    Ok(Some(Incoming::Text(t))) => {
+                        let _inbox = session.inbox.lock().await;
+                        self.on_packet(session, &t).await;
+                        if session.is_closed() {
+                            return;
+                        }
+                    }
+                    Ok(Some(Incoming::Binary(_))) => {
+                        tracing::debug!(session = %session.id, "binary messages are not supported; closing");
+                        session.close_with(ws::CLOSE_UNSUPPORTED);
+                        return;
+                    }
+                    Ok(Some(Incoming::Ping(p))) => {
+                        session.send_bytes(ws::frame(ws::OP_PONG, &p), 0);
+                    }
+                    Ok(Some(Incoming::Pong)) => {}
+                    Ok(Some(Incoming::Close)) => {
+                        session.close();
+                        return;
+                    }
+                    Ok(None) => break,
+                    Err(v) => {
+                        tracing::debug!(session = %session.id, reason = v.reason, "websocket protocol error; closing");
+                        session.close_with(v.code);
+                        return;
+                    }
+                }
+            }
+            if buf.is_empty() && buf.capacity() > 4096 {
+                // A large message came and went; do not keep its buffer for an idle socket.
+                buf = BytesMut::new();
+            }
+            tokio::select! {
+                _ = session.closed.cancelled() => return,
+                r = read_more(&mut reader, &mut buf, need) => if !r {
+                    session.close_with(ws::CLOSE_GOING_AWAY);
+                    return;
+                },
+            }
+        }
+    }
+
+    /// The heartbeat: pings each session every `ping_interval`, closes those that did not
+    /// answer within `ping_timeout`, and removes sessions closed by other means. Runs until
+    /// shutdown.
+    pub async fn heartbeat(self: Arc<Self>) {
+        let ping = Frame::text("2");
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let sessions: Vec<Arc<Session>> = self
+                .sessions
+                .lock()
+                .expect("engine lock")
+                .values()
+                .cloned()
+                .collect();
+            let timeout = self.config.ping_timeout.as_millis() as u64;
+            for session in sessions {
+                if session.is_closed() {
+                    self.finish(&session);
+                    continue;
+                }
+                let now = self.now();
+                let sent = session.ping_sent.load(Ordering::Relaxed);
+                if sent != 0 {
+                    if now.saturating_sub(sent) > timeout {
+                        tracing::debug!(session = %session.id, "no pong within the ping timeout; closing");
+                        self.finish(&session);
+                    }
+                } else if now >= session.next_ping.load(Ordering::Relaxed) {
+                    session.ping_sent.store(now, Ordering::Relaxed);
+                    session.send(&ping);
+                }
+            }
+        }
+    }
+
+    /// Closes every session (shutdown), after `last` has had a chance to queue goodbyes.
+    pub fn close_all(&self, last: impl Fn(&Arc<Session>)) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .expect("engine lock")
+            .values()
+            .cloned()
+            .collect();
+        for session in sessions {
+            last(&session);
+            self.finish(&session);
+        }
+    }
+}
+
+/// Reads what the connection has into `buf` (making room for `need` bytes); `false` when
+/// it is gone. Cancel-safe: nothing is lost if another branch of a `select!` wins.
+async fn read_more(reader: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut, need: usize) -> bool {
+    let want = need.saturating_sub(buf.len()).max(512);
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+    matches!(reader.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+#[cfg(test)]
+impl Session {
+    /// A polling session outside any engine: what is sent collects in its queue.
+    pub(super) fn detached() -> Arc<Self> {
+        Arc::new(Session {
+            id: new_sid(),
+            peer: None,
+            headers: HeaderMap::new(),
+            out: Mutex::new(Out {
+                transport: Transport::Polling,
+                queue: VecDeque::new(),
+                flushing: false,
+                polling: false,
+                upgrading: false,
+            }),
+            wake_poll: Notify::new(),
+            closed: CancellationToken::new(),
+            finished: AtomicBool::new(false),
+            ping_sent: AtomicU64::new(0),
+            next_ping: AtomicU64::new(0),
+            inbox: tokio::sync::Mutex::new(()),
+            sockets: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The packets queued so far, taken.
+    pub(super) fn take_queued(&self) -> Vec<String> {
+        let mut out = self.out.lock().unwrap();
+        out.queue
+            .drain(..)
+            .map(|p| String::from_utf8(p.to_vec()).unwrap())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_sids() {
+        let q = query(Some("EIO=4&transport=polling&t=Nx1&sid=abc"));
+        assert_eq!(
+            (q.eio, q.transport, q.sid),
+            (Some("4"), Some("polling"), Some("abc"))
+        );
+        let q = query(None);
+        assert!(q.eio.is_none() && q.sid.is_none());
+        let a = new_sid();
+        assert_eq!(a.len(), 20);
+        assert_ne!(a, new_sid());
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+    }
+
+    #[test]
+    fn frames_serve_both_transports() {
+        let f = Frame::text("42/ui,[\"x\"]");
+        assert_eq!(&f.payload()[..], b"42/ui,[\"x\"]");
+        assert_eq!(f.bytes[0], 0x81);
+    }
+
+    #[test]
+    fn only_trust_headers_are_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, "http://localhost:5173".parse().unwrap());
+        h.insert(header::USER_AGENT, "x".parse().unwrap());
+        let kept = kept_headers(&h);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[header::ORIGIN], "http://localhost:5173");
+    }
+}
