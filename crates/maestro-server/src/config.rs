@@ -77,6 +77,15 @@ pub struct Config {
     #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 250)]
     pub sweep_interval_ms: u64,
 
+    /// Socket.IO clients are pinged this often, in milliseconds (socket.io's default).
+    #[arg(long, env = "SOCKETIO_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub socketio_ping_interval_ms: u64,
+
+    /// A Socket.IO client that has not answered a ping within this many milliseconds is
+    /// disconnected (socket.io's default).
+    #[arg(long, env = "SOCKETIO_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub socketio_ping_timeout_ms: u64,
+
     /// Redis to keep all state in (e.g. `redis://127.0.0.1:6379`, `redis+unix:///run/redis.sock`).
     /// Unset: the embedded local backend. Several servers may share one Redis.
     #[arg(long, env = "REDIS_URL")]
@@ -111,6 +120,8 @@ impl Config {
             heartbeat_grace_ms: 500,
             stall_after_ms: 600_000,
             sweep_interval_ms: 250,
+            socketio_ping_interval_ms: 25_000,
+            socketio_ping_timeout_ms: 20_000,
             redis_url: None,
             redis_enabled: true,
             redis_key_prefix: "maestro:".into(),

@@ -1193,3 +1193,224 @@ async fn shutdown_closes_sockets() {
     );
     assert!(phone.closed_by_server().await);
 }
+
+#[tokio::test]
+async fn the_heartbeat_keeps_live_clients_and_drops_silent_ones() {
+    let server = CustomServer::start(|c| {
+        c.socketio_ping_interval_ms = 150;
+        c.socketio_ping_timeout_ms = 300;
+    })
+    .await;
+    let mut live = Sio::connect(server.addr, "/ui", json!({}), None)
+        .await
+        .unwrap();
+    let mut silent = Sio::connect(server.addr, "/ui", json!({}), None)
+        .await
+        .unwrap();
+    // The live client answers every ping while it works; the silent one reads nothing.
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        ok(&live.call("subscribe", json!({ "sessionIds": ["s"] })).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ok(&live.call("state:sync", json!({})).await);
+    // What the silent client finds: pings it never answered, then the close.
+    let mut pings = 0;
+    let closed = loop {
+        match tokio::time::timeout(WAIT, silent.ws.next()).await {
+            Err(_) => break false,
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break true,
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => pings += 1,
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    assert!(
+        closed,
+        "a client that does not answer pings is disconnected"
+    );
+    assert_eq!(pings, 1, "one ping, unanswered, then the close");
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("maestro_socketio_clients 1\n"),
+        "only the live socket is left: {metrics}"
+    );
+    server.stop().await;
+}
+
+/// Engine.IO over HTTP long-polling, by hand: what a `socket.io-client` with default options
+/// does before it upgrades.
+struct Polling {
+    http: reqwest::Client,
+    base: String,
+    sid: String,
+}
+
+impl Polling {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
+        let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+        let open: Value =
+            serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+        assert_eq!(open["upgrades"], json!(["websocket"]));
+        let sid = open["sid"].as_str().unwrap().to_owned();
+        Self { http, base, sid }
+    }
+
+    fn url(&self) -> String {
+        format!("{}&sid={}", self.base, self.sid)
+    }
+
+    async fn post(&self, packets: &[&str]) -> reqwest::StatusCode {
+        let body = packets.join("\u{1e}");
+        self.http
+            .post(self.url())
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// One poll; the packets it returned.
+    async fn get(&self) -> (reqwest::StatusCode, Vec<String>) {
+        let res = tokio::time::timeout(WAIT, self.http.get(self.url()).send())
+            .await
+            .expect("poll answered in time")
+            .unwrap();
+        let status = res.status();
+        let body = res.text().await.unwrap();
+        (status, body.split('\u{1e}').map(str::to_owned).collect())
+    }
+}
+
+#[tokio::test]
+async fn polling_then_upgrade_loses_nothing() {
+    let server = TestServer::start().await;
+    let p = project(server.api(), "upgrade").await;
+    let poll = Polling::open(server.addr()).await;
+    assert_eq!(
+        poll.post(&[&format!("40/mobile,{}", json!({ "projectId": p.id }))])
+            .await,
+        200
+    );
+    let (status, packets) = poll.get().await;
+    assert_eq!(status, 200);
+    assert!(packets[0].starts_with("40/mobile,{\"sid\":"), "{packets:?}");
+    // An event while polling, one queued but not fetched before the upgrade, and an ack.
+    task(server.api(), &p.id, "while polling").await;
+    let (_, packets) = poll.get().await;
+    assert!(
+        packets[0].starts_with("42/mobile,[\"task:created\""),
+        "{packets:?}"
+    );
+    assert_eq!(poll.post(&["42/mobile,7[\"state:sync\"]"]).await, 200);
+    task(server.api(), &p.id, "queued for polling").await;
+
+    // The upgrade: probe, pause (a waiting poll ends with a noop), `5`.
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        server.addr(),
+        poll.sid
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text("2probe")).await.unwrap();
+    let probe = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(probe, Message::text("3probe"));
+    let mut polled = Vec::new();
+    loop {
+        let (status, packets) = poll.get().await;
+        assert_eq!(status, 200);
+        if packets == ["6"] {
+            break;
+        }
+        polled.extend(packets);
+    }
+    ws.send(Message::text("5")).await.unwrap();
+    task(server.api(), &p.id, "after the upgrade").await;
+
+    // Whatever polling did not fetch arrives over the WebSocket, in order, then live events.
+    let mut got = polled;
+    while got.iter().filter(|p| p.contains("task:created")).count() < 2 {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg
+            && t.as_str() != "2"
+        {
+            got.push(t.to_string());
+        }
+    }
+    let titles: Vec<&str> = got
+        .iter()
+        .filter(|p| p.contains("task:created"))
+        .map(|p| {
+            if p.contains("queued for polling") {
+                "queued"
+            } else if p.contains("after the upgrade") {
+                "after"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(titles, ["queued", "after"], "{got:?}");
+    assert!(
+        got.iter()
+            .any(|p| p.starts_with("43/mobile,7[{\"ok\":true") || p.starts_with("43/mobile,7[{")),
+        "the ack of the call made while polling: {got:?}"
+    );
+    // Polling is over for this session.
+    let (status, _) = poll.get().await;
+    assert_eq!(status, 400);
+    let _ = ws.close(None).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn engine_io_refuses_what_it_does_not_speak() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/", server.addr());
+    let code = |res: reqwest::Response| async move {
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        (status.as_u16(), body["code"].as_u64().unwrap())
+    };
+    let get = |q: &str| http.get(format!("{base}?{q}")).send();
+    assert_eq!(
+        code(get("EIO=3&transport=polling").await.unwrap()).await,
+        (400, 5)
+    );
+    assert_eq!(
+        code(get("EIO=4&transport=carrier-pigeon").await.unwrap()).await,
+        (400, 0)
+    );
+    assert_eq!(
+        code(get("EIO=4&transport=polling&sid=nope").await.unwrap()).await,
+        (400, 1)
+    );
+    let post = http
+        .post(format!("{base}?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(post).await, (400, 2));
+    // A WebSocket request that is not an upgrade.
+    assert_eq!(
+        code(get("EIO=4&transport=websocket").await.unwrap()).await,
+        (400, 3)
+    );
+    server.stop().await;
+}

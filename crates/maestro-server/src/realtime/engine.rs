@@ -625,9 +625,11 @@ impl Engine {
                     None => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
                 },
             },
-            (Some("polling"), &Method::POST) => match sid.and_then(|s| self.lookup(&s)) {
-                Some(session) => self.post(session, req.into_body()).await,
-                None => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
+            (Some("polling"), &Method::POST) => match sid.map(|s| self.lookup(&s)) {
+                Some(Some(session)) => self.post(session, req.into_body()).await,
+                Some(None) => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
+                // A handshake is a GET.
+                None => refuse(StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
             },
             (Some("polling"), _) => refuse(StatusCode::BAD_REQUEST, 2, "Bad handshake method"),
             (Some("websocket"), &Method::GET) => self.upgrade(req, peer, sid),

@@ -63,9 +63,6 @@ const REPLAY_PAGE: usize = 1_000;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most session ids one `subscribe` may name.
 const MAX_SUBSCRIBE: usize = 1_000;
-/// Engine.IO heartbeat, as socket.io's defaults.
-const PING_INTERVAL: Duration = Duration::from_secs(25);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The Socket.IO side of the server; cheap to clone.
 #[derive(Clone)]
@@ -84,8 +81,8 @@ impl Realtime {
         shutdown: CancellationToken,
     ) -> Self {
         let engine_config = EngineConfig {
-            ping_interval: PING_INTERVAL,
-            ping_timeout: PING_TIMEOUT,
+            ping_interval: Duration::from_millis(config.socketio_ping_interval_ms),
+            ping_timeout: Duration::from_millis(config.socketio_ping_timeout_ms),
             max_payload: config.max_body_bytes,
         };
         let hub = Arc::new(Hub::new(domain, config, tasks.clone(), shutdown.clone()));
