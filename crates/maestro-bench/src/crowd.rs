@@ -150,6 +150,12 @@ fn run(
                             }
                         })?;
                         conn.pending.drain(..used);
+                        if n < scratch.len() {
+                            // The socket's queue is empty now: data that arrives later makes a
+                            // new edge. Reading on until `WouldBlock` would cost a second
+                            // system call per socket and event, as much as the first.
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -565,7 +565,12 @@ impl Engine {
             closed: CancellationToken::new(),
             finished: AtomicBool::new(false),
             ping_sent: AtomicU64::new(0),
-            next_ping: AtomicU64::new(self.now() + self.interval_ms()),
+            // The first ping comes after half to all of the interval, at random: clients that
+            // connected together (a fleet starting, phones back from a tunnel) are not all
+            // pinged, and do not all answer, in the same instant ever after.
+            next_ping: AtomicU64::new(
+                self.now() + self.interval_ms() / 2 + fastrand::u64(0..=self.interval_ms() / 2),
+            ),
             inbox: tokio::sync::Mutex::new(()),
             sockets: Mutex::new(Vec::new()),
         });

@@ -61,6 +61,15 @@ const BACKLOG_CAPACITY: usize = engine::MAX_QUEUED;
 const REPLAY_PAGE: usize = 1_000;
 /// How long shutdown waits for sockets to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Below this many connections per thread, the fan-out stays on one thread.
+const FANOUT_SHARD_MIN: usize = 256;
+
+/// Threads the fan-out may use: the machine's cores.
+fn fanout_threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Most session ids one `subscribe` may name.
 const MAX_SUBSCRIBE: usize = 1_000;
 
@@ -422,12 +431,48 @@ impl Hub {
         self.conns.lock().expect("hub lock").remove(&conn.key);
     }
 
-    /// Offers `item` to every connection.
+    /// Offers `item` to every connection. With many connections the work is split over the
+    /// machine's cores: writing to a socket is mostly kernel time (loopback TCP even runs the
+    /// receiver's side in the sender's context), and one thread would leave the other cores
+    /// idle while thousands of sockets wait. Each connection is offered the item exactly once,
+    /// and the next item only after this one reached every connection, so each socket still
+    /// gets events in order.
     fn dispatch(&self, item: &Item) {
         let conns = self.conns.lock().expect("hub lock");
-        for conn in conns.values() {
-            conn.offer(item);
+        let threads = fanout_threads().min(conns.len() / FANOUT_SHARD_MIN).max(1);
+        if threads == 1 {
+            for conn in conns.values() {
+                conn.offer(item);
+            }
+            return;
         }
+        let all: Vec<&Arc<Conn>> = conns.values().collect();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        std::thread::scope(|scope| {
+            let mut shards = all.chunks(all.len().div_ceil(threads));
+            let mine = shards.next().unwrap_or_default();
+            for shard in shards {
+                let runtime = runtime.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("maestro-fanout".into())
+                    .spawn_scoped(scope, move || {
+                        // Flushers for full sockets are spawned on the server's runtime.
+                        let _runtime = runtime.as_ref().map(|r| r.enter());
+                        for conn in shard {
+                            conn.offer(item);
+                        }
+                    });
+                if spawned.is_err() {
+                    // No thread to be had: do it here.
+                    for conn in shard {
+                        conn.offer(item);
+                    }
+                }
+            }
+            for conn in mine {
+                conn.offer(item);
+            }
+        });
     }
 
     /// A Socket.IO packet from a client.
