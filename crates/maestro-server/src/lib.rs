@@ -70,22 +70,7 @@ pub async fn run(
     let app = http::router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");
 
-    let token = shutdown.clone();
-    let server = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // Small frames (events, acks) go out at once instead of waiting on Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-    });
+    let server = tokio::spawn(serve_http(listener, app, shutdown.clone()));
     shutdown.cancelled().await;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
@@ -108,6 +93,71 @@ pub async fn run(
     }
     store.close().await;
     tracing::info!("maestro stopped");
+    Ok(())
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `listener` until `shutdown`; then stops accepting, lets
+/// each connection finish its request in flight, and returns when all have closed.
+///
+/// Why not `axum::serve`: it hands connections to hyper-util's auto-detecting builder, which
+/// wraps each in a private type, so an upgraded connection cannot be turned back into its
+/// `TcpStream`. The Socket.IO transport writes events straight to the `TcpStream` of each
+/// WebSocket (see `realtime::engine`), which needs exactly that.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::TokioIo;
+    use tower::ServiceExt;
+
+    let connections = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small frames (events, acks) go out at once instead of waiting on Nagle's algorithm.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let app = app.clone();
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(req)
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::trace!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
     Ok(())
 }
 

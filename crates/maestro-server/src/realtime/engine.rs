@@ -3,12 +3,12 @@
 //!
 //! The part that matters for speed is [`Session::send`]. A packet is framed once (a
 //! server's WebSocket frames are not masked, so one event's bytes are the same for every
-//! socket) and written straight to the socket's connection by whoever sends it — the
-//! fan-out, an ack, the heartbeat — without waking a task per socket: the write is polled
-//! once with a no-op waker, which on a socket with room in its kernel buffer completes at
-//! once. Only when the buffer is full does the rest go into the session's queue, drained by a
-//! short-lived flusher task that polls with a real waker. An idle WebSocket session costs its
-//! reader task (a small read buffer and the decoder) and this struct.
+//! socket) and written straight to the socket's `TcpStream` by whoever sends it — the
+//! fan-out, an ack, the heartbeat — with one non-blocking `send`, without waking a task per
+//! socket. Only when the kernel's buffer is full does the rest go into the session's queue,
+//! drained by a short-lived flusher task that waits for the socket to become writable. An idle
+//! WebSocket session costs its reader task (a small read buffer and the decoder) and this
+//! struct.
 //!
 //! Protocol (what `socket.io-client` 3.x/4.x speaks):
 //! - handshake: `GET /socket.io/?EIO=4&transport=polling` answers `0{"sid",…}`; or a WebSocket
@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -38,7 +38,7 @@ use axum::http::{
 use bytes::{Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -151,38 +151,20 @@ struct Out {
     upgrading: bool,
 }
 
-/// The connection after a WebSocket upgrade.
-type Io = TokioIo<hyper::upgrade::Upgraded>;
-
 enum Transport {
     Polling,
-    WebSocket(WriteHalf<Io>),
+    WebSocket(Arc<TcpStream>),
     Closed,
 }
 
 /// One write attempt that never waits: `Ok(None)` means the socket has no room now.
-///
-/// Outside tokio's cooperative budget: the fan-out writes to thousands of sockets in one poll
-/// of the bridge, and a budgeted poll would answer `Pending` after the first 128 of them
-/// (sending the rest through flusher tasks for no reason).
-fn try_write(w: &mut WriteHalf<Io>, bytes: &[u8]) -> io::Result<Option<usize>> {
-    let mut cx = Context::from_waker(Waker::noop());
-    let write = std::future::poll_fn(|cx| Pin::new(&mut *w).poll_write(cx, bytes));
-    let mut write = std::pin::pin!(tokio::task::unconstrained(write));
-    match write.as_mut().poll(&mut cx) {
-        Poll::Ready(Ok(0)) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
-        Poll::Ready(Ok(n)) => Ok(Some(n)),
-        Poll::Ready(Err(e)) => Err(e),
-        Poll::Pending => Ok(None),
+fn try_write(stream: &TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
+    match stream.try_write(bytes) {
+        Ok(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
     }
-}
-
-/// What one turn of the flusher did.
-enum Flushed {
-    /// The queue is empty (or the session closed).
-    Done,
-    /// Some bytes went out, then the socket had no room.
-    Progress,
 }
 
 impl Session {
@@ -237,10 +219,11 @@ impl Session {
             }
             Transport::WebSocket(_) => {}
         }
-        let Transport::WebSocket(w) = &mut out.transport else {
+        let Transport::WebSocket(stream) = &out.transport else {
             unreachable!("matched above")
         };
-        let rest = match try_write(w, &bytes) {
+        let stream = stream.clone();
+        let rest = match try_write(&stream, &bytes) {
             Ok(Some(n)) if n == bytes.len() => return true,
             Ok(Some(n)) => bytes.slice(n..),
             Ok(None) => bytes,
@@ -254,7 +237,7 @@ impl Session {
         out.queue.push_back(rest);
         out.flushing = true;
         drop(out);
-        tokio::spawn(self.clone().flush());
+        tokio::spawn(self.clone().flush(stream));
         true
     }
 
@@ -265,62 +248,63 @@ impl Session {
 
     /// Writes the queue as the socket takes it; ends when the queue is empty. A socket that
     /// takes nothing for [`STALL_LIMIT`] is closed.
-    async fn flush(self: Arc<Self>) {
+    async fn flush(self: Arc<Self>, stream: Arc<TcpStream>) {
         loop {
-            let turn = std::future::poll_fn(|cx| self.flush_turn(cx));
+            {
+                let mut guard = self.out.lock().expect("session lock");
+                let out = &mut *guard;
+                if !matches!(out.transport, Transport::WebSocket(_)) {
+                    return;
+                }
+                loop {
+                    if out.queue.is_empty() {
+                        out.flushing = false;
+                        return;
+                    }
+                    let slices: Vec<IoSlice<'_>> =
+                        out.queue.iter().take(64).map(|b| IoSlice::new(b)).collect();
+                    match stream.try_write_vectored(&slices) {
+                        Ok(0) => {
+                            drop(guard);
+                            self.close();
+                            return;
+                        }
+                        Ok(mut n) => {
+                            while n > 0 {
+                                let front = out.queue.front_mut().expect("written from it");
+                                if n >= front.len() {
+                                    n -= front.len();
+                                    out.queue.pop_front();
+                                } else {
+                                    *front = front.slice(n..);
+                                    n = 0;
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            drop(guard);
+                            tracing::debug!(session = %self.id, error = %e, "websocket write failed");
+                            self.close();
+                            return;
+                        }
+                    }
+                }
+            }
             tokio::select! {
                 _ = self.closed.cancelled() => return,
-                turn = tokio::time::timeout(STALL_LIMIT, turn) => match turn {
-                    Ok(Flushed::Done) => return,
-                    Ok(Flushed::Progress) => {}
+                ready = tokio::time::timeout(STALL_LIMIT, stream.writable()) => match ready {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        self.close();
+                        return;
+                    }
                     Err(_) => {
                         tracing::warn!(session = %self.id, "client accepted nothing for {STALL_LIMIT:?}; disconnecting");
                         self.close();
                         return;
                     }
                 },
-            }
-        }
-    }
-
-    fn flush_turn(&self, cx: &mut Context<'_>) -> Poll<Flushed> {
-        let mut guard = self.out.lock().expect("session lock");
-        let out = &mut *guard;
-        let mut progressed = false;
-        loop {
-            let Transport::WebSocket(w) = &mut out.transport else {
-                return Poll::Ready(Flushed::Done);
-            };
-            if out.queue.is_empty() {
-                out.flushing = false;
-                return Poll::Ready(Flushed::Done);
-            }
-            let slices: Vec<IoSlice<'_>> =
-                out.queue.iter().take(64).map(|b| IoSlice::new(b)).collect();
-            match Pin::new(w).poll_write_vectored(cx, &slices) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    progressed = true;
-                    let mut n = n;
-                    while n > 0 {
-                        let front = out.queue.front_mut().expect("written from it");
-                        if n >= front.len() {
-                            n -= front.len();
-                            out.queue.pop_front();
-                        } else {
-                            *front = front.slice(n..);
-                            n = 0;
-                        }
-                    }
-                }
-                Poll::Ready(result) => {
-                    drop(guard);
-                    let error = result.err().map(|e| e.to_string());
-                    tracing::debug!(session = %self.id, ?error, "websocket write failed");
-                    self.close();
-                    return Poll::Ready(Flushed::Done);
-                }
-                Poll::Pending if progressed => return Poll::Ready(Flushed::Progress),
-                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -334,9 +318,9 @@ impl Session {
     fn close_with(&self, code: u16) {
         let mut out = self.out.lock().expect("session lock");
         let previous = std::mem::replace(&mut out.transport, Transport::Closed);
-        if let Transport::WebSocket(mut w) = previous {
+        if let Transport::WebSocket(stream) = previous {
             if out.queue.is_empty() && !out.flushing {
-                let _ = try_write(&mut w, &ws::close_frame(code));
+                let _ = try_write(&stream, &ws::close_frame(code));
             }
             out.queue.clear();
         }
@@ -368,7 +352,7 @@ impl Session {
 
     /// The client sent `5`: the WebSocket carries the session from now on, starting with
     /// whatever was still queued for polling.
-    fn switch_to_websocket(self: &Arc<Self>, writer: WriteHalf<Io>) -> bool {
+    fn switch_to_websocket(self: &Arc<Self>, stream: Arc<TcpStream>) -> bool {
         let mut out = self.out.lock().expect("session lock");
         if !matches!(out.transport, Transport::Polling) {
             return false;
@@ -378,7 +362,7 @@ impl Session {
             .drain(..)
             .map(|packet| ws::frame(ws::OP_TEXT, &packet))
             .collect();
-        out.transport = Transport::WebSocket(writer);
+        out.transport = Transport::WebSocket(stream.clone());
         out.upgrading = false;
         let start_flusher = !pending.is_empty();
         out.queue.extend(pending);
@@ -387,7 +371,7 @@ impl Session {
         }
         drop(out);
         if start_flusher {
-            tokio::spawn(self.clone().flush());
+            tokio::spawn(self.clone().flush(stream));
         }
         self.wake_poll.notify_one();
         true
@@ -783,16 +767,25 @@ impl Engine {
                     return;
                 }
             };
-            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            // `run` serves connections with hyper's HTTP/1 builder over `TokioIo<TcpStream>`, so
+            // this is the socket itself (plus any bytes hyper read past the request).
+            let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => parts,
+                Err(_) => {
+                    tracing::error!("websocket upgrade on a connection that is not plain TCP");
+                    return;
+                }
+            };
+            let stream = Arc::new(parts.io.into_inner());
+            let buf = BytesMut::from(&parts.read_buf[..]);
             match existing {
-                Some(session) => engine.run_upgrade(session, reader, writer).await,
+                Some(session) => engine.run_upgrade(session, stream, buf).await,
                 None => {
-                    let session = engine.open_session(peer, kept, Transport::WebSocket(writer));
+                    let session =
+                        engine.open_session(peer, kept, Transport::WebSocket(stream.clone()));
                     tracing::debug!(session = %session.id, "engine.io session opened (websocket)");
                     session.send(&Frame::text(&engine.open_packet(&session.id, &[])));
-                    engine
-                        .read_websocket(&session, reader, BytesMut::new())
-                        .await;
+                    engine.read_websocket(&session, &stream, buf).await;
                     engine.finish(&session);
                 }
             }
@@ -807,22 +800,15 @@ impl Engine {
     }
 
     /// The probe phase of an upgrade, then (after `5`) the session's reader.
-    async fn run_upgrade(
-        &self,
-        session: Arc<Session>,
-        mut reader: ReadHalf<Io>,
-        mut writer: WriteHalf<Io>,
-    ) {
+    async fn run_upgrade(&self, session: Arc<Session>, stream: Arc<TcpStream>, mut buf: BytesMut) {
         let mut decoder = ws::Decoder::new(self.config.max_payload);
         let mut need = 0;
-        let mut buf = BytesMut::new();
         let upgraded = 'probe: loop {
             loop {
                 match decoder.next(&mut buf, &mut need) {
                     Ok(Some(Incoming::Text(t))) if t == "2probe" => {
                         if !session.begin_upgrade()
-                            || writer
-                                .write_all(&Frame::text("3probe").bytes)
+                            || write_all(&stream, &Frame::text("3probe").bytes)
                                 .await
                                 .is_err()
                         {
@@ -830,10 +816,13 @@ impl Engine {
                         }
                     }
                     Ok(Some(Incoming::Text(t))) if t == "5" => {
-                        break 'probe session.switch_to_websocket(writer);
+                        break 'probe session.switch_to_websocket(stream.clone());
                     }
                     Ok(Some(Incoming::Ping(p))) => {
-                        if writer.write_all(&ws::frame(ws::OP_PONG, &p)).await.is_err() {
+                        if write_all(&stream, &ws::frame(ws::OP_PONG, &p))
+                            .await
+                            .is_err()
+                        {
                             break 'probe false;
                         }
                     }
@@ -844,7 +833,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = session.closed.cancelled() => break false,
-                r = read_more(&mut reader, &mut buf, need) => if !r { break false },
+                r = read_more(&stream, &mut buf, need) => if !r { break false },
             }
         };
         if !upgraded {
@@ -852,17 +841,12 @@ impl Engine {
             return;
         }
         tracing::debug!(session = %session.id, "engine.io session upgraded to websocket");
-        self.read_websocket(&session, reader, buf).await;
+        self.read_websocket(&session, &stream, buf).await;
         self.finish(&session);
     }
 
     /// Reads the session's WebSocket until it closes (either side).
-    async fn read_websocket(
-        &self,
-        session: &Arc<Session>,
-        mut reader: ReadHalf<Io>,
-        mut buf: BytesMut,
-    ) {
+    async fn read_websocket(&self, session: &Arc<Session>, stream: &TcpStream, mut buf: BytesMut) {
         let mut decoder = ws::Decoder::new(self.config.max_payload);
         let mut need = 0;
         loop {
@@ -902,7 +886,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = session.closed.cancelled() => return,
-                r = read_more(&mut reader, &mut buf, need) => if !r {
+                r = read_more(stream, &mut buf, need) => if !r {
                     session.close_with(ws::CLOSE_GOING_AWAY);
                     return;
                 },
@@ -966,14 +950,37 @@ impl Engine {
     }
 }
 
-/// Reads what the connection has into `buf` (making room for `need` bytes); `false` when
-/// it is gone. Cancel-safe: nothing is lost if another branch of a `select!` wins.
-async fn read_more(reader: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut, need: usize) -> bool {
+/// Reads what the socket has into `buf` (making room for `need` bytes); `false` when the
+/// connection is gone. Cancel-safe: nothing is read unless it returns.
+async fn read_more(stream: &TcpStream, buf: &mut BytesMut, need: usize) -> bool {
     let want = need.saturating_sub(buf.len()).max(512);
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
     }
-    matches!(reader.read_buf(buf).await, Ok(n) if n > 0)
+    loop {
+        if stream.readable().await.is_err() {
+            return false;
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Writes all of `bytes` (during the upgrade probe, before the session owns the stream).
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
