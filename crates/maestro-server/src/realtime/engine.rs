@@ -776,8 +776,12 @@ impl Engine {
                     return;
                 }
             };
-            let stream = Arc::new(parts.io.into_inner());
-            let buf = BytesMut::from(&parts.read_buf[..]);
+            let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+            let stream = Arc::new(io.into_inner());
+            let buf = BytesMut::from(&read_buf[..]);
+            // `read_buf` is a slice of hyper's read buffer (several KB): keeping it for the
+            // socket's life would keep that buffer alive too.
+            drop(read_buf);
             match existing {
                 Some(session) => engine.run_upgrade(session, stream, buf).await,
                 None => {
