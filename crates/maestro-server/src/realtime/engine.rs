@@ -193,6 +193,25 @@ impl Session {
         self.send_bytes(frame.bytes.clone(), frame.header)
     }
 
+    /// Sends several packets, in order, as one write on a WebSocket (a replay of a thousand
+    /// events is one system call, not a thousand).
+    pub fn send_many(self: &Arc<Self>, frames: &[Frame]) -> bool {
+        let websocket = matches!(
+            self.out.lock().expect("session lock").transport,
+            Transport::WebSocket(_)
+        );
+        if !websocket {
+            return frames.iter().all(|f| self.send(f));
+        }
+        let mut all = BytesMut::with_capacity(frames.iter().map(|f| f.bytes.len()).sum());
+        for f in frames {
+            all.extend_from_slice(&f.bytes);
+        }
+        // Only the whole is written from here on: a session that changed transport meanwhile
+        // can only have closed (a WebSocket is never downgraded).
+        self.send_bytes(all.freeze(), 0)
+    }
+
     fn send_bytes(self: &Arc<Self>, bytes: Bytes, header: usize) -> bool {
         let mut out = self.out.lock().expect("session lock");
         match &out.transport {

@@ -892,10 +892,13 @@ async fn replay_gap(
         if let Some(last) = replay.events.last() {
             after = last.seq;
         }
-        for event in &wanted {
-            if !conn.emit(&event.event, &event.envelope()) {
-                return;
-            }
+        let frames: Vec<Frame> = wanted
+            .iter()
+            .filter_map(|e| event_packet(conn.kind, &e.event, &e.envelope()))
+            .map(|packet| Frame::text(&packet))
+            .collect();
+        if !conn.session.send_many(&frames) {
+            return;
         }
         conn.raise_floor(scope, after);
         if page < REPLAY_PAGE || after >= replay.head {
