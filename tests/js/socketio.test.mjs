@@ -45,6 +45,19 @@ describe("socket.io-client against maestro", () => {
     const ui = await connect(server, "/ui", { transports: ["polling", "websocket"] }).connected();
     const ack = await ui.call("state:sync");
     assert.equal(ack.ok, true);
+    // The client upgrades by itself; events and acks keep flowing across the switch.
+    const engine = ui.socket.io.engine;
+    if (engine.transport.name !== "websocket") {
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("no upgrade to websocket")), 5000);
+        engine.once("upgrade", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    assert.equal(engine.transport.name, "websocket");
+    assert.equal((await ui.call("subscribe", { sessionIds: ["s1"] })).ok, true);
     ui.close();
     const polling = await connect(server, "/mobile", {
       transports: ["polling"],
