@@ -554,7 +554,12 @@ impl Hub {
             }
         };
         // Registered before the replay reads the journal: no event falls between the two.
-        let conn = self.register(session, kind, handshake.project_id.clone());
+                let conn = self.register(session, kind, handshake.project_id.clone());
+        if session.is_closed() {
+            // Closed while the handshake ran: its `on_close` may have missed this socket.
+            self.remove(&conn);
+            return;
+        }
         let reply = json!({ "sid": conn.sid });
         session.send(&Frame::text(&format!("40{ns},{reply}")));
         tracing::debug!(socket.id = %conn.sid, ns, project = ?conn.project, last_seq = handshake.last_seq, "socket.io client connected");
