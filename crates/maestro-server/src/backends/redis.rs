@@ -27,16 +27,15 @@
 //! subscriber reconnects with back-off, then catches up from the journal.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use maestro_protocol::EventRecord;
 use redis::{Connection, RedisError, Value as RValue};
-use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -53,45 +52,60 @@ const MAX_ATTEMPTS: usize = 200;
 const POOL_SIZE: usize = 64;
 
 /// Applies one transaction's changes; returns the sequence numbers given to its events.
+///
+/// `ARGV`: prefix, journal capacity, channel, then the operations, flat: `put <collection>
+/// <id> <owner or ''> <json>`, `del <collection> <id>`, `ctr <name> <value>`, `ev <scope>
+/// <event json>`. Flat arguments rather than one JSON document: Redis does not decode
+/// (and we do not escape) every entity twice. Called by its SHA1 (`EVALSHA`), loaded once.
 const COMMIT: &str = r#"
 local p = ARGV[1]
 local cap = tonumber(ARGV[2])
 local ch = ARGV[3]
-local ops = cjson.decode(ARGV[4])
 local seqs = {}
 local written = {}
-for _, op in ipairs(ops) do
-  if op.c then
-    written[op.c] = true
-  end
-  if op.t == 'put' then
-    local k = p .. 'e:' .. op.c .. ':' .. op.i
+local i = 4
+local n = #ARGV
+while i <= n do
+  local t = ARGV[i]
+  if t == 'put' then
+    local c, id, o, v = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    i = i + 5
+    written[c] = true
+    local k = p .. 'e:' .. c .. ':' .. id
     if redis.call('EXISTS', k) == 0 then
       local ord = redis.call('INCR', p .. 'c:~order')
-      redis.call('ZADD', p .. 'i:' .. op.c .. ':*', ord, op.i)
-      if op.o ~= '' then
-        redis.call('ZADD', p .. 'i:' .. op.c .. ':' .. op.o, ord, op.i)
-        redis.call('HSET', p .. 'owner:' .. op.c, op.i, op.o)
+      redis.call('ZADD', p .. 'i:' .. c .. ':*', ord, id)
+      if o ~= '' then
+        redis.call('ZADD', p .. 'i:' .. c .. ':' .. o, ord, id)
+        redis.call('HSET', p .. 'owner:' .. c, id, o)
       end
     end
-    redis.call('SET', k, op.v)
-  elseif op.t == 'del' then
-    local k = p .. 'e:' .. op.c .. ':' .. op.i
+    redis.call('SET', k, v)
+  elseif t == 'del' then
+    local c, id = ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    written[c] = true
+    local k = p .. 'e:' .. c .. ':' .. id
     if redis.call('DEL', k) == 1 then
-      redis.call('ZREM', p .. 'i:' .. op.c .. ':*', op.i)
-      local o = redis.call('HGET', p .. 'owner:' .. op.c, op.i)
+      redis.call('ZREM', p .. 'i:' .. c .. ':*', id)
+      local o = redis.call('HGET', p .. 'owner:' .. c, id)
       if o then
-        redis.call('ZREM', p .. 'i:' .. op.c .. ':' .. o, op.i)
-        redis.call('HDEL', p .. 'owner:' .. op.c, op.i)
+        redis.call('ZREM', p .. 'i:' .. c .. ':' .. o, id)
+        redis.call('HDEL', p .. 'owner:' .. c, id)
       end
     end
-  elseif op.t == 'ctr' then
-    redis.call('SET', p .. 'c:' .. op.n, op.v)
-  elseif op.t == 'ev' then
-    local seq = redis.call('INCR', p .. 'seq:' .. op.s)
-    redis.call('XADD', p .. 'j:' .. op.s, 'MAXLEN', '~', cap, '0-' .. seq, 'e', op.b)
-    redis.call('PUBLISH', ch, seq .. '|' .. op.b)
+  elseif t == 'ctr' then
+    redis.call('SET', p .. 'c:' .. ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif t == 'ev' then
+    local sc, b = ARGV[i + 1], ARGV[i + 2]
+    i = i + 3
+    local seq = redis.call('INCR', p .. 'seq:' .. sc)
+    redis.call('XADD', p .. 'j:' .. sc, 'MAXLEN', '~', cap, '0-' .. seq, 'e', b)
+    redis.call('PUBLISH', ch, seq .. '|' .. b)
     table.insert(seqs, seq)
+  else
+    return redis.error_reply('unknown commit operation ' .. tostring(t))
   end
 end
 for c, _ in pairs(written) do
@@ -99,6 +113,18 @@ for c, _ in pairs(written) do
 end
 return seqs
 "#;
+
+/// SHA1 of [`COMMIT`], for `EVALSHA`.
+fn commit_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| redis::Script::new(COMMIT).get_hash().to_owned())
+}
+
+/// [`LIST`], called by its SHA1 (loaded on first use, and again after a Redis restart).
+fn list_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(LIST))
+}
 
 /// Lists a collection atomically: ids in creation order, then their values.
 const LIST: &str = r#"
@@ -204,10 +230,29 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Hands each scope's events to local subscribers once, in order, without holes.
+///
+/// Concurrent commits of one scope finish in any order, so a server's own event `n` often
+/// arrives here before `n - 1` (committed a moment earlier by another request, or by another
+/// server). Such an event is held ([`Sequencer::hold`]) and goes out as soon as its
+/// predecessor does; only a hole that stays open longer than [`HOLD_LIMIT`] is filled from the
+/// journal. Reading the journal at once, as this did before, cost an extra round trip on most
+/// commits under load.
 struct Sequencer {
-    last: Mutex<HashMap<String, u64>>,
+    state: Mutex<SeqState>,
+    /// Notified whenever an event is delivered.
+    delivered: Condvar,
     bus: broadcast::Sender<Arc<EventRecord>>,
 }
+
+#[derive(Default)]
+struct SeqState {
+    last: HashMap<String, u64>,
+    /// Events that arrived ahead of their predecessors, per scope, by `seq`.
+    held: HashMap<String, BTreeMap<u64, EventRecord>>,
+}
+
+/// How long a server's own event may wait for the events before it before the journal is read.
+const HOLD_LIMIT: Duration = Duration::from_millis(20);
 
 enum Offer {
     Delivered,
@@ -218,48 +263,117 @@ enum Offer {
     },
 }
 
+impl SeqState {
+    /// Delivers `rec` (the next of its scope), then any held events that now follow.
+    fn deliver(&mut self, bus: &broadcast::Sender<Arc<EventRecord>>, rec: EventRecord) {
+        let scope = rec.scope.clone();
+        let mut next = rec.seq + 1;
+        self.last.insert(scope.clone(), rec.seq);
+        let _ = bus.send(Arc::new(rec));
+        if let Some(held) = self.held.get_mut(&scope) {
+            while let Some(entry) = held.first_entry() {
+                if *entry.key() < next {
+                    entry.remove();
+                } else if *entry.key() == next {
+                    let rec = entry.remove();
+                    self.last.insert(scope.clone(), rec.seq);
+                    let _ = bus.send(Arc::new(rec));
+                    next += 1;
+                } else {
+                    break;
+                }
+            }
+            if held.is_empty() {
+                self.held.remove(&scope);
+            }
+        }
+    }
+}
+
 impl Sequencer {
+    fn new(bus: broadcast::Sender<Arc<EventRecord>>) -> Self {
+        Self {
+            state: Mutex::new(SeqState::default()),
+            delivered: Condvar::new(),
+            bus,
+        }
+    }
+
     fn offer(&self, rec: &EventRecord) -> Offer {
-        let mut last = self.last.lock().expect("sequencer lock");
-        let seen = last.get(&rec.scope).copied().unwrap_or(0);
+        let mut st = self.state.lock().expect("sequencer lock");
+        let seen = st.last.get(&rec.scope).copied().unwrap_or(0);
         if rec.seq <= seen {
             Offer::Duplicate
         } else if rec.seq == seen + 1 {
-            last.insert(rec.scope.clone(), rec.seq);
-            let _ = self.bus.send(Arc::new(rec.clone()));
+            st.deliver(&self.bus, rec.clone());
+            drop(st);
+            self.delivered.notify_all();
             Offer::Delivered
         } else {
             Offer::Gap { after: seen }
         }
     }
 
+    /// Keeps `rec` until the events before it are delivered (then it goes out with them).
+    fn hold(&self, rec: EventRecord) {
+        let mut st = self.state.lock().expect("sequencer lock");
+        let seen = st.last.get(&rec.scope).copied().unwrap_or(0);
+        if rec.seq > seen {
+            st.held
+                .entry(rec.scope.clone())
+                .or_default()
+                .insert(rec.seq, rec);
+        }
+    }
+
+    /// Waits (blocking) until `scope` has delivered up to `seq`, at most `limit`; whether it has.
+    fn wait_for(&self, scope: &str, seq: u64, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut st = self.state.lock().expect("sequencer lock");
+        loop {
+            if st.last.get(scope).copied().unwrap_or(0) >= seq {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .delivered
+                .wait_timeout(st, left)
+                .expect("sequencer lock")
+                .0;
+        }
+    }
+
     /// Delivers `recs` (consecutive, from the journal) after a gap; if the journal no longer
     /// reaches back, skips ahead so delivery goes on (clients see the jump in `seq`).
     fn fill(&self, recs: Vec<EventRecord>) {
-        let mut last = self.last.lock().expect("sequencer lock");
+        let mut st = self.state.lock().expect("sequencer lock");
         for rec in recs {
-            let seen = last.get(&rec.scope).copied().unwrap_or(0);
+            let seen = st.last.get(&rec.scope).copied().unwrap_or(0);
             if rec.seq <= seen {
                 continue;
             }
             if rec.seq > seen + 1 {
                 tracing::warn!(scope = %rec.scope, from = seen + 1, to = rec.seq - 1, "events no longer in the journal were skipped");
             }
-            last.insert(rec.scope.clone(), rec.seq);
-            let _ = self.bus.send(Arc::new(rec));
+            st.deliver(&self.bus, rec);
         }
+        drop(st);
+        self.delivered.notify_all();
     }
 
     fn baseline(&self, heads: HashMap<String, u64>) {
-        let mut last = self.last.lock().expect("sequencer lock");
+        let mut st = self.state.lock().expect("sequencer lock");
         for (scope, head) in heads {
-            last.entry(scope).or_insert(head);
+            st.last.entry(scope).or_insert(head);
         }
     }
 
     fn known(&self) -> Vec<(String, u64)> {
-        let last = self.last.lock().expect("sequencer lock");
-        last.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        let st = self.state.lock().expect("sequencer lock");
+        st.last.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }
 
@@ -291,10 +405,7 @@ impl RedisStore {
             idle: Mutex::new(Vec::new()),
         });
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
-        let seq = Arc::new(Sequencer {
-            last: Mutex::new(HashMap::new()),
-            bus,
-        });
+        let seq = Arc::new(Sequencer::new(bus));
         let healthy = Arc::new(AtomicBool::new(false));
         match blocking(|| pool.get()) {
             Ok(mut conn) => {
@@ -362,17 +473,29 @@ impl Inner {
             }
             let timestamp = now_ms();
             let (ops, pending) = encode_ops(changes, timestamp);
-            let reply: Option<(Vec<u64>,)> = redis::pipe()
+            let reply: Option<(Vec<u64>,)> = match redis::pipe()
                 .atomic()
-                .cmd("EVAL")
-                .arg(COMMIT)
+                .cmd("EVALSHA")
+                .arg(commit_sha())
                 .arg(0)
                 .arg(&self.keys.prefix)
                 .arg(self.journal_capacity)
                 .arg(self.keys.channel())
                 .arg(ops)
                 .query(conn)
-                .map_err(io_error)?;
+            {
+                Ok(reply) => reply,
+                // First commit since Redis started: load the script, run the body again.
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(COMMIT)
+                        .exec(conn)
+                        .map_err(io_error)?;
+                    continue;
+                }
+                Err(e) => return Err(io_error(e)),
+            };
             let Some((seqs,)) = reply else {
                 continue; // something we read changed: run the body again
             };
@@ -392,10 +515,23 @@ impl Inner {
         ))
     }
 
-    /// Our own commits reach our subscribers now, in order, filling any gap first.
+    /// Our own commits reach our subscribers now, in order: an event whose predecessors are
+    /// not delivered yet waits for them briefly (they are being delivered by the requests
+    /// that committed them, or by the channel), then fills the gap from the journal.
     fn deliver_local(&self, conn: &mut Connection, records: Vec<EventRecord>) {
         for rec in records {
-            if let Offer::Gap { after } = self.seq.offer(&rec) {
+            if let Offer::Gap { .. } = self.seq.offer(&rec) {
+                let (scope, seq) = (rec.scope.clone(), rec.seq);
+                self.seq.hold(rec.clone());
+                if self.seq.wait_for(&scope, seq, HOLD_LIMIT) {
+                    continue;
+                }
+                let after = self
+                    .seq
+                    .known()
+                    .into_iter()
+                    .find(|(s, _)| *s == scope)
+                    .map_or(0, |(_, v)| v);
                 match read_journal(conn, &self.keys, &rec.scope, after, rec.seq - 1) {
                     Ok(mut gap) => {
                         gap.push(rec);
@@ -434,22 +570,28 @@ fn warn_about_persistence(conn: &mut Connection) {
     }
 }
 
-/// Turns changes into the commit script's operation list, and the events to number.
-fn encode_ops(changes: Changes, timestamp: i64) -> (String, Vec<EventRecord>) {
-    let mut ops = Vec::new();
-    for (name, value) in &changes.counters {
-        ops.push(json!({ "t": "ctr", "n": name, "v": value }));
+/// Turns changes into the commit script's arguments (see [`COMMIT`]), and the events to
+/// number.
+fn encode_ops(changes: Changes, timestamp: i64) -> (Vec<Vec<u8>>, Vec<EventRecord>) {
+    let mut ops: Vec<Vec<u8>> = Vec::new();
+    for (name, value) in changes.counters {
+        ops.extend([
+            b"ctr".to_vec(),
+            name.into_bytes(),
+            value.to_string().into_bytes(),
+        ]);
     }
-    for (coll, id, write) in &changes.writes {
+    for (coll, id, write) in changes.writes {
+        let coll = coll.name().as_bytes().to_vec();
         match write {
-            Write::Put { owner, value } => ops.push(json!({
-                "t": "put",
-                "c": coll.name(),
-                "i": id,
-                "o": owner.clone().unwrap_or_default(),
-                "v": String::from_utf8_lossy(value),
-            })),
-            Write::Delete => ops.push(json!({ "t": "del", "c": coll.name(), "i": id })),
+            Write::Put { owner, value } => ops.extend([
+                b"put".to_vec(),
+                coll,
+                id.into_bytes(),
+                owner.unwrap_or_default().into_bytes(),
+                value,
+            ]),
+            Write::Delete => ops.extend([b"del".to_vec(), coll, id.into_bytes()]),
         }
     }
     let mut pending = Vec::with_capacity(changes.events.len());
@@ -462,11 +604,11 @@ fn encode_ops(changes: Changes, timestamp: i64) -> (String, Vec<EventRecord>) {
             timestamp,
             session_id: ev.session_id,
         };
-        let body = serde_json::to_string(&rec).expect("events serialise");
-        ops.push(json!({ "t": "ev", "s": rec.scope, "b": body }));
+        let body = serde_json::to_vec(&rec).expect("events serialise");
+        ops.extend([b"ev".to_vec(), rec.scope.clone().into_bytes(), body]);
         pending.push(rec);
     }
-    (serde_json::to_string(&ops).expect("ops serialise"), pending)
+    (ops, pending)
 }
 
 /// `(after, upto]` of a scope's journal.
@@ -767,12 +909,10 @@ impl Reader for RedisReader<'_> {
         let index = self.store.keys.index(coll, owner);
         let prefix = self.store.keys.entity_prefix(coll);
         let flat: Vec<RValue> = self.with(|c| {
-            redis::cmd("EVAL")
-                .arg(LIST)
-                .arg(1)
-                .arg(&index)
+            list_script()
+                .key(&index)
                 .arg(&prefix)
-                .query(c)
+                .invoke(c)
                 .map_err(io_error)
         })?;
         Ok(flat

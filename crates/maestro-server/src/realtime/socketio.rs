@@ -554,7 +554,7 @@ impl Hub {
             }
         };
         // Registered before the replay reads the journal: no event falls between the two.
-                let conn = self.register(session, kind, handshake.project_id.clone());
+        let conn = self.register(session, kind, handshake.project_id.clone());
         if session.is_closed() {
             // Closed while the handshake ran: its `on_close` may have missed this socket.
             self.remove(&conn);
