@@ -1024,3 +1024,73 @@ impl Store for RedisStore {
         self.stop.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(scope: &str, seq: u64) -> EventRecord {
+        EventRecord {
+            scope: scope.into(),
+            seq,
+            event: "x".into(),
+            data: serde_json::Value::Null,
+            timestamp: 0,
+            session_id: None,
+        }
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<Arc<EventRecord>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(format!("{}:{}", e.scope, e.seq));
+        }
+        out
+    }
+
+    #[test]
+    fn held_events_go_out_after_their_predecessors_once_and_in_order() {
+        let (bus, mut rx) = broadcast::channel(64);
+        let seq = Sequencer::new(bus);
+        assert!(matches!(seq.offer(&rec("p", 1)), Offer::Delivered));
+        // 3 and 4 finish before 2: held, not delivered, not read from anywhere.
+        for n in [4, 3] {
+            assert!(matches!(seq.offer(&rec("p", n)), Offer::Gap { after: 1 }));
+            seq.hold(rec("p", n));
+        }
+        assert!(!seq.wait_for("p", 3, Duration::from_millis(1)));
+        assert_eq!(drain(&mut rx), ["p:1"]);
+        assert!(
+            matches!(seq.offer(&rec("q", 1)), Offer::Delivered),
+            "scopes are apart"
+        );
+        assert!(matches!(seq.offer(&rec("p", 2)), Offer::Delivered));
+        assert!(seq.wait_for("p", 4, Duration::ZERO));
+        assert_eq!(drain(&mut rx), ["q:1", "p:2", "p:3", "p:4"]);
+        // The channel brings them again: duplicates.
+        for n in 2..=4 {
+            assert!(matches!(seq.offer(&rec("p", n)), Offer::Duplicate));
+        }
+        assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_hole_filled_from_the_journal_releases_what_was_held() {
+        let (bus, mut rx) = broadcast::channel(64);
+        let seq = Sequencer::new(bus);
+        seq.hold(rec("p", 3));
+        seq.hold(rec("p", 5));
+        seq.fill(vec![rec("p", 1), rec("p", 2)]);
+        assert_eq!(drain(&mut rx), ["p:1", "p:2", "p:3"], "5 still waits for 4");
+        // A waiter elsewhere is woken by the delivery of what it waits for.
+        let seq = Arc::new(seq);
+        let waiter = {
+            let seq = seq.clone();
+            std::thread::spawn(move || seq.wait_for("p", 5, Duration::from_secs(10)))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(matches!(seq.offer(&rec("p", 4)), Offer::Delivered));
+        assert!(waiter.join().unwrap());
+        assert_eq!(drain(&mut rx), ["p:4", "p:5"]);
+    }
+}
