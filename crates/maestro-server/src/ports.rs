@@ -101,6 +101,11 @@ pub struct PendingEvent {
 pub trait Txn: Reader {
     /// Inserts or replaces an entity. `owner` is used only when the entity is new.
     fn put_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>);
+    /// Inserts a new entity without reading first: the commit checks, atomically, that no
+    /// entity has this id, and fails the transaction with `CONFLICT` if one has. For freshly
+    /// generated ids, where a collision is next to impossible but must never overwrite: it
+    /// saves the read (a round trip on Redis).
+    fn insert_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>);
     /// Removes an entity (no-op if absent).
     fn delete(&mut self, coll: Collection, id: &str);
     /// Queues an event; it is journaled with the writes and delivered after the commit.
@@ -136,6 +141,12 @@ pub trait TxnExt: Txn {
     fn put<T: Serialize>(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: &T) {
         let bytes = serde_json::to_vec(value).expect("entities serialise");
         self.put_raw(coll, id, owner, bytes);
+    }
+
+    /// [`Txn::insert_raw`] of a serialisable entity.
+    fn insert<T: Serialize>(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: &T) {
+        let bytes = serde_json::to_vec(value).expect("entities serialise");
+        self.insert_raw(coll, id, owner, bytes);
     }
 
     /// Emits `event` with a serialisable payload into `scope`.

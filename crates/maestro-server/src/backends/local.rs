@@ -377,6 +377,18 @@ fn apply(
     changes: Changes,
     journal_capacity: u64,
 ) -> Result<Vec<EventRecord>> {
+    // Inserts of new ids first: a collision fails the transaction before any of it is
+    // written (the batch's redb transaction goes on with the other jobs).
+    for (coll, id, write) in &changes.writes {
+        if let Write::Put { fresh: true, .. } = write
+            && tables.meta.get((coll.name(), id.as_str()))?.is_some()
+        {
+            return Err(Error::Conflict(format!(
+                "{} '{id}' already exists; retry",
+                coll.name()
+            )));
+        }
+    }
     for (name, value) in changes.counters {
         tables
             .counters
@@ -392,7 +404,7 @@ fn apply(
             (Write::Put { value, .. }, Some(_)) => {
                 tables.entities.insert((coll, id), value.as_slice())?;
             }
-            (Write::Put { owner, value }, None) => {
+            (Write::Put { owner, value, .. }, None) => {
                 let ord = tables.bump("order")?;
                 let owner = owner.unwrap_or_default();
                 tables.meta.insert((coll, id), (ord, owner.as_str()))?;

@@ -28,6 +28,9 @@ pub(crate) enum Write {
     Put {
         owner: Option<String>,
         value: Vec<u8>,
+        /// The entity must not exist in the store: the commit checks it atomically and fails
+        /// with `CONFLICT` if it does ([`Txn::insert_raw`]).
+        fresh: bool,
     },
     Delete,
 }
@@ -112,7 +115,10 @@ impl<B: Base> Reader for Overlay<B> {
         let created: Vec<(Collection, String)> =
             self.order.iter().filter(|k| k.0 == coll).cloned().collect();
         for key in created {
-            let Some(Write::Put { owner: o, value }) = self.writes.get(&key) else {
+            let Some(Write::Put {
+                owner: o, value, ..
+            }) = self.writes.get(&key)
+            else {
                 continue;
             };
             let owned = owner.is_none() || o.as_deref() == owner;
@@ -136,6 +142,18 @@ impl<B: Base> Txn for Overlay<B> {
             Write::Put {
                 owner: owner.map(str::to_owned),
                 value,
+                fresh: false,
+            },
+        );
+    }
+
+    fn insert_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>) {
+        self.mark(
+            (coll, id.to_owned()),
+            Write::Put {
+                owner: owner.map(str::to_owned),
+                value,
+                fresh: true,
             },
         );
     }

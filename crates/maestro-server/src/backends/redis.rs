@@ -54,7 +54,8 @@ const POOL_SIZE: usize = 64;
 /// Applies one transaction's changes; returns the sequence numbers given to its events.
 ///
 /// `ARGV`: prefix, journal capacity, channel, then the operations, flat: `put <collection>
-/// <id> <owner or ''> <json>`, `del <collection> <id>`, `ctr <name> <value>`, `ev <scope>
+/// <id> <owner or ''> <json>`, `new` (as `put`, but the entity must not exist: the commit
+/// fails with `MAESTRO_EXISTS` and writes nothing if it does), `del <collection> <id>`, `ctr <name> <value>`, `ev <scope>
 /// <event json>`. Flat arguments rather than one JSON document: Redis does not decode
 /// (and we do not escape) every entity twice. Called by its SHA1 (`EVALSHA`), loaded once.
 const COMMIT: &str = r#"
@@ -63,11 +64,27 @@ local cap = tonumber(ARGV[2])
 local ch = ARGV[3]
 local seqs = {}
 local written = {}
-local i = 4
 local n = #ARGV
+-- Inserts of new ids first: a collision fails the whole commit before anything is written.
+local i = 4
 while i <= n do
   local t = ARGV[i]
-  if t == 'put' then
+  if t == 'new' then
+    local k = p .. 'e:' .. ARGV[i + 1] .. ':' .. ARGV[i + 2]
+    if redis.call('EXISTS', k) == 1 then
+      return redis.error_reply('MAESTRO_EXISTS ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
+    end
+    i = i + 5
+  elseif t == 'put' then
+    i = i + 5
+  else
+    i = i + 3
+  end
+end
+i = 4
+while i <= n do
+  local t = ARGV[i]
+  if t == 'put' or t == 'new' then
     local c, id, o, v = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     i = i + 5
     written[c] = true
@@ -494,6 +511,11 @@ impl Inner {
                         .map_err(io_error)?;
                     continue;
                 }
+                Err(e) if e.to_string().contains("MAESTRO_EXISTS") => {
+                    return Err(Error::Conflict(
+                        "an entity with this id already exists; retry".into(),
+                    ));
+                }
                 Err(e) => return Err(io_error(e)),
             };
             let Some((seqs,)) = reply else {
@@ -584,8 +606,16 @@ fn encode_ops(changes: Changes, timestamp: i64) -> (Vec<Vec<u8>>, Vec<EventRecor
     for (coll, id, write) in changes.writes {
         let coll = coll.name().as_bytes().to_vec();
         match write {
-            Write::Put { owner, value } => ops.extend([
-                b"put".to_vec(),
+            Write::Put {
+                owner,
+                value,
+                fresh,
+            } => ops.extend([
+                if fresh {
+                    b"new".to_vec()
+                } else {
+                    b"put".to_vec()
+                },
                 coll,
                 id.into_bytes(),
                 owner.unwrap_or_default().into_bytes(),

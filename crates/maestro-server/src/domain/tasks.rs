@@ -149,10 +149,8 @@ impl Domain {
                     ));
                 }
             }
-            if tx.get_raw(Collection::Tasks, &task.id)?.is_some() {
-                return Err(Error::Conflict("id collision, retry".into()));
-            }
-            tx.put(Collection::Tasks, &task.id, Some(&project_id), &task);
+            // A fresh id: the commit checks it is free, without a read here.
+            tx.insert(Collection::Tasks, &task.id, Some(&project_id), &task);
             tx.emit(&project_id, "task:created", &task, None);
             Ok(task.clone())
         })
