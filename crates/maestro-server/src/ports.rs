@@ -106,6 +106,11 @@ pub trait Txn: Reader {
     /// generated ids, where a collision is next to impossible but must never overwrite: it
     /// saves the read (a round trip on Redis).
     fn insert_raw(&mut self, coll: Collection, id: &str, owner: Option<&str>, value: Vec<u8>);
+    /// The commit happens only if this entity exists in the store (as it was before this
+    /// transaction), checked atomically with the writes; otherwise the transaction fails with
+    /// `NOT_FOUND` for `resource` and writes nothing. For an entity the body only needs to
+    /// exist: it saves the read (a round trip on Redis).
+    fn require(&mut self, coll: Collection, id: &str, resource: &'static str);
     /// Removes an entity (no-op if absent).
     fn delete(&mut self, coll: Collection, id: &str);
     /// Queues an event; it is journaled with the writes and delivered after the commit.

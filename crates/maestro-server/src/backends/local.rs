@@ -377,8 +377,13 @@ fn apply(
     changes: Changes,
     journal_capacity: u64,
 ) -> Result<Vec<EventRecord>> {
-    // Inserts of new ids first: a collision fails the transaction before any of it is
-    // written (the batch's redb transaction goes on with the other jobs).
+    // Preconditions first: a failed one fails the transaction before any of it is written
+    // (the batch's redb transaction goes on with the other jobs).
+    for (coll, id, resource) in &changes.requires {
+        if tables.meta.get((coll.name(), id.as_str()))?.is_none() {
+            return Err(Error::not_found(resource, id.as_str()));
+        }
+    }
     for (coll, id, write) in &changes.writes {
         if let Write::Put { fresh: true, .. } = write
             && tables.meta.get((coll.name(), id.as_str()))?.is_some()

@@ -42,6 +42,9 @@ pub(crate) struct Changes {
     pub events: Vec<PendingEvent>,
     /// New values of user counters.
     pub counters: HashMap<String, u64>,
+    /// Entities that must exist in the store for the commit to happen ([`Txn::require`]),
+    /// with the resource name of the `NOT_FOUND` answer otherwise.
+    pub requires: Vec<(Collection, String, &'static str)>,
 }
 
 pub(crate) struct Overlay<B> {
@@ -51,6 +54,7 @@ pub(crate) struct Overlay<B> {
     order: Vec<(Collection, String)>,
     events: Vec<PendingEvent>,
     counters: HashMap<String, u64>,
+    requires: Vec<(Collection, String, &'static str)>,
 }
 
 impl<B: Base> Overlay<B> {
@@ -61,6 +65,7 @@ impl<B: Base> Overlay<B> {
             order: Vec::new(),
             events: Vec::new(),
             counters: HashMap::new(),
+            requires: Vec::new(),
         }
     }
 
@@ -80,6 +85,7 @@ impl<B: Base> Overlay<B> {
                 writes,
                 events: self.events,
                 counters: self.counters,
+                requires: self.requires,
             },
         )
     }
@@ -160,6 +166,10 @@ impl<B: Base> Txn for Overlay<B> {
 
     fn delete(&mut self, coll: Collection, id: &str) {
         self.mark((coll, id.to_owned()), Write::Delete);
+    }
+
+    fn require(&mut self, coll: Collection, id: &str, resource: &'static str) {
+        self.requires.push((coll, id.to_owned(), resource));
     }
 
     fn emit_raw(&mut self, event: PendingEvent) {

@@ -55,7 +55,8 @@ const POOL_SIZE: usize = 64;
 ///
 /// `ARGV`: prefix, journal capacity, channel, then the operations, flat: `put <collection>
 /// <id> <owner or ''> <json>`, `new` (as `put`, but the entity must not exist: the commit
-/// fails with `MAESTRO_EXISTS` and writes nothing if it does), `del <collection> <id>`, `ctr <name> <value>`, `ev <scope>
+/// fails with `MAESTRO_EXISTS` and writes nothing if it does), `req <collection> <id>` (the
+/// entity must exist, else `MAESTRO_MISSING <n>` for the n-th `req`), `del <collection> <id>`, `ctr <name> <value>`, `ev <scope>
 /// <event json>`. Flat arguments rather than one JSON document: Redis does not decode
 /// (and we do not escape) every entity twice. Called by its SHA1 (`EVALSHA`), loaded once.
 const COMMIT: &str = r#"
@@ -65,11 +66,18 @@ local ch = ARGV[3]
 local seqs = {}
 local written = {}
 local n = #ARGV
--- Inserts of new ids first: a collision fails the whole commit before anything is written.
+-- Preconditions first: a failed one fails the whole commit before anything is written.
 local i = 4
+local r = 0
 while i <= n do
   local t = ARGV[i]
-  if t == 'new' then
+  if t == 'req' then
+    if redis.call('EXISTS', p .. 'e:' .. ARGV[i + 1] .. ':' .. ARGV[i + 2]) == 0 then
+      return redis.error_reply('MAESTRO_MISSING ' .. r)
+    end
+    r = r + 1
+    i = i + 3
+  elseif t == 'new' then
     local k = p .. 'e:' .. ARGV[i + 1] .. ':' .. ARGV[i + 2]
     if redis.call('EXISTS', k) == 1 then
       return redis.error_reply('MAESTRO_EXISTS ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
@@ -111,8 +119,10 @@ while i <= n do
         redis.call('HDEL', p .. 'owner:' .. c, id)
       end
     end
-  elseif t == 'ctr' then
+    elseif t == 'ctr' then
     redis.call('SET', p .. 'c:' .. ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif t == 'req' then
     i = i + 3
   elseif t == 'ev' then
     local sc, b = ARGV[i + 1], ARGV[i + 2]
@@ -483,12 +493,20 @@ impl Inner {
                 }
             };
             let (_, changes) = overlay.into_changes();
-            if changes.writes.is_empty() && changes.events.is_empty() && changes.counters.is_empty()
+            if changes.writes.is_empty()
+                && changes.events.is_empty()
+                && changes.counters.is_empty()
+                && changes.requires.is_empty()
             {
                 redis::cmd("UNWATCH").exec(conn).map_err(io_error)?;
                 return Ok(value);
             }
             let timestamp = now_ms();
+            let requires: Vec<(String, &'static str)> = changes
+                .requires
+                .iter()
+                .map(|(_, id, resource)| (id.clone(), *resource))
+                .collect();
             let (ops, pending) = encode_ops(changes, timestamp);
             let reply: Option<(Vec<u64>,)> = match redis::pipe()
                 .atomic()
@@ -510,6 +528,22 @@ impl Inner {
                         .exec(conn)
                         .map_err(io_error)?;
                     continue;
+                }
+                Err(e) if e.to_string().contains("MAESTRO_MISSING") => {
+                    // "MAESTRO_MISSING <n>", however the client library renders the code.
+                    let text = e.to_string();
+                    let n: Option<usize> = text.split("MAESTRO_MISSING").nth(1).and_then(|rest| {
+                        let digits: String = rest
+                            .trim_start_matches(|c: char| !c.is_ascii_digit())
+                            .chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect();
+                        digits.parse().ok()
+                    });
+                    return Err(match n.and_then(|n| requires.get(n)) {
+                        Some((id, resource)) => Error::not_found(resource, id.as_str()),
+                        None => Error::Internal(format!("commit precondition failed: {e}")),
+                    });
                 }
                 Err(e) if e.to_string().contains("MAESTRO_EXISTS") => {
                     return Err(Error::Conflict(
@@ -596,6 +630,13 @@ fn warn_about_persistence(conn: &mut Connection) {
 /// number.
 fn encode_ops(changes: Changes, timestamp: i64) -> (Vec<Vec<u8>>, Vec<EventRecord>) {
     let mut ops: Vec<Vec<u8>> = Vec::new();
+    for (coll, id, _) in changes.requires {
+        ops.extend([
+            b"req".to_vec(),
+            coll.name().as_bytes().to_vec(),
+            id.into_bytes(),
+        ]);
+    }
     for (name, value) in changes.counters {
         ops.extend([
             b"ctr".to_vec(),

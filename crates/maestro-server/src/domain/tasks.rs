@@ -138,7 +138,12 @@ impl Domain {
             team_member_ids: req.team_member_ids.clone(),
         };
         transact(&*self.store, move |tx| {
-            load_project(tx, &project_id)?;
+            match &task.parent_id {
+                // Only the project's existence matters here: the commit checks it, no read.
+                None => tx.require(Collection::Projects, &project_id, "Project"),
+                // A missing project is reported before a missing parent.
+                Some(_) => drop(load_project(tx, &project_id)?),
+            }
             if let Some(parent_id) = &task.parent_id {
                 let parent = tx
                     .get::<Task>(Collection::Tasks, parent_id)?
