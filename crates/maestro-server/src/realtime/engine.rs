@@ -168,6 +168,35 @@ fn try_write(stream: &TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
 }
 
 impl Session {
+    fn new(
+        peer: Option<SocketAddr>,
+        headers: HeaderMap,
+        transport: Transport,
+        first_ping: u64,
+    ) -> Arc<Self> {
+        Arc::new(Session {
+            id: new_sid(),
+            peer,
+            headers,
+            out: Mutex::new(Out {
+                transport,
+                queue: VecDeque::new(),
+                flushing: false,
+                polling: false,
+                upgrading: false,
+            }),
+            wake_poll: Notify::new(),
+            // Not a child of the shutdown token: shutdown closes sessions itself, after the
+            // goodbyes (`Engine::close_all`).
+            closed: CancellationToken::new(),
+            finished: AtomicBool::new(false),
+            ping_sent: AtomicU64::new(0),
+            next_ping: AtomicU64::new(first_ping),
+            inbox: tokio::sync::Mutex::new(()),
+            sockets: Mutex::new(Vec::new()),
+        })
+    }
+
     /// The Engine.IO session id.
     pub fn id(&self) -> &str {
         &self.id
@@ -541,6 +570,12 @@ impl Engine {
         self.sessions.lock().expect("engine lock").len()
     }
 
+    /// The open sessions, as of now.
+    fn snapshot(&self) -> Vec<Arc<Session>> {
+        let sessions = self.sessions.lock().expect("engine lock");
+        sessions.values().cloned().collect()
+    }
+
     fn lookup(&self, sid: &str) -> Option<Arc<Session>> {
         self.sessions.lock().expect("engine lock").get(sid).cloned()
     }
@@ -551,32 +586,12 @@ impl Engine {
         headers: HeaderMap,
         transport: Transport,
     ) -> Arc<Session> {
-        let session = Arc::new(Session {
-            id: new_sid(),
-            peer,
-            headers,
-            out: Mutex::new(Out {
-                transport,
-                queue: VecDeque::new(),
-                flushing: false,
-                polling: false,
-                upgrading: false,
-            }),
-            wake_poll: Notify::new(),
-            // Not a child of the shutdown token: shutdown closes sessions itself, after the
-            // goodbyes (`close_all`).
-            closed: CancellationToken::new(),
-            finished: AtomicBool::new(false),
-            ping_sent: AtomicU64::new(0),
-            // The first ping comes after half to all of the interval, at random: clients that
-            // connected together (a fleet starting, phones back from a tunnel) are not all
-            // pinged, and do not all answer, in the same instant ever after.
-            next_ping: AtomicU64::new(
-                self.now() + self.interval_ms() / 2 + fastrand::u64(0..=self.interval_ms() / 2),
-            ),
-            inbox: tokio::sync::Mutex::new(()),
-            sockets: Mutex::new(Vec::new()),
-        });
+        // The first ping comes after half to all of the interval, at random: clients that
+        // connected together (a fleet starting, phones back from a tunnel) are not all pinged,
+        // and do not all answer, in the same instant ever after.
+        let first_ping =
+            self.now() + self.interval_ms() / 2 + fastrand::u64(0..=self.interval_ms() / 2);
+        let session = Session::new(peer, headers, transport, first_ping);
         self.sessions
             .lock()
             .expect("engine lock")
@@ -929,15 +944,8 @@ impl Engine {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let sessions: Vec<Arc<Session>> = self
-                .sessions
-                .lock()
-                .expect("engine lock")
-                .values()
-                .cloned()
-                .collect();
             let timeout = self.config.ping_timeout.as_millis() as u64;
-            for session in sessions {
+            for session in self.snapshot() {
                 if session.is_closed() {
                     self.finish(&session);
                     continue;
@@ -959,14 +967,7 @@ impl Engine {
 
     /// Closes every session (shutdown), after `last` has had a chance to queue goodbyes.
     pub fn close_all(&self, last: impl Fn(&Arc<Session>)) {
-        let sessions: Vec<Arc<Session>> = self
-            .sessions
-            .lock()
-            .expect("engine lock")
-            .values()
-            .cloned()
-            .collect();
-        for session in sessions {
+        for session in self.snapshot() {
             last(&session);
             self.finish(&session);
         }
@@ -1010,25 +1011,7 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 impl Session {
     /// A polling session outside any engine: what is sent collects in its queue.
     pub(super) fn detached() -> Arc<Self> {
-        Arc::new(Session {
-            id: new_sid(),
-            peer: None,
-            headers: HeaderMap::new(),
-            out: Mutex::new(Out {
-                transport: Transport::Polling,
-                queue: VecDeque::new(),
-                flushing: false,
-                polling: false,
-                upgrading: false,
-            }),
-            wake_poll: Notify::new(),
-            closed: CancellationToken::new(),
-            finished: AtomicBool::new(false),
-            ping_sent: AtomicU64::new(0),
-            next_ping: AtomicU64::new(0),
-            inbox: tokio::sync::Mutex::new(()),
-            sockets: Mutex::new(Vec::new()),
-        })
+        Session::new(None, HeaderMap::new(), Transport::Polling, 0)
     }
 
     /// The packets queued so far, taken.
