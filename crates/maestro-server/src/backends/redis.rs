@@ -11,15 +11,18 @@
 //! - channel `events` — every committed event as `<seq>|<json>`.
 //!
 //! Transactions are optimistic: the body runs against an overlay whose reads `WATCH` the keys
-//! they touch; the changes are applied by one Lua script inside `MULTI`/`EXEC`, which also
-//! numbers, journals and publishes the events. If anything read has changed, `EXEC` aborts and
-//! the body runs again on fresh data — no read-modify-write ever spans two round trips
-//! unguarded.
+//! they touch; the changes are applied by one Lua script (`EVALSHA`) inside `MULTI`/`EXEC`,
+//! which also numbers, journals and publishes the events. If anything read has changed, `EXEC`
+//! aborts and the body runs again on fresh data — no read-modify-write ever spans two round
+//! trips unguarded. What a body only needs to exist (`Txn::require`) or not to exist
+//! (`Txn::insert`) is not read at all: the script checks it before writing anything, so a task
+//! creation is a single round trip.
 //!
 //! Delivery: each server subscribes to the channel and passes events to its local subscribers
 //! through a [`Sequencer`] that delivers each scope's events once, in order, filling any hole
 //! (a missed message, a reconnect) from the journal. A server's own commits go through the same
-//! sequencer right after `EXEC`, so its clients see them before the HTTP response.
+//! sequencer right after `EXEC`, so its clients see them before the HTTP response (an event
+//! whose predecessors are still on their way waits for them briefly, see [`Sequencer`]).
 //!
 //! Blocking reads and transactions use plain (synchronous) connections with timeouts, from a
 //! small pool, on blocking threads; the subscription has its own async connection. When Redis
