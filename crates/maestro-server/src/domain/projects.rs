@@ -24,10 +24,8 @@ impl Domain {
             updated_at: now,
         };
         transact(&*self.store, move |tx| {
-            if tx.get_raw(Collection::Projects, &project.id)?.is_some() {
-                return Err(Error::Conflict("id collision, retry".into()));
-            }
-            tx.put(Collection::Projects, &project.id, None, &project);
+            // A fresh id: the commit checks it is free, without a read here.
+            tx.insert(Collection::Projects, &project.id, None, &project);
             tx.emit(GLOBAL, "project:created", &project, None);
             Ok(project.clone())
         })

@@ -231,11 +231,9 @@ impl Domain {
             updated_at: now,
         };
         transact(&*self.store, move |tx| {
-            load_project(tx, &project_id)?;
-            if tx.get_raw(Collection::TeamMembers, &member.id)?.is_some() {
-                return Err(Error::Conflict("id collision, retry".into()));
-            }
-            tx.put(
+            // Existence checks by the commit, without reads here.
+            tx.require(Collection::Projects, &project_id, "Project");
+            tx.insert(
                 Collection::TeamMembers,
                 &member.id,
                 Some(&project_id),
