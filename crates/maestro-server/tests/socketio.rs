@@ -1414,3 +1414,42 @@ async fn engine_io_refuses_what_it_does_not_speak() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_polling_client_that_goes_away_is_forgotten() {
+    let server = CustomServer::start(|c| {
+        c.socketio_ping_interval_ms = 150;
+        c.socketio_ping_timeout_ms = 300;
+    })
+    .await;
+    let clients = || async {
+        let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("maestro_socketio_clients "))
+            .unwrap()
+            .to_owned()
+    };
+    let poll = Polling::open(server.addr).await;
+    assert_eq!(poll.post(&["40/ui,{}"]).await, 200);
+    let (_, packets) = poll.get().await;
+    assert!(packets[0].starts_with("40/ui,"), "{packets:?}");
+    assert_eq!(clients().await, "1");
+    // It stops polling (no GET, no pong): gone after the ping interval and timeout.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while clients().await != "0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session is never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = poll.get().await;
+    assert_eq!(status, 400, "the session id is no longer known");
+    server.stop().await;
+}
