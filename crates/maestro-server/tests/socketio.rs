@@ -1194,13 +1194,33 @@ async fn shutdown_closes_sockets() {
     assert!(phone.closed_by_server().await);
 }
 
-#[tokio::test]
-async fn the_heartbeat_keeps_live_clients_and_drops_silent_ones() {
-    let server = CustomServer::start(|c| {
+/// A server whose Socket.IO heartbeat gives up on a silent client within half a second.
+async fn quick_heartbeat() -> CustomServer {
+    CustomServer::start(|c| {
         c.socketio_ping_interval_ms = 150;
         c.socketio_ping_timeout_ms = 300;
     })
-    .await;
+    .await
+}
+
+/// Connected Socket.IO sockets, as `/metrics` counts them.
+async fn socketio_clients(addr: std::net::SocketAddr) -> u64 {
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("maestro_socketio_clients "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge is there")
+}
+
+#[tokio::test]
+async fn the_heartbeat_keeps_live_clients_and_drops_silent_ones() {
+    let server = quick_heartbeat().await;
     let mut live = Sio::connect(server.addr, "/ui", json!({}), None)
         .await
         .unwrap();
@@ -1229,15 +1249,10 @@ async fn the_heartbeat_keeps_live_clients_and_drops_silent_ones() {
         "a client that does not answer pings is disconnected"
     );
     assert_eq!(pings, 1, "one ping, unanswered, then the close");
-    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("maestro_socketio_clients 1\n"),
-        "only the live socket is left: {metrics}"
+    assert_eq!(
+        socketio_clients(server.addr).await,
+        1,
+        "only the live socket is left"
     );
     server.stop().await;
 }
@@ -1417,32 +1432,16 @@ async fn engine_io_refuses_what_it_does_not_speak() {
 
 #[tokio::test]
 async fn a_polling_client_that_goes_away_is_forgotten() {
-    let server = CustomServer::start(|c| {
-        c.socketio_ping_interval_ms = 150;
-        c.socketio_ping_timeout_ms = 300;
-    })
-    .await;
-    let clients = || async {
-        let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("maestro_socketio_clients "))
-            .unwrap()
-            .to_owned()
-    };
+    let server = quick_heartbeat().await;
+
     let poll = Polling::open(server.addr).await;
     assert_eq!(poll.post(&["40/ui,{}"]).await, 200);
     let (_, packets) = poll.get().await;
     assert!(packets[0].starts_with("40/ui,"), "{packets:?}");
-    assert_eq!(clients().await, "1");
+    assert_eq!(socketio_clients(server.addr).await, 1);
     // It stops polling (no GET, no pong): gone after the ping interval and timeout.
     let deadline = tokio::time::Instant::now() + WAIT;
-    while clients().await != "0" {
+    while socketio_clients(server.addr).await != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the session is never dropped"
