@@ -401,9 +401,15 @@ impl Sequencer {
         }
     }
 
-    fn known(&self) -> Vec<(String, u64)> {
+    /// The last `seq` delivered in `scope`.
+    fn last(&self, scope: &str) -> u64 {
         let st = self.state.lock().expect("sequencer lock");
-        st.last.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        st.last.get(scope).copied().unwrap_or(0)
+    }
+
+    /// Whether no scope has been seen yet (the first catch-up after start).
+    fn is_new(&self) -> bool {
+        self.state.lock().expect("sequencer lock").last.is_empty()
     }
 }
 
@@ -585,12 +591,7 @@ impl Inner {
                 if self.seq.wait_for(&scope, seq, HOLD_LIMIT) {
                     continue;
                 }
-                let after = self
-                    .seq
-                    .known()
-                    .into_iter()
-                    .find(|(s, _)| *s == scope)
-                    .map_or(0, |(_, v)| v);
+                let after = self.seq.last(&scope);
                 match read_journal(conn, &self.keys, &rec.scope, after, rec.seq - 1) {
                     Ok(mut gap) => {
                         gap.push(rec);
@@ -846,16 +847,12 @@ fn catch_up(pool: &Pool, keys: &Keys, seq: &Sequencer) -> Result<()> {
             .to_owned();
         heads.insert(scope, head);
     }
-    let first_time = seq.known().is_empty();
+    let first_time = seq.is_new();
     if first_time {
         seq.baseline(heads.clone());
     }
     for (scope, head) in heads {
-        let after = seq
-            .known()
-            .into_iter()
-            .find(|(s, _)| *s == scope)
-            .map_or(0, |(_, v)| v);
+        let after = seq.last(&scope);
         if head > after {
             let recs = read_journal(&mut conn, keys, &scope, after, head)?;
             seq.fill(recs);

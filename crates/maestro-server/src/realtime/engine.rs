@@ -243,39 +243,26 @@ impl Session {
 
     fn send_bytes(self: &Arc<Self>, bytes: Bytes, header: usize) -> bool {
         let mut out = self.out.lock().expect("session lock");
-        match &out.transport {
+        let polling = matches!(out.transport, Transport::Polling);
+        // A WebSocket with nothing waiting is written to right here.
+        let idle_socket = match &out.transport {
             Transport::Closed => return false,
-            Transport::Polling => {
-                out.queue.push_back(bytes.slice(header..));
-                if out.queue.len() > MAX_QUEUED {
-                    drop(out);
-                    self.overflow();
-                    return false;
-                }
-                drop(out);
-                self.wake_poll.notify_one();
-                return true;
+            Transport::Polling => None,
+            Transport::WebSocket(stream) => {
+                (out.queue.is_empty() && !out.flushing).then_some(stream)
             }
-            Transport::WebSocket(_) if !out.queue.is_empty() || out.flushing => {
-                out.queue.push_back(bytes);
-                if out.queue.len() > MAX_QUEUED {
-                    drop(out);
-                    self.overflow();
-                    return false;
-                }
-                return true;
-            }
-            Transport::WebSocket(_) => {}
-        }
-        let Transport::WebSocket(stream) = &out.transport else {
-            unreachable!("matched above")
         };
-        let stream = stream.clone();
-        let rest = match try_write(&stream, &bytes) {
-            Ok(Some(n)) if n == bytes.len() => return true,
-            Ok(Some(n)) => bytes.slice(n..),
-            Ok(None) => bytes,
-            Err(e) => {
+        let mut flusher = None;
+        let rest = match idle_socket.map(|stream| (stream, try_write(stream, &bytes))) {
+            None if polling => bytes.slice(header..),
+            None => bytes,
+            Some((_, Ok(Some(n)))) if n == bytes.len() => return true,
+            // The kernel took part or none of it: the rest waits for a flusher.
+            Some((stream, Ok(written))) => {
+                flusher = Some(stream.clone());
+                bytes.slice(written.unwrap_or(0)..)
+            }
+            Some((_, Err(e))) => {
                 drop(out);
                 tracing::debug!(session = %self.id, error = %e, "websocket write failed");
                 self.close();
@@ -283,9 +270,19 @@ impl Session {
             }
         };
         out.queue.push_back(rest);
-        out.flushing = true;
+        out.flushing |= flusher.is_some();
+        if out.queue.len() > MAX_QUEUED {
+            drop(out);
+            self.overflow();
+            return false;
+        }
         drop(out);
-        tokio::spawn(self.clone().flush(stream));
+        if polling {
+            self.wake_poll.notify_one();
+        }
+        if let Some(stream) = flusher {
+            tokio::spawn(self.clone().flush(stream));
+        }
         true
     }
 
