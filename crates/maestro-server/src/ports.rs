@@ -86,6 +86,16 @@ pub trait Reader {
     /// The latest event sequence number of `scope` (0 if none), as of this snapshot. A
     /// snapshot plus its heads is a consistent starting point for replay.
     fn head_seq(&mut self, scope: &str) -> Result<u64>;
+    /// `owner`'s entities of `coll`, newest first, each passed to `visit` until it returns
+    /// `false`. It reads only what it visits (plus at most a page), whatever the collection's
+    /// size: "everything after a cursor" over entities created in cursor order costs what lies
+    /// after the cursor. In a transaction it sees the transaction's own writes.
+    fn scan_newest_raw(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()>;
 }
 
 /// An event emitted inside a transaction; the backend gives it its sequence number.
@@ -137,6 +147,27 @@ pub trait ReaderExt: Reader {
             .iter()
             .map(|b| decode(coll, b))
             .collect()
+    }
+
+    /// `owner`'s newest entities of `coll` for as long as `keep` accepts them (the scan stops
+    /// at the first it refuses), oldest first. See [`Reader::scan_newest_raw`].
+    fn newest_while<T: DeserializeOwned>(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        mut keep: impl FnMut(&T) -> bool,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.scan_newest_raw(coll, owner, &mut |bytes| {
+            let value: T = decode(coll, bytes)?;
+            let kept = keep(&value);
+            if kept {
+                out.push(value);
+            }
+            Ok(kept)
+        })?;
+        out.reverse();
+        Ok(out)
     }
 }
 impl<R: Reader + ?Sized> ReaderExt for R {}

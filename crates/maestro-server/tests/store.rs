@@ -126,3 +126,94 @@ async fn a_required_entity_that_is_missing_fails_the_commit_whole() {
     drop(r);
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_newest_walks_back_across_pages_and_sees_the_transactions_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::config_for(dir.path()).expand_paths();
+    let domain = maestro_server::open(&config, "http://localhost".into()).unwrap();
+    let store = domain.store.clone();
+    // 600 entities (more than the first pages of a Redis scan hold), another owner's between.
+    transact(&*store, |tx| {
+        for n in 1..=600u64 {
+            let id = format!("m{n}");
+            tx.put(
+                Collection::Mail,
+                &id,
+                Some("p"),
+                &json!({ "id": id, "n": n }),
+            );
+            if n % 100 == 0 {
+                let other = format!("q{n}");
+                tx.put(
+                    Collection::Mail,
+                    &other,
+                    Some("q"),
+                    &json!({ "id": other, "n": 0 }),
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let numbers = |v: &[Value]| {
+        v.iter()
+            .map(|m| m["n"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let mut r = domain.reader().unwrap();
+    let after_50: Vec<Value> = r
+        .newest_while(Collection::Mail, "p", |m: &Value| {
+            m["n"].as_u64() > Some(50)
+        })
+        .unwrap();
+    assert_eq!(
+        numbers(&after_50),
+        (51..=600).collect::<Vec<_>>(),
+        "oldest first"
+    );
+    let mut visited = 0;
+    r.scan_newest_raw(Collection::Mail, "p", &mut |_| {
+        visited += 1;
+        Ok(visited < 3)
+    })
+    .unwrap();
+    assert_eq!(visited, 3, "the scan stops when told");
+    let none: Vec<Value> = r
+        .newest_while(Collection::Mail, "nobody", |_: &Value| true)
+        .unwrap();
+    assert!(none.is_empty());
+    drop(r);
+
+    // In a transaction: its own new entities come first, its updates and deletes count.
+    let seen = transact(&*store, |tx| {
+        tx.delete(Collection::Mail, "m600");
+        tx.put(
+            Collection::Mail,
+            "m599",
+            Some("p"),
+            &json!({ "id": "m599", "n": 5990 }),
+        );
+        tx.put(
+            Collection::Mail,
+            "m601",
+            Some("p"),
+            &json!({ "id": "m601", "n": 601 }),
+        );
+        tx.put(
+            Collection::Mail,
+            "q601",
+            Some("q"),
+            &json!({ "id": "q601", "n": 0 }),
+        );
+        tx.newest_while(Collection::Mail, "p", |m: &Value| {
+            m["n"].as_u64() > Some(596)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(numbers(&seen), [597, 598, 5990, 601]);
+    store.close().await;
+}

@@ -369,6 +369,40 @@ impl Base for &mut Tables<'_> {
             .get(seq_key(scope).as_str())?
             .map_or(0, |v| v.value()))
     }
+
+    fn scan_newest(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        scan_newest(&self.index, &self.entities, coll, owner, visit)
+    }
+}
+
+/// Walks `owner`'s index of `coll` backwards (newest first), visiting each entity until
+/// `visit` says stop.
+fn scan_newest(
+    index: &impl ReadableTable<(&'static str, &'static str, u64), &'static str>,
+    entities: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    coll: Collection,
+    owner: &str,
+    visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+) -> Result<()> {
+    let name = coll.name();
+    for entry in index
+        .range((name, owner, 0)..=(name, owner, u64::MAX))?
+        .rev()
+    {
+        let (_, id) = entry?;
+        let id = id.value();
+        if let Some(v) = entities.get((name, id))?
+            && !visit(id, v.value())?
+        {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a transaction's changes into the redb transaction and journals its events.
@@ -488,5 +522,16 @@ impl Reader for LocalReader {
             }
         }
         Ok(out)
+    }
+
+    fn scan_newest_raw(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let index = self.rtx.open_table(INDEX)?;
+        let entities = self.rtx.open_table(ENTITIES)?;
+        scan_newest(&index, &entities, coll, owner, &mut |_, bytes| visit(bytes))
     }
 }

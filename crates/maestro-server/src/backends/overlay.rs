@@ -20,6 +20,14 @@ pub(crate) trait Base {
     /// Current value of a user counter.
     fn counter(&mut self, name: &str) -> Result<u64>;
     fn head_seq(&mut self, scope: &str) -> Result<u64>;
+    /// `(id, json)` of `owner`'s part of the collection, newest first, until `visit` returns
+    /// `false` ([`Reader::scan_newest_raw`]).
+    fn scan_newest(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()>;
 }
 
 /// One buffered write.
@@ -138,6 +146,38 @@ impl<B: Base> Reader for Overlay<B> {
 
     fn head_seq(&mut self, scope: &str) -> Result<u64> {
         self.base.head_seq(scope)
+    }
+
+    fn scan_newest_raw(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        // Entities this transaction created are the newest: latest first.
+        for key in self.order.iter().rev().filter(|k| k.0 == coll) {
+            let Some(Write::Put {
+                owner: Some(o),
+                value,
+                ..
+            }) = self.writes.get(key)
+            else {
+                continue;
+            };
+            if o == owner && !self.base.exists(coll, &key.1)? && !visit(value)? {
+                return Ok(());
+            }
+        }
+        let writes = &self.writes;
+        self.base.scan_newest(
+            coll,
+            owner,
+            &mut |id, bytes| match writes.get(&(coll, id.to_owned())) {
+                Some(Write::Put { value, .. }) => visit(value),
+                Some(Write::Delete) => Ok(true),
+                None => visit(bytes),
+            },
+        )
     }
 }
 

@@ -896,6 +896,71 @@ impl RedisBase<'_> {
     }
 }
 
+/// A connection to run a read on: a transaction's (which `WATCH`es the keys it names) or a
+/// plain one.
+trait Query {
+    fn query<T: redis::FromRedisValue>(&mut self, keys: &[String], cmd: &redis::Cmd) -> Result<T>;
+}
+
+impl Query for RedisBase<'_> {
+    fn query<T: redis::FromRedisValue>(&mut self, keys: &[String], cmd: &redis::Cmd) -> Result<T> {
+        self.watched(keys, cmd)
+    }
+}
+
+impl Query for Connection {
+    fn query<T: redis::FromRedisValue>(&mut self, _: &[String], cmd: &redis::Cmd) -> Result<T> {
+        cmd.query(self).map_err(io_error)
+    }
+}
+
+/// Walks `owner`'s index of `coll` newest first, a page at a time (16 ids, doubling up to
+/// 512), visiting each entity until `visit` says stop. Each page starts below the lowest
+/// score seen so far, so an id added or removed between pages is neither visited twice nor
+/// makes the scan skip one: new ids are above the scan, removed ones simply absent.
+fn scan_index_newest(
+    q: &mut impl Query,
+    keys: &Keys,
+    coll: Collection,
+    owner: &str,
+    visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+) -> Result<()> {
+    let index = keys.index(coll, Some(owner));
+    let mut below = "+inf".to_owned();
+    let mut size = 16;
+    loop {
+        let page: Vec<(String, u64)> = q.query(
+            std::slice::from_ref(&index),
+            redis::cmd("ZREVRANGEBYSCORE")
+                .arg(&index)
+                .arg(&below)
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(size),
+        )?;
+        let Some((_, lowest)) = page.last() else {
+            return Ok(());
+        };
+        below = format!("({lowest}");
+        let entity_keys: Vec<String> = page.iter().map(|(id, _)| keys.entity(coll, id)).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            q.query(&entity_keys, redis::cmd("MGET").arg(&entity_keys))?;
+        for ((id, _), value) in page.iter().zip(values) {
+            if let Some(v) = value
+                && !visit(id, &v)?
+            {
+                return Ok(());
+            }
+        }
+        if page.len() < size {
+            return Ok(());
+        }
+        size = (size * 2).min(512);
+    }
+}
+
 impl Base for RedisBase<'_> {
     fn get(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>> {
         let key = self.keys.entity(coll, id);
@@ -939,6 +1004,16 @@ impl Base for RedisBase<'_> {
             .query(self.conn)
             .map_err(io_error)?;
         Ok(v.unwrap_or(0))
+    }
+
+    fn scan_newest(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let keys = self.keys;
+        scan_index_newest(self, keys, coll, owner, visit)
     }
 }
 
@@ -1000,6 +1075,16 @@ impl Reader for RedisReader<'_> {
         let v: Option<u64> =
             self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))?;
         Ok(v.unwrap_or(0))
+    }
+
+    fn scan_newest_raw(
+        &mut self,
+        coll: Collection,
+        owner: &str,
+        visit: &mut dyn FnMut(&[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let store = self.store;
+        self.with(|c| scan_index_newest(c, &store.keys, coll, owner, &mut |_, b| visit(b)))
     }
 }
 

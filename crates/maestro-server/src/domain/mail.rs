@@ -6,6 +6,11 @@
 //!
 //! `wait` subscribes to the event stream *before* it reads the inbox, so a message stored
 //! between the read and the wait still wakes it.
+//!
+//! A project's mail is stored in `seq` order (the `seq` is taken in the transaction that
+//! creates the message, and transactions on one project's counter are serialized), so
+//! "everything after the cursor" is read newest first and stops at the cursor: its cost is
+//! the unread part of the project's mail, not the mailbox's history.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -326,18 +331,17 @@ impl Domain {
             return Err(invalid("Invalid query parameters", vec![bad_type()]));
         }
         let mut r = self.reader()?;
-        let cursor = if q.unread {
-            cursor_of(&mut *r, session)?
+        let mail: Vec<MailMessage> = if q.unread {
+            let cursor = cursor_of(&mut *r, session)?;
+            r.newest_while(Collection::Mail, &project, |m: &MailMessage| m.seq > cursor)?
         } else {
-            0
+            r.list(Collection::Mail, Some(&project))?
         };
-        let all: Vec<MailMessage> = r.list(Collection::Mail, Some(&project))?;
-        Ok(all
+        Ok(mail
             .into_iter()
             .filter(|m| is_for(m, session))
             .filter(|m| q.kind.as_ref().is_none_or(|k| &m.kind == k))
             .filter(|m| q.since.is_none_or(|s| m.created_at > s))
-            .filter(|m| m.seq > cursor)
             .collect())
     }
 
@@ -346,10 +350,10 @@ impl Domain {
         let (session, project) = (session.to_owned(), project.to_owned());
         transact(&*self.store, move |tx| {
             let cursor = cursor_of(tx, &session)?;
-            let all: Vec<MailMessage> = tx.list(Collection::Mail, Some(&project))?;
-            let unread: Vec<MailMessage> = all
+            let unread: Vec<MailMessage> = tx
+                .newest_while(Collection::Mail, &project, |m: &MailMessage| m.seq > cursor)?
                 .into_iter()
-                .filter(|m| m.seq > cursor && is_for(m, &session))
+                .filter(|m| is_for(m, &session))
                 .collect();
             if let Some(last) = unread.last() {
                 set_cursor(tx, &session, &project, last.seq);
