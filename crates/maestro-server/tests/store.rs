@@ -7,11 +7,17 @@ use maestro_server::error::Error;
 use maestro_server::ports::{Collection, ReaderExt, TxnExt, transact};
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn insert_of_an_existing_id_fails_whole_and_writes_nothing() {
+/// The suite's backend on a fresh directory (kept alive by the returned guard).
+fn open_domain() -> (tempfile::TempDir, maestro_server::domain::Domain) {
     let dir = tempfile::tempdir().unwrap();
     let config = common::config_for(dir.path()).expand_paths();
     let domain = maestro_server::open(&config, "http://localhost".into()).unwrap();
+    (dir, domain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_of_an_existing_id_fails_whole_and_writes_nothing() {
+    let (_dir, domain) = open_domain();
     let store = domain.store.clone();
 
     transact(&*store, |tx| {
@@ -70,9 +76,7 @@ async fn insert_of_an_existing_id_fails_whole_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_entity_that_is_missing_fails_the_commit_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::config_for(dir.path()).expand_paths();
-    let domain = maestro_server::open(&config, "http://localhost".into()).unwrap();
+    let (_dir, domain) = open_domain();
     let store = domain.store.clone();
     transact(&*store, |tx| {
         tx.put(Collection::Projects, "p", None, &json!({ "id": "p" }));
@@ -129,9 +133,7 @@ async fn a_required_entity_that_is_missing_fails_the_commit_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_newest_walks_back_across_pages_and_sees_the_transactions_own_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::config_for(dir.path()).expand_paths();
-    let domain = maestro_server::open(&config, "http://localhost".into()).unwrap();
+    let (_dir, domain) = open_domain();
     let store = domain.store.clone();
     // 600 entities (more than the first pages of a Redis scan hold), another owner's between.
     transact(&*store, |tx| {
