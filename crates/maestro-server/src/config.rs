@@ -16,7 +16,8 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Address to listen on. Use 0.0.0.0 only if you mean to expose the server.
+    /// Address to listen on. Anything but loopback exposes the server, which has no
+    /// authentication yet (it warns at start).
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
 

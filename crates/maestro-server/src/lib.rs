@@ -69,6 +69,14 @@ pub async fn run(
     };
     let app = http::router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback, and the server has no authentication yet: anyone who \
+             can reach this port can read and change everything; use HOST=127.0.0.1 unless \
+             this network is yours alone"
+        );
+    }
 
     let server = tokio::spawn(serve_http(listener, app, shutdown.clone()));
     shutdown.cancelled().await;
