@@ -116,11 +116,15 @@ fn main() -> Result<()> {
         };
         let started = std::time::Instant::now();
         let rows = runtime.block_on(bench.run())?;
+        let machine = server::machine();
         let title = format!(
-            "maestro-bench: {} backend{} ({:.0} s)",
+            "maestro-bench: {} backend{} ({:.0} s) on {} x {}, kernel {}",
             backend.name(),
             if args.quick { ", quick" } else { "" },
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            machine["nproc"],
+            machine["cpu"].as_str().unwrap_or("an unknown CPU"),
+            machine["kernel"].as_str().unwrap_or("unknown"),
         );
         let text = table(&title, &rows);
         println!("{text}");
