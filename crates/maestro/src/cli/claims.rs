@@ -11,6 +11,7 @@ use super::output::{CliError, CmdResult, emit, fmt_time, kv};
 
 #[derive(Debug, Args)]
 pub struct ClaimArgs {
+    /// The task to claim.
     pub task_id: String,
     /// Lease length in milliseconds; renew before it runs out.
     #[arg(long = "ttl", default_value_t = 60_000, value_name = "MS")]
@@ -19,16 +20,19 @@ pub struct ClaimArgs {
 
 #[derive(Debug, Args)]
 pub struct RenewArgs {
+    /// The claimed task.
     pub task_id: String,
     /// The fencing token `maestro claim` returned.
     #[arg(long = "token", value_name = "N")]
     pub fencing_token: u64,
+    /// New lease length in milliseconds, from now.
     #[arg(long = "ttl", default_value_t = 60_000, value_name = "MS")]
     pub ttl_ms: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
+    /// The claimed task.
     pub task_id: String,
     /// The fencing token `maestro claim` returned.
     #[arg(long = "token", value_name = "N")]

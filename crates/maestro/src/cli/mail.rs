@@ -18,8 +18,10 @@ pub enum MailCommand {
     Send {
         /// Recipient session ids, comma-separated.
         to_session_ids: Option<String>,
+        /// Kind of mail.
         #[arg(long = "type", value_parser = PossibleValuesParser::new(MAIL_TYPES))]
         kind: String,
+        /// Subject line.
         #[arg(long)]
         subject: String,
         /// Body text (stored under the key upstream used for the type).
@@ -28,12 +30,16 @@ pub enum MailCommand {
         /// Send to the active session(s) of this team member.
         #[arg(long, value_name = "ID")]
         to_team_member: Option<String>,
+        /// Task the mail is about (body field `task_id`).
         #[arg(long, value_name = "TASK_ID")]
         task_id: Option<String>,
+        /// Priority, free text (body field `priority`).
         #[arg(long)]
         priority: Option<String>,
+        /// Status, free text (body field `status`).
         #[arg(long)]
         status: Option<String>,
+        /// Requested action, free text (body field `action`).
         #[arg(long)]
         action: Option<String>,
         /// The mail this one answers.
@@ -42,21 +48,27 @@ pub enum MailCommand {
     },
     /// Send mail to every session of the project.
     Broadcast {
+        /// Kind of mail.
         #[arg(long = "type", value_parser = PossibleValuesParser::new(MAIL_TYPES))]
         kind: String,
+        /// Subject line.
         #[arg(long)]
         subject: String,
+        /// Body text.
         #[arg(long)]
         message: Option<String>,
     },
     /// Answer a mail (type response, subject "Re: …", to its sender).
     Reply {
+        /// The mail to answer.
         mail_id: String,
+        /// Body text.
         #[arg(long)]
         message: String,
     },
     /// List the current session's mail.
     Inbox {
+        /// Only mail of this kind.
         #[arg(long = "type", value_parser = PossibleValuesParser::new(MAIL_TYPES))]
         kind: Option<String>,
         /// Only mail after this time (epoch ms).

@@ -13,6 +13,7 @@ pub enum ProjectCommand {
     List,
     /// Create a project.
     Create {
+        /// The project's name.
         name: String,
         /// Working directory of the project's agents [default: the current directory].
         #[arg(short = 'd', long = "dir", value_name = "DIR")]
@@ -22,9 +23,15 @@ pub enum ProjectCommand {
         desc: Option<String>,
     },
     /// Show a project.
-    Get { id: String },
+    Get {
+        /// Project id.
+        id: String,
+    },
     /// Delete a project (refused while it has tasks or sessions).
-    Delete { id: String },
+    Delete {
+        /// Project id.
+        id: String,
+    },
 }
 
 pub async fn run(ctx: &Context, cmd: ProjectCommand) -> CmdResult {

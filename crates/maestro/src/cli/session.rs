@@ -33,7 +33,10 @@ pub enum SessionCommand {
         team_member_id: Option<String>,
     },
     /// Show a session [default: the current one].
-    Info { session_id: Option<String> },
+    Info {
+        /// Session id.
+        session_id: Option<String>,
+    },
     /// Mark the current session working, creating it if the server does not know it
     /// (SessionStart hook).
     Register,
@@ -55,6 +58,7 @@ pub enum SessionCommand {
     Docs(SessionDocs),
     /// Follow sessions live until they all finish (comma-separated ids).
     Watch {
+        /// Session ids, comma-separated.
         session_ids: String,
         /// Stop after this many milliseconds (0 = never).
         #[arg(long, default_value_t = 0, value_name = "MS")]
@@ -74,6 +78,7 @@ pub enum SessionCommand {
         /// Why this session is spawned.
         #[arg(long)]
         reason: Option<String>,
+        /// Agent to run [default: the team member's, else claude-code].
         #[arg(long, value_parser = PossibleValuesParser::new(AGENT_TOOLS))]
         agent_tool: Option<String>,
         /// Model (sonnet, opus, haiku or a native name).
@@ -88,19 +93,32 @@ pub enum SessionCommand {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReportCommand {
     /// Work progress.
-    Progress { message: String },
+    Progress {
+        /// What is happening.
+        message: String,
+    },
     /// Done: notes the summary and marks the session completed.
-    Complete { summary: String },
+    Complete {
+        /// What was done.
+        summary: String,
+    },
     /// A blocker.
-    Blocked { reason: String },
+    Blocked {
+        /// What the session is blocked on.
+        reason: String,
+    },
     /// An error.
-    Error { description: String },
+    Error {
+        /// What went wrong.
+        description: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SessionDocs {
     /// Attach a doc to the current session.
     Add {
+        /// The doc's title.
         title: String,
         /// Path of the document.
         #[arg(long = "file", value_name = "PATH")]

@@ -19,6 +19,7 @@ pub enum TaskCommand {
     /// List tasks as a tree: the project's (all projects' without one, or with --all); with
     /// an id, that task and its children.
     List {
+        /// Show this task and its subtasks instead.
         task_id: Option<String>,
         /// Only tasks with this status.
         #[arg(long, value_parser = PossibleValuesParser::new(TASK_STATUSES))]
@@ -31,11 +32,15 @@ pub enum TaskCommand {
         all: bool,
     },
     /// Show a task [default: the only task in MAESTRO_TASK_IDS].
-    Get { id: Option<String> },
+    Get {
+        /// Task id.
+        id: Option<String>,
+    },
     /// Create a task in the current project.
     Create {
         /// Title (or --title).
         title: Option<String>,
+        /// Title (instead of the positional one).
         #[arg(short = 't', long = "title", value_name = "TITLE")]
         title_flag: Option<String>,
         /// Description.
@@ -46,6 +51,7 @@ pub enum TaskCommand {
             value_name = "TEXT"
         )]
         desc: Option<String>,
+        /// Priority.
         #[arg(long, default_value = "medium", value_parser = PossibleValuesParser::new(TASK_PRIORITIES))]
         priority: String,
         /// Parent task (creates a subtask).
@@ -54,34 +60,48 @@ pub enum TaskCommand {
     },
     /// Edit a task's title, description or priority.
     Edit {
+        /// Task id.
         id: String,
+        /// New title.
         #[arg(long)]
         title: Option<String>,
+        /// New description.
         #[arg(short = 'd', long = "desc", value_name = "TEXT")]
         desc: Option<String>,
+        /// New priority.
         #[arg(long, value_parser = PossibleValuesParser::new(TASK_PRIORITIES))]
         priority: Option<String>,
     },
     /// Update a task's status, priority or title (noted in the session's timeline).
     Update {
+        /// Task id.
         id: String,
+        /// New status.
         #[arg(long, value_parser = PossibleValuesParser::new(TASK_STATUSES))]
         status: Option<String>,
+        /// New priority.
         #[arg(long, value_parser = PossibleValuesParser::new(TASK_PRIORITIES))]
         priority: Option<String>,
+        /// New title.
         #[arg(long)]
         title: Option<String>,
     },
     /// Mark a task completed.
-    Complete { id: String },
+    Complete {
+        /// Task id.
+        id: String,
+    },
     /// Mark a task blocked, with the reason.
     Block {
+        /// Task id.
         id: String,
+        /// What it is blocked on.
         #[arg(long)]
         reason: String,
     },
     /// Delete a task and its subtasks.
     Delete {
+        /// Task id.
         id: String,
         /// Report how many subtasks went with it.
         #[arg(long)]
@@ -89,6 +109,7 @@ pub enum TaskCommand {
     },
     /// List a task's subtasks.
     Children {
+        /// Task id.
         task_id: String,
         /// All descendants, not only direct children.
         #[arg(long)]
@@ -117,14 +138,31 @@ pub enum TaskCommand {
 #[derive(Debug, Subcommand)]
 pub enum TaskReport {
     /// Working on it.
-    Progress { task_id: String, message: String },
+    Progress {
+        /// Task id.
+        task_id: String,
+        /// What is happening.
+        message: String,
+    },
     /// Done with it (the session goes on).
-    Complete { task_id: String, summary: String },
+    Complete {
+        /// Task id.
+        task_id: String,
+        /// What was done.
+        summary: String,
+    },
     /// Blocked on it.
-    Blocked { task_id: String, reason: String },
+    Blocked {
+        /// Task id.
+        task_id: String,
+        /// What it is blocked on.
+        reason: String,
+    },
     /// Failed at it.
     Error {
+        /// Task id.
         task_id: String,
+        /// What went wrong.
         description: String,
     },
 }
@@ -133,7 +171,9 @@ pub enum TaskReport {
 pub enum TaskDocs {
     /// Attach a doc to a task, from the current session.
     Add {
+        /// Task id.
         task_id: String,
+        /// The doc's title.
         title: String,
         /// Path of the document.
         #[arg(long = "file", value_name = "PATH")]
@@ -143,7 +183,10 @@ pub enum TaskDocs {
         content: Option<String>,
     },
     /// List a task's docs (from every session).
-    List { task_id: String },
+    List {
+        /// Task id.
+        task_id: String,
+    },
 }
 
 pub async fn run(ctx: &Context, cmd: TaskCommand) -> CmdResult {

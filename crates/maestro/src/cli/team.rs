@@ -16,9 +16,13 @@ pub enum TeamMemberCommand {
         all: bool,
     },
     /// Show a team member.
-    Get { team_member_id: String },
+    Get {
+        /// Team member id.
+        team_member_id: String,
+    },
     /// Create a team member.
     Create {
+        /// The member's name.
         name: String,
         /// Role description.
         #[arg(long)]
@@ -26,11 +30,13 @@ pub enum TeamMemberCommand {
         /// Avatar (an emoji).
         #[arg(long)]
         avatar: String,
+        /// execute: works on tasks itself; coordinate: splits work and directs other sessions.
         #[arg(long, value_parser = PossibleValuesParser::new(MODES))]
         mode: String,
         /// Model (sonnet, opus, haiku or a native name).
         #[arg(long)]
         model: Option<String>,
+        /// Agent the member runs as.
         #[arg(long, default_value = "claude-code", value_parser = PossibleValuesParser::new(AGENT_TOOLS))]
         agent_tool: String,
         /// Persona / instructions.
@@ -39,19 +45,27 @@ pub enum TeamMemberCommand {
     },
     /// Edit a team member.
     Edit {
+        /// Team member id.
         team_member_id: String,
+        /// New name.
         #[arg(long)]
         name: Option<String>,
+        /// New role description.
         #[arg(long)]
         role: Option<String>,
+        /// New avatar (an emoji).
         #[arg(long)]
         avatar: Option<String>,
+        /// New mode (execute or coordinate).
         #[arg(long, value_parser = PossibleValuesParser::new(MODES))]
         mode: Option<String>,
+        /// New model (sonnet, opus, haiku or a native name).
         #[arg(long)]
         model: Option<String>,
+        /// New agent.
         #[arg(long, value_parser = PossibleValuesParser::new(AGENT_TOOLS))]
         agent_tool: Option<String>,
+        /// New persona / instructions.
         #[arg(long)]
         identity: Option<String>,
         /// Workflow template id (or `custom`).
