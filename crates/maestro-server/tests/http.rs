@@ -77,6 +77,20 @@ async fn operational_endpoints() {
         raw.headers
     );
 
+    // A browser at `/` learns what this is and where the API reference is (the legacy
+    // WebSocket on `/` is an upgrade, answered before routing: see below).
+    let index = server.raw("GET", "/", None, "").await;
+    assert_eq!(index.status, 200);
+    assert!(
+        index
+            .header("content-type")
+            .is_some_and(|ct| ct.starts_with("text/html")),
+        "{:?}",
+        index.headers
+    );
+    let page = String::from_utf8(index.body).unwrap();
+    assert!(page.contains("<title>Maestro</title>") && page.contains("href=\"/api/docs\""));
+
     let r = api.ready().await.unwrap();
     let backend = if common::redis::enabled() {
         "redis"

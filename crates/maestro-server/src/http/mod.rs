@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .route("/", axum::routing::get(index_page))
         .route("/api/docs", axum::routing::get(docs_page))
         .route("/socket.io", axum::routing::get(socketio).post(socketio))
         .route("/socket.io/", axum::routing::get(socketio).post(socketio))
@@ -126,6 +127,11 @@ async fn socketio(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
     state.socketio.serve(req, peer).await
+}
+
+/// What a browser sees at `/`: what this server is and where to go from here.
+async fn index_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("index.html"))
 }
 
 /// A self-contained page that renders `/api/openapi.json` (no external scripts).
