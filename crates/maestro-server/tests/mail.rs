@@ -455,9 +455,49 @@ async fn mail_to_team_member_reaches_its_sessions() {
         .filter_map(|m| m.to_session_id.clone())
         .collect();
     assert_eq!(to, spawned.iter().cloned().collect());
+    // Stored in one transaction, in one millisecond, yet in `createdAt` order: a `since` of the
+    // first one's `createdAt` still finds the second.
+    assert!(sent[0].seq < sent[1].seq);
+    assert!(
+        sent[0].created_at < sent[1].created_at,
+        "{} then {}",
+        sent[0].created_at,
+        sent[1].created_at
+    );
     let nobody = SendMail {
         to_team_member_id: Some(format!("tm_{p}_recruiter")),
         ..mail(&p, &s[0], None, "x")
     };
     api_err(c.send_mail(&nobody).await, 404, "NOT_FOUND");
+}
+
+/// `createdAt` increases with `seq`, so `since=<the last createdAt seen>` misses nothing
+/// however fast mail arrives, and a `since` read sees exactly the newer mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_the_last_created_at_misses_nothing() {
+    let server = TestServer::start().await;
+    let c = server.api();
+    let (p, s) = project_with_sessions(c, 3).await;
+    for i in 0..40 {
+        // Mail for another session in between: the recipient's reads must skip it.
+        let to = if i % 3 == 0 { &s[2] } else { &s[1] };
+        c.send_mail(&mail(&p, &s[0], Some(to), &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let all = c.inbox(&s[1], &[]).await.unwrap();
+    assert_eq!(all.len(), 26);
+    for pair in all.windows(2) {
+        assert!(pair[0].seq < pair[1].seq);
+        assert!(pair[0].created_at < pair[1].created_at, "{pair:?}");
+    }
+    for (k, seen) in all.iter().enumerate() {
+        let since = seen.created_at.to_string();
+        let newer = c.inbox(&s[1], &[("since", since.as_str())]).await.unwrap();
+        let ids = |v: &[MailMessage]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&newer), ids(&all[k + 1..]), "since the {k}th");
+    }
+    // A `since` older than everything reads it all.
+    let everything = c.inbox(&s[1], &[("since", "1")]).await.unwrap();
+    assert_eq!(everything.len(), all.len());
 }

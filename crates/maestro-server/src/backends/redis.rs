@@ -914,7 +914,7 @@ impl Query for Connection {
     }
 }
 
-/// Walks `owner`'s index of `coll` newest first, a page at a time (16 ids, doubling up to
+/// Walks `owner`'s index of `coll` newest first, a page at a time (4 ids, doubling up to
 /// 512), visiting each entity until `visit` says stop. Each page starts below the lowest
 /// score seen so far, so an id added or removed between pages is neither visited twice nor
 /// makes the scan skip one: new ids are above the scan, removed ones simply absent.
@@ -927,7 +927,7 @@ fn scan_index_newest(
 ) -> Result<()> {
     let index = keys.index(coll, Some(owner));
     let mut below = "+inf".to_owned();
-    let mut size = 16;
+    let mut size = 4;
     loop {
         let page: Vec<(String, u64)> = q.query(
             std::slice::from_ref(&index),

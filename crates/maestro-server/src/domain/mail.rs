@@ -11,6 +11,12 @@
 //! creates the message, and transactions on one project's counter are serialized), so
 //! "everything after the cursor" is read newest first and stops at the cursor: its cost is
 //! the unread part of the project's mail, not the mailbox's history.
+//!
+//! `createdAt` strictly increases with `seq` within a project: a message gets the current
+//! time, or one millisecond after the project's newest message if that is not earlier. So
+//! `since=<the last createdAt seen>` never skips a message stored in the same millisecond
+//! (or by a server whose clock is behind), and a `since` read also walks back from the newest
+//! message and stops once it is past `since`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -166,6 +172,25 @@ fn woken_by(
     Some(found).filter(|f| !f.is_empty())
 }
 
+/// The `createdAt` of the next message of `project`: `now`, or one millisecond after the
+/// project's newest message if that is not earlier (see the module's notes).
+fn next_created_at(tx: &mut dyn Txn, project: &str, now: i64) -> Result<i64> {
+    let mut first = true;
+    let newest: Vec<MailMessage> =
+        tx.newest_while(Collection::Mail, project, |_: &MailMessage| {
+            std::mem::replace(&mut first, false)
+        })?;
+    Ok(newest
+        .first()
+        .map_or(now, |m| now.max(m.created_at.saturating_add(1))))
+}
+
+/// How far back of `since` a `since` read looks before it stops. Mail stored before
+/// `createdAt` was made to increase with `seq` (by an earlier version, in one millisecond or
+/// by transactions that overlapped) can be out of order by as long as those transactions
+/// took; a minute covers that with room.
+const SINCE_MARGIN_MS: i64 = 60_000;
+
 /// Checks a send request's fields (upstream's rules and messages), before any transaction.
 pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
     let mut problems = Vec::new();
@@ -251,7 +276,7 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
             kind: req.kind.clone(),
             subject: req.subject.clone(),
             body: Value::Object(req.body.clone().unwrap_or_default()),
-            created_at: now,
+            created_at: next_created_at(tx, project, now)?,
             seq: tx.next_counter(&format!("mail:{project}"))?,
         };
         tx.put(Collection::Mail, &mail.id, Some(project), &mail);
@@ -281,7 +306,7 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
                 "recipientStatus": dead.status,
                 "reason": reason,
             }),
-            created_at: now,
+            created_at: next_created_at(tx, project, now)?,
             seq: tx.next_counter(&format!("mail:{project}"))?,
         };
         tx.put(Collection::Mail, &bounce.id, Some(project), &bounce);
@@ -331,9 +356,20 @@ impl Domain {
             return Err(invalid("Invalid query parameters", vec![bad_type()]));
         }
         let mut r = self.reader()?;
-        let mail: Vec<MailMessage> = if q.unread {
-            let cursor = cursor_of(&mut *r, session)?;
-            r.newest_while(Collection::Mail, &project, |m: &MailMessage| m.seq > cursor)?
+        // With a cursor or a `since`, only the newest part of the mailbox is read.
+        let since_floor = q
+            .since
+            .filter(|s| *s > 0)
+            .map(|s| s.saturating_sub(SINCE_MARGIN_MS));
+        let mail: Vec<MailMessage> = if q.unread || since_floor.is_some() {
+            let cursor = if q.unread {
+                cursor_of(&mut *r, session)?
+            } else {
+                0
+            };
+            r.newest_while(Collection::Mail, &project, |m: &MailMessage| {
+                m.seq > cursor && since_floor.is_none_or(|f| m.created_at > f)
+            })?
         } else {
             r.list(Collection::Mail, Some(&project))?
         };
