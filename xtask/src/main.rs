@@ -9,7 +9,7 @@
 //!
 //! CI calls `cargo xtask test` and nothing else, so what passes here is what a newcomer gets.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
@@ -50,8 +50,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace this xtask was run in. `cargo run` sets `CARGO_MANIFEST_DIR` for the
+/// process, so a binary built in another checkout that shares the cargo target directory (and
+/// which cargo therefore reuses) still works on the checkout it is run from; the path compiled
+/// in is only the fallback.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("xtask lives in the workspace root")
         .to_path_buf()
