@@ -89,7 +89,11 @@ pub trait Reader {
     /// `owner`'s entities of `coll`, newest first, each passed to `visit` until it returns
     /// `false`. It reads only what it visits (plus at most a page), whatever the collection's
     /// size: "everything after a cursor" over entities created in cursor order costs what lies
-    /// after the cursor. In a transaction it sees the transaction's own writes.
+    /// after the cursor. In a transaction it sees the transaction's own writes, and the commit
+    /// fails (and the body runs again) if an entity it visited changed meanwhile; an entity
+    /// created meanwhile does not fail it (it is newer than anything visited, as if created
+    /// after this transaction). A body that must see the very newest entity must also read
+    /// something every creator writes, such as the counter that numbers them.
     fn scan_newest_raw(
         &mut self,
         coll: Collection,

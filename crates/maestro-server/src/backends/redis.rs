@@ -929,8 +929,11 @@ fn scan_index_newest(
     let mut below = "+inf".to_owned();
     let mut size = 4;
     loop {
+        // The index itself is not watched: every write that creates an entity changes it, and
+        // what it creates lies above the scan (see `Reader::scan_newest_raw`). The entities
+        // read are watched.
         let page: Vec<(String, u64)> = q.query(
-            std::slice::from_ref(&index),
+            &[],
             redis::cmd("ZREVRANGEBYSCORE")
                 .arg(&index)
                 .arg(&below)

@@ -173,7 +173,9 @@ fn woken_by(
 }
 
 /// The `createdAt` of the next message of `project`: `now`, or one millisecond after the
-/// project's newest message if that is not earlier (see the module's notes).
+/// project's newest message if that is not earlier (see the module's notes). The newest
+/// message read here is the newest there is at commit: every message's transaction also
+/// takes the project's mail `seq` counter, so two of them cannot both commit on one reading.
 fn next_created_at(tx: &mut dyn Txn, project: &str, now: i64) -> Result<i64> {
     let mut first = true;
     let newest: Vec<MailMessage> =
