@@ -122,7 +122,7 @@ while i <= n do
         redis.call('HDEL', p .. 'owner:' .. c, id)
       end
     end
-    elseif t == 'ctr' then
+  elseif t == 'ctr' then
     redis.call('SET', p .. 'c:' .. ARGV[i + 1], ARGV[i + 2])
     i = i + 3
   elseif t == 'req' then

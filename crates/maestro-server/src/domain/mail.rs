@@ -267,6 +267,14 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
         }
         (None, None) => vec![None],
     };
+    // One reading of the project's newest message; each message stored here after it is one
+    // millisecond later than the one before.
+    let mut clock = next_created_at(tx, project, now)?;
+    let mut stamp = || {
+        let t = clock;
+        clock += 1;
+        t
+    };
     let mut sent = Vec::with_capacity(recipients.len());
     for to in recipients {
         let mail = MailMessage {
@@ -278,7 +286,7 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
             kind: req.kind.clone(),
             subject: req.subject.clone(),
             body: Value::Object(req.body.clone().unwrap_or_default()),
-            created_at: next_created_at(tx, project, now)?,
+            created_at: stamp(),
             seq: tx.next_counter(&format!("mail:{project}"))?,
         };
         tx.put(Collection::Mail, &mail.id, Some(project), &mail);
@@ -308,7 +316,7 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
                 "recipientStatus": dead.status,
                 "reason": reason,
             }),
-            created_at: next_created_at(tx, project, now)?,
+            created_at: stamp(),
             seq: tx.next_counter(&format!("mail:{project}"))?,
         };
         tx.put(Collection::Mail, &bounce.id, Some(project), &bounce);
