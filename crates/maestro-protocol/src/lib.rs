@@ -7,6 +7,7 @@
 //!
 //! The crate does no I/O.
 
+pub mod auth;
 pub mod catalog;
 pub mod entities;
 pub mod events;
@@ -18,6 +19,7 @@ pub mod requests;
 pub mod spawn;
 pub mod team;
 
+pub use auth::*;
 pub use catalog::*;
 pub use entities::*;
 pub use events::*;

@@ -13,7 +13,8 @@ use crate::{MailMessage, Millis, Project, Session, Task, TeamMember};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SocketAuth {
-    /// A credential; accepted and not yet checked (local trust decides, see `docs/realtime.md`).
+    /// A token (`Authorization: Bearer` for sockets); checked by the auth gate. Not needed when
+    /// the connection's own request carried a credential (the device cookie) or was local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// The project the connection follows; required on `/mobile`.

@@ -16,8 +16,8 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Address to listen on. Anything but loopback exposes the server, which has no
-    /// authentication yet (it warns at start).
+    /// Address to listen on. Beyond loopback, every request needs a credential (only requests
+    /// from this machine are trusted without one).
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: IpAddr,
 
@@ -57,6 +57,37 @@ pub struct Config {
     /// Public URL of this server (e.g. the tunnel's); allowed as an origin.
     #[arg(long, env = "EXTERNAL_URL")]
     pub external_url: Option<String>,
+
+    /// Cloudflare Access team name (the `<team>` of `<team>.cloudflareaccess.com`). With
+    /// `--cf-access-aud`, every non-local request must carry a valid `Cf-Access-Jwt-Assertion`
+    /// signed by that team.
+    #[arg(long, env = "CF_ACCESS_TEAM", requires = "cf_access_aud")]
+    pub cf_access_team: Option<String>,
+
+    /// Audience (AUD) tag of the Cloudflare Access application in front of this server.
+    #[arg(long, env = "CF_ACCESS_AUD", requires = "cf_access_team")]
+    pub cf_access_aud: Option<String>,
+
+    /// Where to fetch the Access signing keys (JWKS) instead of
+    /// `https://<team>.cloudflareaccess.com/cdn-cgi/access/certs`: for tests and self-hosted
+    /// setups. The issuer checked stays `https://<team>.cloudflareaccess.com`.
+    #[arg(long, env = "CF_ACCESS_CERTS_URL", requires = "cf_access_team")]
+    pub cf_access_certs_url: Option<String>,
+
+    /// Who needs a credential. `local`: every request that is not provably from this
+    /// machine (loopback peer, local `Host`, no proxy headers, no foreign `Origin`); `required`:
+    /// every request, local ones too. There is no mode without credentials for remote requests.
+    #[arg(long, env = "AUTH", value_enum, default_value_t = AuthMode::Local)]
+    pub auth: AuthMode,
+
+    /// Extra `Host` names this server answers to, comma-separated (a LAN name, a reverse
+    /// proxy's). Local names and `EXTERNAL_URL`'s host always are; any other gets 421.
+    #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
+    /// How long a pairing code (`maestro pair`) works, in seconds.
+    #[arg(long, env = "PAIRING_TTL_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub pairing_ttl_secs: u64,
 
     /// Seconds to wait for open connections to finish at shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
@@ -116,6 +147,12 @@ impl Config {
             journal_capacity: 10_000,
             cors_origins: Vec::new(),
             external_url: None,
+            cf_access_team: None,
+            cf_access_aud: None,
+            cf_access_certs_url: None,
+            auth: AuthMode::Local,
+            allowed_hosts: Vec::new(),
+            pairing_ttl_secs: 120,
             shutdown_grace_secs: 5,
             heartbeat_ttl_ms: 15_000,
             heartbeat_grace_ms: 500,
@@ -147,6 +184,15 @@ impl Config {
         }
         self
     }
+}
+
+/// Who needs a credential (`AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Requests provably from this machine need none; everything else does.
+    Local,
+    /// Every request needs one.
+    Required,
 }
 
 fn expand_tilde(p: &Path) -> PathBuf {

@@ -8,6 +8,7 @@
 //! - [`ports`]: the traits a storage backend implements; [`backends`]: the implementations;
 //! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets.
 
+pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod domain;
@@ -51,9 +52,14 @@ pub async fn run(
     // Background work (the Socket.IO bridge and per-socket writers) is owned here: stopped by
     // `shutdown`, awaited below.
     let tasks = TaskTracker::new();
+    let gate = auth::Gate::new(config_arc.clone(), domain.clone());
+    auth::credentials::rotate_owner_token(&domain, &config.data_dir)
+        .await
+        .context("writing the owner token")?;
     let socketio = Realtime::new(
         domain.clone(),
         config_arc.clone(),
+        gate.clone(),
         tasks.clone(),
         shutdown.clone(),
     );
@@ -66,15 +72,16 @@ pub async fn run(
         ws_clients: Arc::new(AtomicUsize::new(0)),
         shutdown: shutdown.clone(),
         socketio,
+        gate,
     };
     let app = http::router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");
     if !addr.ip().is_loopback() {
-        tracing::warn!(
+        tracing::info!(
             %addr,
-            "listening beyond loopback, and the server has no authentication yet: anyone who \
-             can reach this port can read and change everything; use HOST=127.0.0.1 unless \
-             this network is yours alone"
+            "listening beyond loopback: requests from other machines need a credential \
+             (maestro pair, maestro token create) and a Host this server answers to \
+             (EXTERNAL_URL, ALLOWED_HOSTS)"
         );
     }
 

@@ -43,11 +43,15 @@ pub enum Collection {
     Presence,
     /// Task leases (one record per task, kept after release for its fencing token).
     Claims,
+    /// API tokens and paired devices (hashes of their secrets, never the secrets).
+    Credentials,
+    /// Pending single-use pairing codes (hashed), deleted when used, burned or expired.
+    Pairings,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 10] = [
+    pub const ALL: [Collection; 12] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -58,6 +62,8 @@ impl Collection {
         Self::Idempotency,
         Self::Presence,
         Self::Claims,
+        Self::Credentials,
+        Self::Pairings,
     ];
 
     /// Stable name used in storage keys.
@@ -73,6 +79,8 @@ impl Collection {
             Self::Idempotency => "idempotency",
             Self::Presence => "presence",
             Self::Claims => "claims",
+            Self::Credentials => "credentials",
+            Self::Pairings => "pairings",
         }
     }
 }

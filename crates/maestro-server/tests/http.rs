@@ -77,9 +77,10 @@ async fn operational_endpoints() {
         raw.headers
     );
 
-    // A browser at `/` learns what this is and where the API reference is (the legacy
-    // WebSocket on `/` is an upgrade, answered before routing: see below).
-    let index = server.raw("GET", "/", None, "").await;
+    // A browser at `/agents` learns what this is and where the API reference is (`/` is the
+    // web app, see tests/web.rs; the legacy WebSocket on `/` is an upgrade, answered before
+    // routing: see below).
+    let index = server.raw("GET", "/agents", None, "").await;
     assert_eq!(index.status, 200);
     assert!(
         index
@@ -464,12 +465,28 @@ async fn lenient_bodies() {
     } = fixture().await;
     let mut ws = server.ws().await;
 
-    // No Content-Type, unknown fields: accepted and ignored, as upstream clients expect.
+    // A body without `Content-Type: application/json` is refused (a cross-site form or
+    // `text/plain` post must not get in) and changes nothing.
+    for content_type in [None, Some("text/plain")] {
+        let r = server
+            .raw(
+                "POST",
+                "/api/tasks",
+                content_type,
+                json!({ "projectId": project.id, "title": "t" }).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 415, "{content_type:?}");
+        assert_error_body(&r.json(), 415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    ws.assert_quiet().await;
+
+    // Unknown fields: accepted and ignored, as upstream clients expect.
     let r = server
         .raw(
             "POST",
             "/api/tasks",
-            None,
+            Some("application/json"),
             json!({ "projectId": project.id, "title": "t", "bogusField": 1, "status": "completed", "model": "opus" })
                 .to_string(),
         )

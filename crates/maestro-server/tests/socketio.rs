@@ -80,10 +80,20 @@ impl Sio {
         if let Some(o) = origin {
             req.headers_mut().insert("origin", o.parse().unwrap());
         }
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        let (ws, _) = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
             .await
             .expect("websocket connect timed out")
-            .expect("websocket connect");
+        {
+            Ok(ws) => ws,
+            // Refused before the upgrade (the auth gate): the error body's code and message.
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body: Value =
+                    serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                        .unwrap_or_default();
+                return Err(format!("{}: {}", body["code"], body["message"]).replace('"', ""));
+            }
+            Err(e) => panic!("websocket connect: {e}"),
+        };
         let mut sio = Self {
             ws,
             ns: ns.to_owned(),
@@ -433,7 +443,7 @@ async fn handshake_rules() {
     let p = project(api, "hs").await;
     let addr = server.addr();
 
-    // /ui needs nothing; a token is accepted (not checked until credentials land).
+    // /ui needs nothing from a local client; a token, when given, is checked even then.
     Sio::connect(addr, "/ui", json!({}), None)
         .await
         .unwrap()
@@ -442,13 +452,23 @@ async fn handshake_rules() {
     Sio::connect(
         addr,
         "/ui",
-        json!({ "token": "t", "projectId": p.id, "lastSeq": 0 }),
+        json!({ "projectId": p.id, "lastSeq": 0 }),
         None,
     )
     .await
     .unwrap()
     .close()
     .await;
+    let err = Sio::connect(
+        addr,
+        "/ui",
+        json!({ "token": "t", "projectId": p.id, "lastSeq": 0 }),
+        None,
+    )
+    .await
+    .err()
+    .expect("a wrong token is refused");
+    assert!(err.starts_with("UNAUTHORIZED: "), "{err}");
     Sio::connect(addr, "/mobile", json!({ "projectId": p.id }), None)
         .await
         .unwrap()

@@ -76,22 +76,22 @@ impl Drop for Serve {
     }
 }
 
-const WARNING: &str = "no authentication yet";
+const NOTICE: &str = "requests from other machines need a credential";
 
 #[test]
-fn listening_beyond_loopback_warns_that_there_is_no_authentication() {
+fn listening_beyond_loopback_says_that_remote_requests_need_a_credential() {
     let server = Serve::start("0.0.0.0");
-    let lines = server.until(WARNING);
-    let warning = lines.last().unwrap();
-    assert!(warning.contains("WARN"), "{warning}");
+    let lines = server.until(NOTICE);
+    let notice = lines.last().unwrap();
+    assert!(notice.contains("INFO"), "{notice}");
     assert!(
-        warning.contains("0.0.0.0:"),
-        "the address is named: {warning}"
+        notice.contains("0.0.0.0:"),
+        "the address is named: {notice}"
     );
 }
 
 #[test]
-fn loopback_does_not_warn() {
+fn loopback_does_not_say_so() {
     let server = Serve::start("127.0.0.1");
     let mut lines = server.until("maestro listening");
     lines.extend(server.stop());
@@ -99,5 +99,5 @@ fn loopback_does_not_warn() {
         lines.iter().any(|l| l.contains("maestro stopped")),
         "{lines:#?}"
     );
-    assert!(!lines.iter().any(|l| l.contains(WARNING)), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains(NOTICE)), "{lines:#?}");
 }

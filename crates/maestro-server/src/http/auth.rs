@@ -1,47 +1,336 @@
-//! Who may use the server.
+//! `/api/auth/*` (tokens, devices, pairing) and the HTTP side of the auth gate.
 //!
-//! Credentials (tokens, device pairing) have not landed yet. Until they do, one rule decides
-//! for HTTP requests and socket handshakes alike: [`local_trust`]. When the credential check
-//! arrives it replaces this function, and every caller (the HTTP extractor, the Socket.IO
-//! connect middleware) gets it at once.
+//! The rules live in [`crate::auth`]; here the gate runs as the outermost layer of the router
+//! ([`gate`]), so no route, static file or WebSocket upgrade is reached without it, and the
+//! principal it admitted is an extractor ([`Caller`]) for the handlers that need it.
 
 use std::net::SocketAddr;
 
-use axum::http::{HeaderMap, header};
+use axum::Json;
+use axum::extract::{ConnectInfo, FromRequest as _, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use maestro_protocol::{
+    CallerKind, CreatePairing, CreateToken, DeviceInfo, ErrorBody, Me, PairRequest, Paired,
+    PairingCreated, TokenCreated, TokenInfo,
+};
+use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::origin_allowed;
-use crate::config::Config;
+use super::{AppState, Body, IdPath};
+use crate::auth::credentials::{self, PairOutcome};
+use crate::auth::{CSRF_COOKIE, DEVICE_COOKIE, Principal, Refusal, RequestFacts, trust};
+use crate::error::{Error, Result};
 
-/// Whether a request (or a socket's handshake request) is trusted without a credential.
-///
-/// Today: when it carries no `Origin` (the CLI, the desktop app, tests), or an `Origin` on
-/// the allowlist ([`origin_allowed`]). A page on any other site never is, so a web page the
-/// developer happens to visit cannot drive the server.
-///
-/// `peer` is not consulted yet; the credential check that replaces this will use it (loopback
-/// peers without proxy headers keep local trust, see the architecture's security model).
-pub fn local_trust(peer: Option<SocketAddr>, headers: &HeaderMap, config: &Config) -> bool {
-    let _ = peer;
-    match headers.get(header::ORIGIN) {
-        None => true,
-        Some(origin) => origin
-            .to_str()
-            .is_ok_and(|origin| origin_allowed(origin, config)),
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_devices))
+        .routes(routes!(revoke_device))
+        .routes(routes!(create_pairing))
+        .routes(routes!(pair))
+        .routes(routes!(me))
+        .routes(routes!(logout))
+}
+
+/// The gate, before routing: refused requests get their status and the usual error body;
+/// admitted ones carry their [`Principal`] (if any) in their extensions.
+pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = peer(&req);
+    let facts = RequestFacts {
+        peer,
+        method: req.method(),
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    match state.gate.admit(&facts).await {
+        Ok(principal) => {
+            if let Some(p) = principal {
+                req.extensions_mut().insert(p);
+            }
+            next.run(req).await
+        }
+        Err(refusal) => refusal_response(&refusal),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn peer(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
 
-    #[test]
-    fn local_trust_follows_the_origin() {
-        let config = Config::for_dir(std::path::Path::new("/tmp"));
-        let mut headers = HeaderMap::new();
-        assert!(local_trust(None, &headers, &config));
-        headers.insert(header::ORIGIN, "http://localhost:5173".parse().unwrap());
-        assert!(local_trust(None, &headers, &config));
-        headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
-        assert!(!local_trust(None, &headers, &config));
+/// A refusal as a response, in the API's one error shape.
+pub fn refusal_response(refusal: &Refusal) -> Response {
+    let status = refusal.status();
+    let body = ErrorBody {
+        error: true,
+        status_code: status.as_u16(),
+        code: refusal.code().to_owned(),
+        message: refusal.message(),
+        details: None,
+    };
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    match refusal {
+        Refusal::RateLimited(wait) => {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        Refusal::Unauthenticated(_) => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"maestro\""),
+            );
+        }
+        _ => {}
     }
+    response
+}
+
+/// The principal the gate admitted (401 when the route let an anonymous request through).
+pub struct Caller(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| refusal_response(&Refusal::Unauthenticated("missing_credential")))
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/auth/tokens",
+    tag = "auth",
+    summary = "API tokens (no secrets)",
+    responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn list_tokens(State(s): State<AppState>) -> Result<Json<Vec<TokenInfo>>> {
+    Ok(Json(credentials::list_tokens(&s.domain)?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/tokens",
+    tag = "auth",
+    summary = "Create an API token; its secret is shown only in this answer",
+    request_body = CreateToken,
+    responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn create_token(
+    State(s): State<AppState>,
+    Body(req): Body<CreateToken>,
+) -> Result<(StatusCode, Json<TokenCreated>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(credentials::create_token(&s.domain, req).await?),
+    ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/auth/tokens/{id}",
+    tag = "auth",
+    summary = "Revoke a token: it fails on its next request, on every server",
+    params(("id" = String, Path)),
+    responses((status = 200, body = TokenInfo), (status = 404, body = ErrorBody)),
+)]
+async fn revoke_token(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+) -> Result<Json<serde_json::Value>> {
+    let revoked = credentials::revoke(&s.domain, CallerKind::Token, id).await?;
+    Ok(Json(json!({ "id": revoked.id, "revoked": true })))
+}
+
+#[utoipa::path(
+    get,
+    path = "/auth/devices",
+    tag = "auth",
+    summary = "Paired devices",
+    responses((status = 200, body = Vec<DeviceInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn list_devices(State(s): State<AppState>) -> Result<Json<Vec<DeviceInfo>>> {
+    Ok(Json(credentials::list_devices(&s.domain)?))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/auth/devices/{id}",
+    tag = "auth",
+    summary = "Revoke a device: its requests fail and its open sockets close at once",
+    params(("id" = String, Path)),
+    responses((status = 200, body = DeviceInfo), (status = 404, body = ErrorBody)),
+)]
+async fn revoke_device(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+) -> Result<Json<serde_json::Value>> {
+    let revoked = credentials::revoke(&s.domain, CallerKind::Device, id).await?;
+    Ok(Json(json!({ "id": revoked.id, "revoked": true })))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/pairings",
+    tag = "auth",
+    summary = "Make a single-use pairing code for a phone (valid PAIRING_TTL_SECS, 2 minutes by default)",
+    request_body = CreatePairing,
+    responses((status = 201, body = PairingCreated), (status = 403, body = ErrorBody)),
+)]
+async fn create_pairing(
+    State(s): State<AppState>,
+    Caller(caller): Caller,
+    Body(req): Body<CreatePairing>,
+) -> Result<(StatusCode, Json<PairingCreated>)> {
+    let base = s
+        .config
+        .external_url
+        .clone()
+        .unwrap_or_else(|| s.domain.info.server_url.clone());
+    let ttl_ms = i64::try_from(s.config.pairing_ttl_secs * 1000).unwrap_or(i64::MAX);
+    let created = credentials::create_pairing(&s.domain, req, caller.scope, &base, ttl_ms).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/pair",
+    tag = "auth",
+    summary = "Exchange a pairing code for this device's credential (also set as a cookie)",
+    request_body = PairRequest,
+    responses((status = 200, body = Paired), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
+)]
+async fn pair(State(s): State<AppState>, req: Request) -> Response {
+    let peer = peer(&req);
+    let headers = req.headers().clone();
+    let address = trust::client_address(peer, &headers);
+    let body = match Body::<PairRequest>::from_request(req, &s).await {
+        Ok(Body(body)) => body,
+        Err(e) => return e.into_response(),
+    };
+    let refuse = |refusal: Refusal| {
+        s.gate
+            .audit_refusal(&refusal, peer, &headers, "/api/auth/pair");
+        refusal_response(&refusal)
+    };
+    if let Some(wait) = address.and_then(|a| s.gate.blocked_for(a)) {
+        return refuse(Refusal::RateLimited(wait));
+    }
+    let Some(code) = body.code.as_deref() else {
+        return Error::validation("code is required").into_response();
+    };
+    match credentials::pair(&s.domain, code, body.device_name.as_deref()).await {
+        Ok(PairOutcome::Paired(paired)) => {
+            let secure = is_https(&headers, &s);
+            let mut response = Json(&paired).into_response();
+            let cookies = response.headers_mut();
+            for cookie in device_cookies(&paired, secure) {
+                cookies.append(header::SET_COOKIE, cookie);
+            }
+            cookies.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(PairOutcome::Refused { burned }) => {
+            if burned > 0 {
+                tracing::warn!(target: "maestro::audit", event = "pairing_burned", pairings = burned, address = ?address);
+            }
+            refuse(s.gate.failed(address, "bad_pairing_code"))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether the client reached us over https (through the tunnel, or a proxy on this machine).
+fn is_https(headers: &HeaderMap, s: &AppState) -> bool {
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    forwarded_https
+        || s.config
+            .external_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"))
+}
+
+/// The device cookie (HttpOnly: scripts never see the token) and the CSRF cookie (readable by
+/// the app, which echoes it in `X-Maestro-CSRF`). Both SameSite=Strict.
+fn device_cookies(paired: &Paired, secure: bool) -> [HeaderValue; 2] {
+    let secure = if secure { "; Secure" } else { "" };
+    let year = 365 * 24 * 3600;
+    let device = format!(
+        "{DEVICE_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={year}{secure}",
+        paired.token
+    );
+    let csrf = format!(
+        "{CSRF_COOKIE}={}; Path=/; SameSite=Strict; Max-Age={year}{secure}",
+        paired.csrf
+    );
+    [
+        HeaderValue::from_str(&device).expect("tokens are header-safe"),
+        HeaderValue::from_str(&csrf).expect("hex is header-safe"),
+    ]
+}
+
+fn clear_cookies() -> [HeaderValue; 2] {
+    [DEVICE_COOKIE, CSRF_COOKIE].map(|name| {
+        HeaderValue::from_str(&format!("{name}=; Path=/; SameSite=Strict; Max-Age=0"))
+            .expect("a valid cookie")
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "auth",
+    summary = "Who the server takes the caller for, and its scope",
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)),
+)]
+async fn me(Caller(p): Caller) -> Json<Me> {
+    Json(Me {
+        kind: p.kind,
+        scope: p.scope,
+        id: p.id,
+        name: p.name,
+        csrf: p.csrf,
+    })
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    summary = "Sign this device out: revokes its credential and clears its cookies",
+    responses((status = 200), (status = 401, body = ErrorBody)),
+)]
+async fn logout(State(s): State<AppState>, Caller(p): Caller) -> Result<Response> {
+    let mut revoked = false;
+    if p.kind == CallerKind::Device
+        && let Some(id) = p.id.clone()
+    {
+        match credentials::revoke(&s.domain, CallerKind::Device, id).await {
+            Ok(_) => revoked = true,
+            // Revoked meanwhile: signed out all the same.
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut response = Json(json!({ "signedOut": true, "revoked": revoked })).into_response();
+    for cookie in clear_cookies() {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    Ok(response)
 }

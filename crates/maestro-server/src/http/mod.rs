@@ -15,6 +15,7 @@ mod skills;
 mod tasks;
 mod team_members;
 mod templates;
+mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -29,6 +30,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use crate::auth::trust::origin_allowed;
 pub use extract::{Body, IdPath};
 
 use crate::config::Config;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Socket.IO (`/ui`, `/mobile`), served under `/socket.io/` by [`router`].
     pub socketio: crate::realtime::socketio::Realtime,
+    /// Who may do what; runs before routing (see [`auth::gate`]).
+    pub gate: crate::auth::Gate,
 }
 
 /// The API as an OpenAPI-documented router: every route is registered together with its
@@ -60,7 +64,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(mail::router())
         .merge(ordering::router())
         .merge(skills::router())
-        .merge(templates::router());
+        .merge(templates::router())
+        .merge(auth::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api", api)
         .merge(ops::router())
@@ -75,7 +80,7 @@ fn documented() -> OpenApiRouter<AppState> {
     tags(
         (name = "projects"), (name = "tasks"), (name = "sessions"), (name = "team-members"),
         (name = "mail"), (name = "ordering"), (name = "skills"), (name = "templates"),
-        (name = "operations")
+        (name = "operations"), (name = "auth")
     )
 )]
 struct ApiDoc;
@@ -102,11 +107,12 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
-        .route("/", axum::routing::get(index_page))
+        .route("/", axum::routing::get(web::index))
+        .route("/agents", axum::routing::get(index_page))
         .route("/api/docs", axum::routing::get(docs_page))
         .route("/socket.io", axum::routing::get(socketio).post(socketio))
         .route("/socket.io/", axum::routing::get(socketio).post(socketio))
-        .fallback(not_found)
+        .fallback(web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
@@ -114,6 +120,11 @@ pub fn router(state: AppState) -> Router {
             crate::realtime::legacy::upgrade_middleware,
         ))
         .layer(cors(&state.config))
+        // Outermost: nothing is routed, answered by CORS or upgraded before the gate decides.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::gate,
+        ))
         .with_state(state)
 }
 
@@ -129,7 +140,7 @@ async fn socketio(
     state.socketio.serve(req, peer).await
 }
 
-/// What a browser sees at `/`: what this server is and where to go from here.
+/// The agents' help page at `/agents`: what this server is and where to go from here.
 async fn index_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("index.html"))
 }
@@ -153,37 +164,6 @@ async fn method_not_allowed(req: Request<axum::body::Body>) -> impl IntoResponse
     }
 }
 
-/// Whether a browser origin may call the API: localhost pages, the desktop app, and the
-/// configured public URL / extra origins.
-pub fn origin_allowed(origin: &str, config: &Config) -> bool {
-    let local = [
-        "http://localhost",
-        "https://localhost",
-        "http://127.0.0.1",
-        "https://127.0.0.1",
-        "http://[::1]",
-        "https://[::1]",
-    ];
-    let is_local = local.iter().any(|base| {
-        origin == *base
-            || origin.strip_prefix(base).is_some_and(|rest| {
-                rest.starts_with(':') && rest[1..].bytes().all(|b| b.is_ascii_digit())
-            })
-    });
-    is_local
-        || origin == "tauri://localhost"
-        || origin == "http://tauri.localhost"
-        || origin == "https://tauri.localhost"
-        || config
-            .external_url
-            .as_deref()
-            .is_some_and(|u| u.trim_end_matches('/') == origin)
-        || config
-            .cors_origins
-            .iter()
-            .any(|o| o.trim_end_matches('/') == origin)
-}
-
 fn cors(config: &Config) -> CorsLayer {
     let config = config.clone();
     CorsLayer::new()
@@ -204,38 +184,10 @@ fn cors(config: &Config) -> CorsLayer {
             header::AUTHORIZATION,
             header::HeaderName::from_static("x-requested-with"),
             header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static(crate::auth::CSRF_HEADER),
         ])
         .expose_headers([
             header::CONTENT_LENGTH,
             header::HeaderName::from_static("x-request-id"),
         ])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins() {
-        let mut c = Config::for_dir(std::path::Path::new("/tmp"));
-        c.cors_origins = vec!["https://extra.example".into()];
-        c.external_url = Some("https://maestro.example/".into());
-        for ok in [
-            "http://localhost:5173",
-            "http://127.0.0.1",
-            "tauri://localhost",
-            "https://extra.example",
-            "https://maestro.example",
-        ] {
-            assert!(origin_allowed(ok, &c), "{ok}");
-        }
-        for bad in [
-            "http://evil.example",
-            "http://localhost.evil.example",
-            "http://localhost:80evil",
-            "null",
-        ] {
-            assert!(!origin_allowed(bad, &c), "{bad}");
-        }
-    }
 }

@@ -20,6 +20,11 @@
 //!   everything, including what was still queued for polling, goes over the WebSocket.
 //! - heartbeat: the server sends `2` every `ping_interval`; a session that does not answer `3`
 //!   within `ping_timeout` is closed.
+//! - binary messages (a binary frame, or `b<base64>` over polling) go to
+//!   [`Handler::on_binary`], which by default refuses them: Maestro's payloads are JSON.
+//!
+//! `tests/conformance/engine.io-protocol` (run by `cargo xtask test` against
+//! `examples/conformance.rs`) is the protocol's official test suite.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -35,6 +40,8 @@ use axum::body::Body;
 use axum::http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header,
 };
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -45,13 +52,15 @@ use tokio_util::task::TaskTracker;
 
 use super::socketio::Conn;
 use super::ws::{self, Incoming};
+use crate::auth::Principal;
 
 /// Frames (WebSocket) or packets (polling) a session may have waiting before the client
 /// counts as gone: it is disconnected and recovers with `lastSeq` when it reconnects.
 pub const MAX_QUEUED: usize = 16_384;
 /// How long a WebSocket may accept nothing while frames wait, before the session is closed.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
-/// How often the heartbeat looks at the sessions.
+/// How often the heartbeat looks at the sessions, at most: a short `ping_interval` or
+/// `ping_timeout` makes it look more often (see [`Engine::tick`]).
 const TICK: Duration = Duration::from_millis(250);
 /// Polling packets are separated by this byte.
 const SEPARATOR: u8 = 0x1e;
@@ -79,6 +88,8 @@ pub struct EngineConfig {
 pub struct Frame {
     bytes: Bytes,
     header: usize,
+    /// A binary message's polling form (`b` and its base64), which is not the frame's tail.
+    polling: Option<Bytes>,
 }
 
 impl Frame {
@@ -86,6 +97,25 @@ impl Frame {
         Self {
             bytes: ws::frame(ws::OP_TEXT, packet.as_bytes()),
             header: ws::header_len(packet.len()),
+            polling: None,
+        }
+    }
+
+    /// A binary message: a binary frame on a WebSocket, `b<base64>` over polling. Maestro's
+    /// own namespaces send none (every payload is JSON); the protocol has them.
+    pub fn binary(data: &[u8]) -> Self {
+        Self {
+            bytes: ws::frame(ws::OP_BINARY, data),
+            header: ws::header_len(data.len()),
+            polling: Some(Bytes::from(format!("b{}", BASE64.encode(data)))),
+        }
+    }
+
+    /// The packet as a polling response carries it.
+    fn polling_form(&self) -> Bytes {
+        match &self.polling {
+            Some(p) => p.clone(),
+            None => self.bytes.slice(self.header..),
         }
     }
 
@@ -107,6 +137,25 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The session has ended (called once).
     fn on_close(&self, session: &Arc<Session>);
+
+    /// A session has opened (before its open packet is sent). Nothing by default.
+    fn on_open(&self, session: &Arc<Session>) {
+        let _ = session;
+    }
+
+    /// A binary message (a WebSocket binary frame, or a polling `b<base64>` packet). By
+    /// default binary messages are refused: the session closes (WebSocket close code 1003),
+    /// which is what Maestro's namespaces want (every payload they take is JSON).
+    fn on_binary<'a>(
+        &'a self,
+        session: &'a Arc<Session>,
+        data: Bytes,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = data;
+        tracing::debug!(session = %session.id, "binary messages are not supported; closing");
+        session.close_with(ws::CLOSE_UNSUPPORTED);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The sessions, the request handler for `/socket.io/` and the heartbeat.
@@ -136,6 +185,9 @@ pub struct Session {
     inbox: tokio::sync::Mutex<()>,
     /// The Socket.IO namespaces connected over this session.
     pub(super) sockets: Mutex<Vec<Arc<Conn>>>,
+    /// Who the auth gate admitted the opening request as, if it carried a credential (or was
+    /// local); set once, when the session opens.
+    principal: std::sync::OnceLock<Principal>,
 }
 
 struct Out {
@@ -149,6 +201,10 @@ struct Out {
     polling: bool,
     /// Polling: a WebSocket probe was answered; waiting `GET`s get a noop.
     upgrading: bool,
+    /// Polling: a WebSocket asked to take the session over; another one is refused.
+    probing: bool,
+    /// The client closed the session (`1`): a waiting `GET` ends with a noop, not a close.
+    client_closed: bool,
 }
 
 enum Transport {
@@ -184,6 +240,8 @@ impl Session {
                 flushing: false,
                 polling: false,
                 upgrading: false,
+                probing: false,
+                client_closed: false,
             }),
             wake_poll: Notify::new(),
             // Not a child of the shutdown token: shutdown closes sessions itself, after the
@@ -194,6 +252,7 @@ impl Session {
             next_ping: AtomicU64::new(first_ping),
             inbox: tokio::sync::Mutex::new(()),
             sockets: Mutex::new(Vec::new()),
+            principal: std::sync::OnceLock::new(),
         })
     }
 
@@ -208,6 +267,22 @@ impl Session {
     }
 
     /// The handshake request's headers that decide trust (Origin and the credential headers).
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.get()
+    }
+
+    /// Whether this session acts for the credential `id`.
+    pub fn is_credential(&self, id: &str) -> bool {
+        self.principal()
+            .is_some_and(|p| p.id.as_deref() == Some(id))
+            || self
+                .sockets
+                .lock()
+                .expect("sockets lock")
+                .iter()
+                .any(|c| c.principal.id.as_deref() == Some(id))
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
@@ -219,7 +294,7 @@ impl Session {
     /// Sends one packet; `false` if the session is closed (or closes now because the client
     /// stopped taking packets).
     pub fn send(self: &Arc<Self>, frame: &Frame) -> bool {
-        self.send_bytes(frame.bytes.clone(), frame.header)
+        self.send_bytes(frame.bytes.clone(), frame.polling_form())
     }
 
     /// Sends several packets, in order, as one write on a WebSocket (a replay of a thousand
@@ -238,12 +313,14 @@ impl Session {
         }
         // Only the whole is written from here on: a session that changed transport meanwhile
         // can only have closed (a WebSocket is never downgraded).
-        self.send_bytes(all.freeze(), 0)
+        let all = all.freeze();
+        self.send_bytes(all.clone(), all)
     }
 
-    fn send_bytes(self: &Arc<Self>, bytes: Bytes, header: usize) -> bool {
+    /// Sends `bytes` on a WebSocket, or queues `polling` for a polling `GET`.
+    fn send_bytes(self: &Arc<Self>, bytes: Bytes, polling: Bytes) -> bool {
         let mut out = self.out.lock().expect("session lock");
-        let polling = matches!(out.transport, Transport::Polling);
+        let is_polling = matches!(out.transport, Transport::Polling);
         // A WebSocket with nothing waiting is written to right here.
         let idle_socket = match &out.transport {
             Transport::Closed => return false,
@@ -254,7 +331,7 @@ impl Session {
         };
         let mut flusher = None;
         let rest = match idle_socket.map(|stream| (stream, try_write(stream, &bytes))) {
-            None if polling => bytes.slice(header..),
+            None if is_polling => polling,
             None => bytes,
             Some((_, Ok(Some(n)))) if n == bytes.len() => return true,
             // The kernel took part or none of it: the rest waits for a flusher.
@@ -277,7 +354,7 @@ impl Session {
             return false;
         }
         drop(out);
-        if polling {
+        if is_polling {
             self.wake_poll.notify_one();
         }
         if let Some(stream) = flusher {
@@ -392,7 +469,16 @@ impl Session {
     }
 
     fn abort_upgrade(&self) {
-        self.out.lock().expect("session lock").upgrading = false;
+        let mut out = self.out.lock().expect("session lock");
+        out.upgrading = false;
+        out.probing = false;
+    }
+
+    /// The client sent `1`. A waiting polling `GET` ends with a noop: the client knows, and the
+    /// reference server answers so.
+    fn close_by_client(&self) {
+        self.out.lock().expect("session lock").client_closed = true;
+        self.close();
     }
 
     /// The client sent `5`: the WebSocket carries the session from now on, starting with
@@ -405,7 +491,11 @@ impl Session {
         let pending: Vec<Bytes> = out
             .queue
             .drain(..)
-            .map(|packet| ws::frame(ws::OP_TEXT, &packet))
+            .map(|packet| match packet.strip_prefix(b"b") {
+                // Only `Frame::binary` queues a packet starting with `b`: valid base64.
+                Some(b64) => ws::frame(ws::OP_BINARY, &BASE64.decode(b64).unwrap_or_default()),
+                None => ws::frame(ws::OP_TEXT, &packet),
+            })
             .collect();
         out.transport = Transport::WebSocket(stream.clone());
         out.upgrading = false;
@@ -562,6 +652,21 @@ impl Engine {
         self.config.ping_interval.as_millis() as u64
     }
 
+    /// How often the heartbeat looks at the sessions: [`TICK`], or an eighth of a shorter
+    /// `ping_interval` or `ping_timeout`, so that pings leave, and silent clients are dropped,
+    /// within an eighth of either of when they are due.
+    fn tick(&self) -> Duration {
+        TICK.min(self.config.ping_interval / 8)
+            .min(self.config.ping_timeout / 8)
+            .max(Duration::from_millis(1))
+    }
+
+    /// Whether `session` let its ping go unanswered for longer than `ping_timeout`.
+    fn ping_overdue(&self, session: &Session, now: u64) -> bool {
+        let sent = session.ping_sent.load(Ordering::Relaxed);
+        sent != 0 && now.saturating_sub(sent) > self.config.ping_timeout.as_millis() as u64
+    }
+
     /// Open sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.lock().expect("engine lock").len()
@@ -573,26 +678,48 @@ impl Engine {
         sessions.values().cloned().collect()
     }
 
+    /// The open session `sid`. A session whose ping is overdue is closed here, not at the
+    /// heartbeat's next look: a client that comes back after `ping_timeout` finds it gone, as
+    /// the protocol says.
     fn lookup(&self, sid: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().expect("engine lock").get(sid).cloned()
+        let session = self
+            .sessions
+            .lock()
+            .expect("engine lock")
+            .get(sid)
+            .cloned()?;
+        if self.ping_overdue(&session, self.now()) {
+            tracing::debug!(session = %session.id, "no pong within the ping timeout; closing");
+            self.finish(&session);
+            return None;
+        }
+        Some(session)
     }
 
     fn open_session(
         &self,
         peer: Option<SocketAddr>,
+        principal: Option<Principal>,
         headers: HeaderMap,
         transport: Transport,
     ) -> Arc<Session> {
         // The first ping comes after half to all of the interval, at random: clients that
         // connected together (a fleet starting, phones back from a tunnel) are not all pinged,
-        // and do not all answer, in the same instant ever after.
-        let first_ping =
-            self.now() + self.interval_ms() / 2 + fastrand::u64(0..=self.interval_ms() / 2);
+        // and do not all answer, in the same instant ever after. It is due a tick before the
+        // interval ends, so it leaves within the interval: the client waits no longer than
+        // `ping_interval + ping_timeout` for it.
+        let half = self.interval_ms() / 2;
+        let tick = self.tick().as_millis() as u64;
+        let first_ping = self.now() + half + fastrand::u64(0..=half.saturating_sub(tick));
         let session = Session::new(peer, headers, transport, first_ping);
+        if let Some(p) = principal {
+            let _ = session.principal.set(p);
+        }
         self.sessions
             .lock()
             .expect("engine lock")
             .insert(session.id.clone(), session.clone());
+        self.handler.on_open(&session);
         session
     }
 
@@ -634,8 +761,12 @@ impl Engine {
         match (q.transport, req.method()) {
             (Some("polling"), &Method::GET) => match sid {
                 None => {
-                    let session =
-                        self.open_session(peer, kept_headers(req.headers()), Transport::Polling);
+                    let session = self.open_session(
+                        peer,
+                        req.extensions().get::<Principal>().cloned(),
+                        kept_headers(req.headers()),
+                        Transport::Polling,
+                    );
                     let open = self.open_packet(&session.id, &["websocket"]);
                     tracing::debug!(session = %session.id, "engine.io session opened (polling)");
                     text(open, "text/plain; charset=UTF-8")
@@ -683,6 +814,11 @@ impl Engine {
             {
                 let mut out = session.out.lock().expect("session lock");
                 match out.transport {
+                    Transport::Closed if out.client_closed => {
+                        drop(out);
+                        self.finish(&session);
+                        return text("6", "text/plain; charset=UTF-8");
+                    }
                     Transport::Closed => {
                         let body = Session::drain_polling(&mut out, true);
                         drop(out);
@@ -726,33 +862,51 @@ impl Engine {
             return refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown");
         }
         let _inbox = session.inbox.lock().await;
+        let mut valid = true;
         for packet in body.split(SEPARATOR as char) {
             if session.is_closed() {
                 break;
             }
-            self.on_packet(&session, packet).await;
+            valid = self.on_packet(&session, packet).await;
+            if !valid {
+                break;
+            }
         }
         if session.is_closed() {
             self.finish(&session);
         }
+        if !valid {
+            return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
+        }
         text("ok", "text/html")
     }
 
-    /// One Engine.IO packet from the client, over either transport.
-    async fn on_packet(&self, session: &Arc<Session>, packet: &str) {
+    /// One Engine.IO packet from the client, over either transport; `false` (and the session
+    /// closed) if it is not a packet at all.
+    async fn on_packet(&self, session: &Arc<Session>, packet: &str) -> bool {
         match packet.as_bytes().first() {
             Some(b'4') => self.handler.on_message(session, &packet[1..]).await,
             Some(b'3') => session.pong(self.now(), self.interval_ms()),
             Some(b'2') => {
                 session.send(&Frame::text(&format!("3{}", &packet[1..])));
             }
-            Some(b'1') => session.close(),
+            Some(b'1') => session.close_by_client(),
             Some(b'6') | Some(b'5') => {}
+            Some(b'b') => match BASE64.decode(&packet[1..]) {
+                Ok(data) => self.handler.on_binary(session, data.into()).await,
+                Err(_) => {
+                    tracing::debug!(session = %session.id, "binary packet is not base64; closing");
+                    session.close();
+                    return false;
+                }
+            },
             _ => {
                 tracing::debug!(session = %session.id, "unknown engine.io packet; closing");
                 session.close();
+                return false;
             }
         }
+        true
     }
 
     /// A WebSocket handshake: a new session (no `sid`) or the upgrade of a polling one.
@@ -772,22 +926,28 @@ impl Engine {
         let Some(key) = key.filter(|_| valid) else {
             return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
         };
+        // A WebSocket for a session that already has one, or is being taken over by one, is
+        // accepted and closed at once (the client sees a close, as from the reference server).
+        let mut taken = false;
         let existing = match sid {
             None => None,
             Some(sid) => match self.lookup(&sid) {
-                Some(s)
-                    if matches!(
-                        s.out.lock().expect("session lock").transport,
-                        Transport::Polling
-                    ) =>
-                {
-                    Some(s)
+                Some(s) => {
+                    let mut out = s.out.lock().expect("session lock");
+                    if matches!(out.transport, Transport::Polling) && !out.probing {
+                        out.probing = true;
+                        drop(out);
+                        Some(s)
+                    } else {
+                        taken = true;
+                        None
+                    }
                 }
-                Some(_) => return refuse(StatusCode::BAD_REQUEST, 3, "Bad request"),
                 None => return refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
             },
         };
         let kept = kept_headers(req.headers());
+        let principal = req.extensions().get::<Principal>().cloned();
         let on_upgrade = hyper::upgrade::on(&mut req);
         let engine = self.clone();
         self.tasks.spawn(async move {
@@ -795,6 +955,9 @@ impl Engine {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket upgrade failed");
+                    if let Some(session) = &existing {
+                        session.abort_upgrade();
+                    }
                     return;
                 }
             };
@@ -804,6 +967,9 @@ impl Engine {
                 Ok(parts) => parts,
                 Err(_) => {
                     tracing::error!("websocket upgrade on a connection that is not plain TCP");
+                    if let Some(session) = &existing {
+                        session.abort_upgrade();
+                    }
                     return;
                 }
             };
@@ -813,11 +979,19 @@ impl Engine {
             // `read_buf` is a slice of hyper's read buffer (several KB): keeping it for the
             // socket's life would keep that buffer alive too.
             drop(read_buf);
+            if taken {
+                let _ = write_all(&stream, &ws::close_frame(ws::CLOSE_NORMAL)).await;
+                return;
+            }
             match existing {
                 Some(session) => engine.run_upgrade(session, stream, buf).await,
                 None => {
-                    let session =
-                        engine.open_session(peer, kept, Transport::WebSocket(stream.clone()));
+                    let session = engine.open_session(
+                        peer,
+                        principal,
+                        kept,
+                        Transport::WebSocket(stream.clone()),
+                    );
                     tracing::debug!(session = %session.id, "engine.io session opened (websocket)");
                     session.send(&Frame::text(&engine.open_packet(&session.id, &[])));
                     engine.read_websocket(&session, &stream, buf).await;
@@ -894,13 +1068,16 @@ impl Engine {
                             return;
                         }
                     }
-                    Ok(Some(Incoming::Binary(_))) => {
-                        tracing::debug!(session = %session.id, "binary messages are not supported; closing");
-                        session.close_with(ws::CLOSE_UNSUPPORTED);
-                        return;
+                    Ok(Some(Incoming::Binary(data))) => {
+                        let _inbox = session.inbox.lock().await;
+                        self.handler.on_binary(session, data.into()).await;
+                        if session.is_closed() {
+                            return;
+                        }
                     }
                     Ok(Some(Incoming::Ping(p))) => {
-                        session.send_bytes(ws::frame(ws::OP_PONG, &p), 0);
+                        let pong = ws::frame(ws::OP_PONG, &p);
+                        session.send_bytes(pong.clone(), pong);
                     }
                     Ok(Some(Incoming::Pong)) => {}
                     Ok(Some(Incoming::Close)) => {
@@ -934,23 +1111,21 @@ impl Engine {
     /// shutdown.
     pub async fn heartbeat(self: Arc<Self>) {
         let ping = Frame::text("2");
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(self.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let timeout = self.config.ping_timeout.as_millis() as u64;
             for session in self.snapshot() {
                 if session.is_closed() {
                     self.finish(&session);
                     continue;
                 }
                 let now = self.now();
-                let sent = session.ping_sent.load(Ordering::Relaxed);
-                if sent != 0 {
-                    if now.saturating_sub(sent) > timeout {
+                if session.ping_sent.load(Ordering::Relaxed) != 0 {
+                    if self.ping_overdue(&session, now) {
                         tracing::debug!(session = %session.id, "no pong within the ping timeout; closing");
                         self.finish(&session);
                     }
@@ -1058,5 +1233,185 @@ mod tests {
         let kept = kept_headers(&h);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[header::ORIGIN], "http://localhost:5173");
+    }
+
+    /// Echoes messages, text and binary (what the conformance server does).
+    struct Echo;
+
+    impl Handler for Echo {
+        fn on_message<'a>(
+            &'a self,
+            session: &'a Arc<Session>,
+            text: &'a str,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+            session.send(&Frame::text(&format!("4{text}")));
+            Box::pin(std::future::ready(()))
+        }
+
+        fn on_binary<'a>(
+            &'a self,
+            session: &'a Arc<Session>,
+            data: Bytes,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+            session.send(&Frame::binary(&data));
+            Box::pin(std::future::ready(()))
+        }
+
+        fn on_close(&self, _: &Arc<Session>) {}
+    }
+
+    /// Takes only text, like Maestro's namespaces.
+    struct TextOnly;
+
+    impl Handler for TextOnly {
+        fn on_message<'a>(
+            &'a self,
+            _: &'a Arc<Session>,
+            _: &'a str,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+            Box::pin(std::future::ready(()))
+        }
+
+        fn on_close(&self, _: &Arc<Session>) {}
+    }
+
+    fn engine(handler: Arc<dyn Handler>, interval_ms: u64, timeout_ms: u64) -> Arc<Engine> {
+        let config = EngineConfig {
+            ping_interval: Duration::from_millis(interval_ms),
+            ping_timeout: Duration::from_millis(timeout_ms),
+            max_payload: 1_000_000,
+        };
+        Engine::new(
+            config,
+            handler,
+            TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    /// One polling request straight to the engine: status and body.
+    async fn polling(
+        engine: &Arc<Engine>,
+        sid: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut uri = "/socket.io/?EIO=4&transport=polling".to_owned();
+        if let Some(sid) = sid {
+            uri.push_str(&format!("&sid={sid}"));
+        }
+        let req = Request::builder()
+            .method(if body.is_some() { "POST" } else { "GET" })
+            .uri(uri)
+            .body(Body::from(body.unwrap_or("").to_owned()))
+            .unwrap();
+        let res = engine.clone().serve(req, None).await;
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn open(engine: &Arc<Engine>) -> String {
+        let (status, body) = polling(engine, None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let open: serde_json::Value = serde_json::from_str(&body[1..]).unwrap();
+        open["sid"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_malformed_polling_payload_is_refused_and_ends_the_session() {
+        let engine = engine(Arc::new(Echo), 25_000, 20_000);
+        let sid = open(&engine).await;
+        assert_eq!(
+            polling(&engine, Some(&sid), Some("4hi")).await,
+            (StatusCode::OK, "ok".into())
+        );
+        assert_eq!(polling(&engine, Some(&sid), None).await.1, "4hi");
+        let (status, _) = polling(&engine, Some(&sid), Some("abc")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, body) = polling(&engine, Some(&sid), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(engine.sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_close_ends_a_waiting_poll_with_a_noop() {
+        let engine = engine(Arc::new(Echo), 25_000, 20_000);
+        let sid = open(&engine).await;
+        let waiting = {
+            let (engine, sid) = (engine.clone(), sid.clone());
+            tokio::spawn(async move { polling(&engine, Some(&sid), None).await })
+        };
+        // The `GET` is waiting once it has marked the session.
+        while !engine.lookup(&sid).unwrap().out.lock().unwrap().polling {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            polling(&engine, Some(&sid), Some("1")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(waiting.await.unwrap(), (StatusCode::OK, "6".into()));
+        assert_eq!(
+            polling(&engine, Some(&sid), None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn binary_messages_over_polling_reach_a_handler_that_takes_them() {
+        let engine = engine(Arc::new(Echo), 25_000, 20_000);
+        let sid = open(&engine).await;
+        let (status, _) = polling(&engine, Some(&sid), Some("4hello\x1ebAQIDBA==")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            polling(&engine, Some(&sid), None).await.1,
+            "4hello\x1ebAQIDBA=="
+        );
+        // Not base64: not a packet.
+        let (status, _) = polling(&engine, Some(&sid), Some("b!!")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(engine.sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn binary_messages_close_the_session_by_default() {
+        let engine = engine(Arc::new(TextOnly), 25_000, 20_000);
+        let sid = open(&engine).await;
+        polling(&engine, Some(&sid), Some("bAQIDBA==")).await;
+        assert_eq!(
+            polling(&engine, Some(&sid), None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    /// With a short interval and timeout (the conformance suites use 300 ms and 200 ms), the
+    /// first ping leaves within the interval and a client that does not answer is gone once
+    /// both have passed. The heartbeat used to look every 250 ms whatever the configuration,
+    /// so pings left up to 250 ms late: after the client, which waits `ping_interval +
+    /// ping_timeout`, had given up.
+    #[tokio::test]
+    async fn a_silent_client_is_gone_after_ping_interval_and_timeout() {
+        let engine = engine(Arc::new(Echo), 300, 200);
+        tokio::spawn(engine.clone().heartbeat());
+        let mut sids = Vec::new();
+        for _ in 0..8 {
+            sids.push(open(&engine).await);
+        }
+        let opened = Instant::now();
+        // A session that answers stays: its first ping came, within the interval.
+        let (status, body) = polling(&engine, Some(&sids[0]), None).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "2"));
+        assert!(opened.elapsed() <= Duration::from_millis(300 + 40));
+        polling(&engine, Some(&sids[0]), Some("3")).await;
+        tokio::time::sleep_until((opened + Duration::from_millis(300 + 200 + 40)).into()).await;
+        for sid in &sids[1..] {
+            let (status, body) = polling(&engine, Some(sid), None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        }
+        assert!(
+            engine.lookup(&sids[0]).is_some(),
+            "the session that answered"
+        );
     }
 }

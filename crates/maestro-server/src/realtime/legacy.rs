@@ -21,8 +21,10 @@ use maestro_protocol::EventRecord;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::Principal;
 use crate::http::AppState;
 use crate::util::now_ms;
+use maestro_protocol::{CREDENTIAL_REVOKED, Scope};
 
 /// Routes WebSocket upgrades on any path except `/socket.io/` to the legacy protocol.
 pub async fn upgrade_middleware(
@@ -33,9 +35,11 @@ pub async fn upgrade_middleware(
     if !is_websocket_upgrade(&req) || req.uri().path().starts_with("/socket.io") {
         return next.run(req).await;
     }
+    // The auth gate (an outer layer) admitted this request: it carries who it acts for.
+    let principal = req.extensions().get::<Principal>().cloned();
     let (mut parts, _) = req.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(ws) => ws.on_upgrade(move |socket| serve(socket, state)),
+        Ok(ws) => ws.on_upgrade(move |socket| serve(socket, state, principal)),
         Err(rejection) => rejection.into_response(),
     }
 }
@@ -70,7 +74,9 @@ impl Drop for ClientGuard {
     }
 }
 
-async fn serve(mut socket: WebSocket, state: AppState) {
+async fn serve(mut socket: WebSocket, state: AppState, principal: Option<Principal>) {
+    let credential = principal.as_ref().and_then(|p| p.id.clone());
+    let may_beat = principal.as_ref().is_some_and(|p| p.allows(Scope::Operate));
     state.ws_clients.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(state.ws_clients.clone());
     let mut events = state.domain.store.subscribe();
@@ -85,7 +91,15 @@ async fn serve(mut socket: WebSocket, state: AppState) {
                 let Some(Ok(msg)) = incoming else { return };
                 let reply = match msg {
                     Message::Text(text) => match heartbeat_of(&text) {
-                        Some(session_id) => Some(heartbeat_reply(&state, session_id).await),
+                        Some(session_id) if may_beat => {
+                            Some(heartbeat_reply(&state, session_id).await)
+                        }
+                        Some(_) => Some(json!({
+                            "type": "heartbeat",
+                            "ok": false,
+                            "error": { "code": "FORBIDDEN", "message": "heartbeats need scope 'operate'" },
+                            "timestamp": now_ms(),
+                        })),
                         None => handle_client_message(&text, &mut filter),
                     },
                     Message::Close(_) => return,
@@ -99,6 +113,14 @@ async fn serve(mut socket: WebSocket, state: AppState) {
             }
             event = events.recv() => match event {
                 Ok(event) => {
+                    if event.event == CREDENTIAL_REVOKED
+                        && credential.is_some()
+                        && event.data.get("id").and_then(Value::as_str) == credential.as_deref()
+                    {
+                        tracing::info!(target: "maestro::audit", event = "socket_closed_on_revocation", credential.id = ?credential);
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
                     if wants(filter.as_ref(), &event)
                         && socket.send(Message::Text(frame(&event))).await.is_err()
                     {

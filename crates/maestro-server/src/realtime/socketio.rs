@@ -33,8 +33,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use maestro_protocol::{
-    EventRecord, GLOBAL_SCOPE, ReplayIncomplete, ReplayRequest, ReplyInput, SendMail,
-    SessionSubscription, SocketAuth, SpawnRequest, StateSyncRequest, StopSession, UpdateSession,
+    CREDENTIAL_REVOKED, EventRecord, GLOBAL_SCOPE, ReplayIncomplete, ReplayRequest, ReplyInput,
+    SendMail, SessionSubscription, SocketAuth, SpawnRequest, StateSyncRequest, StopSession,
+    UpdateSession,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,10 +45,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::engine::{self, Engine, EngineConfig, Frame, Session};
+use crate::auth::{Gate, Principal, Refusal, trust};
 use crate::config::Config;
 use crate::domain::{Domain, check_id};
 use crate::error::{Error, Result};
-use crate::http::{auth, origin_allowed};
 use crate::realtime::legacy;
 
 /// Namespace of the desktop app: every project.
@@ -86,6 +87,7 @@ impl Realtime {
     pub fn new(
         domain: Domain,
         config: Arc<Config>,
+        gate: Gate,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
@@ -94,7 +96,13 @@ impl Realtime {
             ping_timeout: Duration::from_millis(config.socketio_ping_timeout_ms),
             max_payload: config.max_body_bytes,
         };
-        let hub = Arc::new(Hub::new(domain, config, tasks.clone(), shutdown.clone()));
+        let hub = Arc::new(Hub::new(
+            domain,
+            config,
+            gate,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
         let engine = Engine::new(engine_config, hub.clone(), tasks, shutdown);
         Self { hub, engine }
     }
@@ -204,6 +212,8 @@ pub(super) struct Conn {
     /// The handshake's project: the only one a `/mobile` connection sees.
     project: Option<String>,
     session: Arc<Session>,
+    /// Who the handshake admitted; decides which client actions are allowed.
+    pub(super) principal: Principal,
     state: Mutex<ConnState>,
 }
 
@@ -377,6 +387,7 @@ impl std::ops::Deref for Outgoing {
 struct Hub {
     domain: Domain,
     config: Arc<Config>,
+    gate: Gate,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_key: AtomicU64,
     tasks: TaskTracker,
@@ -387,12 +398,14 @@ impl Hub {
     fn new(
         domain: Domain,
         config: Arc<Config>,
+        gate: Gate,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             domain,
             config,
+            gate,
             conns: Mutex::new(HashMap::new()),
             next_key: AtomicU64::new(1),
             tasks,
@@ -402,13 +415,20 @@ impl Hub {
 
     /// Registers a connection of `session`, in its replay phase (live events collect in its
     /// backlog until [`Conn::go_live`]).
-    fn register(&self, session: &Arc<Session>, kind: Kind, project: Option<String>) -> Arc<Conn> {
+    fn register(
+        &self,
+        session: &Arc<Session>,
+        kind: Kind,
+        project: Option<String>,
+        principal: Principal,
+    ) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             key: self.next_key.fetch_add(1, Ordering::Relaxed),
             sid: engine::new_sid(),
             kind,
             project,
             session: session.clone(),
+            principal,
             state: Mutex::new(ConnState {
                 sessions: None,
                 backlog: Some(Vec::new()),
@@ -427,6 +447,26 @@ impl Hub {
         conn
     }
 
+    /// A credential was revoked (on any server): the Engine.IO connections it opened close at
+    /// once, before the event itself is fanned out.
+    fn close_revoked(&self, record: &EventRecord) {
+        let Some(id) = record.data.get("id").and_then(Value::as_str) else {
+            return;
+        };
+        let sessions: Vec<Arc<Session>> = self
+            .conns
+            .lock()
+            .expect("hub lock")
+            .values()
+            .filter(|c| c.principal.id.as_deref() == Some(id))
+            .map(|c| c.session.clone())
+            .collect();
+        for session in sessions {
+            tracing::info!(target: "maestro::audit", event = "socket_closed_on_revocation", credential.id = id);
+            session.close();
+        }
+    }
+
     fn remove(&self, conn: &Conn) {
         self.conns.lock().expect("hub lock").remove(&conn.key);
     }
@@ -438,6 +478,11 @@ impl Hub {
     /// and the next item only after this one reached every connection, so each socket still
     /// gets events in order.
     fn dispatch(&self, item: &Item) {
+        if let Item::Event(out) = item
+            && out.record.event == CREDENTIAL_REVOKED
+        {
+            self.close_revoked(&out.record);
+        }
         let conns = self.conns.lock().expect("hub lock");
         let threads = fanout_threads().min(conns.len() / FANOUT_SHARD_MIN).max(1);
         if threads == 1 {
@@ -545,7 +590,7 @@ impl Hub {
             session.send(&Frame::text(&format!("40{ns},{reply}")));
             return;
         }
-        let handshake = match self.authorize(session, kind, auth) {
+        let (handshake, principal) = match self.authorize(session, kind, auth) {
             Ok(h) => h,
             Err(message) => {
                 let reply = json!({ "message": message });
@@ -554,7 +599,7 @@ impl Hub {
             }
         };
         // Registered before the replay reads the journal: no event falls between the two.
-        let conn = self.register(session, kind, handshake.project_id.clone());
+        let conn = self.register(session, kind, handshake.project_id.clone(), principal);
         if session.is_closed() {
             // Closed while the handshake ran: its `on_close` may have missed this socket.
             self.remove(&conn);
@@ -583,26 +628,15 @@ impl Hub {
         session: &Session,
         kind: Kind,
         auth: &str,
-    ) -> std::result::Result<SocketAuth, String> {
+    ) -> std::result::Result<(SocketAuth, Principal), String> {
         let headers = session.headers();
-        if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
-            let allowed = origin
-                .to_str()
-                .is_ok_and(|o| origin_allowed(o, &self.config));
-            if !allowed {
-                let shown = origin.to_str().unwrap_or("<not text>");
-                tracing::warn!(
-                    origin = shown,
-                    ns = kind.namespace(),
-                    "socket.io origin refused"
-                );
-                return Err(refuse(&Error::Forbidden(format!(
-                    "origin '{shown}' is not allowed"
-                ))));
-            }
-        }
-        if !auth::local_trust(session.peer(), headers, &self.config) {
-            return Err(refuse(&Error::Forbidden("not authorised".into())));
+        // The gate checked the Origin of the request that opened the connection; checked again
+        // here, so no path to a namespace skips it.
+        if let Err(refusal) = crate::auth::check_origin(headers, &self.config) {
+            tracing::warn!(ns = kind.namespace(), "socket.io origin refused");
+            self.gate
+                .audit_refusal(&refusal, session.peer(), headers, kind.namespace());
+            return Err(refuse_auth(&refusal));
         }
         let auth = if auth.is_empty() {
             Ok(Value::Null)
@@ -610,8 +644,18 @@ impl Hub {
             serde_json::from_str::<Value>(auth)
                 .map_err(|e| Error::validation(format!("Invalid auth: {e}")))
         };
-        auth.and_then(parse::<SocketAuth>)
-            .and_then(|a| check_handshake(&self.domain, kind, a))
+        let auth = auth.and_then(parse::<SocketAuth>).map_err(|e| refuse(&e))?;
+        let principal = self
+            .gate
+            .admit_socket(
+                session.principal(),
+                auth.token.as_deref(),
+                session.peer(),
+                headers,
+            )
+            .map_err(|r| refuse_auth(&r))?;
+        check_handshake(&self.domain, kind, auth)
+            .map(|a| (a, principal))
             .map_err(|e| refuse(&e))
     }
 
@@ -644,6 +688,13 @@ impl Hub {
     }
 
     async fn run_event(&self, conn: &Arc<Conn>, name: &str, data: Value) -> Result<Value> {
+        let need = trust::socket_action_scope(name);
+        if !conn.principal.allows(need) {
+            return Err(Error::Forbidden(format!(
+                "{name} needs scope '{need}'; this connection has '{}'",
+                conn.principal.scope
+            )));
+        }
         match name {
             "subscribe" => subscribe(conn, data),
             "unsubscribe" => unsubscribe(conn, data),
@@ -929,6 +980,11 @@ fn refuse(e: &Error) -> String {
     format!("{}: {}", e.code(), e.body().message)
 }
 
+/// A refused handshake's `connect_error` message, `"<CODE>: <text>"` like every other.
+fn refuse_auth(r: &Refusal) -> String {
+    format!("{}: {}", r.code(), r.message())
+}
+
 /// The namespace's rules for the handshake.
 fn check_handshake(domain: &Domain, kind: Kind, auth: SocketAuth) -> Result<SocketAuth> {
     match (&auth.project_id, kind) {
@@ -1145,6 +1201,7 @@ mod tests {
             kind,
             project: project.map(str::to_owned),
             session: Session::detached(),
+            principal: Principal::local(),
             state: Mutex::new(ConnState {
                 sessions: None,
                 backlog: None,
@@ -1215,9 +1272,12 @@ mod tests {
         config.journal_capacity = capacity;
         let domain = crate::open(&config, "http://localhost".into()).unwrap();
         let store = domain.store.clone();
+        let config = Arc::new(config);
+        let gate = Gate::new(config.clone(), domain.clone());
         let hub = Arc::new(Hub::new(
             domain,
-            Arc::new(config),
+            config,
+            gate,
             TaskTracker::new(),
             CancellationToken::new(),
         ));
@@ -1257,7 +1317,12 @@ mod tests {
     }
 
     fn live(hub: &Hub, kind: Kind, project: Option<&str>) -> Arc<Conn> {
-        let conn = hub.register(&Session::detached(), kind, project.map(str::to_owned));
+        let conn = hub.register(
+            &Session::detached(),
+            kind,
+            project.map(str::to_owned),
+            Principal::local(),
+        );
         conn.go_live();
         conn
     }
@@ -1313,7 +1378,12 @@ mod tests {
         let (hub, store) = store_with(dir.path(), 100);
         let events = emit_n(&*store, "p", 6).await;
         // Registered (collecting live events) before its replay reads the journal.
-        let conn = hub.register(&Session::detached(), Kind::Mobile, Some("p".into()));
+        let conn = hub.register(
+            &Session::detached(),
+            Kind::Mobile,
+            Some("p".into()),
+            Principal::local(),
+        );
         for e in &events[3..] {
             conn.offer(&Item::Event(Outgoing::new(Arc::new(e.clone()))));
         }
@@ -1354,5 +1424,140 @@ mod tests {
                 .code(),
             "VALIDATION_ERROR"
         );
+    }
+}
+
+/// Properties of the Socket.IO packet parser: every packet socket.io-client's encoder can
+/// write parses back to its parts; binary packets (with attachments), which the hub refuses,
+/// parse as what they are; and no text makes it panic.
+#[cfg(test)]
+mod packet_props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn text(chars: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        vec(any::<char>(), chars).prop_map(|c| c.into_iter().collect())
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            text(0..12).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 4, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                vec((text(0..6), inner), 0..4)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// What the encoder puts after the namespace: an array (events, acks) or an object
+    /// (connect), never a bare scalar.
+    fn payload() -> impl Strategy<Value = Option<Value>> {
+        proptest::option::of(prop_oneof![
+            vec(json(), 0..4).prop_map(Value::Array),
+            vec((text(0..6), json()), 0..3)
+                .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+        ])
+    }
+
+    /// `/` or `/<name>` (a name has no comma: the comma ends it).
+    fn namespace() -> impl Strategy<Value = String> {
+        let name = vec(
+            prop::sample::select(vec!['a', 'z', '-', '_', ':', '/', 'é', '0']),
+            0..8,
+        );
+        prop_oneof![
+            Just("/".to_owned()),
+            name.prop_map(|c| format!("/{}", c.into_iter().collect::<String>())),
+        ]
+    }
+
+    /// socket.io-parser's encoding: `<type>[<n>-][<ns>,][<id>][<json>]`.
+    fn encode(
+        kind: u8,
+        attachments: Option<u8>,
+        ns: &str,
+        id: Option<u64>,
+        data: &Option<Value>,
+    ) -> String {
+        let mut out = kind.to_string();
+        if let Some(n) = attachments {
+            out.push_str(&format!("{n}-"));
+        }
+        if ns != "/" {
+            out.push_str(ns);
+            out.push(',');
+        }
+        if let Some(id) = id {
+            out.push_str(&id.to_string());
+        }
+        if let Some(data) = data {
+            out.push_str(&data.to_string());
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn parses_what_the_client_encodes(
+            kind in 0u8..=4,
+            ns in namespace(),
+            id in proptest::option::of(any::<u64>()),
+            data in payload(),
+        ) {
+            let packet = encode(kind, None, &ns, id, &data);
+            let parsed = Packet::parse(&packet).expect("a packet");
+            prop_assert_eq!(parsed.kind, b'0' + kind);
+            prop_assert_eq!(parsed.ns, ns.as_str());
+            prop_assert_eq!(parsed.id, id);
+            let want = data.map(|d| d.to_string()).unwrap_or_default();
+            prop_assert_eq!(parsed.data, want.as_str());
+        }
+
+        /// Binary events and acks parse as types 5 and 6, which the hub refuses (closing the
+        /// connection): Maestro's payloads are JSON.
+        #[test]
+        fn binary_packets_parse_as_binary(
+            kind in 5u8..=6,
+            attachments in 0u8..=20,
+            ns in namespace(),
+            id in proptest::option::of(any::<u64>()),
+            data in payload(),
+        ) {
+            let packet = encode(kind, Some(attachments), &ns, id, &data);
+            let parsed = Packet::parse(&packet).expect("a packet");
+            prop_assert_eq!(parsed.kind, b'0' + kind);
+        }
+
+        #[test]
+        fn any_text_parses_or_is_refused(
+            prefix in text(0..4),
+            kind in 0u8..=9,
+            ns in namespace(),
+            id in proptest::option::of(any::<u64>()),
+            data in payload(),
+            noise in text(0..24),
+        ) {
+            for t in [
+                format!("{prefix}{}", encode(kind, None, &ns, id, &data)),
+                noise.clone(),
+                format!("{kind}{noise}"),
+                format!("{kind}/{noise}"),
+            ] {
+                if let Some(p) = Packet::parse(&t) {
+                    prop_assert!(p.kind.is_ascii_digit());
+                    prop_assert!(p.ns == "/" || t[1..].starts_with(p.ns));
+                    prop_assert!(t.ends_with(p.data));
+                }
+            }
+        }
     }
 }

@@ -363,3 +363,278 @@ mod tests {
         assert_eq!(d.next(&mut buf, &mut need).unwrap_err().code, CLOSE_TOO_BIG);
     }
 }
+
+/// Properties of the decoder over generated input: whatever bytes a client sends, however the
+/// network splits them, the decoder yields exactly the messages an encoder made, or refuses
+/// them with a close code; it never panics, and never asks for more room than one message may
+/// take (`need`, which the reader reserves, stays within the cap, or a control frame's 125
+/// bytes, plus a frame header).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// The longest header: 2 bytes, a 64-bit length and the mask key.
+    const MAX_HEADER: usize = 14;
+
+    /// Cases per property: a few seconds in all on a slow machine.
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 96,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A client frame, masked with `mask`; `width` 0 writes the shortest length field, 1 at
+    /// least 16 bits, 2 the 64-bit one (the RFC asks for the shortest; a reader may take any).
+    fn frame_bytes(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4], width: u8) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let n = payload.len();
+        match (width, n) {
+            (0, 0..=125) => out.push(0x80 | n as u8),
+            (0 | 1, 0..=0xFFFF) => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// One message as the client sends it: cut into fragments, with control frames between
+    /// (or after) them.
+    #[derive(Debug, Clone)]
+    struct Message {
+        binary: bool,
+        data: Vec<u8>,
+        cuts: Vec<Index>,
+        controls: Vec<(Index, u8, Vec<u8>)>,
+        mask: [u8; 4],
+        width: u8,
+    }
+
+    fn data() -> impl Strategy<Value = (bool, Vec<u8>)> {
+        prop_oneof![
+            4 => vec(any::<char>(), 0..120)
+                .prop_map(|c| (false, c.into_iter().collect::<String>().into_bytes())),
+            3 => vec(any::<u8>(), 0..300).prop_map(|b| (true, b)),
+            // The 16- and 64-bit length classes.
+            1 => (any::<bool>(), 126usize..70_000).prop_map(|(binary, n)| (binary, vec![b'm'; n])),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        let control = (
+            any::<Index>(),
+            prop_oneof![Just(OP_PING), Just(OP_PONG), Just(OP_CLOSE)],
+            vec(any::<u8>(), 0..=125),
+        );
+        (
+            data(),
+            vec(any::<Index>(), 0..4),
+            vec(control, 0..3),
+            any::<[u8; 4]>(),
+            0u8..3,
+        )
+            .prop_map(|((binary, data), cuts, controls, mask, width)| Message {
+                binary,
+                data,
+                cuts,
+                controls,
+                mask,
+                width,
+            })
+    }
+
+    /// The bytes on the wire, and what the decoder must make of them.
+    fn encode(messages: &[Message]) -> (Vec<u8>, Vec<Incoming>) {
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for m in messages {
+            let mut at: Vec<usize> = m.cuts.iter().map(|i| i.index(m.data.len() + 1)).collect();
+            at.sort_unstable();
+            at.push(m.data.len());
+            let mut start = 0;
+            let fragments = at.len();
+            for (n, end) in at.into_iter().enumerate() {
+                let opcode = match (n, m.binary) {
+                    (0, false) => OP_TEXT,
+                    (0, true) => OP_BINARY,
+                    _ => OP_CONTINUATION,
+                };
+                let last = n + 1 == fragments;
+                wire.extend(frame_bytes(
+                    last,
+                    opcode,
+                    &m.data[start..end],
+                    m.mask,
+                    m.width,
+                ));
+                start = end;
+                if last {
+                    want.push(if m.binary {
+                        Incoming::Binary(m.data.clone())
+                    } else {
+                        Incoming::Text(String::from_utf8(m.data.clone()).unwrap())
+                    });
+                }
+                for (_, opcode, payload) in m.controls.iter().filter(|c| c.0.index(fragments) == n)
+                {
+                    wire.extend(frame_bytes(true, *opcode, payload, m.mask, 0));
+                    want.push(match *opcode {
+                        OP_PING => Incoming::Ping(payload.clone()),
+                        OP_PONG => Incoming::Pong,
+                        _ => Incoming::Close,
+                    });
+                }
+            }
+        }
+        (wire, want)
+    }
+
+    /// Feeds `wire` to a decoder in chunks of the sizes in `cuts` (then the rest at once),
+    /// decoding after each, as the reader does; checks the bounds on the way. Stops at the
+    /// first refusal.
+    fn feed(wire: &[u8], cuts: &[usize], max: usize) -> Result<Vec<Incoming>, Violation> {
+        let mut decoder = Decoder::new(max);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut at = 0;
+        let mut sizes = cuts.iter().copied().chain(std::iter::once(usize::MAX));
+        while at < wire.len() {
+            let take = sizes.next().unwrap_or(usize::MAX).min(wire.len() - at);
+            buf.extend_from_slice(&wire[at..at + take]);
+            at += take;
+            loop {
+                let mut need = 0;
+                let next = decoder.next(&mut buf, &mut need);
+                // A control frame may carry 125 bytes whatever the cap.
+                let most = max.max(125) + MAX_HEADER;
+                assert!(need <= most, "asks for {need} bytes, cap {max}");
+                let partial = decoder.partial.as_ref().map_or(0, |(_, p)| p.len());
+                assert!(partial <= max, "holds {partial} bytes, cap {max}");
+                match next {
+                    Ok(Some(m)) => {
+                        if let Incoming::Text(t) = &m {
+                            assert!(t.len() <= max);
+                        }
+                        if let Incoming::Binary(b) = &m {
+                            assert!(b.len() <= max);
+                        }
+                        got.push(m);
+                    }
+                    Ok(None) => break,
+                    Err(v) => {
+                        assert!(
+                            [CLOSE_PROTOCOL, CLOSE_INVALID_DATA, CLOSE_TOO_BIG].contains(&v.code),
+                            "{v:?}"
+                        );
+                        return Err(v);
+                    }
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Valid frames with some bytes changed (header bits, lengths, masks, payload), or noise.
+    fn damaged_wire() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => (vec(message(), 1..4), vec((any::<Index>(), any::<u8>()), 1..4)).prop_map(
+                |(messages, flips)| {
+                    let (mut wire, _) = encode(&messages);
+                    for (i, x) in flips {
+                        let i = i.index(wire.len().min(64));
+                        wire[i] ^= x;
+                    }
+                    wire
+                }
+            ),
+            1 => vec(any::<u8>(), 0..200),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn decodes_exactly_what_the_client_encoded_however_split(
+            messages in vec(message(), 1..5),
+            cuts in vec(1usize..40, 0..40),
+        ) {
+            let (wire, want) = encode(&messages);
+            prop_assert_eq!(feed(&wire, &cuts, 1 << 17), Ok(want));
+        }
+
+        #[test]
+        fn any_bytes_decode_alike_however_split_within_bounds(
+            wire in damaged_wire(),
+            cuts in vec(1usize..24, 0..64),
+            max in 0usize..400,
+        ) {
+            prop_assert_eq!(feed(&wire, &[], max), feed(&wire, &cuts, max));
+        }
+
+        #[test]
+        fn text_that_is_not_utf8_is_refused(
+            bytes in vec(any::<u8>(), 1..200).prop_filter("not UTF-8", |b| std::str::from_utf8(b).is_err()),
+            cuts in vec(any::<Index>(), 0..3),
+            mask in any::<[u8; 4]>(),
+        ) {
+            let m = Message { binary: false, data: bytes, cuts, controls: Vec::new(), mask, width: 0 };
+            let mut wire = Vec::new();
+            let mut at: Vec<usize> = m.cuts.iter().map(|i| i.index(m.data.len() + 1)).collect();
+            at.sort_unstable();
+            at.push(m.data.len());
+            let mut start = 0;
+            for (n, end) in at.iter().enumerate() {
+                let opcode = if n == 0 { OP_TEXT } else { OP_CONTINUATION };
+                wire.extend(frame_bytes(n + 1 == at.len(), opcode, &m.data[start..*end], mask, 0));
+                start = *end;
+            }
+            prop_assert_eq!(feed(&wire, &[], 1 << 10).unwrap_err().code, CLOSE_INVALID_DATA);
+        }
+
+        /// A length field beyond the cap, up to 2^64 - 1, is refused once the header is in,
+        /// before any payload arrives and without reserving room for it.
+        #[test]
+        fn oversized_lengths_are_refused_from_the_header(
+            len in 1_025u64..=u64::MAX,
+            opcode in prop_oneof![Just(OP_TEXT), Just(OP_BINARY)],
+            mask in any::<[u8; 4]>(),
+        ) {
+            let mut wire = vec![0x80 | opcode, 0x80 | 127];
+            wire.extend_from_slice(&len.to_be_bytes());
+            wire.extend_from_slice(&mask);
+            prop_assert_eq!(feed(&wire, &[1, 1, 1, 1, 1], 1 << 10).unwrap_err().code, CLOSE_TOO_BIG);
+        }
+
+        /// Unmasked frames, reserved bits and reserved opcodes: a protocol error.
+        #[test]
+        fn forbidden_headers_are_protocol_errors(
+            case in 0u8..3,
+            opcode in prop_oneof![3u8..=7, 0xBu8..=0xF],
+            rsv in 1u8..=7,
+            payload in vec(any::<u8>(), 0..100),
+            mask in any::<[u8; 4]>(),
+        ) {
+            let mut wire = frame_bytes(true, OP_TEXT, &payload, mask, 0);
+            match case {
+                0 => {
+                    // Unmasked: the mask bit off (the payload is then read as it is).
+                    wire[1] &= 0x7F;
+                }
+                1 => wire[0] |= rsv << 4,
+                _ => wire[0] = 0x80 | opcode,
+            }
+            prop_assert_eq!(feed(&wire, &[1], 1 << 10).unwrap_err().code, CLOSE_PROTOCOL);
+        }
+    }
+}

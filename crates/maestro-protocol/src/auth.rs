@@ -1,0 +1,205 @@
+//! Credentials: API tokens, paired devices and pairing codes (`/api/auth/*`).
+//!
+//! None of this exists upstream, which trusted everyone. Secrets (a token, a pairing code) are
+//! returned once, when they are made, and never again.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::Millis;
+
+/// What a credential may do. Each scope includes the ones before it, so they compare with
+/// `<`/`>=`: `read` < `respond` < `operate` < `admin`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every `GET` and the live events.
+    Read,
+    /// Also answer a session that needs input, and send mail.
+    Respond,
+    /// Also tasks, sessions, spawning and stopping agents.
+    Operate,
+    /// Also tokens, devices, projects and every delete.
+    Admin,
+}
+
+impl Scope {
+    /// Every scope, weakest first.
+    pub const ALL: [Scope; 4] = [Self::Read, Self::Respond, Self::Operate, Self::Admin];
+
+    /// The scope's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Respond => "respond",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /api/auth/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateToken {
+    pub scope: Option<Scope>,
+    /// What the token is for ("ci", "laptop agents"); shown in listings.
+    pub name: Option<String>,
+    /// Days until the token stops working; none: it works until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A new token: the only time its secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCreated {
+    pub id: String,
+    /// The secret, to send as `Authorization: Bearer <token>`. The server keeps only its hash.
+    pub token: String,
+    pub scope: Scope,
+    pub name: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+}
+
+/// A token as listed (no secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub last_used_at: Option<Millis>,
+    /// The client address of the last request that used it.
+    pub last_address: Option<String>,
+}
+
+/// A paired device as listed (no secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub paired_at: Millis,
+    pub last_seen_at: Option<Millis>,
+    pub last_address: Option<String>,
+}
+
+/// `POST /api/auth/pairings`: make a single-use pairing code.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatePairing {
+    /// The paired device's scope (default `respond`); at most the caller's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    /// The device's name, if known now (the device may give its own when it pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A pairing code, valid once until `expiresAt`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairingCreated {
+    /// The long code (≥ 128 bits), carried in the URL's fragment.
+    pub code: String,
+    /// The same pairing as 8 characters for typing by hand (no look-alike characters).
+    pub short_code: String,
+    /// `<public URL>/pair#c=<code>`: open it on the phone (or scan its QR code).
+    pub url: String,
+    pub scope: Scope,
+    pub expires_at: Millis,
+}
+
+/// `POST /api/auth/pair`: a device exchanges a pairing code for its credential.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairRequest {
+    /// The long code or the short code.
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+}
+
+/// A paired device's credential: also set as the device cookie.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Paired {
+    pub token: String,
+    pub device_id: String,
+    pub device_name: String,
+    pub scope: Scope,
+    /// The value a cookie-authenticated write carries in `X-Maestro-CSRF`.
+    pub csrf: String,
+}
+
+/// How the caller of `GET /api/auth/me` was recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerKind {
+    /// A request from this machine, trusted without a credential.
+    Local,
+    Token,
+    Device,
+}
+
+/// `GET /api/auth/me`: who the server takes the caller for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    pub kind: CallerKind,
+    pub scope: Scope,
+    /// The token's or device's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// For a device signed in by its cookie: the `X-Maestro-CSRF` value its writes carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf: Option<String>,
+}
+
+/// The event every server acts on when a credential is revoked: it closes the sockets that
+/// credential opened. Journaled in the global scope; carries no secret.
+pub const CREDENTIAL_REVOKED: &str = "auth:revoked";
+
+/// Payload of [`CREDENTIAL_REVOKED`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRevoked {
+    pub id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_include_the_ones_before() {
+        assert!(Scope::Read < Scope::Respond);
+        assert!(Scope::Respond < Scope::Operate);
+        assert!(Scope::Operate < Scope::Admin);
+        for s in Scope::ALL {
+            assert_eq!(Scope::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(Scope::parse("root"), None);
+    }
+}

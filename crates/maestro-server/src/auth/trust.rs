@@ -1,0 +1,378 @@
+//! The pure rules of the gate: which `Host`s and `Origin`s are ours, what makes a request
+//! *local*, whose address a request is, and what scope a route needs. No I/O, so every rule
+//! is unit-tested here.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::{HeaderMap, Method, header};
+use maestro_protocol::Scope;
+
+use crate::config::Config;
+
+/// Headers a proxy (cloudflared, a reverse proxy) adds. A request carrying any of them came
+/// through something that forwards other people's traffic, so it is never local, even from a
+/// loopback peer.
+pub const PROXY_HEADERS: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "cf-ray",
+    "cf-visitor",
+    "cf-access-jwt-assertion",
+];
+
+/// The host part of a `Host` header or URL authority, lower-cased, without the port; IPv6
+/// keeps its brackets. `None` when it is not a plausible host.
+pub fn host_name(authority: &str) -> Option<String> {
+    let authority = authority.trim();
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let after = &rest[end + 1..];
+        if !(after.is_empty() || is_port(after)) {
+            return None;
+        }
+        format!("[{}]", &rest[..end])
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if is_port(&format!(":{port}")) => host.to_owned(),
+            Some(_) => return None,
+            None => authority.to_owned(),
+        }
+    };
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b));
+    ok.then(|| host.to_ascii_lowercase())
+}
+
+/// `:` followed by 1-5 digits.
+fn is_port(s: &str) -> bool {
+    s.strip_prefix(':')
+        .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The names of this machine itself.
+pub fn is_local_host(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+/// The host of a URL such as `https://maestro.example.com/` (for `EXTERNAL_URL`).
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.trim().split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    host_name(authority)
+}
+
+/// Whether this server answers to `host` (already passed through [`host_name`]): a local name,
+/// `EXTERNAL_URL`'s host, or an `ALLOWED_HOSTS` entry. Anything else is DNS rebinding or a
+/// misrouted request.
+pub fn host_allowed(host: &str, config: &Config) -> bool {
+    is_local_host(host)
+        || config
+            .external_url
+            .as_deref()
+            .and_then(url_host)
+            .is_some_and(|h| h == host)
+        || config
+            .allowed_hosts
+            .iter()
+            .filter_map(|h| host_name(h))
+            .any(|h| h == host)
+}
+
+/// Whether a browser origin may call the server: pages served from this machine, the desktop
+/// app, and the configured public URL / extra origins.
+pub fn origin_allowed(origin: &str, config: &Config) -> bool {
+    let local = [
+        "http://localhost",
+        "https://localhost",
+        "http://127.0.0.1",
+        "https://127.0.0.1",
+        "http://[::1]",
+        "https://[::1]",
+    ];
+    let is_local = local.iter().any(|base| {
+        origin == *base
+            || origin.strip_prefix(base).is_some_and(|rest| {
+                rest.starts_with(':')
+                    && rest.len() > 1
+                    && rest[1..].bytes().all(|b| b.is_ascii_digit())
+            })
+    });
+    is_local
+        || origin == "tauri://localhost"
+        || origin == "http://tauri.localhost"
+        || origin == "https://tauri.localhost"
+        || config
+            .external_url
+            .as_deref()
+            .is_some_and(|u| u.trim_end_matches('/') == origin)
+        || config
+            .cors_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin)
+}
+
+/// Whether a request carries any header a proxy adds.
+pub fn has_proxy_headers(headers: &HeaderMap) -> bool {
+    PROXY_HEADERS.iter().any(|h| headers.contains_key(*h))
+}
+
+/// The address a request is from, for rate limits and the audit trail: the `CF-Connecting-IP`
+/// of a request that a proxy on this machine forwarded (cloudflared), else the peer. Headers
+/// from any other peer are never believed.
+pub fn client_address(peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer?.ip();
+    if peer.is_loopback()
+        && let Some(ip) = headers
+            .get("cf-connecting-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    {
+        return Some(ip);
+    }
+    Some(peer)
+}
+
+/// Whether a method changes something.
+pub fn is_write(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Whether a write's body is acceptable: JSON (`application/json`, any parameters), or no
+/// body and no declared type. A form or `text/plain` post (which a page on another site can
+/// send without a CORS preflight) never is.
+pub fn content_type_ok(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE) {
+        Some(value) => value.to_str().is_ok_and(|v| {
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        }),
+        None => {
+            let empty_length = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|v| v.trim() == "0");
+            empty_length && !headers.contains_key(header::TRANSFER_ENCODING)
+        }
+    }
+}
+
+/// What a request on `path` needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Anyone who passed the `Host`/`Origin` checks: the pairing exchange, `/health` and the
+    /// web app's static files (they hold no data; the app must load before a phone can pair).
+    Public,
+    /// Engine.IO: the credential may come in the Socket.IO handshake instead, so the namespace
+    /// connect decides (with the same gate).
+    SocketIo,
+    /// A credential of at least this scope (or local trust).
+    Scope(Scope),
+}
+
+/// The scope each route needs. Reads need `read`; answering agents and mail `respond`; other
+/// changes `operate`; credentials, projects and every delete `admin`.
+pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
+    if path == "/socket.io" || path.starts_with("/socket.io/") {
+        return Need::SocketIo;
+    }
+    // Liveness says only "up since": probes (and `maestro tunnel`) may ask without a credential.
+    if path == "/health" && !websocket {
+        return Need::Public;
+    }
+    let api = path == "/api" || path.starts_with("/api/");
+    let ops = matches!(path, "/ready" | "/ws-status" | "/metrics");
+    if !api && !ops {
+        // The legacy raw WebSocket streams every event: it is not a static file.
+        return if websocket {
+            Need::Scope(Scope::Read)
+        } else {
+            Need::Public
+        };
+    }
+    if path.starts_with("/api/auth/") {
+        return match (method, path) {
+            (&Method::POST, "/api/auth/pair") => Need::Public,
+            (&Method::GET, "/api/auth/me") | (&Method::POST, "/api/auth/logout") => {
+                Need::Scope(Scope::Read)
+            }
+            _ => Need::Scope(Scope::Admin),
+        };
+    }
+    if !is_write(method) {
+        return Need::Scope(Scope::Read);
+    }
+    if *method == Method::DELETE || path == "/api/projects" || path.starts_with("/api/projects/") {
+        return Need::Scope(Scope::Admin);
+    }
+    let respond = path == "/api/mail"
+        || (path.starts_with("/api/mail/inbox/") && path.ends_with("/ack"))
+        || (path.starts_with("/api/sessions/")
+            && path.contains("/modal/")
+            && (path.ends_with("/actions") || path.ends_with("/close")));
+    Need::Scope(if respond {
+        Scope::Respond
+    } else {
+        Scope::Operate
+    })
+}
+
+/// The scope a Socket.IO client action needs (see `realtime::socketio`).
+pub fn socket_action_scope(event: &str) -> Scope {
+    match event {
+        "mail:send" | "session:reply-input" => Scope::Respond,
+        "session:spawn" | "session:stop" => Scope::Operate,
+        _ => Scope::Read,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let mut c = Config::for_dir(std::path::Path::new("/tmp"));
+        c.cors_origins = vec!["https://extra.example".into()];
+        c.external_url = Some("https://maestro.example/".into());
+        c.allowed_hosts = vec!["laptop.lan".into()];
+        c
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_name("LocalHost:3000").as_deref(), Some("localhost"));
+        assert_eq!(host_name("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(host_name("127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host_name("a b"), None);
+        assert_eq!(host_name("x:port"), None);
+        assert_eq!(host_name(""), None);
+        assert_eq!(
+            url_host("https://user@Maestro.Example:8443/x").as_deref(),
+            Some("maestro.example")
+        );
+        let c = config();
+        for ok in [
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "maestro.example",
+            "laptop.lan",
+        ] {
+            assert!(host_allowed(ok, &c), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.2",
+            "[::2]",
+        ] {
+            assert!(!host_allowed(bad, &c), "{bad}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        let c = config();
+        for ok in [
+            "http://localhost:5173",
+            "http://127.0.0.1",
+            "tauri://localhost",
+            "https://extra.example",
+            "https://maestro.example",
+        ] {
+            assert!(origin_allowed(ok, &c), "{ok}");
+        }
+        for bad in [
+            "http://evil.example",
+            "http://localhost.evil.example",
+            "http://localhost:80evil",
+            "http://localhost:",
+            "null",
+        ] {
+            assert!(!origin_allowed(bad, &c), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_addresses() {
+        let mut h = HeaderMap::new();
+        h.insert("cf-connecting-ip", "203.0.113.7".parse().unwrap());
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let remote: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(
+            client_address(Some(loopback), &h),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // A remote peer cannot choose its own address.
+        assert_eq!(client_address(Some(remote), &h), Some(remote.ip()));
+        assert_eq!(
+            client_address(Some(loopback), &HeaderMap::new()),
+            Some(loopback.ip())
+        );
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(content_type_ok(&h));
+        h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
+        assert!(!content_type_ok(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert!(content_type_ok(&h));
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            h.insert(header::CONTENT_TYPE, bad.parse().unwrap());
+            assert!(!content_type_ok(&h), "{bad}");
+        }
+    }
+
+    #[test]
+    fn needs() {
+        use Need::{Public, SocketIo};
+        use maestro_protocol::Scope as S;
+        let scope = Need::Scope;
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(need(&get, "/", false), Public);
+        assert_eq!(need(&get, "/assets/app.js", false), Public);
+        assert_eq!(need(&get, "/", true), scope(S::Read));
+        assert_eq!(need(&get, "/socket.io/", true), SocketIo);
+        assert_eq!(need(&post, "/api/auth/pair", false), Public);
+        assert_eq!(need(&get, "/api/tasks", false), scope(S::Read));
+        assert_eq!(need(&get, "/health", false), Public);
+        assert_eq!(need(&get, "/metrics", false), scope(S::Read));
+        assert_eq!(need(&get, "/api/auth/tokens", false), scope(S::Admin));
+        assert_eq!(need(&post, "/api/auth/logout", false), scope(S::Read));
+        assert_eq!(need(&post, "/api/mail", false), scope(S::Respond));
+        assert_eq!(
+            need(&post, "/api/sessions/s1/modal/m1/actions", false),
+            scope(S::Respond)
+        );
+        assert_eq!(need(&post, "/api/tasks", false), scope(S::Operate));
+        assert_eq!(need(&post, "/api/sessions/spawn", false), scope(S::Operate));
+        assert_eq!(need(&post, "/api/projects", false), scope(S::Admin));
+        assert_eq!(
+            need(&Method::DELETE, "/api/tasks/t", false),
+            scope(S::Admin)
+        );
+        assert_eq!(
+            need(&Method::PATCH, "/api/tasks/t", false),
+            scope(S::Operate)
+        );
+    }
+}

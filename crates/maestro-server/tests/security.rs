@@ -1,0 +1,830 @@
+//! The trust boundary: every refusal on every entry point (REST, Engine.IO polling and
+//! WebSocket, the legacy WebSocket), each shown refused *and* shown to change nothing; and the
+//! credentials that open the door again (tokens, scopes, pairing, cookies, revocation).
+//!
+//! "Remote" requests are made from loopback with the header cloudflared adds
+//! (`CF-Connecting-IP`), exactly how tunnel traffic reaches the server.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{TestServer, WAIT};
+use futures_util::{SinkExt, StreamExt};
+use maestro_server::config::AuthMode;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The address cloudflared says the client has.
+const PHONE_IP: &str = "203.0.113.9";
+
+/// One HTTP request with exactly these extra headers; `(status, headers, JSON body or Null)`.
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let client = reqwest::Client::builder().build().unwrap();
+    let mut req = client.request(method, format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let resp = tokio::time::timeout(WAIT, req.send())
+        .await
+        .expect("no answer in time")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, json)
+}
+
+fn remote(token: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut h = vec![("cf-connecting-ip", PHONE_IP.to_owned())];
+    if let Some(t) = token {
+        h.push(("authorization", format!("Bearer {t}")));
+    }
+    h
+}
+
+fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A WebSocket upgrade on `path` with these headers: `Ok(())` if it was accepted (101), else
+/// the refusal's status.
+async fn upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<(), u16> {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("no answer in time")
+    {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A Socket.IO connection over WebSocket to `ns`: `Ok(socket)` once the namespace accepted,
+/// `Err(message)` for a `connect_error` (or `Err("HTTP <status>")` when the upgrade was refused).
+async fn sio(
+    addr: SocketAddr,
+    ns: &str,
+    auth: Value,
+    headers: &[(&str, &str)],
+) -> Result<Ws, String> {
+    let mut req = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket")
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        req.headers_mut().insert(name, v.parse().unwrap());
+    }
+    let mut ws = match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => ws,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            return Err(format!("HTTP {}", r.status().as_u16()));
+        }
+        Err(e) => panic!("websocket: {e}"),
+    };
+    let open = next_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    ws.send(Message::Text(format!("40{ns},{auth}").into()))
+        .await
+        .unwrap();
+    loop {
+        let text = next_text(&mut ws).await.expect("connect answer");
+        if let Some(rest) = text.strip_prefix(&format!("40{ns},")) {
+            assert!(rest.contains("sid"), "{text}");
+            return Ok(ws);
+        }
+        if let Some(rest) = text.strip_prefix(&format!("44{ns},")) {
+            let v: Value = serde_json::from_str(rest).unwrap();
+            return Err(v["message"].as_str().unwrap().to_owned());
+        }
+    }
+}
+
+/// The next text message, answering pings; `None` when the connection closed.
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("nothing within the wait");
+        match msg {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await.ok()?;
+            }
+            Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Waits until the server closes `ws`, ignoring events meanwhile; panics if it stays open.
+async fn closed(ws: &mut Ws) {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the socket stayed open");
+        match msg {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+            // Engine.IO's close packet, or a namespace disconnect.
+            Some(Ok(Message::Text(t))) if t.as_str() == "1" || t.starts_with("41") => return,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn project_count(server: &TestServer) -> usize {
+    server.api().list_projects().await.unwrap().len()
+}
+
+async fn create_token(server: &TestServer, scope: &str) -> (String, String) {
+    let (status, _, body) = call(
+        server.addr(),
+        Method::POST,
+        "/api/auth/tokens",
+        &[],
+        Some(json!({ "scope": scope, "name": format!("{scope} test") })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_on_every_entry_point_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let evil = [("origin", "http://evil.example")];
+    let before = project_count(&server).await;
+
+    for method in [Method::GET, Method::OPTIONS] {
+        let (status, _, _) = call(addr, method.clone(), "/api/projects", &evil, None).await;
+        assert_eq!(status, 403, "{method}");
+    }
+    let (status, _, body) = call(
+        addr,
+        Method::POST,
+        "/api/projects",
+        &evil,
+        Some(json!({ "name": "from a web page", "workingDir": "/tmp" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(body["code"], "FORBIDDEN");
+    // A credential does not help a foreign page.
+    let (_, token) = create_token(&server, "admin").await;
+    let auth = format!("Bearer {token}");
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/api/projects",
+        &[("origin", "http://evil.example"), ("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Engine.IO polling handshake, Socket.IO WebSocket, legacy WebSocket, static files.
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/socket.io/?EIO=4&transport=polling",
+        &evil,
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        upgrade(addr, "/socket.io/?EIO=4&transport=websocket", &evil).await,
+        Err(403)
+    );
+    assert_eq!(upgrade(addr, "/", &evil).await, Err(403));
+    let (status, _, _) = call(addr, Method::GET, "/", &evil, None).await;
+    assert_eq!(status, 403);
+
+    assert_eq!(project_count(&server).await, before);
+    // The desktop app's and a local dev server's origins keep working.
+    for origin in ["tauri://localhost", "http://localhost:5173"] {
+        let (status, _, _) = call(
+            addr,
+            Method::GET,
+            "/api/projects",
+            &[("origin", origin)],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{origin}");
+    }
+}
+
+#[tokio::test]
+async fn a_simple_cross_site_write_is_refused_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let before = project_count(&server).await;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = server
+            .raw(
+                "POST",
+                "/api/projects",
+                Some(content_type),
+                json!({ "name": "x", "workingDir": "/tmp" }).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 415, "{content_type}");
+        common::assert_error_body(&r.json(), 415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    assert_eq!(project_count(&server).await, before);
+}
+
+#[tokio::test]
+async fn a_foreign_host_is_refused_before_routing() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let port = addr.port();
+    let rebinding = format!("evil.example:{port}");
+    let host = [("host", rebinding.as_str())];
+    let (status, _, body) = call(addr, Method::GET, "/api/projects", &host, None).await;
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(body["code"], "MISDIRECTED_REQUEST");
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/socket.io/?EIO=4&transport=polling",
+        &host,
+        None,
+    )
+    .await;
+    assert_eq!(status, 421);
+    assert_eq!(upgrade(addr, "/", &host).await, Err(421));
+    let (status, _, _) = call(addr, Method::GET, "/", &host, None).await;
+    assert_eq!(status, 421);
+    // Every local name, with any port, is ours.
+    for local in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+    ] {
+        let (status, _, _) = call(
+            addr,
+            Method::GET,
+            "/api/projects",
+            &[("host", &local)],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{local}");
+    }
+}
+
+#[tokio::test]
+async fn allowed_hosts_and_the_external_url_are_answered_but_never_local() {
+    let server = TestServer::start_with(|c| {
+        c.external_url = Some("https://maestro.example.com".into());
+        c.allowed_hosts = vec!["laptop.lan".into()];
+    })
+    .await;
+    let addr = server.addr();
+    for host in ["maestro.example.com", "laptop.lan:3000"] {
+        // Answered (not 421), but a credential is needed: the name is not this machine's.
+        let (status, _, _) =
+            call(addr, Method::GET, "/api/projects", &[("host", host)], None).await;
+        assert_eq!(status, 401, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn a_proxied_request_needs_a_credential_on_every_entry_point() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let before = project_count(&server).await;
+    let h = remote(None);
+    let h = refs(&h);
+
+    let (status, headers, body) = call(addr, Method::GET, "/api/projects", &h, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], "UNAUTHORIZED");
+    assert!(headers.contains_key("www-authenticate"));
+    let (status, _, _) = call(
+        addr,
+        Method::POST,
+        "/api/projects",
+        &h,
+        Some(json!({ "name": "p", "workingDir": "/tmp" })),
+    )
+    .await;
+    assert_eq!(status, 401);
+    for path in ["/ready", "/metrics", "/ws-status", "/api/openapi.json"] {
+        let (status, _, _) = call(addr, Method::GET, path, &h, None).await;
+        assert_eq!(status, 401, "{path}");
+    }
+    assert_eq!(upgrade(addr, "/", &h).await, Err(401));
+    // Engine.IO lets the connection open (the token may come in the handshake), but no
+    // namespace accepts it without one.
+    let refused = sio(addr, "/ui", json!({}), &h).await.err().unwrap();
+    assert!(refused.starts_with("UNAUTHORIZED: "), "{refused}");
+    // Every other proxy header takes local trust away just the same.
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+        ("cf-ray", "8a1b2c3d4e5f-LHR"),
+    ] {
+        let (status, _, _) = call(addr, Method::GET, "/api/projects", &[(name, value)], None).await;
+        assert_eq!(status, 401, "{name}");
+    }
+    // A token in the query string is never read.
+    let (_, token) = create_token(&server, "admin").await;
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        &format!("/api/projects?token={token}"),
+        &h,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(project_count(&server).await, before);
+
+    // The web app's shell is public: the phone must load it to pair.
+    let (status, _, _) = call(addr, Method::GET, "/", &h, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn tokens_work_remotely_within_their_scope_until_revoked() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let (read_id, read) = create_token(&server, "read").await;
+    let (_, operate) = create_token(&server, "operate").await;
+
+    // Listing shows no secret.
+    let (status, _, list) = call(addr, Method::GET, "/api/auth/tokens", &[], None).await;
+    assert_eq!(status, 200);
+    let listed = list.to_string();
+    assert!(!listed.contains(&read) && !listed.contains(&operate));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token").is_none() && t.get("hash").is_none())
+    );
+
+    let h = remote(Some(&read));
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &refs(&h), None).await;
+    assert_eq!(status, 200);
+    // Last use and address are recorded.
+    let (_, _, list) = call(addr, Method::GET, "/api/auth/tokens", &[], None).await;
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == read_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["lastAddress"], PHONE_IP);
+    assert!(entry["lastUsedAt"].as_i64().is_some());
+
+    // A read token cannot write, and nothing changes.
+    let before = project_count(&server).await;
+    let (status, _, body) = call(
+        addr,
+        Method::POST,
+        "/api/projects",
+        &refs(&h),
+        Some(json!({ "name": "p", "workingDir": "/tmp" })),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(project_count(&server).await, before);
+    // Nor create tokens, nor list them.
+    let (status, _, _) = call(
+        addr,
+        Method::POST,
+        "/api/auth/tokens",
+        &refs(&remote(Some(&operate))),
+        Some(json!({ "scope": "admin", "name": "escalate" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // A socket on the read token, then the token is revoked: the socket closes at once and the
+    // next request fails.
+    let project = server
+        .api()
+        .create_project(&maestro_protocol::CreateProject {
+            name: Some("p".into()),
+            working_dir: Some("/tmp".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut socket = sio(
+        addr,
+        "/mobile",
+        json!({ "token": read, "projectId": project.id }),
+        &[("cf-connecting-ip", PHONE_IP)],
+    )
+    .await
+    .expect("a read token may watch");
+    let (status, _, _) = call(
+        addr,
+        Method::DELETE,
+        &format!("/api/auth/tokens/{read_id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    closed(&mut socket).await;
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &refs(&h), None).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(
+        addr,
+        Method::DELETE,
+        &format!("/api/auth/tokens/{read_id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn socket_actions_follow_the_scope() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let (_, read) = create_token(&server, "read").await;
+    let mut ws = sio(
+        addr,
+        "/ui",
+        json!({ "token": read }),
+        &[("cf-connecting-ip", PHONE_IP)],
+    )
+    .await
+    .unwrap();
+    ws.send(Message::Text(
+        r#"42/ui,7["session:stop",{"sessionId":"sess_x"}]"#.into(),
+    ))
+    .await
+    .unwrap();
+    let ack = loop {
+        let t = next_text(&mut ws).await.unwrap();
+        if let Some(rest) = t.strip_prefix("43/ui,7") {
+            break serde_json::from_str::<Value>(rest).unwrap();
+        }
+    };
+    assert_eq!(ack[0]["ok"], false, "{ack}");
+    assert_eq!(ack[0]["error"]["code"], "FORBIDDEN", "{ack}");
+}
+
+#[tokio::test]
+async fn auth_required_takes_local_trust_away_and_the_owner_token_restores_it() {
+    let server = TestServer::start_with(|c| c.auth = AuthMode::Required).await;
+    let addr = server.addr();
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &[], None).await;
+    assert_eq!(status, 401);
+    let owner = std::fs::read_to_string(server.dir().join("data/owner-token")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(server.dir().join("data/owner-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let auth = format!("Bearer {}", owner.trim());
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/api/projects",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_owner_token_is_replaced_at_every_start() {
+    let server = TestServer::start().await;
+    let path = server.dir().join("data/owner-token");
+    let first = std::fs::read_to_string(&path).unwrap();
+    let server = server.restart().await;
+    let second = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(first, second);
+    let addr = server.addr();
+    for (token, expect) in [(first, 401), (second, 200)] {
+        let h = remote(Some(token.trim()));
+        let (status, _, _) = call(addr, Method::GET, "/api/projects", &refs(&h), None).await;
+        assert_eq!(status, expect);
+    }
+}
+
+async fn new_pairing(server: &TestServer, body: Value) -> Value {
+    let (status, _, body) = call(
+        server.addr(),
+        Method::POST,
+        "/api/auth/pairings",
+        &[],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn pair(addr: SocketAddr, code: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    call(
+        addr,
+        Method::POST,
+        "/api/auth/pair",
+        &[("cf-connecting-ip", PHONE_IP)],
+        Some(json!({ "code": code, "deviceName": "Pixel 8" })),
+    )
+    .await
+}
+
+fn cookie_header(headers: &reqwest::header::HeaderMap) -> (String, String) {
+    let mut device = None;
+    let mut csrf = None;
+    for c in headers.get_all("set-cookie") {
+        let c = c.to_str().unwrap();
+        let pair = c.split(';').next().unwrap().to_owned();
+        if c.starts_with("maestro_device=") {
+            assert!(
+                c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+                "{c}"
+            );
+            device = Some(pair);
+        } else if c.starts_with("maestro_csrf=") {
+            csrf = Some(pair.split_once('=').unwrap().1.to_owned());
+        }
+    }
+    (device.expect("device cookie"), csrf.expect("csrf cookie"))
+}
+
+#[tokio::test]
+async fn a_pairing_code_pairs_one_device_once() {
+    let server = TestServer::start_with(|c| {
+        c.external_url = Some("https://maestro.example.com".into());
+    })
+    .await;
+    let addr = server.addr();
+    let pairing = new_pairing(&server, json!({})).await;
+    let code = pairing["code"].as_str().unwrap();
+    assert!(code.len() >= 22, "at least 128 bits: {code}");
+    assert_eq!(
+        pairing["url"],
+        format!("https://maestro.example.com/pair#c={code}")
+    );
+    assert_eq!(pairing["scope"], "respond");
+    assert_eq!(pairing["shortCode"].as_str().unwrap().len(), 9);
+
+    let (status, headers, paired) = pair(addr, code).await;
+    assert_eq!(status, 200, "{paired}");
+    assert_eq!(paired["scope"], "respond");
+    assert_eq!(paired["deviceName"], "Pixel 8");
+    let (device_cookie, csrf) = cookie_header(&headers);
+    assert!(
+        headers
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| c.to_str().unwrap().contains("Secure")),
+        "https behind the external URL: Secure cookies"
+    );
+    assert_eq!(csrf, paired["csrf"].as_str().unwrap());
+
+    // A second use gets 401, and no second device appears.
+    let (status, _, body) = pair(addr, code).await;
+    assert_eq!(status, 401, "{body}");
+    let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
+    assert_eq!(devices.as_array().unwrap().len(), 1);
+    assert_eq!(devices[0]["name"], "Pixel 8");
+    assert_eq!(devices[0]["scope"], "respond");
+
+    // The cookie works for reads, and for writes only with the CSRF header.
+    let with_cookie = [
+        ("cf-connecting-ip", PHONE_IP),
+        ("cookie", device_cookie.as_str()),
+    ];
+    let (status, _, me) = call(addr, Method::GET, "/api/auth/me", &with_cookie, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["kind"], "device");
+    assert_eq!(me["csrf"], csrf.as_str());
+    let project = server
+        .api()
+        .create_project(&maestro_protocol::CreateProject {
+            name: Some("p".into()),
+            working_dir: Some("/tmp".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let task = server
+        .api()
+        .create_task(&maestro_protocol::CreateTask {
+            project_id: Some(project.id.clone()),
+            title: Some("t".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let session = server
+        .api()
+        .create_session(&maestro_protocol::CreateSession {
+            project_id: Some(project.id.clone()),
+            task_ids: Some(vec![task.id.clone()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mail = json!({
+        "projectId": project.id, "fromSessionId": session.id, "toSessionId": session.id,
+        "type": "directive", "subject": "hi", "body": { "message": "from the phone" }
+    });
+    let (status, _, body) = call(
+        addr,
+        Method::POST,
+        "/api/mail",
+        &with_cookie,
+        Some(mail.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "no CSRF header: {body}");
+    let mut with_csrf = with_cookie.to_vec();
+    with_csrf.push(("x-maestro-csrf", csrf.as_str()));
+    let (status, _, body) = call(addr, Method::POST, "/api/mail", &with_csrf, Some(mail)).await;
+    assert!(status < 300, "{status} {body}");
+    // Respond is not operate.
+    let (status, _, _) = call(
+        addr,
+        Method::POST,
+        "/api/tasks",
+        &with_csrf,
+        Some(json!({ "projectId": project.id, "title": "t" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // The device's socket closes when the device is revoked, and its cookie stops working.
+    let mut socket = sio(
+        addr,
+        "/mobile",
+        json!({ "projectId": project.id }),
+        &with_cookie,
+    )
+    .await
+    .expect("the cookie opens /mobile");
+    let device_id = paired["deviceId"].as_str().unwrap();
+    let (status, _, _) = call(
+        addr,
+        Method::DELETE,
+        &format!("/api/auth/devices/{device_id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    closed(&mut socket).await;
+    let (status, _, _) = call(addr, Method::GET, "/api/auth/me", &with_cookie, None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_short_code_pairs_and_expired_or_wrong_codes_do_not() {
+    let server = TestServer::start_with(|c| c.pairing_ttl_secs = 1).await;
+    let addr = server.addr();
+    let pairing = new_pairing(&server, json!({ "scope": "read", "name": "Tablet" })).await;
+    let short = pairing["shortCode"].as_str().unwrap().to_lowercase();
+    let (status, _, paired) = call(
+        addr,
+        Method::POST,
+        "/api/auth/pair",
+        &[],
+        Some(json!({ "code": short })),
+    )
+    .await;
+    assert_eq!(status, 200, "{paired}");
+    assert_eq!(paired["scope"], "read");
+    assert_eq!(paired["deviceName"], "Tablet");
+
+    // Expired: the code is refused once its time is up (1 s here).
+    let pairing = new_pairing(&server, json!({})).await;
+    let expires_at = pairing["expiresAt"].as_i64().unwrap();
+    while maestro_server::util::now_ms() <= expires_at {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, _, _) = pair(addr, pairing["code"].as_str().unwrap()).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn five_wrong_codes_burn_the_pending_pairing() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let pairing = new_pairing(&server, json!({})).await;
+    for _ in 0..5 {
+        let (status, _, body) = pair(addr, "WRONG-CODE").await;
+        assert_eq!(status, 401, "{body}");
+    }
+    let (status, _, _) = pair(addr, pairing["code"].as_str().unwrap()).await;
+    assert_eq!(status, 401, "burned");
+    let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
+    assert_eq!(devices, json!([]));
+}
+
+#[tokio::test]
+async fn a_pairing_cannot_grant_more_than_its_creator_has() {
+    let server = TestServer::start().await;
+    let (_, operate) = create_token(&server, "operate").await;
+    let h = remote(Some(&operate));
+    let (status, _, _) = call(
+        server.addr(),
+        Method::POST,
+        "/api/auth/pairings",
+        &refs(&h),
+        Some(json!({ "scope": "admin" })),
+    )
+    .await;
+    // Creating pairings is itself an admin operation.
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_burst_of_wrong_tokens_is_rate_limited_per_address() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let (_, good) = create_token(&server, "read").await;
+    let mut limited = None;
+    for i in 0..30 {
+        let h = [
+            ("cf-connecting-ip", PHONE_IP),
+            ("authorization", "Bearer tok_1_guess.wrong"),
+        ];
+        let (status, headers, _) = call(addr, Method::GET, "/api/projects", &h, None).await;
+        if status == 429 {
+            let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1);
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    let limited = limited.expect("429 within 30 wrong tokens");
+    assert!(limited <= 11, "limited after {limited} failures");
+    // While blocked, even the right token from that address waits.
+    let h = remote(Some(&good));
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &refs(&h), None).await;
+    assert_eq!(status, 429);
+    // Another address is not affected.
+    let auth = format!("Bearer {good}");
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/api/projects",
+        &[
+            ("cf-connecting-ip", "198.51.100.20"),
+            ("authorization", &auth),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The refusals are counted.
+    let (_, _, _) = call(addr, Method::GET, "/metrics", &[], None).await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("maestro_auth_refusals_total{reason=\"rate_limited\"} 1")
+            || metrics.contains("maestro_auth_refusals_total{reason=\"rate_limited\"} 2"),
+        "{metrics}"
+    );
+}
