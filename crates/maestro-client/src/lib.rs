@@ -85,6 +85,8 @@ pub struct Client {
     base: String,
     /// Sent as `Authorization: Bearer <token>` when set.
     token: Option<String>,
+    /// Sent instead when a request without `token` gets 401 (see [`Client::with_fallback_token`]).
+    fallback_token: Option<String>,
     retry: RetryPolicy,
 }
 
@@ -93,6 +95,10 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "fallback_token",
+                &self.fallback_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("retry", &self.retry)
             .finish()
     }
@@ -178,6 +184,7 @@ impl Client {
             http,
             base,
             token: None,
+            fallback_token: None,
             retry: RetryPolicy::NONE,
         })
     }
@@ -185,6 +192,14 @@ impl Client {
     /// Sends `Authorization: Bearer <token>` with every request.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// When a request sent without a token is refused with 401 (the server wants a credential
+    /// even from this machine, `AUTH=required`), sends it once more with `token`. Safe for every
+    /// method: a 401 comes from the server's gate, before anything could change.
+    pub fn with_fallback_token(mut self, token: impl Into<String>) -> Self {
+        self.fallback_token = Some(token.into());
         self
     }
 
@@ -218,6 +233,11 @@ impl Client {
                 Ok(resp) => resp.status().is_server_error(),
                 Err(e) => !e.is_builder(),
             };
+            if let (Ok(resp), None, Some(fallback)) = (&outcome, &self.token, &self.fallback_token)
+                && resp.status() == StatusCode::UNAUTHORIZED
+            {
+                return Ok(build().bearer_auth(fallback).send().await?);
+            }
             if !again || attempt >= retries {
                 return Ok(outcome?);
             }
@@ -569,6 +589,45 @@ impl Client {
 
     pub async fn delete_mail(&self, id: &str) -> Result<MailDeleted> {
         self.delete(&format!("/api/mail/{}", enc(id))).await
+    }
+
+    // --- credentials -----------------------------------------------------------------------
+
+    /// Creates an API token; the answer is the only time its secret is shown.
+    pub async fn create_token(
+        &self,
+        req: &maestro_protocol::CreateToken,
+    ) -> Result<maestro_protocol::TokenCreated> {
+        self.send(Method::POST, "/api/auth/tokens", req).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<maestro_protocol::TokenInfo>> {
+        self.get("/api/auth/tokens").await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<serde_json::Value> {
+        self.delete(&format!("/api/auth/tokens/{}", enc(id))).await
+    }
+
+    pub async fn list_devices(&self) -> Result<Vec<maestro_protocol::DeviceInfo>> {
+        self.get("/api/auth/devices").await
+    }
+
+    pub async fn revoke_device(&self, id: &str) -> Result<serde_json::Value> {
+        self.delete(&format!("/api/auth/devices/{}", enc(id))).await
+    }
+
+    /// Makes a single-use pairing code for a phone.
+    pub async fn create_pairing(
+        &self,
+        req: &maestro_protocol::CreatePairing,
+    ) -> Result<maestro_protocol::PairingCreated> {
+        self.send(Method::POST, "/api/auth/pairings", req).await
+    }
+
+    /// Who the server takes this client for.
+    pub async fn me(&self) -> Result<maestro_protocol::Me> {
+        self.get("/api/auth/me").await
     }
 
     // --- spawn ----------------------------------------------------------------------------

@@ -41,6 +41,9 @@ enum Command {
     /// Safe to run twice (records keep their ids). Stop the server first when using the
     /// embedded database.
     Import(ImportArgs),
+    /// Expose the server through a Cloudflare Tunnel (runs and supervises `cloudflared`) and
+    /// print a QR code to pair a phone.
+    Tunnel(cli::tunnel::TunnelArgs),
     #[command(flatten)]
     Agent(cli::Command),
 }
@@ -61,6 +64,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(config) => serve(config),
         Command::Import(args) => import(args),
+        Command::Tunnel(args) => cli::tunnel::main(args),
         Command::Agent(command) => std::process::exit(cli::main(cli.global, command)),
     };
     if let Err(e) = result {

@@ -49,6 +49,8 @@ pub struct Context {
     /// `MAESTRO_MODE`, default `execute`.
     pub mode: String,
     token: Option<String>,
+    /// This machine's owner token, tried when the server refuses a request without a token.
+    owner_token: Option<String>,
     retry: RetryPolicy,
 }
 
@@ -83,6 +85,7 @@ impl Context {
     pub fn resolve(args: GlobalArgs) -> Self {
         let vars = Vars::load();
         let server = resolve_server(args.server.as_deref(), |k| vars.get(k));
+        let owner_token = owner_token(&server, |k| vars.get(k));
         let nonempty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         let retries = vars
             .get("MAESTRO_RETRIES")
@@ -103,6 +106,7 @@ impl Context {
                 .get("MAESTRO_TOKEN")
                 .or_else(|| vars.config.get("token").cloned())
                 .filter(|t| !t.is_empty()),
+            owner_token,
             retry: RetryPolicy {
                 retries,
                 base_delay: Duration::from_millis(delay_ms),
@@ -115,6 +119,10 @@ impl Context {
         let client = Client::new(&self.server)
             .map_err(|e| CliError::from_client(e, &self.server))?
             .with_retries(self.retry);
+        let client = match &self.owner_token {
+            Some(t) => client.with_fallback_token(t.clone()),
+            None => client,
+        };
         Ok(match &self.token {
             Some(t) => client.with_token(t.clone()),
             None => client,
@@ -149,6 +157,27 @@ impl Context {
             None => format!("ws://{}/", base.trim_start_matches("http://")),
         }
     }
+}
+
+/// The server's owner token (`$DATA_DIR/owner-token`, written by `maestro serve` for this
+/// machine's user), for a server on this machine only: it is an admin credential and never
+/// leaves the machine. It matters when the server runs with `AUTH=required`.
+fn owner_token(server: &str, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let host = server
+        .split_once("://")
+        .map_or(server, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if !matches!(host, "localhost" | "127.0.0.1" | "::1") {
+        return None;
+    }
+    let dir = expand_home(&var("DATA_DIR").unwrap_or_else(|| "~/.maestro/data".into()));
+    let token = std::fs::read_to_string(dir.join("owner-token")).ok()?;
+    Some(token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
 /// Applies upstream's discovery order; `var` reads one (non-empty) variable.

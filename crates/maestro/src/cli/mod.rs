@@ -8,18 +8,22 @@
 //! agent event and start-up time is the cost an agent feels.
 //!
 //! Layout: one module per command group (`project`, `task`, `session`, `mail`, `team`,
-//! `claims`), `watch` for `session watch`, `run` for `maestro run`.
+//! `claims`), `watch` for `session watch`, `run` for `maestro run`, `tunnel` for
+//! `maestro tunnel` (with `qr` drawing pairing QR codes).
 
 #[macro_use]
 mod output;
 mod claims;
 mod context;
+pub mod credentials;
 mod mail;
 mod project;
+pub mod qr;
 mod run;
 mod session;
 mod task;
 mod team;
+pub mod tunnel;
 mod watch;
 
 use clap::Subcommand;
@@ -65,6 +69,14 @@ pub enum Command {
     Heartbeat,
     /// Run an agent in a terminal that Maestro keeps alive and reachable.
     Run(run::RunArgs),
+    /// API tokens for anything that is not this machine (CI, agents elsewhere).
+    #[command(subcommand)]
+    Token(credentials::TokenCommand),
+    /// Pair a phone: prints a single-use URL, its QR code and a short code.
+    Pair(credentials::PairArgs),
+    /// Paired devices: list or revoke.
+    #[command(subcommand)]
+    Devices(credentials::DevicesCommand),
 }
 
 /// Runs an agent command and returns the process exit code.
@@ -110,6 +122,9 @@ async fn dispatch(ctx: &Context, command: Command) -> CmdResult<i32> {
         Command::Release(a) => claims::release(ctx, a).await?,
         Command::Heartbeat => claims::heartbeat(ctx).await?,
         Command::Run(a) => return run::run(ctx, a).await,
+        Command::Token(c) => credentials::token(ctx, c).await?,
+        Command::Pair(a) => credentials::pair(ctx, a).await?,
+        Command::Devices(c) => credentials::devices(ctx, c).await?,
     }
     Ok(output::exit::OK)
 }

@@ -159,7 +159,9 @@ impl CliError {
             ),
             401 => (
                 "unauthorized",
-                Some("Set MAESTRO_TOKEN, or token=<token> in ~/.maestro/config."),
+                Some(
+                    "Set MAESTRO_TOKEN (make one with `maestro token create`) or token=<token> in ~/.maestro/config; on the server's own machine, set DATA_DIR so the CLI finds $DATA_DIR/owner-token.",
+                ),
             ),
             403 => ("permission_denied", None),
             404 => (

@@ -48,10 +48,16 @@ impl Drop for Server {
 impl Server {
     /// Starts `maestro serve --port 0` and waits until `/health` answers.
     pub async fn start() -> Server {
+        Self::start_with_env(&[]).await
+    }
+
+    /// [`Server::start`] with extra environment for the server (e.g. `AUTH=required`).
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let url_file: PathBuf = dir.path().join("server-url");
         let child = Command::new(BIN)
             .args(["serve", "--port", "0"])
+            .envs(env.iter().copied())
             .env("DATA_DIR", dir.path())
             .env("SESSION_DIR", dir.path().join("sessions"))
             .env("SKILLS_DIR", dir.path().join("skills"))
