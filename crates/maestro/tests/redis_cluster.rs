@@ -470,3 +470,69 @@ async fn claims_have_one_winner_across_instances() {
         assert_eq!(r.status.as_u16(), 200, "{}", r.body);
     }
 }
+
+/// A revoked token fails on its very next request on every instance, and the legacy WebSocket
+/// it opened on another instance is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_instance_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let (a, b) = (
+        instance(dir.path(), "a", &redis),
+        instance(dir.path(), "b", &redis),
+    );
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/api/auth/tokens", a.url()))
+        .json(&json!({ "scope": "read", "name": "phone" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // As tunnel traffic reaches instance b: from loopback with cloudflared's header.
+    let remote_get = |url: String| {
+        let token = token.clone();
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("cf-connecting-ip", "203.0.113.5")
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(remote_get(format!("{}/api/projects", b.url())).await, 200);
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(b.ws_url())
+            .unwrap();
+    req.headers_mut()
+        .insert("cf-connecting-ip", "203.0.113.5".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+
+    let status = reqwest::Client::new()
+        .delete(format!("{}/api/auth/tokens/{id}", a.url()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(remote_get(format!("{}/api/projects", b.url())).await, 401);
+    // The socket on b closes (events before the close are fine).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the socket on the other instance stayed open")
+        {
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
