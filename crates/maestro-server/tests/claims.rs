@@ -270,3 +270,47 @@ async fn renew_release_get_and_errors() {
     let frames = ws.expect_events(&["task:claim_expired"]).await;
     assert_eq!(frames[0]["data"]["fencingToken"], short["fencingToken"]);
 }
+
+/// However a session ends — PATCHed completed, failed or stopped, or deleted — its claims end
+/// in the same commit: another session can claim the task at once (not after the lease).
+#[tokio::test]
+async fn ending_a_session_releases_its_claims() {
+    let server = TestServer::start().await;
+    let c = server.api();
+    for ending in ["completed", "failed", "stopped", "deleted"] {
+        let (_, task, sessions) = setup(c, 2).await;
+        let (status, _) = claim(c, &task, &sessions[0], 600_000).await;
+        assert_eq!(status, 200);
+        let (status, body) = claim(c, &task, &sessions[1], 600_000).await;
+        assert_eq!(status, 409, "{body}");
+        let mut ws = server.ws().await;
+        let r = if ending == "deleted" {
+            c.raw(
+                Method::DELETE,
+                &format!("/api/sessions/{}", sessions[0]),
+                None,
+            )
+            .await
+            .unwrap()
+        } else {
+            c.raw(
+                Method::PATCH,
+                &format!("/api/sessions/{}", sessions[0]),
+                Some(&json!({ "status": ending })),
+            )
+            .await
+            .unwrap()
+        };
+        assert!(r.status.is_success(), "{ending}: {:?}", r.body);
+        let mut released = false;
+        for _ in 0..10 {
+            if ws.next_frame().await["event"] == "task:claim_released" {
+                released = true;
+                break;
+            }
+        }
+        assert!(released, "{ending}: no task:claim_released");
+        let (status, body) = claim(c, &task, &sessions[1], 600_000).await;
+        assert_eq!(status, 200, "{ending}: {body}");
+    }
+}

@@ -14,6 +14,7 @@ use maestro_protocol::{
 };
 use serde_json::{Value, json};
 
+use super::claims::release_all;
 use super::{Domain, check_enum, check_id, load_project, load_session, load_task, required};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
@@ -251,6 +252,9 @@ impl Domain {
                     "failed"
                 };
                 close_task_statuses(tx, &session, outcome, now)?;
+                // However a session ends, its leases end with it, in the same commit (the
+                // heartbeat sweep does the same for a session that went silent).
+                release_all(tx, &session.project_id, &id, "session_ended")?;
             }
             tx.put(Collection::Sessions, &id, None, &session);
             let scope = session.project_id.clone();
@@ -294,6 +298,7 @@ impl Domain {
         let now = now_ms();
         transact(&*self.store, move |tx| {
             let session = load_session(tx, &id)?;
+            release_all(tx, &session.project_id, &id, "session_deleted")?;
             tx.delete(Collection::Sessions, &id);
             tx.emit(
                 &session.project_id,
