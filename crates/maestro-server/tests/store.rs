@@ -219,3 +219,41 @@ async fn scan_newest_walks_back_across_pages_and_sees_the_transactions_own_write
     assert_eq!(numbers(&seen), [597, 598, 5990, 601]);
     store.close().await;
 }
+
+/// A transaction body that panics fails only its own transaction (an internal error, nothing
+/// written); the next one commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_transaction_fails_alone_and_the_store_carries_on() {
+    let (_dir, domain) = open_domain();
+    let store = domain.store.clone();
+    let err = transact(&*store, |tx| -> maestro_server::error::Result<()> {
+        tx.put(Collection::Tasks, "t1", Some("p"), &json!({ "id": "t1" }));
+        panic!("a bug in a transaction body");
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    assert_eq!(err.status(), 500);
+    assert!(
+        domain
+            .reader()
+            .unwrap()
+            .get::<Value>(Collection::Tasks, "t1")
+            .unwrap()
+            .is_none()
+    );
+    transact(&*store, |tx| {
+        tx.put(Collection::Tasks, "t2", Some("p"), &json!({ "id": "t2" }));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        domain
+            .reader()
+            .unwrap()
+            .get::<Value>(Collection::Tasks, "t2")
+            .unwrap()
+            .is_some()
+    );
+}

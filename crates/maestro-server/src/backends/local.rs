@@ -248,7 +248,21 @@ fn run_batch(
             let mut tables = Tables::open(&wtx)?;
             for mut job in batch.into_iter() {
                 let mut overlay = Overlay::new(&mut tables);
-                let result = (job.body)(&mut overlay);
+                // A body that panics (a bug) fails its own request with 500; its writes were
+                // only in the overlay, so the batch and the writer thread carry on.
+                let body = &mut job.body;
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut overlay)))
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(Error::Internal(format!(
+                                "transaction body panicked: {what}"
+                            )))
+                        });
                 let result = match result {
                     Ok(value) => {
                         let (tables, changes) = overlay.into_changes();
