@@ -162,11 +162,19 @@ async fn validation_errors_change_nothing() {
         404,
         "NOT_FOUND",
     );
-    api_err(
+    // A recipient that does not exist is refused (upstream stored the mail for nobody), and
+    // the message says it is the recipient, not the sender, that is missing.
+    let missing = api_err(
         c.send_mail(&mail(&p, &s[0], Some("sess_nope"), "x")).await,
         404,
         "NOT_FOUND",
     );
+    assert!(
+        missing.message.contains("Recipient session 'sess_nope'"),
+        "{}",
+        missing.message
+    );
+    assert_eq!(missing.details.unwrap()[0]["path"], "toSessionId");
     api_err(
         c.send_mail(&mail(&p, "bad.id", None, "x")).await,
         400,

@@ -193,6 +193,19 @@ fn next_created_at(tx: &mut dyn Txn, project: &str, now: i64) -> Result<i64> {
 /// took; a minute covers that with room.
 const SINCE_MARGIN_MS: i64 = 60_000;
 
+/// 404 for a `toSessionId` that is not a session of the project.
+fn no_recipient(to: &str, project: &str) -> Error {
+    Error::Coded {
+        status: axum::http::StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: format!(
+            "Recipient session '{to}' not found in project '{project}': mail is only stored for \
+             sessions that exist (check the id, or send to a team member with toTeamMemberId)"
+        ),
+        details: Some(json!([{ "path": "toSessionId", "message": "no such session" }])),
+    }
+}
+
 /// Checks a send request's fields (upstream's rules and messages), before any transaction.
 pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
     let mut problems = Vec::new();
@@ -238,10 +251,12 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
     let mut dead: Option<Session> = None;
     let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id) {
         (Some(to), _) => {
-            let s = load_session(tx, to)?;
-            if s.project_id != project {
-                return Err(Error::not_found("Session", to));
-            }
+            // A mistyped recipient is an error the sender hears about now, not mail stored for
+            // nobody (upstream stored it); see docs/compatibility.md.
+            let s = tx
+                .get::<Session>(Collection::Sessions, to)?
+                .filter(|s| s.project_id == project)
+                .ok_or_else(|| no_recipient(to, project))?;
             if s.is_terminal() {
                 dead = Some(s);
             }
