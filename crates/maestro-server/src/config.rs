@@ -85,6 +85,15 @@ pub struct Config {
     #[arg(long, env = "ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
+    /// Most open connections at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// A client must send a request's headers within this many seconds (slow clients that
+    /// trickle headers to hold connections open are cut off).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+
     /// How long a pairing code (`maestro pair`) works, in seconds.
     #[arg(long, env = "PAIRING_TTL_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub pairing_ttl_secs: u64,
@@ -153,6 +162,8 @@ impl Config {
             auth: AuthMode::Local,
             allowed_hosts: Vec::new(),
             pairing_ttl_secs: 120,
+            max_connections: 20_000,
+            header_read_timeout_secs: 10,
             shutdown_grace_secs: 5,
             heartbeat_ttl_ms: 15_000,
             heartbeat_grace_ms: 500,

@@ -85,7 +85,11 @@ pub async fn run(
         );
     }
 
-    let server = tokio::spawn(serve_http(listener, app, shutdown.clone()));
+    let limits = ConnectionLimits {
+        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+    };
+    let server = tokio::spawn(serve_http(listener, app, limits, shutdown.clone()));
     shutdown.cancelled().await;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
@@ -121,14 +125,22 @@ pub async fn run(
 async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use axum::extract::ConnectInfo;
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
     let connections = TaskTracker::new();
+    // One permit per open connection (mini-redis's model): at the cap, accepting waits and new
+    // clients queue in the kernel's backlog instead of exhausting file descriptors.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -148,6 +160,8 @@ async fn serve_http(
         let app = app.clone();
         let stop = shutdown.clone();
         connections.spawn(async move {
+            // Held for the connection's life, upgraded WebSockets included.
+            let _permit = permit;
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let mut req = req.map(axum::body::Body::new);
@@ -155,6 +169,8 @@ async fn serve_http(
                     app.clone().oneshot(req)
                 });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -174,6 +190,13 @@ async fn serve_http(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// Bounds on what clients can hold open.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max_connections: usize,
+    header_read_timeout: Duration,
 }
 
 /// Opens the configured backend and the domain on top of it, without serving anything (used

@@ -39,7 +39,11 @@ pub async fn upgrade_middleware(
     let principal = req.extensions().get::<Principal>().cloned();
     let (mut parts, _) = req.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(ws) => ws.on_upgrade(move |socket| serve(socket, state, principal)),
+        // Client messages are tiny (`ping`, `subscribe`); one as large as an HTTP body is plenty.
+        Ok(ws) => ws
+            .max_message_size(state.config.max_body_bytes)
+            .max_frame_size(state.config.max_body_bytes)
+            .on_upgrade(move |socket| serve(socket, state, principal)),
         Err(rejection) => rejection.into_response(),
     }
 }
