@@ -461,6 +461,28 @@ async fn tokens_work_remotely_within_their_scope_until_revoked() {
     closed(&mut socket).await;
     let (status, _, _) = call(addr, Method::GET, "/api/projects", &refs(&h), None).await;
     assert_eq!(status, 401);
+    // Nor on any other entry point: Engine.IO polling, a Socket.IO handshake, the legacy
+    // WebSocket.
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/socket.io/?EIO=4&transport=polling",
+        &refs(&h),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let refused = sio(
+        addr,
+        "/mobile",
+        json!({ "token": read, "projectId": project.id }),
+        &[("cf-connecting-ip", PHONE_IP)],
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(refused.starts_with("UNAUTHORIZED"), "{refused}");
+    assert_eq!(upgrade(addr, "/", &refs(&h)).await, Err(401));
     let (status, _, _) = call(
         addr,
         Method::DELETE,
