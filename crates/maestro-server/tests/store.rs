@@ -257,3 +257,70 @@ async fn a_panicking_transaction_fails_alone_and_the_store_carries_on() {
             .is_some()
     );
 }
+
+/// A state snapshot taken while tasks are being created never counts an event in its head
+/// whose task is missing from its data (the client would never see that task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_under_concurrent_writes_holds_everything_its_heads_count() {
+    use maestro_protocol::{CreateProject, CreateTask};
+    let (_dir, domain) = open_domain();
+    let project = domain
+        .create_project(CreateProject {
+            name: Some("snap".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let writer = {
+        let domain = domain.clone();
+        let project = project.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                domain
+                    .create_task(CreateTask {
+                        project_id: Some(project.clone()),
+                        title: Some(format!("t{i}")),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut snapshots = Vec::new();
+    while !writer.is_finished() {
+        let d = domain.clone();
+        let p = project.clone();
+        snapshots.push(
+            tokio::task::spawn_blocking(move || d.state_snapshot(Some(&p)))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    writer.await.unwrap();
+    assert!(!snapshots.is_empty());
+    // Which seq created which task, from the journal.
+    let journal = domain.store.replay(&project, 0, 10_000).await.unwrap();
+    let created: Vec<(u64, String)> = journal
+        .events
+        .iter()
+        .filter(|e| e.event == "task:created")
+        .map(|e| (e.seq, e.data["id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(created.len(), 300);
+    for snap in &snapshots {
+        let head = snap.seqs[&project];
+        let ids: std::collections::HashSet<&str> =
+            snap.tasks.iter().map(|t| t.id.as_str()).collect();
+        for (seq, id) in &created {
+            if *seq <= head {
+                assert!(
+                    ids.contains(id.as_str()),
+                    "head {head} counts {id} (seq {seq}), the data lacks it"
+                );
+            }
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! A screen loads a snapshot, then applies events newer than the snapshot. For that the
 //! snapshot must say where in each event scope it stands, and that position must be exactly
-//! consistent with the data: everything here is read from one snapshot of the store
-//! ([`Domain::reader`]), heads included.
+//! consistent with the data: nothing the heads count may be missing from the data. The local
+//! backend reads from one snapshot; on Redis reads are separate round trips, so the heads are
+//! read first (see [`Domain::state_snapshot`]).
 
 use std::collections::BTreeMap;
 
@@ -22,20 +23,27 @@ impl Domain {
             check_id("projectId", p)?;
         }
         let mut r = self.reader()?;
+        // Heads before the data they cover. A backend whose reads are separate round trips
+        // (Redis) may see writes land between them: read in this order, such a write is in the
+        // data and also after the head, so the client applies it twice (events carry whole
+        // entities, so that converges); read the other way, it would be counted in the head and
+        // missing from the data, and the client would never see it.
+        let mut seqs = BTreeMap::new();
+        seqs.insert(GLOBAL.to_owned(), r.head_seq(GLOBAL)?);
         let projects: Vec<Project> = match project_id {
             Some(p) => vec![load_project(&mut *r, p)?],
             None => r.list(Collection::Projects, None)?,
         };
+        for project in &projects {
+            seqs.insert(project.id.clone(), r.head_seq(&project.id)?);
+        }
         let mut tasks = Vec::new();
         let mut sessions = Vec::new();
         let mut team_members = Vec::new();
-        let mut seqs = BTreeMap::new();
-        seqs.insert(GLOBAL.to_owned(), r.head_seq(GLOBAL)?);
         for project in &projects {
             tasks.extend(r.list::<Task>(Collection::Tasks, Some(&project.id))?);
             sessions.extend(r.list::<Session>(Collection::Sessions, Some(&project.id))?);
             team_members.extend(members_of(&mut *r, project)?);
-            seqs.insert(project.id.clone(), r.head_seq(&project.id)?);
         }
         Ok(StateSnapshot {
             projects,
