@@ -762,7 +762,15 @@ async fn subscriber(
             tokio::task::spawn_blocking(move || catch_up(&pool, &keys, &seq)).await
         };
         if let Ok(Err(e)) | Err(e) = catch_up.map_err(|e| Error::Internal(e.to_string())) {
-            tracing::warn!(error = %e, "catching up from the journal failed");
+            // Going on would deliver new events past the ones not caught up: try again.
+            healthy.store(false, Ordering::Relaxed);
+            tracing::warn!(error = %e, "catching up from the journal failed; retrying");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
         }
         tracing::info!("subscribed to the Redis event channel");
         let mut messages = pubsub.on_message();
@@ -781,27 +789,61 @@ async fn subscriber(
             };
             if let Offer::Gap { after } = seq.offer(&rec) {
                 let (pool, keys, seq) = (pool.clone(), keys.clone(), seq.clone());
-                let _ = tokio::task::spawn_blocking(move || {
-                    let gap = pool
-                        .get()
-                        .and_then(|mut c| {
-                            let r = read_journal(&mut c, &keys, &rec.scope, after, rec.seq - 1);
-                            if r.is_ok() {
-                                pool.put(c);
-                            }
-                            r
-                        })
-                        .unwrap_or_default();
-                    let mut all = gap;
-                    all.push(rec);
-                    seq.fill(all);
+                let filled = tokio::task::spawn_blocking(move || {
+                    let scope = rec.scope.clone();
+                    let upto = rec.seq - 1;
+                    fill_gap(&seq, rec, GAP_READ_ATTEMPTS, || {
+                        let mut c = pool.get()?;
+                        let r = read_journal(&mut c, &keys, &scope, after, upto);
+                        if r.is_ok() {
+                            pool.put(c);
+                        }
+                        r
+                    })
                 })
                 .await;
+                if !matches!(filled, Ok(true)) {
+                    // Nothing past the hole was delivered: resubscribing catches up from the
+                    // journal, in order, before anything new.
+                    tracing::warn!("cannot read the journal to fill a gap; resubscribing");
+                    break;
+                }
             }
         }
         healthy.store(false, Ordering::Relaxed);
         tracing::warn!("lost the Redis event channel; reconnecting");
     }
+}
+
+/// Journal reads tried before a gap is left to the resubscription's catch-up.
+const GAP_READ_ATTEMPTS: u32 = 3;
+
+/// Delivers the events before `rec` that the channel skipped (read with `read`, retried), then
+/// `rec`. If the journal cannot be read, `rec` is held, not delivered — nothing goes out past a
+/// hole — and `false` tells the caller to resubscribe and catch up.
+fn fill_gap(
+    seq: &Sequencer,
+    rec: EventRecord,
+    attempts: u32,
+    mut read: impl FnMut() -> Result<Vec<EventRecord>>,
+) -> bool {
+    for attempt in 0..attempts {
+        match read() {
+            Ok(mut gap) => {
+                gap.push(rec);
+                seq.fill(gap);
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "journal read for a gap failed");
+                if attempt + 1 < attempts {
+                    std::thread::sleep(Duration::from_millis(50 << attempt));
+                }
+            }
+        }
+    }
+    seq.hold(rec);
+    false
 }
 
 fn parse_message(payload: &str) -> Option<EventRecord> {
@@ -1231,6 +1273,38 @@ mod tests {
             assert!(matches!(seq.offer(&rec("p", n)), Offer::Duplicate));
         }
         assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_gap_whose_journal_read_fails_delivers_nothing_past_the_hole() {
+        let (bus, mut rx) = broadcast::channel(64);
+        let seq = Sequencer::new(bus);
+        assert!(matches!(seq.offer(&rec("p", 1)), Offer::Delivered));
+        drain(&mut rx);
+        // The channel skipped 2; reading it fails every time: 3 is not delivered.
+        let mut tries = 0;
+        let filled = fill_gap(&seq, rec("p", 3), 3, || {
+            tries += 1;
+            Err(Error::Unavailable("journal down".into()))
+        });
+        assert!(!filled);
+        assert_eq!(tries, 3);
+        assert!(drain(&mut rx).is_empty(), "nothing past the hole");
+        // The catch-up after resubscribing brings 2; 3 (held) follows, once.
+        seq.fill(vec![rec("p", 2), rec("p", 3)]);
+        assert_eq!(drain(&mut rx), ["p:2", "p:3"]);
+        // A read that fails once, then works, fills the gap.
+        let mut tries = 0;
+        let filled = fill_gap(&seq, rec("p", 5), 3, || {
+            tries += 1;
+            if tries == 1 {
+                Err(Error::Unavailable("blip".into()))
+            } else {
+                Ok(vec![rec("p", 4)])
+            }
+        });
+        assert!(filled);
+        assert_eq!(drain(&mut rx), ["p:4", "p:5"]);
     }
 
     #[test]
