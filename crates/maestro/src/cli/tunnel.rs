@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::qr::render_qr;
+use super::credentials::print_pairing;
 
 /// First wait before restarting cloudflared; doubled after each quick failure.
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -372,6 +372,31 @@ impl Origin {
         check_gate(&self.http, &self.local_url).await
     }
 
+    /// Resolves when an in-process server ends on its own, with why; never for an attached one.
+    async fn stopped(&mut self) -> anyhow::Error {
+        let OriginKind::InProcess {
+            running: Some(running),
+            ..
+        } = &mut self.inner
+        else {
+            return std::future::pending().await;
+        };
+        let result = (&mut running.task).await;
+        self.inner_running_take();
+        match result {
+            Ok(Ok(())) => anyhow::anyhow!("the server stopped"),
+            Ok(Err(e)) => e.context("the server stopped"),
+            Err(e) => anyhow::anyhow!("the server panicked: {e}"),
+        }
+    }
+
+    /// Forgets a server task that has ended (so [`Origin::stop`] does not await it again).
+    fn inner_running_take(&mut self) {
+        if let OriginKind::InProcess { running, .. } = &mut self.inner {
+            running.take();
+        }
+    }
+
     async fn stop(&mut self) {
         if let OriginKind::InProcess { running, .. } = &mut self.inner
             && let Some(r) = running.take()
@@ -380,20 +405,29 @@ impl Origin {
         }
     }
 
-    /// A single-use pairing code from the server, with its URL on `public_url`.
-    async fn pairing(
-        &self,
-        public_url: &str,
-        scope: &str,
-    ) -> anyhow::Result<(PairingCreated, String)> {
+    /// The credential for our own requests, needed when the server runs with `AUTH=required`:
+    /// `MAESTRO_TOKEN`, or the owner token the server writes in its `DATA_DIR` for this
+    /// machine's user.
+    fn credential(&self) -> Option<String> {
+        let data_dir = match &self.inner {
+            OriginKind::InProcess { config, .. } => config.data_dir.clone(),
+            OriginKind::Attached => data_dir_from_env(),
+        };
+        std::env::var("MAESTRO_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| std::fs::read_to_string(data_dir.join("owner-token")).ok())
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// A single-use pairing code from the server, its URL on `public_url`.
+    async fn pairing(&self, public_url: &str, scope: &str) -> anyhow::Result<PairingCreated> {
         let mut request = self
             .http
             .post(format!("{}/api/auth/pairings", self.local_url))
             .json(&serde_json::json!({ "scope": scope }));
-        if let Some(token) = std::env::var("MAESTRO_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-        {
+        if let Some(token) = self.credential() {
             request = request.bearer_auth(token);
         }
         let response = request.send().await?;
@@ -402,11 +436,11 @@ impl Origin {
             let body = response.text().await.unwrap_or_default();
             bail!("POST /api/auth/pairings answered {status}: {body}");
         }
-        let created: PairingCreated = response.json().await?;
+        let mut created: PairingCreated = response.json().await?;
         // The server builds its URL from its own EXTERNAL_URL, which an attached server may
         // not have; the code is what matters.
-        let url = format!("{public_url}/pair#c={}", created.code);
-        Ok((created, url))
+        created.url = format!("{public_url}/pair#c={}", created.code);
+        Ok(created)
     }
 }
 
@@ -660,6 +694,14 @@ async fn run_cloudflared(
             stop_child(&mut child).await;
             Ok(Ended::Shutdown)
         }
+        stopped = origin.stopped() => {
+            // Our server is gone (it failed): a tunnel to nothing is no use.
+            stop_child(&mut child).await;
+            if shutdown.is_cancelled() {
+                return Ok(Ended::Shutdown);
+            }
+            Err(stopped)
+        }
     }
 }
 
@@ -788,14 +830,10 @@ async fn announce(origin: &Origin, url: &str, mode: &Mode, scope: &str) {
         );
     }
     match origin.pairing(url, scope).await {
-        Ok((pairing, pair_url)) => {
-            println!(
-                "Pair a phone ({} access; the code works once and expires in 2 minutes):",
-                pairing.scope.as_str()
-            );
-            println!("  {pair_url}");
-            println!("  short code: {}", pairing.short_code);
-            println!("{}", render_qr(&pair_url));
+        Ok(pairing) => {
+            println!();
+            print_pairing(&pairing);
+            println!();
             println!("Make another code with `maestro pair`. Ctrl-C stops the tunnel.");
         }
         Err(e) => println!(
