@@ -176,6 +176,14 @@ pub struct Me {
     pub csrf: Option<String>,
 }
 
+/// `PUT /api/auth/public-url`: the public URL a tunnel reaches this server at.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicUrl {
+    /// An origin, `https://<host>`; `null` when none is announced.
+    pub url: Option<String>,
+}
+
 /// The event every server acts on when a credential is revoked: it closes the sockets that
 /// credential opened. Journaled in the global scope; carries no secret.
 pub const CREDENTIAL_REVOKED: &str = "auth:revoked";

@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "CF_ACCESS_CERTS_URL", requires = "cf_access_team")]
     pub cf_access_certs_url: Option<String>,
 
+    /// A public URL a running `maestro tunnel` announced (`PUT /api/auth/public-url`): treated
+    /// like `EXTERNAL_URL` while set. Not a setting; shared by every clone of this config.
+    #[arg(skip)]
+    pub tunnel_url: std::sync::Arc<std::sync::RwLock<Option<String>>>,
+
     /// Who needs a credential. `local`: every request that is not provably from this
     /// machine (loopback peer, local `Host`, no proxy headers, no foreign `Origin`); `required`:
     /// every request, local ones too. There is no mode without credentials for remote requests.
@@ -159,6 +164,7 @@ impl Config {
             cf_access_team: None,
             cf_access_aud: None,
             cf_access_certs_url: None,
+            tunnel_url: Default::default(),
             auth: AuthMode::Local,
             allowed_hosts: Vec::new(),
             pairing_ttl_secs: 120,
@@ -175,6 +181,19 @@ impl Config {
             redis_enabled: true,
             redis_key_prefix: "maestro:".into(),
         }
+    }
+
+    /// The public URLs this server is reached at: `EXTERNAL_URL` and the URL a running
+    /// `maestro tunnel` announced.
+    pub fn public_urls(&self) -> Vec<String> {
+        let tunnel = self.tunnel_url.read().expect("tunnel url lock").clone();
+        self.external_url.iter().cloned().chain(tunnel).collect()
+    }
+
+    /// The public URL to give out (pairing links): the tunnel's if one is announced, else
+    /// `EXTERNAL_URL`.
+    pub fn public_url(&self) -> Option<String> {
+        self.public_urls().pop()
     }
 
     /// The Redis URL to use, if the Redis backend is selected.

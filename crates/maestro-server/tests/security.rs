@@ -850,3 +850,90 @@ async fn a_burst_of_wrong_tokens_is_rate_limited_per_address() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn an_announced_public_url_is_answered_until_it_is_withdrawn() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let host = [
+        ("host", "abc-def.trycloudflare.com"),
+        ("cf-connecting-ip", PHONE_IP),
+    ];
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &host, None).await;
+    assert_eq!(status, 421);
+    for bad in ["ftp://x.example", "https://x.example/path", "not a url", ""] {
+        let (status, _, _) = call(
+            addr,
+            Method::PUT,
+            "/api/auth/public-url",
+            &[],
+            Some(json!({ "url": bad })),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    // Only an admin may announce one.
+    let (_, operate) = create_token(&server, "operate").await;
+    let (status, _, _) = call(
+        addr,
+        Method::PUT,
+        "/api/auth/public-url",
+        &refs(&remote(Some(&operate))),
+        Some(json!({ "url": "https://abc-def.trycloudflare.com" })),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/api/projects",
+        &[("host", "abc-def.trycloudflare.com")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 421, "nothing changed");
+
+    let (status, _, body) = call(
+        addr,
+        Method::PUT,
+        "/api/auth/public-url",
+        &[],
+        Some(json!({ "url": "https://abc-def.trycloudflare.com/" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["url"], "https://abc-def.trycloudflare.com");
+    // Its host is answered (a credential is still needed), its origin allowed, and pairing
+    // links point at it.
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &host, None).await;
+    assert_eq!(status, 401);
+    let (_, read) = create_token(&server, "read").await;
+    let auth = format!("Bearer {read}");
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/api/projects",
+        &[
+            ("host", "abc-def.trycloudflare.com"),
+            ("origin", "https://abc-def.trycloudflare.com"),
+            ("cf-connecting-ip", PHONE_IP),
+            ("authorization", &auth),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let pairing = new_pairing(&server, json!({})).await;
+    assert!(
+        pairing["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://abc-def.trycloudflare.com/pair#c="),
+        "{pairing}"
+    );
+
+    let (status, _, _) = call(addr, Method::DELETE, "/api/auth/public-url", &[], None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = call(addr, Method::GET, "/api/projects", &host, None).await;
+    assert_eq!(status, 421);
+}

@@ -436,7 +436,7 @@ async fn a_named_tunnel_runs_from_a_generated_ingress_config() {
 }
 
 #[tokio::test]
-async fn a_running_server_is_attached_to_warned_about_and_left_running() {
+async fn a_running_server_is_attached_to_told_the_public_url_and_left_running() {
     let server_dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = maestro_testkit::process::MaestroProcess::start(
@@ -448,18 +448,30 @@ async fn a_running_server_is_attached_to_warned_about_and_left_running() {
     tunnel.wait_line(|l| {
         l == format!("Using the Maestro server already running at http://127.0.0.1:{port}.")
     });
-    // That server was not started with the quick tunnel's hostname, so it refuses it; the
-    // tunnel says so instead of pretending all is well.
-    let warning =
-        tunnel.wait_line(|l| l.starts_with("Warning: the running server does not accept the host"));
     let url = tunnel.wait_url();
-    assert!(
-        warning.contains(&format!("EXTERNAL_URL={url}")),
-        "{warning}"
-    );
+    let pairing = tunnel.wait_line(|l| l.contains("/pair#c="));
+    assert!(pairing.contains(&format!("{url}/pair#c=")), "{pairing}");
+    // The running server was told the tunnel's URL: it answers that host (401, not 421: a
+    // credential is still needed).
     let edge = tunnel.file("edge").unwrap();
-    let misdirected = reqwest::get(format!("{edge}/api/projects")).await.unwrap();
-    assert_eq!(misdirected.status(), 421);
+    let refused = reqwest::get(format!("{edge}/api/projects")).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let host = url.trim_start_matches("https://").to_owned();
+    let through_host = || {
+        let host = host.clone();
+        let base = server.url().to_owned();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{base}/health"))
+                .header("host", host)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(through_host().await, 200);
 
     let status = tunnel.terminate();
     assert!(status.success(), "{status}");
@@ -467,6 +479,8 @@ async fn a_running_server_is_attached_to_warned_about_and_left_running() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200, "the attached server keeps running");
+    // The tunnel is gone: so is the server's trust in its host.
+    assert_eq!(through_host().await, 421);
 }
 
 #[test]

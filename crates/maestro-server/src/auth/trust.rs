@@ -69,15 +69,15 @@ pub fn url_host(url: &str) -> Option<String> {
 }
 
 /// Whether this server answers to `host` (already passed through [`host_name`]): a local name,
-/// `EXTERNAL_URL`'s host, or an `ALLOWED_HOSTS` entry. Anything else is DNS rebinding or a
+/// the host of a public URL (`EXTERNAL_URL`, a running tunnel's), or an `ALLOWED_HOSTS` entry. Anything else is DNS rebinding or a
 /// misrouted request.
 pub fn host_allowed(host: &str, config: &Config) -> bool {
     is_local_host(host)
         || config
-            .external_url
-            .as_deref()
-            .and_then(url_host)
-            .is_some_and(|h| h == host)
+            .public_urls()
+            .iter()
+            .filter_map(|u| url_host(u))
+            .any(|h| h == host)
         || config
             .allowed_hosts
             .iter()
@@ -109,9 +109,9 @@ pub fn origin_allowed(origin: &str, config: &Config) -> bool {
         || origin == "http://tauri.localhost"
         || origin == "https://tauri.localhost"
         || config
-            .external_url
-            .as_deref()
-            .is_some_and(|u| u.trim_end_matches('/') == origin)
+            .public_urls()
+            .iter()
+            .any(|u| u.trim_end_matches('/') == origin)
         || config
             .cors_origins
             .iter()

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use maestro_protocol::{
     CallerKind, CreatePairing, CreateToken, DeviceInfo, ErrorBody, Me, PairRequest, Paired,
-    PairingCreated, TokenCreated, TokenInfo,
+    PairingCreated, PublicUrl, TokenCreated, TokenInfo,
 };
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pair))
         .routes(routes!(me))
         .routes(routes!(logout))
+        .routes(routes!(set_public_url, clear_public_url))
 }
 
 /// The gate, before routing: refused requests get their status and the usual error body;
@@ -197,8 +198,7 @@ async fn create_pairing(
 ) -> Result<(StatusCode, Json<PairingCreated>)> {
     let base = s
         .config
-        .external_url
-        .clone()
+        .public_url()
         .unwrap_or_else(|| s.domain.info.server_url.clone());
     let ttl_ms = i64::try_from(s.config.pairing_ttl_secs * 1000).unwrap_or(i64::MAX);
     let created = credentials::create_pairing(&s.domain, req, caller.scope, &base, ttl_ms).await?;
@@ -261,8 +261,7 @@ fn is_https(headers: &HeaderMap, s: &AppState) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("https"));
     forwarded_https
         || s.config
-            .external_url
-            .as_deref()
+            .public_url()
             .is_some_and(|u| u.starts_with("https://"))
 }
 
@@ -333,4 +332,53 @@ async fn logout(State(s): State<AppState>, Caller(p): Caller) -> Result<Response
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     Ok(response)
+}
+
+#[utoipa::path(
+    put,
+    path = "/auth/public-url",
+    tag = "auth",
+    summary = "Announce the public URL this server is reached at (maestro tunnel does, when it attaches to a running server)",
+    description = "While set, the URL's host and origin are allowed like EXTERNAL_URL's, and pairing links point at it. Kept in memory by this server only; cleared by DELETE or a restart.",
+    request_body = PublicUrl,
+    responses((status = 200, body = PublicUrl), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn set_public_url(
+    State(s): State<AppState>,
+    Body(req): Body<PublicUrl>,
+) -> Result<Json<PublicUrl>> {
+    let url = req
+        .url
+        .as_deref()
+        .map(str::trim)
+        .map(|u| u.trim_end_matches('/'))
+        .unwrap_or_default()
+        .to_owned();
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    let path_free = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.contains(['/', '?', '#', '@']));
+    if !scheme_ok || !path_free || trust::url_host(&url).is_none() {
+        return Err(Error::validation(
+            "url must be an origin such as https://name.example.com (no path)",
+        ));
+    }
+    *s.config.tunnel_url.write().expect("tunnel url lock") = Some(url.clone());
+    tracing::info!(target: "maestro::audit", event = "public_url_set", url = %url);
+    Ok(Json(PublicUrl { url: Some(url) }))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/auth/public-url",
+    tag = "auth",
+    summary = "Forget the announced public URL (the tunnel stopped)",
+    responses((status = 200, body = PublicUrl)),
+)]
+async fn clear_public_url(State(s): State<AppState>) -> Json<PublicUrl> {
+    let previous = s.config.tunnel_url.write().expect("tunnel url lock").take();
+    if let Some(url) = &previous {
+        tracing::info!(target: "maestro::audit", event = "public_url_cleared", url = %url);
+    }
+    Json(PublicUrl { url: None })
 }

@@ -1385,33 +1385,122 @@ mod tests {
         );
     }
 
-    /// With a short interval and timeout (the conformance suites use 300 ms and 200 ms), the
-    /// first ping leaves within the interval and a client that does not answer is gone once
-    /// both have passed. The heartbeat used to look every 250 ms whatever the configuration,
-    /// so pings left up to 250 ms late: after the client, which waits `ping_interval +
-    /// ping_timeout`, had given up.
+    /// With a short interval and timeout (the conformance suites use 300 ms and 200 ms), every
+    /// session's first ping leaves within the interval, and a client that does not answer is
+    /// gone once the timeout has passed too. The heartbeat used to look every 250 ms whatever
+    /// the configuration, so pings left up to 250 ms late: after the client, which waits
+    /// `ping_interval + ping_timeout`, had given up.
     #[tokio::test]
-    async fn a_silent_client_is_gone_after_ping_interval_and_timeout() {
+    async fn pings_leave_within_the_interval_and_silence_ends_the_session() {
         let engine = engine(Arc::new(Echo), 300, 200);
         tokio::spawn(engine.clone().heartbeat());
-        let mut sids = Vec::new();
-        for _ in 0..8 {
-            sids.push(open(&engine).await);
+        let mut polls = Vec::new();
+        for _ in 0..16 {
+            let sid = open(&engine).await;
+            let opened = Instant::now();
+            let engine = engine.clone();
+            polls.push(tokio::spawn(async move {
+                let first = polling(&engine, Some(&sid), None).await;
+                (sid, opened, opened.elapsed(), first)
+            }));
         }
-        let opened = Instant::now();
-        // A session that answers stays: its first ping came, within the interval.
-        let (status, body) = polling(&engine, Some(&sids[0]), None).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "2"));
-        assert!(opened.elapsed() <= Duration::from_millis(300 + 40));
-        polling(&engine, Some(&sids[0]), Some("3")).await;
-        tokio::time::sleep_until((opened + Duration::from_millis(300 + 200 + 40)).into()).await;
-        for sid in &sids[1..] {
-            let (status, body) = polling(&engine, Some(sid), None).await;
+        let mut sids = Vec::new();
+        for poll in polls {
+            let (sid, opened, after, first) = poll.await.unwrap();
+            assert_eq!(first, (StatusCode::OK, "2".into()));
+            assert!(
+                after <= Duration::from_millis(300 + 30),
+                "first ping after {after:?}"
+            );
+            sids.push((sid, opened));
+        }
+        // Nobody answers.
+        for (sid, opened) in sids {
+            let gone = opened + Duration::from_millis(300 + 200 + 30);
+            tokio::time::sleep_until(gone.into()).await;
+            let (status, body) = polling(&engine, Some(&sid), None).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         }
-        assert!(
-            engine.lookup(&sids[0]).is_some(),
-            "the session that answered"
-        );
+    }
+
+    /// A packet as the client's encoder writes it into a polling payload, and what the echo
+    /// handler answers (`None`: nothing).
+    fn packet() -> impl proptest::strategy::Strategy<Value = (String, Option<String>)> {
+        use proptest::prelude::*;
+        let text = proptest::collection::vec(any::<char>(), 0..40)
+            .prop_map(|c| c.into_iter().filter(|c| *c != '\x1e').collect::<String>());
+        prop_oneof![
+            text.clone()
+                .prop_map(|t| (format!("4{t}"), Some(format!("4{t}")))),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| {
+                let packet = format!("b{}", BASE64.encode(&b));
+                (packet.clone(), Some(packet))
+            }),
+            text.prop_map(|t| (format!("2{t}"), Some(format!("3{t}")))),
+            Just(("6".to_owned(), None)),
+        ]
+    }
+
+    /// Polling payloads: what the client's encoder writes comes back from the echo handler
+    /// packet for packet; any other body is taken (200) or refused (400, and the session is
+    /// gone), never a panic.
+    #[test]
+    fn polling_payloads_parse_or_are_refused() {
+        use proptest::prelude::*;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = ProptestConfig {
+            cases: 64,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(packets in proptest::collection::vec(packet(), 1..8))| {
+            let body: Vec<&str> = packets.iter().map(|(p, _)| p.as_str()).collect();
+            let want: Vec<&str> = packets.iter().filter_map(|(_, r)| r.as_deref()).collect();
+            let (status, echoed) = runtime.block_on(async {
+                let engine = engine(Arc::new(Echo), 25_000, 20_000);
+                let sid = open(&engine).await;
+                let (status, _) = polling(&engine, Some(&sid), Some(&body.join("\x1e"))).await;
+                let echoed = if want.is_empty() {
+                    String::new()
+                } else {
+                    polling(&engine, Some(&sid), None).await.1
+                };
+                (status, echoed)
+            });
+            prop_assert_eq!(status, StatusCode::OK);
+            prop_assert_eq!(echoed, want.join("\x1e"));
+        });
+        proptest!(config, |(
+            packets in proptest::collection::vec(packet(), 0..6),
+            flips in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 0..4),
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        )| {
+            let body: Vec<&str> = packets.iter().map(|(p, _)| p.as_str()).collect();
+            let mut body = body.join("\x1e").into_bytes();
+            for (i, x) in flips {
+                if !body.is_empty() {
+                    let i = i.index(body.len());
+                    body[i] ^= x;
+                }
+            }
+            body.extend(noise);
+            let (status, found) = runtime.block_on(async {
+                let engine = engine(Arc::new(Echo), 25_000, 20_000);
+                let sid = open(&engine).await;
+                let req = Request::builder()
+                    .method("POST")
+                    .uri(format!("/socket.io/?EIO=4&transport=polling&sid={sid}"))
+                    .body(Body::from(body))
+                    .unwrap();
+                let status = engine.clone().serve(req, None).await.status();
+                (status, engine.lookup(&sid).is_some())
+            });
+            prop_assert!(status == StatusCode::OK || status == StatusCode::BAD_REQUEST, "{}", status);
+            if status == StatusCode::BAD_REQUEST {
+                prop_assert!(!found, "a refused payload ends the session");
+            }
+        });
     }
 }

@@ -313,6 +313,7 @@ impl Origin {
             shutdown,
         } = &mut self.inner
         else {
+            self.announce_public_url(external_url).await;
             warn_if_host_refused(&self.http, &self.local_url, external_url).await;
             return check_gate(&self.http, &self.local_url).await;
         };
@@ -402,6 +403,39 @@ impl Origin {
             && let Some(r) = running.take()
         {
             stop_server(r).await;
+        }
+        if matches!(self.inner, OriginKind::Attached) {
+            let mut request = self
+                .http
+                .delete(format!("{}/api/auth/public-url", self.local_url));
+            if let Some(token) = self.credential() {
+                request = request.bearer_auth(token);
+            }
+            if let Err(e) = request.send().await {
+                tracing::debug!(error = %e, "cannot tell the server the tunnel stopped");
+            }
+        }
+    }
+
+    /// Tells an attached server the tunnel's URL, so it answers that host and origin and
+    /// points pairing links at it (`PUT /api/auth/public-url`); a server too old for that is
+    /// left as it is (the host check below then warns).
+    async fn announce_public_url(&self, public_url: &str) {
+        let mut request = self
+            .http
+            .put(format!("{}/api/auth/public-url", self.local_url))
+            .json(&serde_json::json!({ "url": public_url }));
+        if let Some(token) = self.credential() {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(url = public_url, "told the running server its public URL")
+            }
+            Ok(r) => {
+                tracing::warn!(status = %r.status(), "the running server did not take the tunnel's URL")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot tell the running server the tunnel's URL"),
         }
     }
 
