@@ -1,0 +1,87 @@
+// The app shell's service worker: an installed app (or a reload in a tunnel with no signal)
+// opens from cache, then shows that it is offline, instead of the browser's error page.
+//
+// Only the shell: the page (`/`), the hashed assets it loads, the manifest and the icon. The
+// API and Socket.IO are never cached — live data comes from the server or not at all.
+// Pages are network-first (a new deploy is picked up at once); hashed assets cache-first
+// (their names change when their content does). Each new shell replaces the old assets.
+
+const CACHE = "maestro-shell-v1";
+const SHELL = ["/", "/manifest.webmanifest", "/icon.svg"];
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(
+    caches
+      .open(CACHE)
+      .then((cache) => cache.addAll(SHELL))
+      .then(() => self.skipWaiting()),
+  );
+});
+
+self.addEventListener("activate", (event) => {
+  event.waitUntil(
+    caches
+      .keys()
+      .then((keys) => Promise.all(keys.filter((k) => k !== CACHE).map((k) => caches.delete(k))))
+      .then(() => self.clients.claim()),
+  );
+});
+
+/** Keeps only the assets the current page references. */
+async function prune(cache, html) {
+  const wanted = new Set([...html.matchAll(/\/assets\/[^"']+/g)].map((m) => m[0]));
+  for (const req of await cache.keys()) {
+    const path = new URL(req.url).pathname;
+    if (path.startsWith("/assets/") && !wanted.has(path)) await cache.delete(req);
+  }
+}
+
+self.addEventListener("fetch", (event) => {
+  const req = event.request;
+  if (req.method !== "GET") return;
+  const url = new URL(req.url);
+  if (url.origin !== self.location.origin) return;
+  if (url.pathname.startsWith("/api/") || url.pathname.startsWith("/socket.io")) return;
+
+  if (req.mode === "navigate") {
+    event.respondWith(
+      fetch(req)
+        .then(async (res) => {
+          if (res.ok && (res.headers.get("content-type") ?? "").startsWith("text/html")) {
+            const cache = await caches.open(CACHE);
+            await cache.put("/", res.clone());
+            await prune(cache, await res.clone().text());
+          }
+          return res;
+        })
+        .catch(async () => (await caches.match("/")) ?? Response.error()),
+    );
+    return;
+  }
+
+  if (url.pathname.startsWith("/assets/") || SHELL.includes(url.pathname)) {
+    event.respondWith(
+      caches.match(req).then(
+        (hit) =>
+          hit ??
+          fetch(req).then(async (res) => {
+            if (res.ok) await (await caches.open(CACHE)).put(req, res.clone());
+            return res;
+          }),
+      ),
+    );
+  }
+});
+
+// A notification (see src/live.ts) opens its session in the app, reusing an open window.
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close();
+  const url = event.notification.data?.url ?? "/";
+  event.waitUntil(
+    self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
+      const open = windows[0];
+      if (open) return open.navigate(url).then((w) => (w ?? open).focus());
+      return self.clients.openWindow(url);
+    }),
+  );
+});

@@ -1,0 +1,304 @@
+// One session: timeline (live), docs, mail; reply, send a directive, stop.
+
+import { useEffect, useState } from "preact/hooks";
+
+import { api } from "../api";
+import { can } from "../auth";
+import { clock, mailText, statusLabel } from "../format";
+import { emitIn, projects, stateOf, allStates, version } from "../live";
+import { inline, renderMarkdown } from "../markdown";
+import { isTerminal, needsInput, question, sessionTitle } from "../store";
+import type { MailMessage, Session } from "../types";
+import { Empty, Presence, StatusBadge } from "../ui";
+
+type Tab = "timeline" | "docs" | "mail";
+
+function findSession(id: string): Session | undefined {
+  for (const st of allStates()) {
+    const s = st.sessions.get(id);
+    if (s) return s;
+  }
+  return undefined;
+}
+
+export function SessionScreen({ id }: { id: string }) {
+  void version.value;
+  const [tab, setTab] = useState<Tab>("timeline");
+  const s = findSession(id);
+  if (!s) {
+    const loading = allStates().some((p) => !p.synced);
+    return (
+      <div class="screen">
+        <Empty>{loading ? "Loading…" : "This session does not exist (any more)."}</Empty>
+      </div>
+    );
+  }
+  const st = stateOf(s.projectId);
+  const task = s.taskIds?.length ? st?.tasks.get(s.taskIds[0]) : undefined;
+  const memberId = s.teamMemberId ?? s.teamMemberIds?.[0];
+  const member = memberId ? st?.members.get(memberId) : undefined;
+  const project = projects.value.find((p) => p.id === s.projectId);
+  return (
+    <div class="screen">
+      <div class="screen-head">
+        <h1 class="screen-title">{st ? sessionTitle(s, st.tasks) : s.name}</h1>
+        <StatusBadge session={s} />
+      </div>
+      <p class="meta">
+        {project?.name}
+        {task && (
+          <>
+            {" · "}
+            <a class="link" href={`#/t/${task.id}`}>
+              {task.title}
+            </a>
+          </>
+        )}
+        {member ? ` · ${member.name}` : ""}
+      </p>
+      <Presence session={s} />
+      {s.failureReason && <p class="error">Failed: {statusLabel(s.failureReason)}</p>}
+      {needsInput(s) && <Reply s={s} />}
+      <div class="tabs" role="tablist" aria-label="Session details">
+        {(["timeline", "docs", "mail"] as Tab[]).map((t) => (
+          <button
+            key={t}
+            role="tab"
+            id={`tab-${t}`}
+            aria-selected={tab === t}
+            aria-controls={`panel-${t}`}
+            class="tab"
+            onClick={() => setTab(t)}
+          >
+            {t === "timeline" ? "Timeline" : t === "docs" ? `Docs (${s.docs?.length ?? 0})` : "Mail"}
+          </button>
+        ))}
+      </div>
+      <div role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`}>
+        {tab === "timeline" && <Timeline s={s} />}
+        {tab === "docs" && <Docs s={s} />}
+        {tab === "mail" && <Mail s={s} />}
+      </div>
+      {!isTerminal(s) && <Actions s={s} />}
+    </div>
+  );
+}
+
+function Timeline({ s }: { s: Session }) {
+  const entries = [...(s.timeline ?? [])].reverse();
+  if (entries.length === 0) return <Empty>Nothing yet.</Empty>;
+  return (
+    <ol class="timeline" aria-label="Timeline, newest first">
+      {entries.map((t) => (
+        <li key={t.id} class={`tl tl-${t.type}`}>
+          <div class="tl-head">
+            <span class="tl-kind">{statusLabel(t.type)}</span>
+            <time class="meta">{clock(t.timestamp)}</time>
+          </div>
+          {t.message && <div class="tl-msg">{t.message}</div>}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+function Docs({ s }: { s: Session }) {
+  const docs = s.docs ?? [];
+  const [open, setOpen] = useState<string | null>(docs.length === 1 ? docs[0].id : null);
+  if (docs.length === 0) return <Empty>No docs.</Empty>;
+  return (
+    <ul class="list">
+      {docs.map((d) => (
+        <li key={d.id} class="doc">
+          <button
+            type="button"
+            class="row-link doc-toggle"
+            aria-expanded={open === d.id}
+            onClick={() => setOpen(open === d.id ? null : d.id)}
+          >
+            <span class="row-title">{d.title}</span>
+            <span class="meta">{d.filePath}</span>
+          </button>
+          {open === d.id && (
+            <div class="markdown">{d.content ? renderMarkdown(d.content) : <Empty>No content.</Empty>}</div>
+          )}
+        </li>
+      ))}
+    </ul>
+  );
+}
+
+function Mail({ s }: { s: Session }) {
+  const [fetched, setFetched] = useState<MailMessage[]>([]);
+  useEffect(() => {
+    api<MailMessage[]>(
+      "GET",
+      `/api/mail/inbox/${encodeURIComponent(s.id)}?projectId=${encodeURIComponent(s.projectId)}`,
+    )
+      .then(setFetched)
+      .catch(() => undefined);
+  }, [s.id]);
+  const live = stateOf(s.projectId)?.mail.filter((m) => m.toSessionId === s.id || m.fromSessionId === s.id) ?? [];
+  const byId = new Map<string, MailMessage>();
+  for (const m of [...fetched, ...live]) byId.set(m.id, m);
+  const thread = [...byId.values()].sort((a, b) => a.seq - b.seq || a.createdAt - b.createdAt);
+  if (thread.length === 0) return <Empty>No mail.</Empty>;
+  return (
+    <ol class="mail" aria-label="Mail">
+      {thread.map((m) => (
+        <li key={m.id} class={`mail-item ${m.fromSessionId === s.id ? "mail-out" : "mail-in"}`}>
+          <div class="tl-head">
+            <span class="tl-kind">
+              {m.fromSessionId === s.id ? "from agent" : `from ${m.fromSessionId}`} · {m.type}
+            </span>
+            <time class="meta">{clock(m.createdAt)}</time>
+          </div>
+          <div class="mail-subject">{m.subject}</div>
+          {mailText(m.body) && <div class="tl-msg">{mailText(m.body)}</div>}
+        </li>
+      ))}
+    </ol>
+  );
+}
+
+function Reply({ s }: { s: Session }) {
+  const [text, setText] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  return (
+    <div class="card card-ask">
+      <blockquote class="question">{question(s) ? inline(question(s)) : "The agent is waiting for input."}</blockquote>
+      {can("respond") && (
+        <form
+          class="reply"
+          onSubmit={async (e) => {
+            e.preventDefault();
+            if (!text.trim() || busy) return;
+            setBusy(true);
+            setError(null);
+            try {
+              await emitIn(s.projectId, "session:reply-input", { sessionId: s.id, message: text });
+              setText("");
+            } catch (err) {
+              setError((err as Error).message);
+            } finally {
+              setBusy(false);
+            }
+          }}
+        >
+          <label class="sr-only" for="session-reply">
+            Your answer
+          </label>
+          <textarea
+            id="session-reply"
+            rows={3}
+            placeholder="Your answer…"
+            value={text}
+            onInput={(e) => setText((e.target as HTMLTextAreaElement).value)}
+          />
+          <button class="btn btn-primary" type="submit" disabled={busy || !text.trim()}>
+            {busy ? "Sending…" : "Send answer"}
+          </button>
+          {error && (
+            <p class="error" role="alert">
+              {error}
+            </p>
+          )}
+        </form>
+      )}
+    </div>
+  );
+}
+
+function Actions({ s }: { s: Session }) {
+  const [text, setText] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [note, setNote] = useState<string | null>(null);
+  const [confirmStop, setConfirmStop] = useState(false);
+  if (!can("respond")) return null;
+  return (
+    <section class="section" aria-labelledby="steer-title">
+      <h2 class="section-title" id="steer-title">
+        Steer
+      </h2>
+      <form
+        class="reply"
+        onSubmit={async (e) => {
+          e.preventDefault();
+          if (!text.trim() || busy) return;
+          setBusy(true);
+          setNote(null);
+          try {
+            const first = text.split("\n").find((l) => l.trim()) ?? "Directive";
+            await api("POST", "/api/mail", {
+              projectId: s.projectId,
+              fromSessionId: "user",
+              toSessionId: s.id,
+              type: "directive",
+              subject: first.slice(0, 120),
+              body: { message: text },
+            });
+            setText("");
+            setNote("Directive sent.");
+          } catch (err) {
+            setNote((err as Error).message);
+          } finally {
+            setBusy(false);
+          }
+        }}
+      >
+        <label class="label" for="directive">
+          Send a directive
+        </label>
+        <textarea
+          id="directive"
+          rows={2}
+          placeholder="e.g. Run the tests before you commit"
+          value={text}
+          onInput={(e) => setText((e.target as HTMLTextAreaElement).value)}
+        />
+        <button class="btn" type="submit" disabled={busy || !text.trim()}>
+          Send directive
+        </button>
+        {note && (
+          <p class="note" role="status">
+            {note}
+          </p>
+        )}
+      </form>
+      {can("operate") && (
+        <div class="row stop-row">
+          {confirmStop ? (
+            <>
+              <button class="btn btn-ghost" type="button" onClick={() => setConfirmStop(false)}>
+                Keep running
+              </button>
+              <button
+                class="btn btn-danger"
+                type="button"
+                disabled={busy}
+                onClick={async () => {
+                  setBusy(true);
+                  try {
+                    await emitIn(s.projectId, "session:stop", { sessionId: s.id });
+                  } catch (err) {
+                    setNote((err as Error).message);
+                  } finally {
+                    setBusy(false);
+                    setConfirmStop(false);
+                  }
+                }}
+              >
+                Stop the agent
+              </button>
+            </>
+          ) : (
+            <button class="btn btn-danger-ghost" type="button" onClick={() => setConfirmStop(true)}>
+              Stop…
+            </button>
+          )}
+        </div>
+      )}
+    </section>
+  );
+}

@@ -1,0 +1,180 @@
+// This device (name, scope), sign out, theme; the pairing landing; the signed-out screen.
+
+import { signal } from "@preact/signals";
+import { useEffect, useState } from "preact/hooks";
+
+import { guessDeviceName, logout, me, pair } from "../auth";
+import { connection, stats } from "../live";
+
+export type Theme = "system" | "light" | "dark";
+
+export const theme = signal<Theme>((localStorage.getItem("maestro.theme") as Theme) || "system");
+
+export function applyTheme(t: Theme): void {
+  theme.value = t;
+  localStorage.setItem("maestro.theme", t);
+  if (t === "system") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = t;
+  const dark = t === "dark" || (t === "system" && matchMedia("(prefers-color-scheme: dark)").matches);
+  document.querySelector('meta[name="theme-color"]')?.setAttribute("content", dark ? "#111418" : "#f6f7f9");
+}
+
+export function Settings() {
+  const m = me.value;
+  const [busy, setBusy] = useState(false);
+  return (
+    <div class="screen">
+      <h1 class="screen-title">Settings</h1>
+      <section class="section" aria-labelledby="dev-title">
+        <h2 class="section-title" id="dev-title">
+          This device
+        </h2>
+        <dl class="facts">
+          <dt>Name</dt>
+          <dd>{m?.name ?? (m?.kind === "local" ? "This computer (local)" : "—")}</dd>
+          <dt>Signed in as</dt>
+          <dd>{m?.kind === "device" ? "paired device" : m?.kind === "token" ? "API token" : "local"}</dd>
+          <dt>Scope</dt>
+          <dd data-testid="scope">{m?.scope ?? "—"}</dd>
+          <dt>Connection</dt>
+          <dd>
+            {connection.value.state} · {stats.syncs} sync{stats.syncs === 1 ? "" : "s"}
+          </dd>
+        </dl>
+        {m && m.kind !== "local" && (
+          <button
+            class="btn btn-danger-ghost"
+            type="button"
+            disabled={busy}
+            onClick={async () => {
+              setBusy(true);
+              await logout().catch(() => undefined);
+              setBusy(false);
+            }}
+          >
+            Sign out this device
+          </button>
+        )}
+      </section>
+      <Notifications />
+      <section class="section" aria-labelledby="theme-title">
+        <h2 class="section-title" id="theme-title">
+          Theme
+        </h2>
+        <div class="segmented" role="radiogroup" aria-labelledby="theme-title">
+          {(["system", "light", "dark"] as Theme[]).map((t) => (
+            <button
+              key={t}
+              type="button"
+              role="radio"
+              class="seg"
+              aria-checked={theme.value === t}
+              onClick={() => applyTheme(t)}
+            >
+              {t === "system" ? "System" : t === "light" ? "Light" : "Dark"}
+            </button>
+          ))}
+        </div>
+      </section>
+      <p class="meta">
+        Agents' help page: <a class="link" href="/agents">/agents</a> · API: <a class="link" href="/api/docs">/api/docs</a>
+      </p>
+    </div>
+  );
+}
+
+/** `/pair#c=<code>`: exchanges the one-time code for this device's cookie. */
+export function Pair({ code, onDone }: { code: string; onDone: () => void }) {
+  const [name, setName] = useState(guessDeviceName());
+  const [state, setState] = useState<"ready" | "busy" | "error">("ready");
+  const [error, setError] = useState("");
+  useEffect(() => {
+    // The code must not linger in the address bar or history.
+    history.replaceState(null, "", "/pair");
+  }, []);
+  return (
+    <main class="screen narrow" id="main">
+      <h1 class="screen-title">Pair this phone</h1>
+      <p>This gives this browser its own key to your Maestro server. You can revoke it at any time.</p>
+      <form
+        class="form"
+        onSubmit={async (e) => {
+          e.preventDefault();
+          setState("busy");
+          try {
+            await pair(code, name.trim() || guessDeviceName());
+            history.replaceState(null, "", "/#/");
+            onDone();
+          } catch (err) {
+            setError((err as Error).message);
+            setState("error");
+          }
+        }}
+      >
+        <label class="label" for="device-name">
+          Name this device
+        </label>
+        <input id="device-name" value={name} onInput={(e) => setName((e.target as HTMLInputElement).value)} />
+        <button class="btn btn-primary" type="submit" disabled={state === "busy" || state === "error"}>
+          {state === "busy" ? "Pairing…" : "Pair"}
+        </button>
+      </form>
+      {state === "error" && (
+        <div class="card card-bad" role="alert">
+          <p>
+            <strong>Pairing failed:</strong> {error}
+          </p>
+          <p>
+            A pairing code works once and for two minutes. On your computer run <code>maestro pair</code> and scan the
+            new code.
+          </p>
+        </div>
+      )}
+    </main>
+  );
+}
+
+export function SignedOut() {
+  return (
+    <main class="screen narrow" id="main">
+      <h1 class="screen-title">Signed out</h1>
+      <p>This device is not signed in to Maestro (it was signed out or revoked).</p>
+      <p>To pair it again, run this on the computer where Maestro runs, then scan the QR code it prints:</p>
+      <pre>
+        <code>maestro pair</code>
+      </pre>
+    </main>
+  );
+}
+
+function Notifications() {
+  const supported = "Notification" in window && "serviceWorker" in navigator;
+  const [permission, setPermission] = useState(supported ? Notification.permission : "denied");
+  return (
+    <section class="section" aria-labelledby="notify-title">
+      <h2 class="section-title" id="notify-title">
+        Notifications
+      </h2>
+      {!supported ? (
+        <p class="meta">This browser cannot show notifications.</p>
+      ) : permission === "granted" ? (
+        <p class="meta" data-testid="notifications">
+          On: while this app is open in the background, you are told when an agent needs you, fails or
+          finishes.
+        </p>
+      ) : permission === "denied" ? (
+        <p class="meta" data-testid="notifications">
+          Blocked in this browser's site settings.
+        </p>
+      ) : (
+        <button
+          class="btn"
+          type="button"
+          onClick={async () => setPermission(await Notification.requestPermission())}
+        >
+          Allow notifications
+        </button>
+      )}
+    </section>
+  );
+}

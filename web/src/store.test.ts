@@ -1,0 +1,158 @@
+import { describe, expect, it } from "vitest";
+
+import { ProjectState, needsYou, sessionTitle } from "./store";
+import type { Envelope, Session, Snapshot, Task } from "./types";
+
+const P = "proj_1";
+
+function task(id: string, title: string, status = "todo"): Task {
+  return { id, projectId: P, title, status, priority: "medium", createdAt: 1, updatedAt: 1 };
+}
+
+function session(id: string, extra: Partial<Session> = {}): Session {
+  return { id, projectId: P, name: id, status: "working", startedAt: 1, lastActivity: 1, ...extra };
+}
+
+function ev(seq: number, event: string, data: unknown, projectId: string | null = P): Envelope {
+  return { type: event, event, data, timestamp: 1000 + seq, seq, projectId };
+}
+
+function snapshot(seq: number, tasks: Task[] = [], sessions: Session[] = []): Snapshot {
+  return {
+    ok: true,
+    projects: [{ id: P, name: "p", createdAt: 1, updatedAt: 1 }],
+    tasks,
+    sessions,
+    teamMembers: [],
+    seqs: { [P]: seq, global: 0 },
+  };
+}
+
+describe("ProjectState", () => {
+  it("applies events in order and drops duplicates", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    expect(st.apply(ev(1, "task:created", task("t1", "one")))).toBe("applied");
+    expect(st.apply(ev(2, "task:created", task("t2", "two")))).toBe("applied");
+    // A replay that overlaps what we have: the same seqs again change nothing.
+    expect(st.apply(ev(1, "task:created", task("t1", "one again")))).toBe("duplicate");
+    expect(st.apply(ev(2, "task:updated", task("t2", "two again")))).toBe("duplicate");
+    expect(st.tasks.get("t1")?.title).toBe("one");
+    expect(st.tasks.get("t2")?.title).toBe("two");
+    expect(st.seq).toBe(2);
+    expect(st.activity.map((a) => a.seq)).toEqual([1, 2]);
+  });
+
+  it("reports a gap instead of applying past it", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(5));
+    expect(st.apply(ev(7, "task:created", task("t7", "seven")))).toBe("gap");
+    expect(st.tasks.size).toBe(0);
+    expect(st.seq).toBe(5);
+    expect(st.apply(ev(6, "task:created", task("t6", "six")))).toBe("applied");
+    expect(st.apply(ev(7, "task:created", task("t7", "seven")))).toBe("applied");
+  });
+
+  it("ignores events at or below a snapshot's seq (they are in it)", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(10, [task("t1", "from snapshot")]));
+    expect(st.apply(ev(10, "task:deleted", { id: "t1" }))).toBe("duplicate");
+    expect(st.tasks.has("t1")).toBe(true);
+    expect(st.apply(ev(11, "task:deleted", { id: "t1" }))).toBe("applied");
+    expect(st.tasks.has("t1")).toBe(false);
+  });
+
+  it("replaces its entities on resync, keeping only its project's", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    st.apply(ev(1, "task:created", task("gone", "gone")));
+    const other = { ...task("x", "other project"), projectId: "proj_2" };
+    st.replace(snapshot(40, [task("t1", "fresh"), other]));
+    expect([...st.tasks.keys()]).toEqual(["t1"]);
+    expect(st.seq).toBe(40);
+    expect(st.synced).toBe(true);
+  });
+
+  it("applies what arrived during a sync above the snapshot, once", () => {
+    const st = new ProjectState(P);
+    const held = [
+      ev(3, "task:created", task("t3", "in the snapshot")),
+      ev(5, "task:created", task("t5", "after")),
+      ev(4, "task:created", task("t4", "in the snapshot too")),
+      ev(6, "task:updated", task("t5", "after, renamed")),
+      ev(5, "task:created", task("t5", "after (again)")),
+    ];
+    expect(st.resync(snapshot(4, [task("t3", "in the snapshot"), task("t4", "four")]), held)).toBe("applied");
+    expect(st.seq).toBe(6);
+    expect(st.tasks.get("t4")?.title).toBe("four");
+    expect(st.tasks.get("t5")?.title).toBe("after, renamed");
+    expect(st.activity.map((a) => a.seq)).toEqual([5, 6]);
+    // Something missing between the snapshot and what was held: resync again.
+    const st2 = new ProjectState(P);
+    expect(st2.resync(snapshot(4), [ev(6, "task:created", task("t6", "x"))])).toBe("gap");
+  });
+
+  it("ignores other projects' events", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    expect(st.apply(ev(1, "task:created", task("t1", "x"), "proj_2"))).toBe("foreign");
+    expect(st.seq).toBe(0);
+  });
+
+  it("keeps presence across session updates and applies presence events", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0, [], [session("s1", { online: true, lastSeen: 50 })]));
+    st.apply(ev(1, "session:updated", session("s1", { status: "idle" })));
+    expect(st.sessions.get("s1")).toMatchObject({ status: "idle", online: true, lastSeen: 50 });
+    st.apply(ev(2, "session:presence", { sessionId: "s1", projectId: P, online: false, lastSeen: 60, lastProgress: 55, stalled: true }));
+    expect(st.sessions.get("s1")).toMatchObject({ online: false, lastSeen: 60, stalled: true });
+    // Heartbeats advance the seq but are not activity lines.
+    expect(st.seq).toBe(2);
+    expect(st.activity.map((a) => a.event)).toEqual(["session:updated"]);
+  });
+
+  it("marks what is worth a notification", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0, [], [session("s1")]));
+    st.apply(ev(1, "session:updated", session("s1", { needsInput: { active: true, message: "?" } })));
+    st.apply(ev(2, "session:updated", session("s1", { needsInput: { active: true, message: "??" } })));
+    st.apply(ev(3, "session:updated", session("s1", { needsInput: { active: false } })));
+    st.apply(ev(4, "session:updated", session("s1", { status: "failed" })));
+    st.apply(ev(5, "session:updated", session("s1", { status: "failed" })));
+    expect(st.activity.map((a) => a.alert)).toEqual(["needs_input", undefined, undefined, "failed", undefined]);
+  });
+
+  it("bounds the activity feed", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    for (let i = 1; i <= 400; i++) st.apply(ev(i, "task:created", task(`t${i}`, `${i}`)));
+    expect(st.activity.length).toBe(300);
+    expect(st.activity[0].seq).toBe(101);
+    expect(st.activity.at(-1)?.seq).toBe(400);
+  });
+});
+
+describe("needsYou", () => {
+  it("lists waiting sessions oldest first, then failed and stalled ones", () => {
+    const list = [
+      session("late", { needsInput: { active: true, message: "b?", since: 300 } }),
+      session("early", { needsInput: { active: true, message: "a?", since: 100 } }),
+      session("answered", { needsInput: { active: false } }),
+      session("ended", { status: "completed", needsInput: { active: true, since: 50 } }),
+      session("broken", { status: "failed", lastActivity: 10 }),
+      session("stuck", { stalled: true, lastActivity: 20 }),
+      session("fine"),
+    ];
+    const { waiting, trouble } = needsYou(list);
+    expect(waiting.map((s) => s.id)).toEqual(["early", "late"]);
+    expect(trouble.map((s) => s.id)).toEqual(["stuck", "broken"]);
+  });
+});
+
+describe("sessionTitle", () => {
+  it("names spawned sessions after their task", () => {
+    const tasks = new Map([["task_1_ab", task("task_1_ab", "Fix login")]]);
+    expect(sessionTitle(session("s", { name: "Execute for task_1_ab" }), tasks)).toBe("Execute for “Fix login”");
+    expect(sessionTitle(session("s", { name: "Execute for task_9_zz" }), tasks)).toBe("Execute for task_9_zz");
+  });
+});
