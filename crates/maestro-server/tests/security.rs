@@ -734,6 +734,20 @@ async fn a_pairing_code_pairs_one_device_once() {
     closed(&mut socket).await;
     let (status, _, _) = call(addr, Method::GET, "/api/auth/me", &with_cookie, None).await;
     assert_eq!(status, 401);
+    // The audit counters saw it all.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "maestro_auth_events_total{event=\"pairing_created\"} 1",
+        "maestro_auth_events_total{event=\"device_paired\"} 1",
+        "maestro_auth_events_total{event=\"device_revoked\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test]

@@ -193,7 +193,18 @@ pub struct RequestFacts<'a> {
 pub struct AuthMetrics {
     pub refused: [AtomicU64; REFUSAL_REASONS.len()],
     pub accepted_credentials: AtomicU64,
+    /// Credential changes made through this server, by [`AUDIT_EVENTS`].
+    pub changes: [AtomicU64; AUDIT_EVENTS.len()],
 }
+
+/// The credential changes counted in `maestro_auth_events_total`.
+pub const AUDIT_EVENTS: [&str; 5] = [
+    "token_created",
+    "token_revoked",
+    "pairing_created",
+    "device_paired",
+    "device_revoked",
+];
 
 /// The reasons counted in `maestro_auth_refusals_total`.
 pub const REFUSAL_REASONS: [&str; 14] = [
@@ -214,6 +225,13 @@ pub const REFUSAL_REASONS: [&str; 14] = [
 ];
 
 impl AuthMetrics {
+    /// Counts a credential change (one of [`AUDIT_EVENTS`]).
+    pub fn record(&self, event: &str) {
+        if let Some(i) = AUDIT_EVENTS.iter().position(|e| *e == event) {
+            self.changes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn count(&self, reason: &str) {
         let i = REFUSAL_REASONS
             .iter()
@@ -240,6 +258,16 @@ impl AuthMetrics {
              maestro_auth_credentials_accepted_total {}\n",
             self.accepted_credentials.load(Ordering::Relaxed)
         ));
+        out.push_str(
+            "# HELP maestro_auth_events_total Credential changes made through this server.\n\
+             # TYPE maestro_auth_events_total counter\n",
+        );
+        for (i, event) in AUDIT_EVENTS.iter().enumerate() {
+            out.push_str(&format!(
+                "maestro_auth_events_total{{event=\"{event}\"}} {}\n",
+                self.changes[i].load(Ordering::Relaxed)
+            ));
+        }
         out
     }
 }

@@ -134,10 +134,9 @@ async fn create_token(
     State(s): State<AppState>,
     Body(req): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(credentials::create_token(&s.domain, req).await?),
-    ))
+    let created = credentials::create_token(&s.domain, req).await?;
+    s.gate.metrics().record("token_created");
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[utoipa::path(
@@ -153,6 +152,7 @@ async fn revoke_token(
     IdPath(id): IdPath<String>,
 ) -> Result<Json<serde_json::Value>> {
     let revoked = credentials::revoke(&s.domain, CallerKind::Token, id).await?;
+    s.gate.metrics().record("token_revoked");
     Ok(Json(json!({ "id": revoked.id, "revoked": true })))
 }
 
@@ -180,6 +180,7 @@ async fn revoke_device(
     IdPath(id): IdPath<String>,
 ) -> Result<Json<serde_json::Value>> {
     let revoked = credentials::revoke(&s.domain, CallerKind::Device, id).await?;
+    s.gate.metrics().record("device_revoked");
     Ok(Json(json!({ "id": revoked.id, "revoked": true })))
 }
 
@@ -202,6 +203,7 @@ async fn create_pairing(
         .unwrap_or_else(|| s.domain.info.server_url.clone());
     let ttl_ms = i64::try_from(s.config.pairing_ttl_secs * 1000).unwrap_or(i64::MAX);
     let created = credentials::create_pairing(&s.domain, req, caller.scope, &base, ttl_ms).await?;
+    s.gate.metrics().record("pairing_created");
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -234,6 +236,7 @@ async fn pair(State(s): State<AppState>, req: Request) -> Response {
     };
     match credentials::pair(&s.domain, code, body.device_name.as_deref()).await {
         Ok(PairOutcome::Paired(paired)) => {
+            s.gate.metrics().record("device_paired");
             let secure = is_https(&headers, &s);
             let mut response = Json(&paired).into_response();
             let cookies = response.headers_mut();
@@ -321,7 +324,10 @@ async fn logout(State(s): State<AppState>, Caller(p): Caller) -> Result<Response
         && let Some(id) = p.id.clone()
     {
         match credentials::revoke(&s.domain, CallerKind::Device, id).await {
-            Ok(_) => revoked = true,
+            Ok(_) => {
+                s.gate.metrics().record("device_revoked");
+                revoked = true
+            }
             // Revoked meanwhile: signed out all the same.
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
