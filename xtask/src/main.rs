@@ -2,8 +2,10 @@
 //!
 //! - `run`: build the server (release) and start it on the embedded backend;
 //! - `test`: install what the tests need, then run every check CI runs (the Rust suites, then
-//!   the Socket.IO interop tests in `tests/js` with node);
+//!   the Socket.IO interop tests in `tests/js` with node, the official Engine.IO and Socket.IO
+//!   protocol suites in `tests/conformance`, then the web app's unit and end-to-end tests);
 //! - `openapi`: regenerate `docs/openapi.json`;
+//! - `types`: regenerate the web app's `web/src/generated/protocol.ts`;
 //! - `bench`: build the server and the load generator (release) and run the benchmarks of
 //!   `docs/performance.md` (never part of `test`).
 //!
@@ -19,9 +21,11 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [args]
 
 commands:
-  run [-- <serve args>]   build and start `maestro serve` (release build, embedded backend)
+  run [-- <serve args>]   build the web app and start `maestro serve` (release build,
+                          embedded backend)
   test                    install test prerequisites, then fmt, clippy and every test
   openapi                 regenerate docs/openapi.json (CI fails when it drifts)
+  types                   regenerate web/src/generated/protocol.ts (CI fails when it drifts)
   bench [--quick] [--backend local|redis|both] [--only FIGURES]
                           benchmark a release build on loopback: prints the table, writes
                           bench/results/<date>-<backend>.json (--quick: under 3 minutes)
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("openapi") => openapi(),
+        Some("types") => types(),
         Some("bench") => bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
@@ -93,6 +98,7 @@ fn have(program: &str) -> bool {
 
 fn run(args: &[String]) -> Result<()> {
     let args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
+    web_build()?;
     let mut cmd = cargo();
     cmd.args(["run", "--release", "--package", "maestro", "--", "serve"])
         .args(args);
@@ -115,6 +121,23 @@ fn openapi() -> Result<()> {
     step("regenerate docs/openapi.json", cmd)
 }
 
+/// Rewrites the web app's `web/src/generated/protocol.ts` from `maestro-protocol`'s types (with
+/// ts-rs). The drift check is the `committed_types_are_up_to_date` test, which `cargo xtask
+/// test` runs (the crate's tests always enable its `ts` feature).
+fn types() -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--package",
+        "maestro-protocol",
+        "--test",
+        "typescript",
+        "committed_types_are_up_to_date",
+    ])
+    .env("UPDATE_TS", "1");
+    step("regenerate web/src/generated/protocol.ts", cmd)
+}
+
 fn test(args: &[String]) -> Result<()> {
     if !args.is_empty() {
         bail!("`cargo xtask test` takes no arguments");
@@ -124,6 +147,9 @@ fn test(args: &[String]) -> Result<()> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     step("cargo fmt --check", fmt)?;
+
+    // The server embeds web/dist: build the app before anything compiles the server.
+    web_build()?;
 
     let mut clippy = cargo();
     clippy.args([
@@ -170,6 +196,8 @@ fn test(args: &[String]) -> Result<()> {
     }
 
     js_interop()?;
+    conformance()?;
+    web_tests()?;
 
     eprintln!("==> all checks passed in {:.1?}", started.elapsed());
     Ok(())
@@ -254,6 +282,75 @@ fn js_interop() -> Result<()> {
     step("npm test (tests/js)", test)
 }
 
+/// The official protocol test suites, `tests/conformance/{engine.io,socket.io}-protocol`
+/// (vendored unchanged, see their ORIGIN.md), run by mocha against `examples/conformance.rs` of
+/// maestro-server: our Engine.IO transport with the suites' reference handlers. The suites
+/// hard-code `http://localhost:3000`, so the server takes that port.
+fn conformance() -> Result<()> {
+    const PORT: u16 = 3000;
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--package",
+        "maestro-server",
+        "--example",
+        "conformance",
+    ]);
+    step("cargo build --example conformance", build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target
+        .join("debug")
+        .join("examples")
+        .join(format!("conformance{}", std::env::consts::EXE_SUFFIX));
+
+    let listening = || std::net::TcpStream::connect(("127.0.0.1", PORT)).is_ok();
+    if listening() {
+        bail!(
+            "port {PORT} is in use, and the protocol test suites only talk to localhost:{PORT}; \
+             stop what listens there (`ss -ltnp 'sport = :{PORT}'`) and rerun"
+        );
+    }
+    eprintln!("==> conformance server on localhost:{PORT}");
+    let child = Command::new(&bin)
+        .arg(PORT.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    let mut server = StopOnDrop(child);
+    // It prints one line once it listens, and exits (after saying why) if it cannot.
+    let mut ready = String::new();
+    if let Some(out) = server.0.stdout.as_mut() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready)?;
+    }
+    if ready.is_empty() {
+        bail!("the conformance server exited before listening");
+    }
+
+    for suite in ["engine.io-protocol", "socket.io-protocol"] {
+        let dir = root().join("tests").join("conformance").join(suite);
+        let mut ci = Command::new("npm");
+        ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+        step(&format!("npm ci ({suite})"), ci)?;
+        let mut test = Command::new("npm");
+        test.arg("test").current_dir(&dir);
+        step(&format!("{suite} test suite"), test)?;
+    }
+    Ok(())
+}
+
+/// A child process killed when this goes out of scope, whatever the outcome.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `cargo xtask bench`: builds `maestro` and `maestro-bench` with `--release` and runs the
 /// benchmarks against the real binary (`crates/maestro-bench`; figures and targets in
 /// `docs/performance.md`). Flags go to `maestro-bench` as they are.
@@ -318,5 +415,85 @@ fn install_debian_package(program: &str, package: &str) -> Result<()> {
     }
     bail!(
         "`{program}` is needed on PATH; install it (e.g. `sudo apt-get install {package}`) and rerun"
+    )
+}
+
+/// The phone web app's folder.
+fn web_dir() -> PathBuf {
+    root().join("web")
+}
+
+/// Builds the phone web app (`web/` → `web/dist`, which the server embeds): `npm ci` when
+/// `node_modules` is missing or older than `package-lock.json`, then `npm run build` (which
+/// type-checks, bundles and fails above the JavaScript budget).
+fn web_build() -> Result<()> {
+    require_node("the web app (web/)")?;
+    let dir = web_dir();
+    let lock = dir.join("package-lock.json");
+    // npm writes node_modules/.package-lock.json on every install.
+    let installed = dir.join("node_modules").join(".package-lock.json");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = match (modified(&lock), modified(&installed)) {
+        (Some(lock), Some(installed)) => lock > installed,
+        _ => true,
+    };
+    if stale {
+        let mut ci = Command::new("npm");
+        ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+        step("npm ci (web)", ci)?;
+    }
+    let mut build = Command::new("npm");
+    build.args(["run", "build"]).current_dir(&dir);
+    step("npm run build (web)", build)
+}
+
+/// The web app's unit tests, then its end-to-end tests: Debian's Chromium (installed when
+/// missing) driven by playwright-core against the debug `maestro` that `js_interop` built.
+fn web_tests() -> Result<()> {
+    let dir = web_dir();
+    let mut unit = Command::new("npm");
+    unit.arg("test").current_dir(&dir);
+    step("npm test (web unit tests)", unit)?;
+    if !have("chromium") {
+        install_debian_package("chromium", "chromium")?;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target
+        .join("debug")
+        .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
+    let mut e2e = Command::new("npm");
+    e2e.args(["run", "e2e"])
+        .current_dir(&dir)
+        .env("MAESTRO_BIN", &bin);
+    step("npm run e2e (web, Chromium)", e2e)
+}
+
+/// Fails with how to get Node.js unless `node` 20.19 or later and `npm` are on PATH (Vite 7
+/// needs 20.19).
+fn require_node(what: &str) -> Result<()> {
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|v| v.trim().trim_start_matches('v').to_owned());
+    let parts: Vec<u32> = version
+        .as_deref()
+        .unwrap_or("")
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let recent = matches!(parts.as_slice(), [major, minor, ..] if (*major, *minor) >= (20, 19));
+    if recent && have("npm") {
+        return Ok(());
+    }
+    bail!(
+        "{what} needs Node.js 20.19 or later with npm (found: {}); install it \
+         (https://nodejs.org), then rerun",
+        version.map_or("no node".to_owned(), |v| format!("node {v}"))
     )
 }

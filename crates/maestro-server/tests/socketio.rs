@@ -1450,6 +1450,58 @@ async fn engine_io_refuses_what_it_does_not_speak() {
     server.stop().await;
 }
 
+async fn next(
+    ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("a message in time")
+}
+
+/// A second WebSocket for a session that one is taking over (or already took over) gets its
+/// handshake and is closed at once, as from the reference server; the first carries on. It used
+/// to be refused with HTTP 400 after the upgrade (a client sees an error, not a close), and
+/// during the probe it was taken as a second probe of the same session.
+#[tokio::test]
+async fn a_second_websocket_for_one_session_is_closed() {
+    let server = TestServer::start().await;
+    let poll = Polling::open(server.addr()).await;
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        server.addr(),
+        poll.sid
+    );
+    let (mut first, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut during, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert!(
+        matches!(next(&mut during).await, Some(Ok(Message::Close(_)))),
+        "a second probe is closed"
+    );
+    first.send(Message::text("2probe")).await.unwrap();
+    assert_eq!(
+        next(&mut first).await.unwrap().unwrap(),
+        Message::text("3probe")
+    );
+    first.send(Message::text("5")).await.unwrap();
+    let (mut after, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert!(
+        matches!(next(&mut after).await, Some(Ok(Message::Close(_)))),
+        "a WebSocket after the upgrade is closed"
+    );
+    // The session is the first one's.
+    first.send(Message::text("2still")).await.unwrap();
+    loop {
+        match next(&mut first).await.unwrap().unwrap() {
+            Message::Text(t) if t.as_str() == "2" => continue,
+            other => {
+                assert_eq!(other, Message::text("3still"));
+                break;
+            }
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_polling_client_that_goes_away_is_forgotten() {
     let server = quick_heartbeat().await;

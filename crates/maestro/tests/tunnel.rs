@@ -242,12 +242,97 @@ async fn a_quick_tunnel_prints_its_url_and_a_pairing_and_the_edge_needs_a_creden
         .unwrap();
     assert_eq!(allowed.status(), 200);
 
+    // Live events through the tunnel: refused without a credential; with the device's cookie,
+    // /mobile connects and replays what happened since `lastSeq`.
+    let project: Value = http
+        .post(format!("{}/api/projects", tunnel.local()))
+        .json(&json!({ "name": "p", "workingDir": "/tmp" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = project["id"].as_str().unwrap();
+    http.post(format!("{}/api/tasks", tunnel.local()))
+        .json(&json!({ "projectId": project, "title": "while away" }))
+        .send()
+        .await
+        .unwrap();
+    let auth = json!({ "projectId": project, "lastSeq": 0 });
+    let refused = mobile_through(&edge, &auth, None).await.err().unwrap();
+    assert!(refused.starts_with("UNAUTHORIZED"), "{refused}");
+    let cookie = format!("maestro_device={token}");
+    let replayed = mobile_through(&edge, &auth, Some(&cookie)).await.unwrap();
+    assert!(
+        replayed
+            .iter()
+            .any(|m| m.contains("\"task:created\"") && m.contains("while away")),
+        "{replayed:?}"
+    );
+
     // SIGTERM stops the tunnel and cloudflared with it.
     let cloudflared = tunnel.file("pid").unwrap();
     assert!(alive(&cloudflared));
     let status = tunnel.terminate();
     assert!(status.success(), "{status}");
     wait_gone(&cloudflared);
+}
+
+/// Connects a Socket.IO WebSocket to `/mobile` through the fake edge with `auth` (and the
+/// cookie, if any): the packets that follow the namespace's acceptance (the replay), or the
+/// `connect_error` message.
+async fn mobile_through(
+    edge: &str,
+    auth: &Value,
+    cookie: Option<&str>,
+) -> Result<Vec<String>, String> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        edge.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    if let Some(c) = cookie {
+        req.headers_mut().insert("cookie", c.parse().unwrap());
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut next = async || loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    };
+    let open = next().await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    drop(next);
+    ws.send(Message::Text(format!("40/mobile,{auth}").into()))
+        .await
+        .unwrap();
+    let mut after = Vec::new();
+    let mut accepted = false;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+        let Message::Text(t) = msg else { continue };
+        let t = t.to_string();
+        if let Some(rest) = t.strip_prefix("44/mobile,") {
+            let v: Value = serde_json::from_str(rest).unwrap();
+            return Err(v["message"].as_str().unwrap().to_owned());
+        }
+        if t.starts_with("40/mobile,") {
+            accepted = true;
+        } else if accepted {
+            after.push(t);
+            if after.iter().any(|m| m.contains("task:created")) {
+                break;
+            }
+        }
+    }
+    assert!(accepted, "no answer to the namespace connect");
+    Ok(after)
 }
 
 #[tokio::test]
