@@ -300,16 +300,14 @@ async fn mobile_through(
         req.headers_mut().insert("cookie", c.parse().unwrap());
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut next = async || loop {
+    let open = loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(Message::Text(t)))) => break t.to_string(),
             Ok(Some(Ok(_))) => continue,
-            _ => return None,
+            other => panic!("no open packet: {other:?}"),
         }
     };
-    let open = next().await.expect("open packet");
     assert!(open.starts_with('0'), "{open}");
-    drop(next);
     ws.send(Message::Text(format!("40/mobile,{auth}").into()))
         .await
         .unwrap();
