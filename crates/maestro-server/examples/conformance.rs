@@ -90,6 +90,7 @@ async fn main() -> Result<()> {
         ping_interval: PING_INTERVAL,
         ping_timeout: PING_TIMEOUT,
         max_payload: MAX_PAYLOAD,
+        max_sessions: 10_000,
     };
     let engines = Arc::new(Engines {
         engine_io: Engine::new(

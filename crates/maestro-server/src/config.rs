@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    /// Most Socket.IO (Engine.IO) connections open at once, polling or WebSocket; a handshake
+    /// beyond it gets 503.
+    #[arg(long, env = "MAX_SOCKETIO_SESSIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_socketio_sessions: u64,
+
     /// A client must send a request's headers within this many seconds (slow clients that
     /// trickle headers to hold connections open are cut off).
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -144,6 +149,17 @@ pub struct Config {
     /// Prefix of every Redis key and channel this server uses.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "maestro:")]
     pub redis_key_prefix: String,
+
+    /// The contact push services see in Web Push requests (VAPID `sub`): a `mailto:` or
+    /// `https:` URL. Defaults to the public URL when it is https, else `mailto:maestro@localhost`.
+    #[arg(long, env = "PUSH_CONTACT")]
+    pub push_contact: Option<String>,
+
+    /// Accept Web Push endpoints on plain http and on loopback or IP-literal hosts (for tests
+    /// with a local push endpoint). Off: only `https://<name>` endpoints, as browsers' push
+    /// services have, so a subscriber cannot point the server at this machine or its network.
+    #[arg(long, env = "PUSH_ALLOW_LOCAL_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub push_allow_local_endpoints: bool,
 }
 
 impl Config {
@@ -169,6 +185,7 @@ impl Config {
             allowed_hosts: Vec::new(),
             pairing_ttl_secs: 120,
             max_connections: 20_000,
+            max_socketio_sessions: 20_000,
             header_read_timeout_secs: 10,
             shutdown_grace_secs: 5,
             heartbeat_ttl_ms: 15_000,
@@ -180,6 +197,8 @@ impl Config {
             redis_url: None,
             redis_enabled: true,
             redis_key_prefix: "maestro:".into(),
+            push_contact: None,
+            push_allow_local_endpoints: false,
         }
     }
 

@@ -119,3 +119,36 @@ async fn a_legacy_websocket_frame_over_the_body_limit_is_refused_without_reading
     // The server is fine.
     assert_eq!(server.api().health().await.unwrap().status, "ok");
 }
+
+#[tokio::test]
+async fn socketio_handshakes_beyond_the_session_cap_are_refused_before_any_upgrade() {
+    let server = TestServer::start_with(|c| c.max_socketio_sessions = 2).await;
+    let addr = server.addr();
+    let handshake = || {
+        common::raw_http(
+            addr,
+            "GET",
+            "/socket.io/?EIO=4&transport=polling",
+            None,
+            Vec::new(),
+        )
+    };
+    assert_eq!(handshake().await.status, 200);
+    assert_eq!(handshake().await.status, 200);
+    let refused = handshake().await;
+    assert_eq!(
+        refused.status,
+        503,
+        "{:?}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    // A WebSocket handshake is refused before the upgrade: no 101 for a session it cannot open.
+    let req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+    )
+    .unwrap();
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+}

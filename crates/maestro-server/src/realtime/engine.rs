@@ -80,6 +80,8 @@ pub struct EngineConfig {
     pub ping_timeout: Duration,
     /// Largest message (WebSocket) or request body (polling) the client may send.
     pub max_payload: usize,
+    /// Most sessions open at once; a handshake beyond it gets 503.
+    pub max_sessions: usize,
 }
 
 /// One Engine.IO packet, ready for either transport: the bytes of its WebSocket text frame,
@@ -696,6 +698,11 @@ impl Engine {
         Some(session)
     }
 
+    /// Whether the session cap is reached.
+    fn full(&self) -> bool {
+        self.sessions.lock().expect("engine lock").len() >= self.config.max_sessions
+    }
+
     fn open_session(
         &self,
         peer: Option<SocketAddr>,
@@ -760,6 +767,9 @@ impl Engine {
         let sid = q.sid.map(str::to_owned);
         match (q.transport, req.method()) {
             (Some("polling"), &Method::GET) => match sid {
+                None if self.full() => {
+                    refuse(StatusCode::SERVICE_UNAVAILABLE, 3, "Too many sessions")
+                }
                 None => {
                     let session = self.open_session(
                         peer,
@@ -926,6 +936,18 @@ impl Engine {
         let Some(key) = key.filter(|_| valid) else {
             return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
         };
+        // Answer 101 only for a connection this server can take over: one hyper can hand back
+        // (an HTTP/1 connection of ours), and room for a new session.
+        if req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_none()
+        {
+            return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
+        }
+        if sid.is_none() && self.full() {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, 3, "Too many sessions");
+        }
         // A WebSocket for a session that already has one, or is being taken over by one, is
         // accepted and closed at once (the client sees a close, as from the reference server).
         let mut taken = false;
@@ -1280,6 +1302,7 @@ mod tests {
             ping_interval: Duration::from_millis(interval_ms),
             ping_timeout: Duration::from_millis(timeout_ms),
             max_payload: 1_000_000,
+            max_sessions: 1_000,
         };
         Engine::new(
             config,

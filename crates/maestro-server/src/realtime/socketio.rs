@@ -95,6 +95,7 @@ impl Realtime {
             ping_interval: Duration::from_millis(config.socketio_ping_interval_ms),
             ping_timeout: Duration::from_millis(config.socketio_ping_timeout_ms),
             max_payload: config.max_body_bytes,
+            max_sessions: usize::try_from(config.max_socketio_sessions).unwrap_or(usize::MAX),
         };
         let hub = Arc::new(Hub::new(
             domain,
