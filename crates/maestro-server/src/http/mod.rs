@@ -10,6 +10,7 @@ mod mail;
 mod ops;
 mod ordering;
 mod projects;
+mod push;
 mod sessions;
 mod skills;
 mod tasks;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub socketio: crate::realtime::socketio::Realtime,
     /// Who may do what; runs before routing (see [`auth::gate`]).
     pub gate: crate::auth::Gate,
+    /// Web Push: the VAPID key and the sender's counters.
+    pub push: crate::push::Push,
 }
 
 /// The API as an OpenAPI-documented router: every route is registered together with its
@@ -65,7 +68,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router())
-        .merge(auth::router());
+        .merge(auth::router())
+        .merge(push::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api", api)
         .merge(ops::router())
@@ -80,7 +84,7 @@ fn documented() -> OpenApiRouter<AppState> {
     tags(
         (name = "projects"), (name = "tasks"), (name = "sessions"), (name = "team-members"),
         (name = "mail"), (name = "ordering"), (name = "skills"), (name = "templates"),
-        (name = "operations"), (name = "auth")
+        (name = "operations"), (name = "auth"), (name = "push")
     )
 )]
 struct ApiDoc;
@@ -116,7 +120,12 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            crate::realtime::legacy::LegacyState {
+                domain: state.domain.clone(),
+                config: state.config.clone(),
+                clients: state.ws_clients.clone(),
+                shutdown: state.shutdown.clone(),
+            },
             crate::realtime::legacy::upgrade_middleware,
         ))
         .layer(cors(&state.config))

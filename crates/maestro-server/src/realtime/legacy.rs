@@ -22,13 +22,25 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Principal;
-use crate::http::AppState;
+use crate::config::Config;
+use crate::domain::Domain;
 use crate::util::now_ms;
 use maestro_protocol::{CREDENTIAL_REVOKED, Scope};
 
+/// What the legacy WebSocket needs of the server (the HTTP layer builds it from its own state;
+/// this module does not depend on `http`).
+#[derive(Clone)]
+pub struct LegacyState {
+    pub domain: Domain,
+    pub config: Arc<Config>,
+    /// Open connections, for `/ws-status`.
+    pub clients: Arc<std::sync::atomic::AtomicUsize>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 /// Routes WebSocket upgrades on any path except `/socket.io/` to the legacy protocol.
 pub async fn upgrade_middleware(
-    State(state): State<AppState>,
+    State(state): State<LegacyState>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -78,11 +90,11 @@ impl Drop for ClientGuard {
     }
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, principal: Option<Principal>) {
+async fn serve(mut socket: WebSocket, state: LegacyState, principal: Option<Principal>) {
     let credential = principal.as_ref().and_then(|p| p.id.clone());
     let may_beat = principal.as_ref().is_some_and(|p| p.allows(Scope::Operate));
-    state.ws_clients.fetch_add(1, Ordering::Relaxed);
-    let _guard = ClientGuard(state.ws_clients.clone());
+    state.clients.fetch_add(1, Ordering::Relaxed);
+    let _guard = ClientGuard(state.clients.clone());
     let mut events = state.domain.store.subscribe();
     let mut filter: Option<HashSet<String>> = None;
     loop {
@@ -153,7 +165,7 @@ fn heartbeat_of(text: &str) -> Option<String> {
         .flatten()
 }
 
-async fn heartbeat_reply(state: &AppState, session_id: String) -> Value {
+async fn heartbeat_reply(state: &LegacyState, session_id: String) -> Value {
     match state.domain.heartbeat(session_id, Default::default()).await {
         Ok(p) => json!({ "type": "heartbeat", "ok": true, "presence": p, "timestamp": now_ms() }),
         Err(e) => json!({
