@@ -69,6 +69,14 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root().join(t) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
@@ -265,10 +273,7 @@ fn js_interop() -> Result<()> {
     let mut build = cargo();
     build.args(["build", "--package", "maestro"]);
     step("cargo build -p maestro", build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root().join(t) })
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let bin = target
         .join("debug")
         .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
@@ -297,10 +302,7 @@ fn conformance() -> Result<()> {
         "conformance",
     ]);
     step("cargo build --example conformance", build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root().join(t) })
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let bin = target
         .join("debug")
         .join("examples")
@@ -380,11 +382,7 @@ fn bench(args: &[String]) -> Result<()> {
         "maestro-bench",
     ]);
     step("cargo build --release (maestro, maestro-bench)", build)?;
-    let release = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root().join(t) })
-        .unwrap_or_else(|| root().join("target"))
-        .join("release");
+    let release = target_dir().join("release");
     let exe = |name: &str| release.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     let mut run = Command::new(exe("maestro-bench"));
     run.current_dir(root())
@@ -457,10 +455,7 @@ fn web_tests() -> Result<()> {
     if !have("chromium") {
         install_debian_package("chromium", "chromium")?;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root().join(t) })
-        .unwrap_or_else(|| root().join("target"));
+    let target = target_dir();
     let bin = target
         .join("debug")
         .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
