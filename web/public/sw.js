@@ -73,7 +73,30 @@ self.addEventListener("fetch", (event) => {
   }
 });
 
-// A notification (see src/live.ts) opens its session in the app, reusing an open window.
+// Web Push (src/push.ts): the server's encrypted notification, decrypted by the browser, is
+// `{title, body, sessionId, projectId, kind, url}`. Shown at once (a push must show something);
+// one per session (`tag`), so it replaces the in-page notification of the same session.
+self.addEventListener("push", (event) => {
+  let p = {};
+  try {
+    p = event.data ? event.data.json() : {};
+  } catch {
+    p = { body: event.data ? event.data.text() : "" };
+  }
+  const tag = p.sessionId || "maestro";
+  event.waitUntil(
+    self.registration.showNotification(p.title || "Maestro", {
+      body: p.body || "",
+      tag,
+      renotify: p.kind === "needs_input",
+      icon: "/icon.svg",
+      data: { url: p.url || "/", sessionId: p.sessionId },
+    }),
+  );
+});
+
+// A notification (see src/live.ts and the push handler) opens its session in the app, reusing
+// an open window.
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
   const url = event.notification.data?.url ?? "/";

@@ -3,7 +3,7 @@
 import { computed, signal } from "@preact/signals";
 
 import { api, ApiError, setCsrf, signedOut } from "./api";
-import type { Me, Scope } from "./types";
+import type { Me, PairRequest, Paired, Scope } from "./types";
 
 export const me = signal<Me | null>(null);
 /** Set while start-up cannot reach the server (it retries). */
@@ -40,17 +40,9 @@ export async function loadMe(): Promise<void> {
   }
 }
 
-interface Paired {
-  token?: string;
-  deviceId: string;
-  scope: Scope;
-  deviceName: string;
-  csrf: string;
-}
-
 /** Exchanges a one-time pairing code; the server sets the device cookie. */
 export async function pair(code: string, deviceName: string): Promise<Paired> {
-  const p = await api<Paired>("POST", "/api/auth/pair", { code, deviceName });
+  const p = await api<Paired>("POST", "/api/auth/pair", { code, deviceName } satisfies PairRequest);
   setCsrf(p.csrf);
   me.value = { kind: "device", scope: p.scope, id: p.deviceId, name: p.deviceName, csrf: p.csrf };
   signedOut.value = false;

@@ -16,7 +16,7 @@ import { Manager, type Socket } from "socket.io-client";
 
 import { api, signedOut } from "./api";
 import { ProjectState } from "./store";
-import type { Envelope, Project, Snapshot } from "./types";
+import type { Envelope, Project, Snapshot, SocketAuth, StateSyncRequest } from "./types";
 
 export type LinkStatus = "connecting" | "live" | "down";
 
@@ -64,8 +64,8 @@ class Link {
       auth: (cb: (auth: object) => void) =>
         cb(
           this.state.synced
-            ? { projectId: this.projectId, lastSeq: this.state.seq }
-            : { projectId: this.projectId },
+            ? ({ projectId: this.projectId, lastSeq: this.state.seq } satisfies SocketAuth)
+            : ({ projectId: this.projectId } satisfies SocketAuth),
         ),
     });
     this.socket.on("connect", () => {
@@ -118,7 +118,7 @@ class Link {
     if (this.syncing) return;
     this.syncing = [];
     try {
-      const snap = (await this.socket.timeout(15_000).emitWithAck("state:sync", {})) as
+      const snap = (await this.socket.timeout(15_000).emitWithAck("state:sync", {} satisfies StateSyncRequest)) as
         | Snapshot
         | { ok: false };
       if (!snap.ok) throw new Error("state:sync refused");

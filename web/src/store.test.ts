@@ -5,12 +5,47 @@ import type { Envelope, Session, Snapshot, Task } from "./types";
 
 const P = "proj_1";
 
+// Entities as the server sends them: every field it always writes is present.
 function task(id: string, title: string, status = "todo"): Task {
-  return { id, projectId: P, title, status, priority: "medium", createdAt: 1, updatedAt: 1 };
+  return {
+    id,
+    projectId: P,
+    parentId: null,
+    title,
+    description: "",
+    status,
+    priority: "medium",
+    createdAt: 1,
+    updatedAt: 1,
+    startedAt: null,
+    completedAt: null,
+    initialPrompt: "",
+    sessionIds: [],
+    skillIds: [],
+    agentIds: [],
+    dependencies: [],
+    referenceTaskIds: [],
+  };
 }
 
 function session(id: string, extra: Partial<Session> = {}): Session {
-  return { id, projectId: P, name: id, status: "working", startedAt: 1, lastActivity: 1, ...extra };
+  return {
+    id,
+    projectId: P,
+    taskIds: [],
+    name: id,
+    env: {},
+    status: "working",
+    startedAt: 1,
+    lastActivity: 1,
+    completedAt: null,
+    hostname: "",
+    platform: "",
+    events: [],
+    timeline: [],
+    docs: [],
+    ...extra,
+  };
 }
 
 function ev(seq: number, event: string, data: unknown, projectId: string | null = P): Envelope {
@@ -20,7 +55,7 @@ function ev(seq: number, event: string, data: unknown, projectId: string | null 
 function snapshot(seq: number, tasks: Task[] = [], sessions: Session[] = []): Snapshot {
   return {
     ok: true,
-    projects: [{ id: P, name: "p", createdAt: 1, updatedAt: 1 }],
+    projects: [{ id: P, name: "p", workingDir: "/tmp/p", description: "", createdAt: 1, updatedAt: 1 }],
     tasks,
     sessions,
     teamMembers: [],

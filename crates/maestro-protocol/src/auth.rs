@@ -13,6 +13,7 @@ use crate::Millis;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
 )]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Every `GET` and the live events.
@@ -53,6 +54,7 @@ impl std::fmt::Display for Scope {
 
 /// `POST /api/auth/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CreateToken {
     pub scope: Option<Scope>,
@@ -65,6 +67,7 @@ pub struct CreateToken {
 
 /// A new token: the only time its secret is shown.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenCreated {
     pub id: String,
@@ -78,6 +81,7 @@ pub struct TokenCreated {
 
 /// A token as listed (no secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     pub id: String,
@@ -92,6 +96,7 @@ pub struct TokenInfo {
 
 /// A paired device as listed (no secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceInfo {
     pub id: String,
@@ -104,6 +109,7 @@ pub struct DeviceInfo {
 
 /// `POST /api/auth/pairings`: make a single-use pairing code.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CreatePairing {
     /// The paired device's scope (default `respond`); at most the caller's own.
@@ -116,6 +122,7 @@ pub struct CreatePairing {
 
 /// A pairing code, valid once until `expiresAt`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PairingCreated {
     /// The long code (≥ 128 bits), carried in the URL's fragment.
@@ -130,6 +137,7 @@ pub struct PairingCreated {
 
 /// `POST /api/auth/pair`: a device exchanges a pairing code for its credential.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PairRequest {
     /// The long code or the short code.
@@ -140,6 +148,7 @@ pub struct PairRequest {
 
 /// A paired device's credential: also set as the device cookie.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Paired {
     pub token: String,
@@ -152,6 +161,7 @@ pub struct Paired {
 
 /// How the caller of `GET /api/auth/me` was recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum CallerKind {
     /// A request from this machine, trusted without a credential.
@@ -162,6 +172,7 @@ pub enum CallerKind {
 
 /// `GET /api/auth/me`: who the server takes the caller for.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Me {
     pub kind: CallerKind,
@@ -178,6 +189,7 @@ pub struct Me {
 
 /// `PUT /api/auth/public-url`: the public URL a tunnel reaches this server at.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct PublicUrl {
     /// An origin, `https://<host>`; `null` when none is announced.
@@ -190,6 +202,7 @@ pub const CREDENTIAL_REVOKED: &str = "auth:revoked";
 
 /// Payload of [`CREDENTIAL_REVOKED`].
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRevoked {
     pub id: String,

@@ -16,6 +16,7 @@ pub const ORDERING_ENTITY_TYPES: &[&str] = &["task", "session"];
 ///
 /// Not referentially checked: ids of deleted entities may remain, and the UI skips them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Ordering {
     pub project_id: String,
@@ -28,6 +29,7 @@ pub struct Ordering {
 
 /// `PUT /api/ordering/:entityType/:projectId`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateOrdering {
     /// Required; `None` only so that a missing field gets a clear 400.
@@ -37,6 +39,7 @@ pub struct UpdateOrdering {
 
 /// One entry of `GET /api/skills`: the skill's front matter and its body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Skill {
     /// The skill's directory name.
@@ -74,6 +77,7 @@ pub struct Skill {
 
 /// A skill's identity: the answer to `GET /api/skills/mode/:mode` (as a list).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SkillSummary {
     pub id: String,
     pub name: String,
@@ -86,6 +90,7 @@ pub struct SkillSummary {
 
 /// `GET /api/skills/:id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SkillDetail {
     #[serde(flatten)]
     pub summary: SkillSummary,
@@ -95,6 +100,7 @@ pub struct SkillDetail {
 
 /// `POST /api/skills/:id/reload`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct SkillReloaded {
     #[serde(flatten)]
     pub summary: SkillSummary,
@@ -104,6 +110,7 @@ pub struct SkillReloaded {
 
 /// One step of a workflow template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct WorkflowPhase {
     pub name: String,
     /// What the agent does in this phase, including the `maestro` commands to use.
@@ -112,6 +119,7 @@ pub struct WorkflowPhase {
 
 /// A built-in workflow an agent follows (`GET /api/workflow-templates`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowTemplate {
     pub id: String,

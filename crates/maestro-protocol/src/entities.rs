@@ -50,6 +50,7 @@ pub const TERMINAL_SESSION_STATUSES: &[&str] = &["completed", "failed", "stopped
 
 /// A project: a working directory that tasks and sessions belong to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Project {
     pub id: String,
@@ -64,6 +65,7 @@ pub struct Project {
 
 /// A unit of work, possibly with a parent task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Task {
     pub id: String,
@@ -106,6 +108,7 @@ pub struct Task {
 
 /// The "waiting on a human" flag of a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct NeedsInput {
     pub active: bool,
@@ -120,6 +123,7 @@ pub struct NeedsInput {
 /// `type` is free-form: clients post their own kinds (the upstream CLI posts
 /// `task_status_changed`). Extra fields a client sends are kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEvent {
     pub id: String,
@@ -138,6 +142,7 @@ pub struct TimelineEvent {
 
 /// One entry of a session's raw activity log (e.g. `file_modified`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionEvent {
     pub id: String,
@@ -152,6 +157,7 @@ pub struct SessionEvent {
 
 /// A document an agent produced, attached to its session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct DocEntry {
     pub id: String,
@@ -168,6 +174,7 @@ pub struct DocEntry {
 
 /// A doc listed for a task, with the session it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskDocEntry {
     #[serde(flatten)]
@@ -178,6 +185,7 @@ pub struct TaskDocEntry {
 
 /// One agent run (a terminal with Claude Code, Codex, …) working on some tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
     pub id: String,
@@ -235,6 +243,7 @@ impl Session {
 
 /// `{success: true, id}`, the answer to most deletes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Deleted {
     pub success: bool,
     pub id: String,
@@ -242,6 +251,7 @@ pub struct Deleted {
 
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Health {
     pub status: String,
     pub timestamp: Millis,
@@ -251,6 +261,7 @@ pub struct Health {
 
 /// `GET /ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Ready {
     /// `ready` or `degraded`.
     pub status: String,
@@ -259,6 +270,7 @@ pub struct Ready {
 
 /// The JSON body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Always `true`; kept because upstream clients test it.

@@ -15,6 +15,7 @@ pub const GLOBAL_SCOPE: &str = "global";
 
 /// A domain event as journaled and delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     /// Project id, or [`GLOBAL_SCOPE`].
@@ -51,6 +52,7 @@ impl EventRecord {
 
 /// Upstream's `{type, event, data, timestamp}` frame plus `seq` and `projectId`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct EventEnvelope {
     #[serde(rename = "type")]

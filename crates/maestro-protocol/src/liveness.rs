@@ -7,6 +7,7 @@ use crate::Millis;
 
 /// `POST /api/sessions/:id/heartbeat`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     /// The agent made progress since its last beat (resets the stall clock).
@@ -16,6 +17,7 @@ pub struct Heartbeat {
 
 /// A session's liveness, as the server sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Presence {
     pub session_id: String,
@@ -33,6 +35,7 @@ pub struct Presence {
 
 /// A lease on a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
     pub task_id: String,
@@ -46,6 +49,7 @@ pub struct Claim {
 
 /// `POST /api/tasks/:id/claim`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimRequest {
     #[serde(default)]
@@ -57,6 +61,7 @@ pub struct ClaimRequest {
 
 /// `POST /api/tasks/:id/claim/renew` and `/release`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseRequest {
     #[serde(default)]
@@ -69,6 +74,7 @@ pub struct LeaseRequest {
 
 /// Answer to a release.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Released {
     pub released: bool,

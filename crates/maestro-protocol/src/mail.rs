@@ -18,6 +18,7 @@ pub const MAIL_TYPES: &[&str] = &[
 
 /// A message from one session to another, or to the whole project (`toSessionId: null`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct MailMessage {
     pub id: String,
@@ -37,6 +38,7 @@ pub struct MailMessage {
 
 /// `POST /api/mail`. Strict, as upstream: unknown keys are rejected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendMail {
     pub project_id: String,
@@ -56,6 +58,7 @@ pub struct SendMail {
 
 /// The answer to a send: one message, or one per recipient session of a team member.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(untagged)]
 pub enum SentMail {
     One(MailMessage),
@@ -64,6 +67,7 @@ pub enum SentMail {
 
 /// `DELETE /api/mail/:id`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct MailDeleted {
     pub deleted: bool,
     pub id: String,
@@ -71,6 +75,7 @@ pub struct MailDeleted {
 
 /// `POST /api/mail/inbox/:sessionId/ack`: marks everything up to `upTo` as read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AckMail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +85,7 @@ pub struct AckMail {
 
 /// A session's read cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct MailCursor {
     pub session_id: String,

@@ -11,6 +11,7 @@ use crate::{MailMessage, Millis, Project, Session, Task, TeamMember};
 
 /// The handshake's `auth` object.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SocketAuth {
     /// A token (`Authorization: Bearer` for sockets); checked by the auth gate. Not needed when
@@ -28,6 +29,7 @@ pub struct SocketAuth {
 
 /// `subscribe` / `unsubscribe`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionSubscription {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,6 +38,7 @@ pub struct SessionSubscription {
 
 /// `state:sync`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct StateSyncRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +48,7 @@ pub struct StateSyncRequest {
 /// Everything a client starts from, read from one snapshot, with the head `seq` of every scope
 /// it covers: events with a higher `seq` are newer than the snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct StateSnapshot {
     pub projects: Vec<Project>,
@@ -57,6 +61,7 @@ pub struct StateSnapshot {
 
 /// `events:replay`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplayRequest {
     /// Required; `None` only so that a missing field gets a clear error.
@@ -72,6 +77,7 @@ pub struct ReplayRequest {
 
 /// `session:reply-input`: a human's answer to a session that needs input.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplyInput {
     #[serde(default)]
@@ -82,6 +88,7 @@ pub struct ReplyInput {
 
 /// What `session:reply-input` answers (besides `ok`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplyDelivered {
     /// The session after the reply: `needsInput` cleared, the `user_reply` timeline entry added.
@@ -92,6 +99,7 @@ pub struct ReplyDelivered {
 
 /// `session:stop`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct StopSession {
     #[serde(default)]
@@ -100,6 +108,7 @@ pub struct StopSession {
 
 /// Payload of the `session:input` domain event: a human answered the session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInput {
     pub session_id: String,
@@ -112,6 +121,7 @@ pub struct SessionInput {
 /// Payload of `replay:incomplete`: the events after `lastSeq` are no longer all in the journal
 /// (or `lastSeq` is ahead of the server); the client resyncs with `state:sync`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplayIncomplete {
     /// Always `false`.

@@ -14,6 +14,7 @@ use crate::entities::{NeedsInput, SessionEvent, TimelineEvent};
 
 /// `POST /api/projects`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CreateProject {
     #[serde(default)]
@@ -26,6 +27,7 @@ pub struct CreateProject {
 
 /// `PUT /api/projects/:id`: any subset of the editable fields.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateProject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +40,7 @@ pub struct UpdateProject {
 
 /// `POST /api/tasks`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTask {
     #[serde(default)]
@@ -67,6 +70,7 @@ pub struct CreateTask {
 /// With `updateSource: "session"` only `sessionId` + `sessionStatus` count (an agent reporting
 /// its own progress); otherwise the user-editable fields do.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +110,7 @@ pub struct UpdateTask {
 
 /// `POST /api/tasks/:id/timeline`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskTimelineRequest {
     #[serde(default)]
@@ -121,6 +126,7 @@ pub struct TaskTimelineRequest {
 
 /// Answer to `POST /api/tasks/:id/timeline`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TaskTimelineResponse {
     pub success: bool,
@@ -133,6 +139,7 @@ pub struct TaskTimelineResponse {
 
 /// `POST /api/sessions`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSession {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +171,7 @@ pub struct CreateSession {
 
 /// `PATCH /api/sessions/:id`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateSession {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +196,7 @@ pub struct UpdateSession {
 
 /// `POST /api/sessions/:id/events`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct AppendSessionEvent {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -197,6 +206,7 @@ pub struct AppendSessionEvent {
 
 /// `POST /api/sessions/:id/timeline`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct AppendTimeline {
     #[serde(default)]
@@ -211,6 +221,7 @@ pub struct AppendTimeline {
 
 /// `POST /api/sessions/:id/docs`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct AddDoc {
     #[serde(default)]
@@ -225,6 +236,7 @@ pub struct AddDoc {
 
 /// `POST /api/sessions/:id/modal`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ShowModal {
     #[serde(default)]
@@ -239,6 +251,7 @@ pub struct ShowModal {
 
 /// Answer to `POST /api/sessions/:id/modal`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ModalShown {
     pub success: bool,
@@ -249,6 +262,7 @@ pub struct ModalShown {
 
 /// `POST /api/sessions/:id/modal/:modalId/actions`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ModalAction {
     #[serde(default)]
     pub action: Option<String>,
@@ -258,6 +272,7 @@ pub struct ModalAction {
 
 /// Answer to a modal action or close.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ModalAck {
     pub success: bool,

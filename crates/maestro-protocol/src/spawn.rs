@@ -10,6 +10,7 @@ use crate::entities::Session;
 
 /// `POST /api/sessions/spawn`. Lenient: unknown keys (e.g. `strategy`) are ignored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnRequest {
     #[serde(default)]
@@ -44,6 +45,7 @@ pub struct SpawnRequest {
 
 /// Answer to a spawn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnResponse {
     pub success: bool,
@@ -55,6 +57,7 @@ pub struct SpawnResponse {
 
 /// Payload of `session:spawn`: what a launcher needs to start the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct SpawnEvent {
     pub session: Session,

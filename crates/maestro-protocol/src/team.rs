@@ -24,6 +24,7 @@ pub const DEFAULT_MEMBER_KINDS: &[&str] = &[
 
 /// What a member is allowed to do.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct Capabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_spawn_sessions: Option<bool>,
@@ -37,6 +38,7 @@ pub struct Capabilities {
 
 /// A team member (built-in or custom).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct TeamMember {
     pub id: String,
@@ -72,6 +74,7 @@ pub struct TeamMember {
 
 /// `POST /api/team-members`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTeamMember {
     #[serde(default)]
@@ -104,6 +107,7 @@ pub struct CreateTeamMember {
 
 /// `PATCH /api/team-members/:id`: `projectId` plus any editable field.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateTeamMember {
     #[serde(default)]
@@ -138,6 +142,7 @@ pub struct UpdateTeamMember {
 
 /// A body that only names the project (`archive`, `unarchive`, `reset`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectRef {
     #[serde(default)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod import;
 pub mod ports;
+pub mod push;
 pub mod realtime;
 pub mod util;
 
@@ -65,6 +66,10 @@ pub async fn run(
     );
     tasks.spawn(socketio.bridge());
     tasks.spawn(domain.clone().run_sweeper(shutdown.clone()));
+    let push = push::Push::start(domain.clone(), config_arc.clone())
+        .await
+        .context("loading the Web Push key")?;
+    tasks.spawn(push.clone().run(shutdown.clone()));
     let state = AppState {
         domain,
         config: config_arc,
@@ -73,6 +78,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         socketio,
         gate,
+        push,
     };
     let app = http::router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");

@@ -47,11 +47,17 @@ pub enum Collection {
     Credentials,
     /// Pending single-use pairing codes (hashed), deleted when used, burned or expired.
     Pairings,
+    /// The server's VAPID key pair for Web Push (one record, made on first start).
+    VapidKeys,
+    /// Browsers' Web Push subscriptions, owned by the device (or token) that made them.
+    PushSubscriptions,
+    /// Which notify events were already pushed, per event scope (exactly-once sending).
+    PushSent,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 12] = [
+    pub const ALL: [Collection; 15] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -64,6 +70,9 @@ impl Collection {
         Self::Claims,
         Self::Credentials,
         Self::Pairings,
+        Self::VapidKeys,
+        Self::PushSubscriptions,
+        Self::PushSent,
     ];
 
     /// Stable name used in storage keys.
@@ -81,6 +90,9 @@ impl Collection {
             Self::Claims => "claims",
             Self::Credentials => "credentials",
             Self::Pairings => "pairings",
+            Self::VapidKeys => "vapid_keys",
+            Self::PushSubscriptions => "push_subscriptions",
+            Self::PushSent => "push_sent",
         }
     }
 }

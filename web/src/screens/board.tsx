@@ -8,7 +8,17 @@ import { clock, statusLabel } from "../format";
 import { allStates, projects, stateOf, version } from "../live";
 import { renderMarkdown } from "../markdown";
 import { isTerminal } from "../store";
-import { TASK_STATUSES, type Session, type Task, type TimelineEvent } from "../types";
+import {
+  TASK_STATUSES,
+  type CreateTask,
+  type Session,
+  type SpawnRequest,
+  type SpawnResponse,
+  type Task,
+  type TaskDocEntry,
+  type TimelineEvent,
+  type UpdateTask,
+} from "../types";
 import { go } from "../router";
 import { Empty, StatusBadge } from "../ui";
 
@@ -129,21 +139,13 @@ function findTask(id: string): Task | undefined {
   return undefined;
 }
 
-interface TaskDoc {
-  id: string;
-  title: string;
-  filePath: string;
-  content?: string;
-  sessionName: string;
-}
-
 export function TaskDetail({ id }: { id: string }) {
   void version.value;
   const t = findTask(id);
-  const [docs, setDocs] = useState<TaskDoc[]>([]);
+  const [docs, setDocs] = useState<TaskDocEntry[]>([]);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
-    api<TaskDoc[]>("GET", `/api/tasks/${encodeURIComponent(id)}/docs`)
+    api<TaskDocEntry[]>("GET", `/api/tasks/${encodeURIComponent(id)}/docs`)
       .then(setDocs)
       .catch(() => undefined);
   }, [id, t?.sessionIds?.length]);
@@ -161,7 +163,7 @@ export function TaskDetail({ id }: { id: string }) {
   async function move(status: string) {
     setError(null);
     try {
-      await api("PATCH", `/api/tasks/${encodeURIComponent(t!.id)}`, { status });
+      await api("PATCH", `/api/tasks/${encodeURIComponent(t!.id)}`, { status } satisfies UpdateTask);
     } catch (err) {
       setError((err as Error).message);
     }
@@ -285,7 +287,7 @@ export function NewTask({ projectId }: { projectId?: string }) {
           setBusy(true);
           setError(null);
           try {
-            await api("POST", "/api/tasks", { projectId: pid, title: title.trim(), description, priority });
+            await api("POST", "/api/tasks", { projectId: pid, title: title.trim(), description, priority } satisfies CreateTask);
             go(`#/board/${pid}`);
           } catch (err) {
             setError((err as Error).message);
@@ -355,10 +357,10 @@ export function Spawn({ taskId }: { taskId?: string }) {
           setBusy(true);
           setError(null);
           try {
-            const res = await api<{ sessionId: string }>(
+            const res = await api<SpawnResponse>(
               "POST",
               "/api/sessions/spawn",
-              { projectId: t.projectId, taskIds: [t.id], teamMemberId: chosen.id, spawnSource: "ui" },
+              { projectId: t.projectId, taskIds: [t.id], teamMemberId: chosen.id, spawnSource: "ui" } satisfies SpawnRequest,
               { "idempotency-key": key },
             );
             go(`#/s/${res.sessionId}`);

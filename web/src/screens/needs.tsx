@@ -9,7 +9,7 @@ import { ago, statusLabel } from "../format";
 import { allStates, emitIn, projects, version } from "../live";
 import { needsYou, question, sessionTitle } from "../store";
 import { inline } from "../markdown";
-import type { Session } from "../types";
+import type { ReplyInput, Session } from "../types";
 import { Empty, Presence, Section, StatusBadge } from "../ui";
 
 function title(s: Session): string {
@@ -84,7 +84,7 @@ function AskCard({ session: s }: { session: Session }) {
     setBusy(true);
     setError(null);
     try {
-      await emitIn(s.projectId, "session:reply-input", { sessionId: s.id, message: text });
+      await emitIn(s.projectId, "session:reply-input", { sessionId: s.id, message: text } satisfies ReplyInput);
       setText("");
     } catch (err) {
       setError((err as Error).message);

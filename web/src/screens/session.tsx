@@ -8,7 +8,7 @@ import { clock, mailText, statusLabel } from "../format";
 import { emitIn, projects, stateOf, allStates, version } from "../live";
 import { inline, renderMarkdown } from "../markdown";
 import { isTerminal, needsInput, question, sessionTitle } from "../store";
-import type { MailMessage, Session } from "../types";
+import type { MailMessage, ReplyInput, SendMail, Session, StopSession } from "../types";
 import { Empty, Presence, StatusBadge } from "../ui";
 
 type Tab = "timeline" | "docs" | "mail";
@@ -177,7 +177,7 @@ function Reply({ s }: { s: Session }) {
             setBusy(true);
             setError(null);
             try {
-              await emitIn(s.projectId, "session:reply-input", { sessionId: s.id, message: text });
+              await emitIn(s.projectId, "session:reply-input", { sessionId: s.id, message: text } satisfies ReplyInput);
               setText("");
             } catch (err) {
               setError((err as Error).message);
@@ -237,7 +237,7 @@ function Actions({ s }: { s: Session }) {
               type: "directive",
               subject: first.slice(0, 120),
               body: { message: text },
-            });
+            } satisfies SendMail);
             setText("");
             setNote("Directive sent.");
           } catch (err) {
@@ -280,7 +280,7 @@ function Actions({ s }: { s: Session }) {
                 onClick={async () => {
                   setBusy(true);
                   try {
-                    await emitIn(s.projectId, "session:stop", { sessionId: s.id });
+                    await emitIn(s.projectId, "session:stop", { sessionId: s.id } satisfies StopSession);
                   } catch (err) {
                     setNote((err as Error).message);
                   } finally {

@@ -5,6 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 
 import { guessDeviceName, logout, me, pair } from "../auth";
 import { connection, stats } from "../live";
+import { disablePush, enablePush, pushError, pushState, pushSupported, refreshPush } from "../push";
 
 export type Theme = "system" | "light" | "dark";
 
@@ -148,32 +149,52 @@ export function SignedOut() {
 }
 
 function Notifications() {
-  const supported = "Notification" in window && "serviceWorker" in navigator;
-  const [permission, setPermission] = useState(supported ? Notification.permission : "denied");
+  const canNotify = "Notification" in window && "serviceWorker" in navigator;
+  const [permission, setPermission] = useState(canNotify ? Notification.permission : "denied");
+  useEffect(() => {
+    void refreshPush().catch(() => undefined);
+  }, []);
+  const push = pushState.value;
+  const toggle = async () => {
+    if (push === "on") await disablePush();
+    else if (pushSupported()) await enablePush();
+    else await Notification.requestPermission();
+    setPermission(Notification.permission);
+  };
+  let text: string;
+  if (!canNotify) text = "This browser cannot show notifications.";
+  else if (permission === "denied") text = "Blocked in this browser's site settings.";
+  else if (push === "on")
+    text = "On: this device is told when an agent needs you, fails or finishes, even with the app closed.";
+  else if (permission === "granted")
+    text =
+      "On: while this app is open in the background, you are told when an agent needs you, fails or finishes." +
+      (pushSupported() ? " Enable notifications to be told with the app closed too." : "");
+  else text = "Off.";
+  const showButton = canNotify && permission !== "denied" && (pushSupported() || permission !== "granted");
   return (
     <section class="section" aria-labelledby="notify-title">
       <h2 class="section-title" id="notify-title">
         Notifications
       </h2>
-      {!supported ? (
-        <p class="meta">This browser cannot show notifications.</p>
-      ) : permission === "granted" ? (
-        <p class="meta" data-testid="notifications">
-          On: while this app is open in the background, you are told when an agent needs you, fails or
-          finishes.
-        </p>
-      ) : permission === "denied" ? (
-        <p class="meta" data-testid="notifications">
-          Blocked in this browser's site settings.
-        </p>
-      ) : (
-        <button
-          class="btn"
-          type="button"
-          onClick={async () => setPermission(await Notification.requestPermission())}
-        >
-          Allow notifications
+      <p class="meta" data-testid="notifications" data-push={push}>
+        {text}
+      </p>
+      {showButton && (
+        <button class="btn" type="button" disabled={push === "busy"} onClick={() => void toggle()}>
+          {push === "busy"
+            ? "Working…"
+            : push === "on"
+              ? "Turn off notifications"
+              : pushSupported()
+                ? "Enable notifications"
+                : "Allow notifications"}
         </button>
+      )}
+      {pushError.value && (
+        <p class="meta" role="alert">
+          {pushError.value}
+        </p>
       )}
     </section>
   );

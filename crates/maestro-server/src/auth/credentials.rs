@@ -276,6 +276,8 @@ pub async fn revoke(domain: &Domain, kind: CallerKind, id: String) -> Result<Cre
             .filter(|c: &Credential| c.kind == kind)
             .ok_or_else(|| Error::not_found(resource, &id))?;
         tx.delete(Collection::Credentials, &id);
+        // Its notifications end with it, in the same commit.
+        crate::push::subscriptions::delete_for_owner(tx, &id)?;
         tx.emit(
             GLOBAL_SCOPE,
             CREDENTIAL_REVOKED,
@@ -503,6 +505,7 @@ pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> 
     transact(&*domain.store, move |tx| {
         if let Some(id) = &previous {
             tx.delete(Collection::Credentials, id);
+            crate::push::subscriptions::delete_for_owner(tx, id)?;
         }
         tx.insert(Collection::Credentials, &credential.id, None, &credential);
         Ok(())

@@ -208,7 +208,9 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
             _ => Need::Scope(Scope::Admin),
         };
     }
-    if !is_write(method) {
+    // A device may ask to be notified of what it can read: subscribing and unsubscribing
+    // change only its own subscriptions.
+    if !is_write(method) || path == "/api/push/subscriptions" {
         return Need::Scope(Scope::Read);
     }
     if *method == Method::DELETE || path == "/api/projects" || path.starts_with("/api/projects/") {
@@ -373,6 +375,31 @@ mod tests {
         assert_eq!(
             need(&Method::PATCH, "/api/tasks/t", false),
             scope(S::Operate)
+        );
+    }
+
+    #[test]
+    fn push_subscriptions_need_only_read() {
+        use maestro_protocol::Scope as S;
+        for method in [Method::POST, Method::DELETE] {
+            assert_eq!(
+                need(&method, "/api/push/subscriptions", false),
+                Need::Scope(S::Read),
+                "{method}"
+            );
+        }
+        assert_eq!(
+            need(&Method::GET, "/api/push/vapid-public-key", false),
+            Need::Scope(S::Read)
+        );
+        // Only that path: a look-alike keeps the default rules.
+        assert_eq!(
+            need(&Method::DELETE, "/api/push/subscriptions/x", false),
+            Need::Scope(S::Admin)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/push/other", false),
+            Need::Scope(S::Operate)
         );
     }
 }

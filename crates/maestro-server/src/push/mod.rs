@@ -1,0 +1,127 @@
+//! Web Push: notifications on the phone when a session needs input, fails or completes, even
+//! while the web app is closed.
+//!
+//! - [`vapid`]: the server's key pair, made once and kept in the store (shared by every server
+//!   on one Redis), and the `Authorization: vapid …` header (RFC 8292);
+//! - [`subscriptions`]: browsers' subscriptions, owned by the device that made them and
+//!   deleted with it;
+//! - [`notification`]: which events notify, what the notification says, and the exactly-once
+//!   claim that picks the one server that sends it;
+//! - [`sender`]: the background task (event stream → bounded queue → push services).
+//!
+//! Payloads are encrypted to each browser's keys (RFC 8291, `aes128gcm`) by `web-push-native`;
+//! push services see only ciphertext, its size and the endpoint.
+
+pub mod notification;
+pub mod sender;
+pub mod subscriptions;
+pub mod vapid;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::Config;
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+
+/// Web Push for one server; cheap to clone.
+#[derive(Clone)]
+pub struct Push {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    domain: Domain,
+    config: Arc<Config>,
+    vapid: vapid::Vapid,
+    client: reqwest::Client,
+    metrics: PushMetrics,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct PushMetrics {
+    /// Notifications this server claimed (and so sent).
+    pub claims_won: AtomicU64,
+    /// Notifications another server sharing the store claimed first.
+    pub claims_lost: AtomicU64,
+    /// Push requests a push service accepted.
+    pub sent: AtomicU64,
+    /// Push requests refused or failed (not retried).
+    pub failed: AtomicU64,
+    /// Subscriptions deleted because their push service answered 404 or 410.
+    pub gone: AtomicU64,
+    /// Notifications dropped because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+impl PushMetrics {
+    /// Prometheus text for the counters.
+    pub fn render(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP maestro_push_claims_total Notifications decided by this server: won (it sends) or lost (another server does).\n\
+             # TYPE maestro_push_claims_total counter\n\
+             maestro_push_claims_total{{outcome=\"won\"}} {}\n\
+             maestro_push_claims_total{{outcome=\"lost\"}} {}\n\
+             # HELP maestro_push_requests_total Web Push requests by result.\n\
+             # TYPE maestro_push_requests_total counter\n\
+             maestro_push_requests_total{{result=\"sent\"}} {}\n\
+             maestro_push_requests_total{{result=\"failed\"}} {}\n\
+             maestro_push_requests_total{{result=\"gone\"}} {}\n\
+             # HELP maestro_push_dropped_total Notifications dropped because the send queue was full.\n\
+             # TYPE maestro_push_dropped_total counter\n\
+             maestro_push_dropped_total {}\n",
+            get(&self.claims_won),
+            get(&self.claims_lost),
+            get(&self.sent),
+            get(&self.failed),
+            get(&self.gone),
+            get(&self.dropped),
+        )
+    }
+}
+
+impl Push {
+    /// Loads (or makes) the VAPID key; the sender runs once [`Push::run`] is spawned.
+    pub async fn start(domain: Domain, config: Arc<Config>) -> Result<Self> {
+        let vapid = vapid::ensure(&domain).await?;
+        let client = reqwest::Client::builder()
+            // An endpoint is a subscriber's choice: never follow it somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(sender::REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the push client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                domain,
+                config,
+                vapid,
+                client,
+                metrics: PushMetrics::default(),
+            }),
+        })
+    }
+
+    /// The VAPID public key, base64url (`applicationServerKey`).
+    pub fn public_key(&self) -> &str {
+        self.inner.vapid.public_key()
+    }
+
+    pub fn metrics(&self) -> &PushMetrics {
+        &self.inner.metrics
+    }
+
+    /// VAPID `sub`: who a push service can contact about this sender. `PUSH_CONTACT`, else the
+    /// public URL when it is https (a tunnel announced after start-up counts), else a
+    /// placeholder.
+    fn contact(&self) -> String {
+        let config = &self.inner.config;
+        config.push_contact.clone().unwrap_or_else(|| {
+            config
+                .public_url()
+                .filter(|u| u.starts_with("https://"))
+                .unwrap_or_else(|| "mailto:maestro@localhost".to_owned())
+        })
+    }
+}

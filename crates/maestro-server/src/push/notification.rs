@@ -1,0 +1,185 @@
+//! Which events become notifications, what they say, and which server sends each one.
+//!
+//! Pure rules, unit-tested here; the sender applies them.
+//!
+//! Exactly once across servers: every server sharing a store sees every event, so each one
+//! *claims* an event before pushing it, in a transaction on a per-scope record of the event
+//! numbers already claimed ([`claim`]). The transaction serialises the claimants (Redis
+//! `WATCH`, the local backend's single writer), so exactly one of them finds the number
+//! missing and sends. The record keeps the last [`CLAIM_WINDOW`] numbers: an event older than
+//! all of them when the window is full is taken as handled (it is stale anyway).
+
+use maestro_protocol::{EventRecord, PushKind, PushPayload};
+use serde_json::Value;
+
+/// Claimed event numbers remembered per scope.
+pub const CLAIM_WINDOW: usize = 256;
+/// Longest notification body, in characters.
+pub const MAX_BODY: usize = 120;
+/// Longest session name in a title, in characters.
+const MAX_NAME: usize = 60;
+
+/// A notification to send: its payload and whether it is urgent (`Urgency: high`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub payload: PushPayload,
+    pub urgent: bool,
+}
+
+fn cut(text: &str, max: usize) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut out: String = text.chars().take(max - 1).collect();
+    out.push('…');
+    out
+}
+
+/// The notification for `event`, if it is one that notifies.
+pub fn for_event(event: &EventRecord) -> Option<Notification> {
+    let kind = match event.event.as_str() {
+        "notify:needs_input" => PushKind::NeedsInput,
+        "notify:session_failed" => PushKind::SessionFailed,
+        "notify:session_completed" => PushKind::SessionCompleted,
+        _ => return None,
+    };
+    let project_id = event.project_id()?.to_owned();
+    let session_id = event
+        .data
+        .get("sessionId")
+        .and_then(Value::as_str)
+        .or(event.session_id.as_deref())?
+        .to_owned();
+    let name = event
+        .data
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| cut(n, MAX_NAME))
+        .unwrap_or_else(|| "A session".to_owned());
+    let (title, body) = match kind {
+        PushKind::NeedsInput => {
+            let message = event
+                .data
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .unwrap_or("Waiting for your answer");
+            (format!("{name} needs you"), cut(message, MAX_BODY))
+        }
+        PushKind::SessionFailed => (format!("{name} failed"), "The session failed.".to_owned()),
+        PushKind::SessionCompleted => (
+            format!("{name} completed"),
+            "The session completed.".to_owned(),
+        ),
+    };
+    Some(Notification {
+        urgent: kind == PushKind::NeedsInput,
+        payload: PushPayload {
+            title,
+            body,
+            url: format!("/#/s/{session_id}"),
+            session_id,
+            project_id,
+            kind,
+        },
+    })
+}
+
+/// Records `seq` in a scope's claimed numbers (ascending, at most [`CLAIM_WINDOW`]); whether
+/// this caller claimed it (`false`: someone already did, or it is older than the full window).
+pub fn claim(claimed: &mut Vec<u64>, seq: u64) -> bool {
+    if claimed.binary_search(&seq).is_ok() {
+        return false;
+    }
+    if claimed.len() >= CLAIM_WINDOW && claimed.first().is_some_and(|&oldest| seq < oldest) {
+        return false;
+    }
+    let at = claimed.partition_point(|&s| s < seq);
+    claimed.insert(at, seq);
+    if claimed.len() > CLAIM_WINDOW {
+        claimed.remove(0);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(name: &str, data: Value) -> EventRecord {
+        EventRecord {
+            scope: "proj_1".into(),
+            seq: 7,
+            event: name.into(),
+            data,
+            timestamp: 0,
+            session_id: Some("sess_1".into()),
+        }
+    }
+
+    #[test]
+    fn needs_input_is_urgent_and_short() {
+        let long = "why ".repeat(100);
+        let n = for_event(&event(
+            "notify:needs_input",
+            json!({"sessionId": "sess_1", "name": "fix login", "message": long}),
+        ))
+        .unwrap();
+        assert!(n.urgent);
+        assert_eq!(n.payload.title, "fix login needs you");
+        assert_eq!(n.payload.body.chars().count(), MAX_BODY);
+        assert!(n.payload.body.ends_with('…'));
+        assert_eq!(n.payload.url, "/#/s/sess_1");
+        assert_eq!(n.payload.project_id, "proj_1");
+        assert_eq!(n.payload.kind, PushKind::NeedsInput);
+    }
+
+    #[test]
+    fn endings_notify_and_other_events_do_not() {
+        let failed = for_event(&event(
+            "notify:session_failed",
+            json!({"sessionId": "sess_1"}),
+        ))
+        .unwrap();
+        assert!(!failed.urgent);
+        assert_eq!(failed.payload.title, "A session failed");
+        assert_eq!(failed.payload.kind, PushKind::SessionFailed);
+        let done = for_event(&event(
+            "notify:session_completed",
+            json!({"sessionId": "sess_1", "name": "n"}),
+        ))
+        .unwrap();
+        assert_eq!(done.payload.kind, PushKind::SessionCompleted);
+        for other in ["notify:progress", "session:updated", "auth:revoked"] {
+            assert_eq!(
+                for_event(&event(other, json!({"sessionId": "sess_1"}))),
+                None
+            );
+        }
+        let mut global = event("notify:needs_input", json!({"sessionId": "s"}));
+        global.scope = maestro_protocol::GLOBAL_SCOPE.into();
+        assert_eq!(for_event(&global), None);
+    }
+
+    #[test]
+    fn each_number_is_claimed_once() {
+        let mut claimed = Vec::new();
+        assert!(claim(&mut claimed, 5));
+        assert!(!claim(&mut claimed, 5));
+        assert!(claim(&mut claimed, 3), "an older number not yet claimed");
+        assert!(!claim(&mut claimed, 3));
+        for s in 10..10 + CLAIM_WINDOW as u64 * 2 {
+            assert!(claim(&mut claimed, s));
+        }
+        assert_eq!(claimed.len(), CLAIM_WINDOW);
+        assert!(claimed.windows(2).all(|w| w[0] < w[1]));
+        assert!(!claim(&mut claimed, 4), "older than the full window");
+        let newest = *claimed.last().unwrap();
+        assert!(!claim(&mut claimed, newest));
+    }
+}

@@ -1,0 +1,718 @@
+//! Web Push end to end: a real server sends to a push endpoint of the test's own (axum on
+//! 127.0.0.1:0), which checks what a push service would (the VAPID signature) and decrypts
+//! the body with the subscriber's keys, as the browser would.
+//!
+//! Synchronisation is on what arrives at the endpoint and on the server's push counters
+//! (`/metrics`), never on sleeps; "nothing more arrived" is only asserted after a later push
+//! that the server can only send after it finished with the earlier one (one notification is
+//! sent completely before the next is started).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use common::{TestServer, WAIT};
+use maestro_testkit::redis::RedisServer;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// One request the push endpoint received.
+#[derive(Debug)]
+struct Received {
+    /// The last path segment: which subscription it was for.
+    name: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+struct EndpointState {
+    received: mpsc::UnboundedSender<Received>,
+    /// Status to answer per name (201 when absent).
+    statuses: Arc<Mutex<HashMap<String, u16>>>,
+}
+
+/// A push service of our own: `http://127.0.0.1:<port>/push/<name>`.
+struct PushEndpoint {
+    addr: SocketAddr,
+    received: mpsc::UnboundedReceiver<Received>,
+    statuses: Arc<Mutex<HashMap<String, u16>>>,
+}
+
+impl PushEndpoint {
+    async fn start() -> Self {
+        async fn push(
+            State(s): State<EndpointState>,
+            Path(name): Path<String>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> StatusCode {
+            let status = s
+                .statuses
+                .lock()
+                .unwrap()
+                .get(&name)
+                .copied()
+                .unwrap_or(201);
+            s.received
+                .send(Received {
+                    name,
+                    headers,
+                    body,
+                })
+                .unwrap();
+            StatusCode::from_u16(status).unwrap()
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let statuses = Arc::new(Mutex::new(HashMap::new()));
+        let app = axum::Router::new()
+            .route("/push/{name}", axum::routing::post(push))
+            .with_state(EndpointState {
+                received: tx,
+                statuses: statuses.clone(),
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            addr,
+            received: rx,
+            statuses,
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/push/{name}", self.addr)
+    }
+
+    fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn answer(&self, name: &str, status: u16) {
+        self.statuses.lock().unwrap().insert(name.into(), status);
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::time::timeout(WAIT, self.received.recv())
+            .await
+            .expect("no push arrived in time")
+            .expect("endpoint alive")
+    }
+
+    /// Whatever has arrived and not been read.
+    fn pending(&mut self) -> Vec<Received> {
+        std::iter::from_fn(|| self.received.try_recv().ok()).collect()
+    }
+}
+
+/// A browser's subscription keys.
+struct Subscriber {
+    secret: p256::SecretKey,
+    auth: [u8; 16],
+}
+
+impl Subscriber {
+    fn new() -> Self {
+        let secret = loop {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).unwrap();
+            if let Ok(k) = p256::SecretKey::from_slice(&bytes) {
+                break k;
+            }
+        };
+        let mut auth = [0u8; 16];
+        getrandom::fill(&mut auth).unwrap();
+        Self { secret, auth }
+    }
+
+    /// `PushSubscription.toJSON()` for `endpoint`.
+    fn subscription(&self, endpoint: &str) -> Value {
+        let point = self.secret.public_key().to_encoded_point(false);
+        json!({
+            "endpoint": endpoint,
+            "expirationTime": null,
+            "keys": {"p256dh": B64.encode(point.as_bytes()), "auth": B64.encode(self.auth)},
+        })
+    }
+
+    fn decrypt(&self, body: &[u8]) -> Value {
+        let auth = web_push_native::Auth::clone_from_slice(&self.auth);
+        let plain = web_push_native::decrypt(body.to_vec(), &self.secret, &auth)
+            .expect("the body decrypts with the subscriber's keys");
+        serde_json::from_slice(&plain).expect("the payload is JSON")
+    }
+}
+
+/// One request to the server; `(status, JSON body or Null)`.
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(body) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let resp = tokio::time::timeout(WAIT, req.send())
+        .await
+        .expect("no answer in time")
+        .expect("request");
+    let status = resp.status().as_u16();
+    let json = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// Pairs a device with `scope`; its token and id.
+async fn pair(addr: SocketAddr, scope: &str) -> (String, String) {
+    let (status, pairing) = call(
+        addr,
+        Method::POST,
+        "/api/auth/pairings",
+        None,
+        Some(json!({"scope": scope})),
+    )
+    .await;
+    assert_eq!(status, 201, "{pairing}");
+    let (status, paired) = call(
+        addr,
+        Method::POST,
+        "/api/auth/pair",
+        None,
+        Some(json!({"code": pairing["code"], "deviceName": "phone"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{paired}");
+    (
+        paired["token"].as_str().unwrap().to_owned(),
+        paired["deviceId"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn subscribe(addr: SocketAddr, token: Option<&str>, subscription: Value) -> Value {
+    let (status, body) = call(
+        addr,
+        Method::POST,
+        "/api/push/subscriptions",
+        token,
+        Some(subscription),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn project(addr: SocketAddr) -> String {
+    let (status, p) = call(
+        addr,
+        Method::POST,
+        "/api/projects",
+        None,
+        Some(json!({"name": "push", "workingDir": "/tmp"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{p}");
+    p["id"].as_str().unwrap().to_owned()
+}
+
+async fn session(addr: SocketAddr, project_id: &str, name: &str) -> String {
+    let (status, s) = call(
+        addr,
+        Method::POST,
+        "/api/sessions",
+        None,
+        Some(json!({"projectId": project_id, "taskIds": [], "name": name, "status": "working"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{s}");
+    s["id"].as_str().unwrap().to_owned()
+}
+
+async fn needs_input(addr: SocketAddr, session_id: &str, message: &str) {
+    let (status, s) = call(
+        addr,
+        Method::PATCH,
+        &format!("/api/sessions/{session_id}"),
+        None,
+        Some(json!({"needsInput": {"active": true, "message": message}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{s}");
+}
+
+async fn set_status(addr: SocketAddr, session_id: &str, status: &str) {
+    let (code, s) = call(
+        addr,
+        Method::PATCH,
+        &format!("/api/sessions/{session_id}"),
+        None,
+        Some(json!({"status": status})),
+    )
+    .await;
+    assert_eq!(code, 200, "{s}");
+}
+
+/// The value of one line of `/metrics`.
+async fn metric(addr: SocketAddr, line: &str) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line}"))
+}
+
+/// Waits (bounded) until `line` of `/metrics` reaches `value`.
+async fn metric_reaches(addr: SocketAddr, line: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = metric(addr, line).await;
+        if now >= value {
+            assert_eq!(now, value, "{line}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{line} stayed at {now}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn header<'a>(r: &'a Received, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+async fn local_endpoints_allowed() -> TestServer {
+    TestServer::start_with(|c| c.push_allow_local_endpoints = true).await
+}
+
+#[tokio::test]
+async fn a_session_that_needs_input_is_pushed_encrypted_and_signed() {
+    let server = local_endpoints_allowed().await;
+    let addr = server.addr();
+    let mut endpoint = PushEndpoint::start().await;
+    let (status, key) = call(addr, Method::GET, "/api/push/vapid-public-key", None, None).await;
+    assert_eq!(status, 200);
+    let vapid_key = key["publicKey"].as_str().unwrap().to_owned();
+    let point = B64.decode(&vapid_key).unwrap();
+    assert_eq!(
+        (point.len(), point[0]),
+        (65, 4),
+        "an uncompressed P-256 point"
+    );
+
+    // A phone paired with the weakest scope may subscribe.
+    let (token, device_id) = pair(addr, "read").await;
+    let phone = Subscriber::new();
+    let stored = subscribe(
+        addr,
+        Some(&token),
+        phone.subscription(&endpoint.url("phone")),
+    )
+    .await;
+    assert_eq!(stored["deviceId"], device_id.as_str());
+
+    let project_id = project(addr).await;
+    let session_id = session(addr, &project_id, "fix login").await;
+    needs_input(addr, &session_id, "Which database should I use?").await;
+
+    let push = endpoint.next().await;
+    assert_eq!(push.name, "phone");
+    assert_eq!(header(&push, "content-encoding"), "aes128gcm");
+    assert_eq!(header(&push, "urgency"), "high");
+    let ttl: u64 = header(&push, "ttl").parse().unwrap();
+    assert!(ttl > 0 && ttl <= 24 * 3600, "TTL {ttl}");
+
+    // VAPID (RFC 8292): a JWT signed by the server's key, for this push service's origin.
+    let authorization = header(&push, "authorization");
+    let (jwt, k) = authorization
+        .strip_prefix("vapid t=")
+        .and_then(|rest| rest.split_once(", k="))
+        .unwrap_or_else(|| panic!("not a VAPID header: {authorization}"));
+    assert_eq!(k, vapid_key);
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[endpoint.origin()]);
+    validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_ec_der(&point),
+        &validation,
+    )
+    .expect("a valid ES256 JWT for the endpoint's origin")
+    .claims;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = claims["exp"].as_u64().unwrap();
+    assert!(exp > now && exp <= now + 24 * 3600, "exp {exp}, now {now}");
+    assert!(
+        claims["sub"].as_str().unwrap().starts_with("mailto:"),
+        "{claims}"
+    );
+    // Another key does not verify it: the check above means something.
+    let other = Subscriber::new()
+        .secret
+        .public_key()
+        .to_encoded_point(false);
+    assert!(
+        jsonwebtoken::decode::<Value>(
+            jwt,
+            &jsonwebtoken::DecodingKey::from_ec_der(other.as_bytes()),
+            &validation
+        )
+        .is_err()
+    );
+
+    // RFC 8291: only the subscriber's keys open it.
+    assert_eq!(
+        phone.decrypt(&push.body),
+        json!({
+            "title": "fix login needs you",
+            "body": "Which database should I use?",
+            "sessionId": session_id,
+            "projectId": project_id,
+            "kind": "needs_input",
+            "url": format!("/#/s/{session_id}"),
+        })
+    );
+    let stranger = Subscriber::new();
+    let auth = web_push_native::Auth::clone_from_slice(&stranger.auth);
+    assert!(web_push_native::decrypt(push.body.to_vec(), &stranger.secret, &auth).is_err());
+    assert!(
+        !push
+            .body
+            .windows(b"database".len())
+            .any(|w| w == b"database"),
+        "the body is not in clear"
+    );
+
+    // Endings notify too, at normal urgency.
+    set_status(addr, &session_id, "failed").await;
+    let push = endpoint.next().await;
+    assert_eq!(header(&push, "urgency"), "normal");
+    let payload = phone.decrypt(&push.body);
+    assert_eq!(payload["kind"], "session_failed");
+    assert_eq!(payload["title"], "fix login failed");
+    let done = session(addr, &project_id, "docs").await;
+    set_status(addr, &done, "completed").await;
+    let payload = phone.decrypt(&endpoint.next().await.body);
+    assert_eq!(payload["kind"], "session_completed");
+    assert_eq!(payload["sessionId"], done.as_str());
+    assert!(endpoint.pending().is_empty());
+}
+
+#[tokio::test]
+async fn subscriptions_are_checked() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let phone = Subscriber::new();
+    // Without PUSH_ALLOW_LOCAL_ENDPOINTS only https push services are taken.
+    for endpoint in [
+        "http://127.0.0.1:9/push/x",
+        "https://127.0.0.1/push/x",
+        "https://localhost/x",
+    ] {
+        let (status, body) = call(
+            addr,
+            Method::POST,
+            "/api/push/subscriptions",
+            None,
+            Some(phone.subscription(endpoint)),
+        )
+        .await;
+        assert_eq!(status, 400, "{endpoint}: {body}");
+    }
+    let mut bad_keys = phone.subscription("https://push.example.net/x");
+    bad_keys["keys"]["p256dh"] = json!(B64.encode([4u8; 65]));
+    let (status, _) = call(
+        addr,
+        Method::POST,
+        "/api/push/subscriptions",
+        None,
+        Some(bad_keys),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // A device's subscriptions are capped: the oldest goes.
+    let (token, _) = pair(addr, "read").await;
+    for i in 0..11 {
+        subscribe(
+            addr,
+            Some(&token),
+            phone.subscription(&format!("https://push.example.net/{i}")),
+        )
+        .await;
+    }
+    let delete = |endpoint: String| {
+        let token = token.clone();
+        async move {
+            call(
+                addr,
+                Method::DELETE,
+                "/api/push/subscriptions",
+                Some(&token),
+                Some(json!({ "endpoint": endpoint })),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        delete("https://push.example.net/0".into()).await,
+        (200, json!({"removed": false})),
+        "evicted"
+    );
+    assert_eq!(
+        delete("https://push.example.net/10".into()).await,
+        (200, json!({"removed": true}))
+    );
+    // Anonymous remote callers cannot subscribe.
+    let (status, _) = reqwest::Client::new()
+        .post(format!("http://{addr}/api/push/subscriptions"))
+        .header("cf-connecting-ip", "203.0.113.9")
+        .header("content-type", "application/json")
+        .body(phone.subscription("https://push.example.net/x").to_string())
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_gone_subscription_is_deleted() {
+    let server = local_endpoints_allowed().await;
+    let addr = server.addr();
+    let mut endpoint = PushEndpoint::start().await;
+    endpoint.answer("gone", 410);
+    let (gone, alive) = (Subscriber::new(), Subscriber::new());
+    subscribe(addr, None, gone.subscription(&endpoint.url("gone"))).await;
+    subscribe(addr, None, alive.subscription(&endpoint.url("alive"))).await;
+    let project_id = project(addr).await;
+    let first = session(addr, &project_id, "one").await;
+    needs_input(addr, &first, "?").await;
+    let mut names = vec![endpoint.next().await.name, endpoint.next().await.name];
+    names.sort();
+    assert_eq!(names, ["alive", "gone"]);
+    metric_reaches(addr, "maestro_push_requests_total{result=\"gone\"}", 1).await;
+    let (status, body) = call(
+        addr,
+        Method::DELETE,
+        "/api/push/subscriptions",
+        None,
+        Some(json!({"endpoint": endpoint.url("gone")})),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"removed": false})));
+    // The next notification goes to the live subscription only.
+    let second = session(addr, &project_id, "two").await;
+    needs_input(addr, &second, "?").await;
+    let push = endpoint.next().await;
+    assert_eq!(push.name, "alive");
+    assert_eq!(alive.decrypt(&push.body)["sessionId"], second.as_str());
+    let third = session(addr, &project_id, "three").await;
+    needs_input(addr, &third, "?").await;
+    assert_eq!(endpoint.next().await.name, "alive");
+    assert!(endpoint.pending().is_empty());
+    assert_eq!(
+        metric(addr, "maestro_push_requests_total{result=\"gone\"}").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn revoking_a_device_deletes_its_subscriptions() {
+    let server = local_endpoints_allowed().await;
+    let addr = server.addr();
+    let mut endpoint = PushEndpoint::start().await;
+    let (token, device_id) = pair(addr, "respond").await;
+    let (phone, laptop) = (Subscriber::new(), Subscriber::new());
+    subscribe(
+        addr,
+        Some(&token),
+        phone.subscription(&endpoint.url("phone")),
+    )
+    .await;
+    subscribe(addr, None, laptop.subscription(&endpoint.url("laptop"))).await;
+    let project_id = project(addr).await;
+    let first = session(addr, &project_id, "one").await;
+    needs_input(addr, &first, "?").await;
+    let mut names = vec![endpoint.next().await.name, endpoint.next().await.name];
+    names.sort();
+    assert_eq!(names, ["laptop", "phone"]);
+
+    let (status, _) = call(
+        addr,
+        Method::DELETE,
+        &format!("/api/auth/devices/{device_id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for name in ["two", "three"] {
+        let s = session(addr, &project_id, name).await;
+        needs_input(addr, &s, "?").await;
+        let push = endpoint.next().await;
+        assert_eq!(push.name, "laptop");
+        assert_eq!(laptop.decrypt(&push.body)["sessionId"], s.as_str());
+    }
+    assert!(
+        endpoint.pending().is_empty(),
+        "the revoked phone got a push"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_redis_push_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let url = redis.url();
+    let on_redis = |c: &mut maestro_server::Config| {
+        c.redis_url = Some(url.clone());
+        c.push_allow_local_endpoints = true;
+    };
+    let a = TestServer::start_with(on_redis).await;
+    let b = TestServer::start_with(on_redis).await;
+    let (_, key_a) = call(
+        a.addr(),
+        Method::GET,
+        "/api/push/vapid-public-key",
+        None,
+        None,
+    )
+    .await;
+    let (_, key_b) = call(
+        b.addr(),
+        Method::GET,
+        "/api/push/vapid-public-key",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(key_a, key_b, "one key for every server on the store");
+
+    let mut endpoint = PushEndpoint::start().await;
+    let phone = Subscriber::new();
+    subscribe(a.addr(), None, phone.subscription(&endpoint.url("phone"))).await;
+    let project_id = project(a.addr()).await;
+    const N: u64 = 8;
+    let mut expected = Vec::new();
+    for i in 0..N {
+        // Half the changes are made through each server.
+        let via = if i % 2 == 0 { a.addr() } else { b.addr() };
+        let s = session(via, &project_id, &format!("s{i}")).await;
+        needs_input(via, &s, "?").await;
+        expected.push(s);
+    }
+    // Every server decided on every notification...
+    for server in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let won = metric(server.addr(), "maestro_push_claims_total{outcome=\"won\"}").await;
+            let lost = metric(server.addr(), "maestro_push_claims_total{outcome=\"lost\"}").await;
+            if won + lost == N {
+                break;
+            }
+            assert!(won + lost < N, "decided {} of {N}", won + lost);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "decided {won}+{lost} of {N}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let won_a = metric(a.addr(), "maestro_push_claims_total{outcome=\"won\"}").await;
+    let won_b = metric(b.addr(), "maestro_push_claims_total{outcome=\"won\"}").await;
+    assert_eq!(
+        won_a + won_b,
+        N,
+        "each notification won by exactly one server"
+    );
+    // ...and the winners sent one push each.
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let push = endpoint.next().await;
+        got.push(
+            phone.decrypt(&push.body)["sessionId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for (server, won) in [(&a, won_a), (&b, won_b)] {
+        metric_reaches(
+            server.addr(),
+            "maestro_push_requests_total{result=\"sent\"}",
+            won,
+        )
+        .await;
+    }
+    assert!(
+        endpoint.pending().is_empty(),
+        "a notification was pushed twice"
+    );
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn the_vapid_key_is_kept_across_restarts() {
+    let server = TestServer::start().await;
+    let (_, before) = call(
+        server.addr(),
+        Method::GET,
+        "/api/push/vapid-public-key",
+        None,
+        None,
+    )
+    .await;
+    let server = server.restart().await;
+    let (_, after) = call(
+        server.addr(),
+        Method::GET,
+        "/api/push/vapid-public-key",
+        None,
+        None,
+    )
+    .await;
+    assert!(before["publicKey"].is_string(), "{before}");
+    assert_eq!(before, after);
+    // A fresh store gets a key of its own.
+    let other = TestServer::start().await;
+    let (_, theirs) = call(
+        other.addr(),
+        Method::GET,
+        "/api/push/vapid-public-key",
+        None,
+        None,
+    )
+    .await;
+    assert_ne!(before, theirs);
+}

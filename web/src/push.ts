@@ -1,0 +1,101 @@
+// Web Push: the phone is told when an agent needs it, fails or completes, even with the app
+// closed. The browser subscribes to its push service with the server's VAPID key; the server
+// keeps the subscription (tied to this device, deleted when the device is revoked) and sends
+// encrypted notifications to it, which `public/sw.js` shows.
+
+import { signal } from "@preact/signals";
+
+import { api } from "./api";
+import { fromBase64Url } from "./base64url";
+import type { PushSubscribe, PushUnsubscribe, PushUnsubscribed, VapidPublicKey } from "./generated/protocol";
+
+export type PushState = "unsupported" | "denied" | "off" | "on" | "busy";
+
+export const pushState = signal<PushState>(pushSupported() ? "off" : "unsupported");
+export const pushError = signal("");
+
+export function pushSupported(): boolean {
+  return (
+    typeof window !== "undefined" &&
+    "Notification" in window &&
+    "serviceWorker" in navigator &&
+    "PushManager" in window
+  );
+}
+
+/** What the server needs of a subscription: `PushSubscription.toJSON()` has exactly this. */
+export interface SubscriptionLike {
+  toJSON(): { endpoint?: string; keys?: Record<string, string> };
+}
+
+/** Stores a browser subscription on the server, for this device. */
+export async function saveSubscription(sub: SubscriptionLike): Promise<void> {
+  const { endpoint, keys } = sub.toJSON();
+  const body: PushSubscribe = { endpoint: endpoint ?? "", keys: { p256dh: keys?.p256dh ?? "", auth: keys?.auth ?? "" } };
+  await api("POST", "/api/push/subscriptions", body);
+}
+
+function sameKey(a: ArrayBuffer | null | undefined, b: Uint8Array): boolean {
+  if (!a || a.byteLength !== b.length) return false;
+  const x = new Uint8Array(a);
+  return x.every((v, i) => v === b[i]);
+}
+
+/** Reads the current state (on start and when Settings opens). */
+export async function refreshPush(): Promise<void> {
+  if (!pushSupported()) return;
+  if (Notification.permission === "denied") {
+    pushState.value = "denied";
+    return;
+  }
+  const reg = await navigator.serviceWorker.ready;
+  const sub = await reg.pushManager.getSubscription();
+  pushState.value = sub && Notification.permission === "granted" ? "on" : "off";
+}
+
+/** Asks permission, subscribes with the server's key and registers the subscription. */
+export async function enablePush(): Promise<void> {
+  pushError.value = "";
+  pushState.value = "busy";
+  try {
+    const permission = await Notification.requestPermission();
+    if (permission !== "granted") {
+      pushState.value = permission === "denied" ? "denied" : "off";
+      return;
+    }
+    const { publicKey } = await api<VapidPublicKey>("GET", "/api/push/vapid-public-key");
+    const key = fromBase64Url(publicKey);
+    const reg = await navigator.serviceWorker.ready;
+    let sub = await reg.pushManager.getSubscription();
+    if (sub && !sameKey(sub.options.applicationServerKey, key)) {
+      // Made for another server key: it cannot receive this server's pushes.
+      await sub.unsubscribe();
+      sub = null;
+    }
+    sub ??= await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    await saveSubscription(sub);
+    pushState.value = "on";
+  } catch (err) {
+    pushError.value = (err as Error).message || "Notifications could not be turned on.";
+    pushState.value = "off";
+  }
+}
+
+/** Unregisters the subscription on the server and in the browser. */
+export async function disablePush(): Promise<void> {
+  pushError.value = "";
+  pushState.value = "busy";
+  try {
+    const reg = await navigator.serviceWorker.ready;
+    const sub = await reg.pushManager.getSubscription();
+    if (sub) {
+      const body: PushUnsubscribe = { endpoint: sub.endpoint };
+      await api<PushUnsubscribed>("DELETE", "/api/push/subscriptions", body);
+      await sub.unsubscribe();
+    }
+    pushState.value = "off";
+  } catch (err) {
+    pushError.value = (err as Error).message || "Notifications could not be turned off.";
+    pushState.value = "on";
+  }
+}
