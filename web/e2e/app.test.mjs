@@ -3,6 +3,7 @@
 // xtask test` does both.
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { after, before, test } from "node:test";
 
 import { io } from "socket.io-client";
@@ -115,6 +116,48 @@ test("needs-input shows on Needs you and the reply reaches the agent", async () 
     assert.equal(s.timeline.at(-1).type, "user_reply");
     assert.deepEqual(errors, []);
   } finally {
+    await context.close();
+  }
+});
+
+test("an answer from the phone is typed into the agent that `maestro run` hosts", async () => {
+  const task = await server.ok("POST", "/api/tasks", { projectId: project.id, title: "Pick a port" });
+  // The agent: says it is ready, asks (the needs-input hook), then reads one line from its
+  // terminal, which is where `maestro run` types replies.
+  const script =
+    'echo "ready $MAESTRO_SESSION_ID"; "$MAESTRO_BIN_SELF" session needs-input --message "Which port?"; ' +
+    'read line; echo "got: $line"';
+  const child = spawn(server.binary, ["run", "--project", project.id, "--task", task.id, "--", "sh", "-c", script], {
+    env: { ...server.env, MAESTRO_BIN_SELF: server.binary },
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let out = "";
+  const seen = (pattern) =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const m = out.match(pattern);
+        if (m) return resolve(m);
+      };
+      child.stdout.on("data", (d) => {
+        out += d;
+        check();
+      });
+      check();
+      setTimeout(() => reject(new Error(`no ${pattern} in: ${out}`)), WAIT_MS * 2);
+    });
+  const ready = seen(/ready (sess_\S+)/);
+  const got = seen(/got: (.*)/);
+  const { context, page, errors } = await openPage("#/");
+  try {
+    await ready;
+    const card = page.locator("article.card-ask", { hasText: "Which port?" });
+    await card.locator(".question", { hasText: "Which port?" }).waitFor({ timeout: WAIT_MS });
+    await card.locator("textarea").fill("8080");
+    await card.getByRole("button", { name: "Send answer" }).click();
+    assert.equal((await got)[1].trim(), "8080");
+    assert.deepEqual(errors, []);
+  } finally {
+    child.kill("SIGTERM");
     await context.close();
   }
 });

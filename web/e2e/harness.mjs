@@ -60,6 +60,9 @@ export async function startServer(env = {}) {
   const server = {
     url,
     dataDir,
+    /** The `maestro` binary, and the environment that points a CLI at this server. */
+    binary: binary(),
+    env: { ...baseEnv, MAESTRO_SERVER_URL: url, MAESTRO_API_URL: url },
     async call(method, path, body, headers = {}) {
       const res = await fetch(url + path, {
         method,

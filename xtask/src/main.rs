@@ -7,7 +7,8 @@
 //! - `openapi`: regenerate `docs/openapi.json`;
 //! - `types`: regenerate the web app's `web/src/generated/protocol.ts`;
 //! - `bench`: build the server and the load generator (release) and run the benchmarks of
-//!   `docs/performance.md` (never part of `test`).
+//!   `docs/performance.md`, then time the web app's screens on a phone profile (never part of
+//!   `test`).
 //!
 //! CI calls `cargo xtask test` and nothing else, so what passes here is what a newcomer gets.
 
@@ -372,6 +373,8 @@ fn bench(args: &[String]) -> Result<()> {
     if backend != "local" {
         ensure_redis_server()?;
     }
+    // The release binary embeds the web app, which the screen timing below loads.
+    web_build()?;
     let mut build = cargo();
     build.args([
         "build",
@@ -395,7 +398,24 @@ fn bench(args: &[String]) -> Result<()> {
             "MAESTRO_BENCH_COMMAND",
             format!("cargo xtask bench {}", args.join(" ")).trim_end(),
         );
-    step("maestro-bench", run)
+    step("maestro-bench", run)?;
+    // The web app on a mid-range phone profile (web/scripts/screen-timing.mjs); it needs
+    // Chromium, and is skipped when only some server figures were asked for.
+    if args.iter().any(|a| a.starts_with("--only")) {
+        return Ok(());
+    }
+    if !have("chromium") {
+        install_debian_package("chromium", "chromium")?;
+    }
+    let mut timing = Command::new("npm");
+    timing
+        .args(["run", "timing"])
+        .current_dir(web_dir())
+        .env("MAESTRO_BIN", exe("maestro"));
+    if args.iter().any(|a| a == "--quick") {
+        timing.env("RUNS", "2");
+    }
+    step("web app screen timing (Chromium, phone profile)", timing)
 }
 
 /// Installs Debian's `package` for `program` when we can (root with apt-get), else explains.
