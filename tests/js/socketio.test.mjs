@@ -65,7 +65,9 @@ describe("socket.io-client against maestro", () => {
     }).connected();
     assert.equal((await polling.call("state:sync")).projects[0].id, a.id);
     polling.close();
-    const ws = await connect(server, "/mobile", { auth: { token: "t", projectId: a.id } }).connected();
+    // A real token in the handshake is accepted (a local client needs none).
+    const { token } = await server.ok("POST", "/api/auth/tokens", { scope: "read", name: "interop" });
+    const ws = await connect(server, "/mobile", { auth: { token, projectId: a.id } }).connected();
     ws.close();
   });
 
@@ -85,10 +87,18 @@ describe("socket.io-client against maestro", () => {
       await refused("/mobile", { auth: { projectId: a.id, lastSeq: "x" } }),
       /^VALIDATION_ERROR: /,
     );
+    // A token, when given, is checked even from this machine.
+    assert.match(await refused("/ui", { auth: { token: "tok_1_x.wrong" } }), /^UNAUTHORIZED: /);
+    // A foreign origin is refused before the handshake (HTTP 403), so the client only sees
+    // its transport fail.
     assert.match(
       await refused("/ui", { extraHeaders: { origin: "https://evil.example" } }),
-      /^FORBIDDEN: /,
+      /websocket error|xhr poll error/,
     );
+    const foreign = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`, {
+      headers: { origin: "https://evil.example" },
+    });
+    assert.equal(foreign.status, 403);
     const local = await connect(server, "/ui", {
       extraHeaders: { origin: "http://localhost:5173" },
     }).connected();
