@@ -263,7 +263,7 @@ test("the service worker shows a pushed notification, one per session", async ()
       kind: "session_completed",
     });
     const shown = await shownAfter(3);
-    const common = { icon: "/icon.svg" };
+    const common = { icon: "/icon-192.png" };
     assert.deepEqual(shown, [
       {
         ...common,

@@ -7,7 +7,7 @@
 // (their names change when their content does). Each new shell replaces the old assets.
 
 const CACHE = "maestro-shell-v1";
-const SHELL = ["/", "/manifest.webmanifest", "/icon.svg"];
+const SHELL = ["/", "/manifest.webmanifest", "/icon.svg", "/icon-192.png"];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(
@@ -89,7 +89,7 @@ self.addEventListener("push", (event) => {
       body: p.body || "",
       tag,
       renotify: p.kind === "needs_input",
-      icon: "/icon.svg",
+      icon: "/icon-192.png",
       data: { url: p.url || "/", sessionId: p.sessionId },
     }),
   );
