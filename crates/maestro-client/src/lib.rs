@@ -605,7 +605,7 @@ impl Client {
         self.get("/api/auth/tokens").await
     }
 
-    pub async fn revoke_token(&self, id: &str) -> Result<serde_json::Value> {
+    pub async fn revoke_token(&self, id: &str) -> Result<maestro_protocol::Revoked> {
         self.delete(&format!("/api/auth/tokens/{}", enc(id))).await
     }
 
@@ -613,7 +613,7 @@ impl Client {
         self.get("/api/auth/devices").await
     }
 
-    pub async fn revoke_device(&self, id: &str) -> Result<serde_json::Value> {
+    pub async fn revoke_device(&self, id: &str) -> Result<maestro_protocol::Revoked> {
         self.delete(&format!("/api/auth/devices/{}", enc(id))).await
     }
 

@@ -187,6 +187,15 @@ pub struct Me {
     pub csrf: Option<String>,
 }
 
+/// The answer to revoking a token or a device.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct Revoked {
+    pub id: String,
+    pub revoked: bool,
+}
+
 /// `PUT /api/auth/public-url`: the public URL a tunnel reaches this server at.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]

@@ -160,6 +160,14 @@ export type PublicUrl = {
 };
 
 /**
+ * The answer to revoking a token or a device.
+ */
+export type Revoked = {
+  id: string;
+  revoked: boolean;
+};
+
+/**
  * Payload of [`CREDENTIAL_REVOKED`].
  */
 export type CredentialRevoked = {

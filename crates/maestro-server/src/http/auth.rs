@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use maestro_protocol::{
     CallerKind, CreatePairing, CreateToken, DeviceInfo, ErrorBody, Me, PairRequest, Paired,
-    PairingCreated, PublicUrl, TokenCreated, TokenInfo,
+    PairingCreated, PublicUrl, Revoked, TokenCreated, TokenInfo,
 };
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
@@ -145,15 +145,18 @@ async fn create_token(
     tag = "auth",
     summary = "Revoke a token: it fails on its next request, on every server",
     params(("id" = String, Path)),
-    responses((status = 200, body = TokenInfo), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)),
 )]
 async fn revoke_token(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Revoked>> {
     let revoked = credentials::revoke(&s.domain, CallerKind::Token, id).await?;
     s.gate.metrics().record("token_revoked");
-    Ok(Json(json!({ "id": revoked.id, "revoked": true })))
+    Ok(Json(Revoked {
+        id: revoked.id,
+        revoked: true,
+    }))
 }
 
 #[utoipa::path(
@@ -173,15 +176,18 @@ async fn list_devices(State(s): State<AppState>) -> Result<Json<Vec<DeviceInfo>>
     tag = "auth",
     summary = "Revoke a device: its requests fail and its open sockets close at once",
     params(("id" = String, Path)),
-    responses((status = 200, body = DeviceInfo), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)),
 )]
 async fn revoke_device(
     State(s): State<AppState>,
     IdPath(id): IdPath<String>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Revoked>> {
     let revoked = credentials::revoke(&s.domain, CallerKind::Device, id).await?;
     s.gate.metrics().record("device_revoked");
-    Ok(Json(json!({ "id": revoked.id, "revoked": true })))
+    Ok(Json(Revoked {
+        id: revoked.id,
+        revoked: true,
+    }))
 }
 
 #[utoipa::path(
