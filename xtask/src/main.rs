@@ -2,7 +2,8 @@
 //!
 //! - `run`: build the server (release) and start it on the embedded backend;
 //! - `test`: install what the tests need, then run every check CI runs (the Rust suites, then
-//!   the Socket.IO interop tests in `tests/js` with node, the official Engine.IO and Socket.IO
+//!   the Socket.IO interop tests in `tests/js` with node, schemathesis against the OpenAPI
+//!   document on both backends, the official Engine.IO and Socket.IO
 //!   protocol suites in `tests/conformance`, then the web app's unit and end-to-end tests);
 //! - `openapi`: regenerate `docs/openapi.json`;
 //! - `types`: regenerate the web app's `web/src/generated/protocol.ts`;
@@ -27,6 +28,7 @@ commands:
   test                    install test prerequisites, then fmt, clippy and every test
   openapi                 regenerate docs/openapi.json (CI fails when it drifts)
   types                   regenerate web/src/generated/protocol.ts (CI fails when it drifts)
+  fuzz                    schemathesis against the debug binary, both backends (part of test)
   bench [--quick] [--backend local|redis|both] [--only FIGURES]
                           benchmark a release build on loopback: prints the table, writes
                           bench/results/<date>-<backend>.json (--quick: under 3 minutes)
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("openapi") => openapi(),
         Some("types") => types(),
+        Some("fuzz") => schemathesis(),
         Some("bench") => bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
@@ -205,6 +208,7 @@ fn test(args: &[String]) -> Result<()> {
     }
 
     js_interop()?;
+    schemathesis()?;
     conformance()?;
     web_tests()?;
 
@@ -340,6 +344,107 @@ fn conformance() -> Result<()> {
         let mut test = Command::new("npm");
         test.arg("test").current_dir(&dir);
         step(&format!("{suite} test suite"), test)?;
+    }
+    Ok(())
+}
+
+/// The pinned schemathesis (PyPI) that fuzzes the API, in a virtualenv of its own.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// Fuzzes every operation of the OpenAPI document with schemathesis against the real debug
+/// binary (built by `js_interop`), on the embedded store and on a `redis-server` of its own:
+/// no answer may be a 5xx, and every answer must match the document's own schema. The seed is
+/// fixed so a failure reproduces.
+fn schemathesis() -> Result<()> {
+    let venv = target_dir().join("py").join("schemathesis");
+    let tool = venv.join("bin").join("schemathesis");
+    if !tool.exists() {
+        let mut create = Command::new("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        step("python3 -m venv (schemathesis)", create)?;
+        let mut install = Command::new(venv.join("bin").join("pip"));
+        install.args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            SCHEMATHESIS,
+        ]);
+        step(&format!("pip install {SCHEMATHESIS}"), install)?;
+    }
+    let bin = target_dir()
+        .join("debug")
+        .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
+    for backend in ["local", "redis"] {
+        let dir = tempdir_in_target(&format!("schemathesis-{backend}"))?;
+        let mut env: Vec<(String, String)> = Vec::new();
+        let _redis = if backend == "redis" {
+            let socket = dir.join("redis.sock");
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--save", "", "--appendonly", "no"])
+                .arg("--unixsocket")
+                .arg(&socket)
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start redis-server")?;
+            let redis = StopOnDrop(child);
+            wait_until(|| socket.exists(), "redis-server did not create its socket")?;
+            env.push((
+                "REDIS_URL".into(),
+                format!("redis+unix://{}", socket.display()),
+            ));
+            Some(redis)
+        } else {
+            None
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(&bin)
+            .arg("serve")
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", dir.join("data"))
+            .env("SESSION_DIR", dir.join("sessions"))
+            .env("SKILLS_DIR", dir.join("skills"))
+            .env("LOG_LEVEL", "error")
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let _server = StopOnDrop(child);
+        wait_until(
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "maestro serve did not listen",
+        )?;
+        let mut run = Command::new(&tool);
+        run.args(["run", &format!("http://127.0.0.1:{port}/api/openapi.json")])
+            .args(["--checks", "not_a_server_error,response_schema_conformance"])
+            .args(["--max-examples", "20", "--workers", "2", "--seed", "1"])
+            // `mail/wait` long-polls for up to its `timeout` (120 s at most).
+            .args(["--request-timeout", "130", "--no-color"]);
+        step(&format!("schemathesis ({backend} backend)"), run)?;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// A fresh directory under the target directory (removed first if a run left it).
+fn tempdir_in_target(name: &str) -> Result<PathBuf> {
+    let dir = target_dir().join("tmp").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Polls `ready` every 50 ms for up to 30 s.
+fn wait_until(ready: impl Fn() -> bool, what: &str) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("{what} within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
 }
