@@ -336,16 +336,16 @@ impl Gate {
             .filter(|h| trust::host_allowed(h, config))
             .ok_or_else(|| Refusal::Host(host_header.chars().take(100).collect()))?;
         check_origin(req.headers, config)?;
-        let socketio = matches!(trust::need(req.method, req.path, false), Need::SocketIo);
-        if trust::is_write(req.method) && !socketio && !trust::content_type_ok(req.headers) {
-            return Err(Refusal::MediaType);
-        }
         let websocket = req
             .headers
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let need = trust::need(req.method, req.path, websocket);
+        let socketio = need == Need::SocketIo;
+        if trust::is_write(req.method) && !socketio && !trust::content_type_ok(req.headers) {
+            return Err(Refusal::MediaType);
+        }
         // CORS preflights carry no credential by design; they learn nothing and change nothing.
         if *req.method == Method::OPTIONS {
             return Ok(None);
