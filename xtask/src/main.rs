@@ -29,6 +29,7 @@ commands:
   openapi                 regenerate docs/openapi.json (CI fails when it drifts)
   types                   regenerate web/src/generated/protocol.ts (CI fails when it drifts)
   fuzz                    schemathesis against the debug binary, both backends (part of test)
+  conformance             the official Engine.IO and Socket.IO protocol suites (part of test)
   bench [--quick] [--backend local|redis|both] [--only FIGURES]
                           benchmark a release build on loopback: prints the table, writes
                           bench/results/<date>-<backend>.json (--quick: under 3 minutes)
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Some("openapi") => openapi(),
         Some("types") => types(),
         Some("fuzz") => schemathesis(),
+        Some("conformance") => conformance(),
         Some("bench") => bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");

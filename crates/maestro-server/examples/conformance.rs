@@ -91,6 +91,7 @@ async fn main() -> Result<()> {
         ping_timeout: PING_TIMEOUT,
         max_payload: MAX_PAYLOAD,
         max_sessions: 10_000,
+        connect_timeout: None,
     };
     let engines = Arc::new(Engines {
         engine_io: Engine::new(
@@ -99,8 +100,12 @@ async fn main() -> Result<()> {
             tasks.clone(),
             shutdown.clone(),
         ),
+        // `connectTimeout`: a client that joins no namespace in time is disconnected.
         socket_io: Engine::new(
-            config,
+            EngineConfig {
+                connect_timeout: Some(CONNECT_TIMEOUT),
+                ..config
+            },
             Arc::new(SocketIo::new(tasks.clone())),
             tasks.clone(),
             shutdown.clone(),
@@ -419,6 +424,7 @@ fn handle(
             // The reference server writes its `connection` handler's emits after the connect
             // packet has been flushed; the suites read the two with one listener after the other
             // and miss a second frame that arrives in the same read.
+            session.mark_joined();
             let session = session.clone();
             tasks.spawn(async move {
                 tokio::time::sleep(AUTH_EMIT_DELAY).await;
@@ -488,20 +494,6 @@ impl Handler for SocketIo {
             .lock()
             .expect("clients lock")
             .insert(session.id().into(), Client::default());
-        // `connectTimeout`: a client that joins no namespace in time is disconnected.
-        let session = session.clone();
-        let clients = self.clients.clone();
-        self.tasks.spawn(async move {
-            tokio::time::sleep(CONNECT_TIMEOUT).await;
-            let idle = clients
-                .lock()
-                .expect("clients lock")
-                .get(session.id())
-                .is_some_and(|c| c.sockets.is_empty());
-            if idle {
-                session.close();
-            }
-        });
     }
 
     fn on_message<'a>(&'a self, session: &'a Arc<Session>, text: &'a str) -> Task<'a> {

@@ -137,6 +137,11 @@ pub struct Config {
     #[arg(long, env = "SOCKETIO_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub socketio_ping_timeout_ms: u64,
 
+    /// A Socket.IO client that has not connected a namespace this many milliseconds after
+    /// its connection opened is disconnected (socket.io's `connectTimeout`).
+    #[arg(long, env = "SOCKETIO_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub socketio_connect_timeout_ms: u64,
+
     /// Redis to keep all state in (e.g. `redis://127.0.0.1:6379`, `redis+unix:///run/redis.sock`).
     /// Unset: the embedded local backend. Several servers may share one Redis.
     #[arg(long, env = "REDIS_URL")]
@@ -194,6 +199,7 @@ impl Config {
             sweep_interval_ms: 250,
             socketio_ping_interval_ms: 25_000,
             socketio_ping_timeout_ms: 20_000,
+            socketio_connect_timeout_ms: 45_000,
             redis_url: None,
             redis_enabled: true,
             redis_key_prefix: "maestro:".into(),

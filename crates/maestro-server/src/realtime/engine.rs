@@ -82,6 +82,10 @@ pub struct EngineConfig {
     pub max_payload: usize,
     /// Most sessions open at once; a handshake beyond it gets 503.
     pub max_sessions: usize,
+    /// A session that has not been [joined](Session::mark_joined) this long after it opened
+    /// is closed (Socket.IO's `connectTimeout`: a client that never connects a namespace).
+    /// `None`: no deadline.
+    pub connect_timeout: Option<Duration>,
 }
 
 /// One Engine.IO packet, ready for either transport: the bytes of its WebSocket text frame,
@@ -165,6 +169,11 @@ pub struct Engine {
     config: EngineConfig,
     handler: Arc<dyn Handler>,
     sessions: Mutex<HashMap<Box<str>, Arc<Session>>>,
+    /// Polling sessions the client closed (`1`) while no `GET` was waiting, with when they
+    /// closed. The client's last `GET` may still be on its way (it sends it alongside the
+    /// `POST` that closes): that `GET` gets the noop it would have had, not "Session ID
+    /// unknown". Kept for `ping_interval + ping_timeout` at most.
+    closed_by_client: Mutex<HashMap<Box<str>, u64>>,
     epoch: Instant,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -190,6 +199,12 @@ pub struct Session {
     /// Who the auth gate admitted the opening request as, if it carried a credential (or was
     /// local); set once, when the session opens.
     principal: std::sync::OnceLock<Principal>,
+    /// When the session opened (ms since the engine's epoch).
+    opened: u64,
+    /// The handler took the session on (see [`EngineConfig::connect_timeout`]).
+    joined: AtomicBool,
+    /// Where flushers run, so that shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 struct Out {
@@ -207,6 +222,8 @@ struct Out {
     probing: bool,
     /// The client closed the session (`1`): a waiting `GET` ends with a noop, not a close.
     client_closed: bool,
+    /// A `GET` was answered with that noop.
+    close_answered: bool,
 }
 
 enum Transport {
@@ -231,6 +248,8 @@ impl Session {
         headers: HeaderMap,
         transport: Transport,
         first_ping: u64,
+        opened: u64,
+        tasks: TaskTracker,
     ) -> Arc<Self> {
         Arc::new(Session {
             id: new_sid(),
@@ -244,6 +263,7 @@ impl Session {
                 upgrading: false,
                 probing: false,
                 client_closed: false,
+                close_answered: false,
             }),
             wake_poll: Notify::new(),
             // Not a child of the shutdown token: shutdown closes sessions itself, after the
@@ -255,7 +275,16 @@ impl Session {
             inbox: tokio::sync::Mutex::new(()),
             sockets: Mutex::new(Vec::new()),
             principal: std::sync::OnceLock::new(),
+            opened,
+            joined: AtomicBool::new(false),
+            tasks,
         })
+    }
+
+    /// The handler has taken this session on (a Socket.IO namespace connected): the
+    /// [connect timeout](EngineConfig::connect_timeout) no longer applies.
+    pub fn mark_joined(&self) {
+        self.joined.store(true, Ordering::Relaxed);
     }
 
     /// The Engine.IO session id.
@@ -360,7 +389,7 @@ impl Session {
             self.wake_poll.notify_one();
         }
         if let Some(stream) = flusher {
-            tokio::spawn(self.clone().flush(stream));
+            self.tasks.spawn(self.clone().flush(stream));
         }
         true
     }
@@ -508,7 +537,7 @@ impl Session {
         }
         drop(out);
         if start_flusher {
-            tokio::spawn(self.clone().flush(stream));
+            self.tasks.spawn(self.clone().flush(stream));
         }
         self.wake_poll.notify_one();
         true
@@ -639,6 +668,7 @@ impl Engine {
             config,
             handler,
             sessions: Mutex::new(HashMap::new()),
+            closed_by_client: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             tasks,
             shutdown,
@@ -718,7 +748,14 @@ impl Engine {
         let half = self.interval_ms() / 2;
         let tick = self.tick().as_millis() as u64;
         let first_ping = self.now() + half + fastrand::u64(0..=half.saturating_sub(tick));
-        let session = Session::new(peer, headers, transport, first_ping);
+        let session = Session::new(
+            peer,
+            headers,
+            transport,
+            first_ping,
+            self.now(),
+            self.tasks.clone(),
+        );
         if let Some(p) = principal {
             let _ = session.principal.set(p);
         }
@@ -739,6 +776,28 @@ impl Engine {
             "maxPayload": self.config.max_payload,
         });
         format!("0{open}")
+    }
+
+    /// If the client closed `session` while no `GET` of its was waiting, remembers that the
+    /// `GET` it may have sent alongside is owed a noop.
+    fn remember_client_close(&self, session: &Session) {
+        let out = session.out.lock().expect("session lock");
+        if out.client_closed && !out.polling && !out.close_answered {
+            drop(out);
+            self.closed_by_client
+                .lock()
+                .expect("engine lock")
+                .insert(session.id.clone(), self.now());
+        }
+    }
+
+    /// Whether `sid` was closed by its client and its last `GET` is still owed a noop (once).
+    fn take_closed_by_client(&self, sid: &str) -> bool {
+        self.closed_by_client
+            .lock()
+            .expect("engine lock")
+            .remove(sid)
+            .is_some()
     }
 
     /// Removes a closed session and tells the handler (once).
@@ -783,6 +842,9 @@ impl Engine {
                 }
                 Some(sid) => match self.lookup(&sid) {
                     Some(session) => self.poll(session).await,
+                    None if self.take_closed_by_client(&sid) => {
+                        text("6", "text/plain; charset=UTF-8")
+                    }
                     None => refuse(StatusCode::BAD_REQUEST, 1, "Session ID unknown"),
                 },
             },
@@ -825,6 +887,7 @@ impl Engine {
                 let mut out = session.out.lock().expect("session lock");
                 match out.transport {
                     Transport::Closed if out.client_closed => {
+                        out.close_answered = true;
                         drop(out);
                         self.finish(&session);
                         return text("6", "text/plain; charset=UTF-8");
@@ -883,6 +946,7 @@ impl Engine {
             }
         }
         if session.is_closed() {
+            self.remember_client_close(&session);
             self.finish(&session);
         }
         if !valid {
@@ -1140,12 +1204,27 @@ impl Engine {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let grace = self.interval_ms() + self.config.ping_timeout.as_millis() as u64;
+            let now = self.now();
+            self.closed_by_client
+                .lock()
+                .expect("engine lock")
+                .retain(|_, at| now.saturating_sub(*at) <= grace);
+            let connect_timeout = self.config.connect_timeout.map(|t| t.as_millis() as u64);
             for session in self.snapshot() {
                 if session.is_closed() {
                     self.finish(&session);
                     continue;
                 }
                 let now = self.now();
+                if let Some(limit) = connect_timeout
+                    && !session.joined.load(Ordering::Relaxed)
+                    && now.saturating_sub(session.opened) > limit
+                {
+                    tracing::debug!(session = %session.id, "no namespace joined within the connect timeout; closing");
+                    self.finish(&session);
+                    continue;
+                }
                 if session.ping_sent.load(Ordering::Relaxed) != 0 {
                     if self.ping_overdue(&session, now) {
                         tracing::debug!(session = %session.id, "no pong within the ping timeout; closing");
@@ -1205,7 +1284,14 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 impl Session {
     /// A polling session outside any engine: what is sent collects in its queue.
     pub(super) fn detached() -> Arc<Self> {
-        Session::new(None, HeaderMap::new(), Transport::Polling, 0)
+        Session::new(
+            None,
+            HeaderMap::new(),
+            Transport::Polling,
+            0,
+            0,
+            TaskTracker::new(),
+        )
     }
 
     /// The packets queued so far, taken.
@@ -1303,6 +1389,7 @@ mod tests {
             ping_timeout: Duration::from_millis(timeout_ms),
             max_payload: 1_000_000,
             max_sessions: 1_000,
+            connect_timeout: None,
         };
         Engine::new(
             config,
@@ -1377,6 +1464,62 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), (StatusCode::OK, "6".into()));
         assert_eq!(
             polling(&engine, Some(&sid), None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    /// The client sends its last `GET` alongside the `POST` that closes; when the `POST`
+    /// arrives first, the `GET` still gets its noop, and only later ones are refused.
+    #[tokio::test]
+    async fn a_get_that_arrives_after_the_client_closed_gets_a_noop_once() {
+        let engine = engine(Arc::new(Echo), 25_000, 20_000);
+        let sid = open(&engine).await;
+        assert_eq!(
+            polling(&engine, Some(&sid), Some("1")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(engine.sessions(), 0);
+        assert_eq!(
+            polling(&engine, Some(&sid), None).await,
+            (StatusCode::OK, "6".into())
+        );
+        assert_eq!(
+            polling(&engine, Some(&sid), None).await.0,
+            StatusCode::BAD_REQUEST
+        );
+        // A POST to the closed session is still refused.
+        assert_eq!(
+            polling(&engine, Some(&sid), Some("4late")).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_that_joins_nothing_within_the_connect_timeout_is_closed() {
+        let engine = Engine::new(
+            EngineConfig {
+                ping_interval: Duration::from_secs(25),
+                ping_timeout: Duration::from_secs(20),
+                max_payload: 1_000_000,
+                max_sessions: 1_000,
+                connect_timeout: Some(Duration::from_millis(100)),
+            },
+            Arc::new(Echo),
+            TaskTracker::new(),
+            CancellationToken::new(),
+        );
+        tokio::spawn(engine.clone().heartbeat());
+        let idle = open(&engine).await;
+        let joined = open(&engine).await;
+        engine.lookup(&joined).unwrap().mark_joined();
+        // Waits for the heartbeat rather than for a fixed time: the idle one goes, and the
+        // joined one is still there after it went.
+        while engine.lookup(&idle).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(engine.lookup(&joined).is_some());
+        assert_eq!(
+            polling(&engine, Some(&idle), None).await.0,
             StatusCode::BAD_REQUEST
         );
     }

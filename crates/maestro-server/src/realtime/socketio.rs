@@ -96,6 +96,7 @@ impl Realtime {
             ping_timeout: Duration::from_millis(config.socketio_ping_timeout_ms),
             max_payload: config.max_body_bytes,
             max_sessions: usize::try_from(config.max_socketio_sessions).unwrap_or(usize::MAX),
+            connect_timeout: Some(Duration::from_millis(config.socketio_connect_timeout_ms)),
         };
         let hub = Arc::new(Hub::new(
             domain,
@@ -606,6 +607,7 @@ impl Hub {
             self.remove(&conn);
             return;
         }
+        session.mark_joined();
         let reply = json!({ "sid": conn.sid });
         session.send(&Frame::text(&format!("40{ns},{reply}")));
         tracing::debug!(socket.id = %conn.sid, ns, project = ?conn.project, last_seq = handshake.last_seq, "socket.io client connected");
