@@ -7,6 +7,7 @@
 //!
 //! The crate does no I/O.
 
+pub mod approvals;
 pub mod auth;
 pub mod catalog;
 pub mod entities;
@@ -20,6 +21,7 @@ pub mod requests;
 pub mod spawn;
 pub mod team;
 
+pub use approvals::*;
 pub use auth::*;
 pub use catalog::*;
 pub use entities::*;

@@ -67,6 +67,8 @@ pub enum PushKind {
     NeedsInput,
     SessionFailed,
     SessionCompleted,
+    /// An agent asks to run a tool (`approval:requested`).
+    Approval,
 }
 
 /// The decrypted body of a push, read by the web app's service worker.

@@ -153,6 +153,8 @@ fn generated() -> (String, Vec<String>) {
         // push.rs
         p::VapidPublicKey, p::PushKeys, p::PushSubscribe, p::PushUnsubscribe,
         p::PushSubscriptionInfo, p::PushKind, p::PushPayload, p::PushUnsubscribed,
+        p::ApprovalStatus, p::ApprovalDecision, p::Approval, p::CreateApproval, p::DecideApproval,
+        p::ApprovalDecideAction,
         // realtime.rs
         p::SocketAuth, p::SessionSubscription, p::StateSyncRequest, p::StateSnapshot,
         p::ReplayRequest, p::ReplyInput, p::ReplyDelivered, p::StopSession, p::SessionInput,

@@ -53,11 +53,17 @@ pub enum Collection {
     PushSubscriptions,
     /// Which notify events were already pushed, per event scope (exactly-once sending).
     PushSent,
+    /// Tool approval requests, owned by their session.
+    Approvals,
+    /// One marker per pending approval, owned by its project.
+    PendingApprovals,
+    /// `allow_session` answers, matched by later identical requests of the session.
+    ApprovalRules,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 15] = [
+    pub const ALL: [Collection; 18] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -73,6 +79,9 @@ impl Collection {
         Self::VapidKeys,
         Self::PushSubscriptions,
         Self::PushSent,
+        Self::Approvals,
+        Self::PendingApprovals,
+        Self::ApprovalRules,
     ];
 
     /// Stable name used in storage keys.
@@ -93,6 +102,9 @@ impl Collection {
             Self::VapidKeys => "vapid_keys",
             Self::PushSubscriptions => "push_subscriptions",
             Self::PushSent => "push_sent",
+            Self::Approvals => "approvals",
+            Self::PendingApprovals => "pending_approvals",
+            Self::ApprovalRules => "approval_rules",
         }
     }
 }

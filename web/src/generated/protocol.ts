@@ -746,7 +746,7 @@ export type PushSubscriptionInfo = {
 /**
  * What a notification is about.
  */
-export type PushKind = "needs_input" | "session_failed" | "session_completed";
+export type PushKind = "needs_input" | "session_failed" | "session_completed" | "approval";
 
 /**
  * The decrypted body of a push, read by the web app's service worker.
@@ -774,6 +774,119 @@ export type PushUnsubscribed = {
    * Whether the caller had a subscription with that endpoint.
    */
   removed: boolean;
+};
+
+/**
+ * Where an approval stands.
+ */
+export type ApprovalStatus = "pending" | "allowed" | "denied" | "cancelled";
+
+/**
+ * A human's answer.
+ */
+export type ApprovalDecision = "allow" | "deny" | "allow_session";
+
+/**
+ * A tool permission request of a session.
+ */
+export type Approval = {
+  id: string;
+  sessionId: string;
+  projectId: string;
+  /**
+   * The session's name when the request was made (for notifications and lists).
+   */
+  sessionName: string;
+  /**
+   * The agent tool that asks: `claude-code`, `codex`, `gemini`, or another name.
+   */
+  agentTool: string;
+  /**
+   * The tool the agent wants to run, as the agent names it (`Bash`, `Edit`, `shell`, …).
+   */
+  toolName: string;
+  /**
+   * The tool's input as the agent gave it (the command; the file and the edit; …).
+   */
+  input: unknown;
+  /**
+   * One line for lists: the command, the file path, or the tool and a short input.
+   */
+  summary: string;
+  status: ApprovalStatus;
+  decision?: ApprovalDecision | null;
+  /**
+   * The reason given with a denial or a cancellation.
+   */
+  reason?: string | null;
+  /**
+   * Who decided: a device's or token's name, `local`, or `rule` for an earlier
+   * `allow_session`.
+   */
+  decidedBy?: string | null;
+  /**
+   * The idempotency key the request was created with, if any.
+   */
+  requestId?: string | null;
+  /**
+   * The idempotency key of the decision that won, if it had one.
+   */
+  decisionRequestId?: string | null;
+  createdAt: number;
+  decidedAt?: number | null;
+};
+
+/**
+ * `POST /api/sessions/:id/approvals`.
+ */
+export type CreateApproval = {
+  /**
+   * The agent tool that asks (`claude-code`, `codex`, `gemini`, …).
+   */
+  agentTool: string;
+  /**
+   * The tool the agent wants to run.
+   */
+  toolName: string;
+  /**
+   * The tool's input (at most 256 KiB once serialised).
+   */
+  input: unknown;
+  /**
+   * One line for lists [default: derived from the input].
+   */
+  summary?: string | null;
+  /**
+   * Idempotency key: the same key returns the approval it created, once.
+   */
+  requestId?: string | null;
+};
+
+/**
+ * `POST /api/approvals/:id/decision`, and the `approval:decide` client action.
+ */
+export type DecideApproval = {
+  decision: ApprovalDecision;
+  /**
+   * Told to the agent with a denial.
+   */
+  reason?: string | null;
+  /**
+   * Idempotency key: repeating a decision with the same key answers as the first time,
+   * even after it won.
+   */
+  requestId?: string | null;
+};
+
+/**
+ * The `approval:decide` client action on `/ui` and `/mobile`: a [`DecideApproval`] for one
+ * approval.
+ */
+export type ApprovalDecideAction = {
+  approvalId: string;
+  decision: ApprovalDecision;
+  reason?: string | null;
+  requestId?: string | null;
 };
 
 /**

@@ -72,6 +72,16 @@ impl Principal {
         }
     }
 
+    /// Who this is, for records such as "decided by": the credential's name, else its kind.
+    pub fn label(&self) -> String {
+        match (&self.name, self.kind) {
+            (Some(name), _) => name.clone(),
+            (None, CallerKind::Local) => "local".into(),
+            (None, CallerKind::Token) => "token".into(),
+            (None, CallerKind::Device) => "device".into(),
+        }
+    }
+
     fn of(credential: &Credential, csrf: Option<String>) -> Self {
         Self {
             kind: credential.kind,

@@ -217,6 +217,7 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
         return Need::Scope(Scope::Admin);
     }
     let respond = path == "/api/mail"
+        || (path.starts_with("/api/approvals/") && path.ends_with("/decision"))
         || (path.starts_with("/api/mail/inbox/") && path.ends_with("/ack"))
         || (path.starts_with("/api/sessions/")
             && path.contains("/modal/")
@@ -231,7 +232,7 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
 /// The scope a Socket.IO client action needs (see `realtime::socketio`).
 pub fn socket_action_scope(event: &str) -> Scope {
     match event {
-        "mail:send" | "session:reply-input" => Scope::Respond,
+        "mail:send" | "session:reply-input" | "approval:decide" => Scope::Respond,
         "session:spawn" | "session:stop" => Scope::Operate,
         _ => Scope::Read,
     }
@@ -361,6 +362,14 @@ mod tests {
         assert_eq!(need(&get, "/api/auth/tokens", false), scope(S::Admin));
         assert_eq!(need(&post, "/api/auth/logout", false), scope(S::Read));
         assert_eq!(need(&post, "/api/mail", false), scope(S::Respond));
+        assert_eq!(
+            need(&post, "/api/approvals/appr_1/decision", false),
+            scope(S::Respond)
+        );
+        assert_eq!(
+            need(&post, "/api/sessions/s/approvals", false),
+            scope(S::Operate)
+        );
         assert_eq!(
             need(&post, "/api/sessions/s1/modal/m1/actions", false),
             scope(S::Respond)

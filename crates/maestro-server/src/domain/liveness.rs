@@ -227,6 +227,13 @@ impl Domain {
             ));
             close_task_statuses(tx, &session, "failed", now)?;
             release_all(tx, &session.project_id, &session_id, "session_failed")?;
+            super::approvals::cancel_pending(
+                tx,
+                &session.project_id,
+                &session_id,
+                "the agent stopped responding",
+                now,
+            )?;
             tx.put(Collection::Sessions, &session_id, None, &session);
             let scope = session.project_id.clone();
             tx.emit(&scope, "session:updated", &session, Some(&session_id));

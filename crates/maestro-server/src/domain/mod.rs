@@ -4,6 +4,7 @@
 //! changes, and which events it emits in which order. Each operation validates its input,
 //! then runs one transaction through the [`Store`] port; it never sees redb or Redis.
 
+pub mod approvals;
 pub mod claims;
 pub mod interaction;
 pub mod liveness;

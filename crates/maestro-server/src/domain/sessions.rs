@@ -14,6 +14,7 @@ use maestro_protocol::{
 };
 use serde_json::{Value, json};
 
+use super::approvals;
 use super::claims::release_all;
 use super::{Domain, check_enum, check_id, load_project, load_session, load_task, required};
 use crate::error::{Error, Result};
@@ -255,6 +256,8 @@ impl Domain {
                 // However a session ends, its leases end with it, in the same commit (the
                 // heartbeat sweep does the same for a session that went silent).
                 release_all(tx, &session.project_id, &id, "session_ended")?;
+                // And nobody is left to act on an answer.
+                approvals::cancel_pending(tx, &session.project_id, &id, "session ended", now)?;
             }
             tx.put(Collection::Sessions, &id, None, &session);
             let scope = session.project_id.clone();
@@ -299,6 +302,8 @@ impl Domain {
         transact(&*self.store, move |tx| {
             let session = load_session(tx, &id)?;
             release_all(tx, &session.project_id, &id, "session_deleted")?;
+            approvals::cancel_pending(tx, &session.project_id, &id, "session deleted", now)?;
+            approvals::delete_all(tx, &id)?;
             tx.delete(Collection::Sessions, &id);
             tx.emit(
                 &session.project_id,

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod extract;
+mod approvals;
 mod mail;
 mod ops;
 mod ordering;
@@ -65,6 +66,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(sessions::router())
         .merge(team_members::router())
         .merge(mail::router())
+        .merge(approvals::router())
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router())

@@ -42,6 +42,7 @@ pub fn for_event(event: &EventRecord) -> Option<Notification> {
         "notify:needs_input" => PushKind::NeedsInput,
         "notify:session_failed" => PushKind::SessionFailed,
         "notify:session_completed" => PushKind::SessionCompleted,
+        "approval:requested" => PushKind::Approval,
         _ => return None,
     };
     let project_id = event.project_id()?.to_owned();
@@ -54,6 +55,7 @@ pub fn for_event(event: &EventRecord) -> Option<Notification> {
     let name = event
         .data
         .get("name")
+        .or_else(|| event.data.get("sessionName"))
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|n| !n.is_empty())
@@ -75,13 +77,32 @@ pub fn for_event(event: &EventRecord) -> Option<Notification> {
             format!("{name} completed"),
             "The session completed.".to_owned(),
         ),
+        PushKind::Approval => {
+            let tool = event
+                .data
+                .get("toolName")
+                .and_then(Value::as_str)
+                .map(|t| cut(t, MAX_NAME))
+                .unwrap_or_else(|| "a tool".to_owned());
+            let summary = event
+                .data
+                .get("summary")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            (format!("{name} asks to run {tool}"), cut(summary, MAX_BODY))
+        }
+    };
+    // An approval is answered on the home screen, where every pending one is listed.
+    let url = match kind {
+        PushKind::Approval => "/#/".to_owned(),
+        _ => format!("/#/s/{session_id}"),
     };
     Some(Notification {
-        urgent: kind == PushKind::NeedsInput,
+        urgent: matches!(kind, PushKind::NeedsInput | PushKind::Approval),
         payload: PushPayload {
             title,
             body,
-            url: format!("/#/s/{session_id}"),
+            url,
             session_id,
             project_id,
             kind,
@@ -137,6 +158,26 @@ mod tests {
         assert_eq!(n.payload.url, "/#/s/sess_1");
         assert_eq!(n.payload.project_id, "proj_1");
         assert_eq!(n.payload.kind, PushKind::NeedsInput);
+    }
+
+    #[test]
+    fn an_approval_request_is_urgent_and_says_what_would_run() {
+        let n = for_event(&event(
+            "approval:requested",
+            json!({"id": "appr_1", "sessionId": "sess_1", "sessionName": "fix login",
+                   "toolName": "Bash", "summary": "Bash: rm -rf build/"}),
+        ))
+        .unwrap();
+        assert!(n.urgent);
+        assert_eq!(n.payload.title, "fix login asks to run Bash");
+        assert_eq!(n.payload.body, "Bash: rm -rf build/");
+        assert_eq!(n.payload.url, "/#/");
+        assert_eq!(n.payload.kind, PushKind::Approval);
+        // Its decision is not news.
+        assert_eq!(
+            for_event(&event("approval:decided", json!({"sessionId": "sess_1"}))),
+            None
+        );
     }
 
     #[test]

@@ -33,9 +33,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use maestro_protocol::{
-    CREDENTIAL_REVOKED, EventRecord, GLOBAL_SCOPE, ReplayIncomplete, ReplayRequest, ReplyInput,
-    SendMail, SessionSubscription, SocketAuth, SpawnRequest, StateSyncRequest, StopSession,
-    UpdateSession,
+    ApprovalDecideAction, CREDENTIAL_REVOKED, DecideApproval, EventRecord, GLOBAL_SCOPE,
+    ReplayIncomplete, ReplayRequest, ReplyInput, SendMail, SessionSubscription, SocketAuth,
+    SpawnRequest, StateSyncRequest, StopSession, UpdateSession,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -717,6 +717,21 @@ impl Hub {
                 to_object(&self.domain.reply_input(req).await?)
             }
             "session:spawn" => session_spawn(self, conn, data).await,
+            "approval:decide" => {
+                let req: ApprovalDecideAction = parse(data)?;
+                let approval = self.domain.get_approval(&req.approval_id)?;
+                conn.check_project(&approval.project_id)?;
+                let decide = DecideApproval {
+                    decision: req.decision,
+                    reason: req.reason,
+                    request_id: req.request_id,
+                };
+                let decided = self
+                    .domain
+                    .decide_approval(req.approval_id, decide, conn.principal.label())
+                    .await?;
+                Ok(json!({ "approval": decided }))
+            }
             "session:stop" => {
                 let req: StopSession = parse(data)?;
                 let Some(id) = req.session_id else {
