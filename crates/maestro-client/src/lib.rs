@@ -591,6 +591,54 @@ impl Client {
         self.delete(&format!("/api/mail/{}", enc(id))).await
     }
 
+    // --- approvals -------------------------------------------------------------------------
+
+    /// Asks for a tool approval in `session_id`; a repeated `requestId` returns what the first
+    /// request made.
+    pub async fn create_approval(
+        &self,
+        session_id: &str,
+        req: &maestro_protocol::CreateApproval,
+    ) -> Result<maestro_protocol::Approval> {
+        let path = format!("/api/sessions/{}/approvals", enc(session_id));
+        self.send(Method::POST, &path, req).await
+    }
+
+    /// Long-polls approval `id` for up to `timeout_ms` (at most 120,000).
+    pub async fn wait_approval(
+        &self,
+        id: &str,
+        timeout_ms: u64,
+    ) -> Result<maestro_protocol::Approval> {
+        let path = format!("/api/approvals/{}/wait", enc(id));
+        self.get_q(&path, &[("timeout", timeout_ms.to_string())])
+            .await
+    }
+
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        req: &maestro_protocol::DecideApproval,
+    ) -> Result<maestro_protocol::Approval> {
+        let path = format!("/api/approvals/{}/decision", enc(id));
+        self.send(Method::POST, &path, req).await
+    }
+
+    /// Withdraws a pending approval.
+    pub async fn cancel_approval(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<maestro_protocol::Approval> {
+        let path = format!("/api/approvals/{}/cancel", enc(id));
+        self.send(
+            Method::POST,
+            &path,
+            &serde_json::json!({ "reason": reason }),
+        )
+        .await
+    }
+
     // --- credentials -----------------------------------------------------------------------
 
     /// Creates an API token; the answer is the only time its secret is shown.

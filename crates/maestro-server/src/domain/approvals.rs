@@ -410,6 +410,39 @@ impl Domain {
         Ok(approval)
     }
 
+    /// Withdraws a pending approval (the agent stopped waiting: its hook timed out or was
+    /// interrupted). An approval that already ended is returned as it is.
+    pub async fn cancel_approval(&self, id: String, reason: Option<String>) -> Result<Approval> {
+        check_id("id", &id)?;
+        let reason = reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| cut(r, MAX_REASON))
+            .unwrap_or_else(|| "withdrawn by the agent".to_owned());
+        transact(&*self.store, move |tx| {
+            let mut approval: Approval = tx
+                .get(Collection::Approvals, &id)?
+                .ok_or_else(|| Error::not_found("Approval", &id))?;
+            if !approval.status.is_pending() {
+                return Ok(approval);
+            }
+            approval.status = ApprovalStatus::Cancelled;
+            approval.reason = Some(reason.clone());
+            approval.decided_at = Some(now_ms());
+            tx.put(Collection::Approvals, &id, None, &approval);
+            tx.delete(Collection::PendingApprovals, &id);
+            tx.emit(
+                &approval.project_id,
+                DECIDED,
+                &approval,
+                Some(&approval.session_id),
+            );
+            Ok(approval)
+        })
+        .await
+    }
+
     /// Long-poll: the approval as soon as it is no longer pending, or as it is after
     /// `timeout_ms`.
     pub async fn wait_approval(&self, id: &str, timeout_ms: u64) -> Result<Approval> {

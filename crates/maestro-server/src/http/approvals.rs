@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_one))
         .routes(routes!(wait))
         .routes(routes!(decide))
+        .routes(routes!(cancel))
 }
 
 fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<()> {
@@ -160,4 +161,30 @@ async fn decide(
     Ok(Json(
         s.domain.decide_approval(id, req, caller.label()).await?,
     ))
+}
+
+/// `POST /api/approvals/:id/cancel`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelApproval {
+    /// Why the agent stopped waiting.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/approvals/{id}/cancel",
+    tag = "approvals",
+    summary = "Withdraw a pending approval (the agent stopped waiting); an ended one is returned as it is",
+    params(("id" = String, Path)),
+    request_body = CancelApproval,
+    responses((status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+async fn cancel(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<CancelApproval>,
+) -> Result<Json<Approval>> {
+    Ok(Json(s.domain.cancel_approval(id, req.reason).await?))
 }
