@@ -21,7 +21,7 @@ export const WAIT_MS = 10_000;
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, "..", "..");
 
-function binary() {
+export function binary() {
   if (process.env.MAESTRO_BIN) return process.env.MAESTRO_BIN;
   const target = process.env.CARGO_TARGET_DIR ?? join(repo, "target");
   const bin = join(target, "debug", process.platform === "win32" ? "maestro.exe" : "maestro");

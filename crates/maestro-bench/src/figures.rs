@@ -78,7 +78,7 @@ impl Plan {
 
 /// Every figure's name, for `--only`.
 pub const FIGURES: &[&str] = &[
-    "memory", "cli", "mail", "list", "create", "replay", "fanout", "crash", "startup",
+    "memory", "cli", "mail", "approval", "list", "create", "replay", "fanout", "crash", "startup",
 ];
 
 /// What one backend's run shares.
@@ -134,6 +134,13 @@ impl Bench {
             match self.mail(&api).await {
                 Ok(r) => rows.extend(r),
                 Err(e) => rows.push(error_row("mail wake p99", &self.mail_target(), &e)),
+            }
+        }
+        if self.wants("approval") {
+            eprintln!("bench[{}]: approval round trip", self.backend.name());
+            match self.approval(&api).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => rows.push(error_row("approval round trip p99", "<= 5 ms", &e)),
             }
         }
         let mut events_project = None;
@@ -320,7 +327,7 @@ impl Bench {
                         .await?;
                     anyhow::Ok((body, Instant::now()))
                 });
-                wait_parked(api).await?;
+                wait_parked(api, "maestro_mail_waiters").await?;
                 // A message in the same millisecond as the last would not be after `since`.
                 while now_ms() <= since {
                     tokio::time::sleep(Duration::from_micros(200)).await;
@@ -356,6 +363,78 @@ impl Bench {
             rows.push(row.with_detail(s.summary()));
         }
         Ok(rows)
+    }
+
+    /// An agent's hook parked on `GET /api/approvals/:id/wait`, then a human's decision: from
+    /// the decision going out to the hook's answer (the wake-up), and, beside it, the whole
+    /// cycle the agent waits through minus the human (ask, decide, woken).
+    async fn approval(&self, api: &Api) -> Result<Vec<Row>> {
+        let project = api.create_project("bench approvals").await?;
+        let session = api.create_session(&project, "working").await?;
+        let trips = self.plan.mail_trips;
+        let mut wakes = Vec::with_capacity(trips);
+        let mut cycles = Vec::with_capacity(trips);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for i in 0..trips {
+            if Instant::now() > deadline {
+                bail!("approval round trip: over 300 s");
+            }
+            let asked = Instant::now();
+            let created = api
+                .post(
+                    &format!("/api/sessions/{session}/approvals"),
+                    &json!({
+                        "agentTool": "claude-code", "toolName": "Bash",
+                        "input": { "command": format!("make step-{i}") },
+                    }),
+                )
+                .await?;
+            let asking = asked.elapsed();
+            let id = created["id"].as_str().context("approval id")?.to_owned();
+            let url = format!("{}/api/approvals/{id}/wait?timeout=10000", api.base);
+            let http = api.http.clone();
+            let waiter = tokio::spawn(async move {
+                let body: Value = http
+                    .get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                anyhow::Ok((body, Instant::now()))
+            });
+            wait_parked(api, "maestro_approval_waiters").await?;
+            let decided_at = Instant::now();
+            let decision = format!("/api/approvals/{id}/decision");
+            let allow = json!({ "decision": "allow" });
+            let (decided, woken) = tokio::join!(api.post(&decision, &allow), waiter);
+            decided?;
+            let (answer, at) = woken??;
+            if answer["status"] != "allowed" {
+                bail!("the waiter got {answer}");
+            }
+            let wake = at.duration_since(decided_at);
+            wakes.push(wake);
+            // Leaves out the wait for the waiter to park, a bench artefact.
+            cycles.push(asking + wake);
+        }
+        let wake = Samples::new(wakes);
+        let cycle = Samples::new(cycles);
+        Ok(vec![
+            Row::at_most(
+                "approval round trip p99",
+                wake.percentile_ms(99.0),
+                "ms",
+                5.0,
+            )
+            .with_detail(wake.summary()),
+            Row::info(
+                "approval ask + decide + wake p99",
+                cycle.percentile_ms(99.0),
+                "ms",
+            )
+            .with_detail(cycle.summary()),
+        ])
     }
 
     /// wrk, 50 connections, on `GET /api/tasks?projectId=` with 1,000 tasks.
@@ -741,9 +820,9 @@ impl OnEvent for Shared {
     }
 }
 
-/// Waits until the server counts a parked mail waiter (`/metrics`), then a moment more so it
-/// is waiting on the event stream.
-async fn wait_parked(api: &Api) -> Result<()> {
+/// Waits until the server's `/metrics` gauge `gauge` counts a parked waiter, then a moment more
+/// so it is waiting on the event stream.
+async fn wait_parked(api: &Api, gauge: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = api
@@ -755,7 +834,7 @@ async fn wait_parked(api: &Api) -> Result<()> {
             .await?;
         let parked = text
             .lines()
-            .find_map(|l| l.strip_prefix("maestro_mail_waiters "))
+            .find_map(|l| l.strip_prefix(gauge)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<i64>().ok())
             .unwrap_or(0);
         if parked >= 1 {
@@ -763,7 +842,7 @@ async fn wait_parked(api: &Api) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the mail waiter never parked");
+            bail!("no waiter parked ({gauge})");
         }
         tokio::time::sleep(Duration::from_micros(200)).await;
     }

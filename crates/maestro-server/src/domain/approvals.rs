@@ -15,6 +15,8 @@
 //! Waiting is push-based, like mail's: [`Domain::wait_approval`] subscribes to the event stream
 //! before it reads, and wakes on the `approval:decided` event of its approval.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use maestro_protocol::{
@@ -60,6 +62,15 @@ struct RuleRecord {
     tool_name: String,
     approval_id: String,
     created_at: i64,
+}
+
+/// Counts a parked waiter for as long as it lives.
+struct Parked(Arc<AtomicI64>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Keys sorted at every level, so two equal inputs serialise alike whatever their key order.
@@ -453,6 +464,8 @@ impl Domain {
             )));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        self.approval_waiters.fetch_add(1, Ordering::Relaxed);
+        let _parked = Parked(self.approval_waiters.clone());
         // Subscribe first: a decision stored after this point wakes us.
         let mut events = self.store.subscribe();
         loop {

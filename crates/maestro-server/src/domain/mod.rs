@@ -51,6 +51,8 @@ pub struct Domain {
     pub store: Arc<dyn Store>,
     pub info: Arc<ServerInfo>,
     pub mail_metrics: Arc<mail::MailMetrics>,
+    /// Requests parked in `GET /api/approvals/:id/wait` right now (`/metrics`).
+    pub approval_waiters: Arc<std::sync::atomic::AtomicI64>,
     /// Serialized task lists, reused while no task changes (see [`Domain::list_tasks_json`]).
     task_lists: Arc<tasks::ListCache>,
 }
@@ -61,6 +63,7 @@ impl Domain {
             store,
             info: Arc::new(info),
             mail_metrics: Arc::default(),
+            approval_waiters: Arc::default(),
             task_lists: Arc::default(),
         }
     }

@@ -4,9 +4,9 @@
 //! Handlers extract, call a [`Domain`](crate::domain::Domain) operation and map the result;
 //! rules live in `domain`.
 
+mod approvals;
 pub mod auth;
 mod extract;
-mod approvals;
 mod mail;
 mod ops;
 mod ordering;

@@ -62,6 +62,7 @@ async fn ws_status(State(s): State<AppState>) -> Json<Value> {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
     let waiters = s.domain.mail_metrics.waiters.load(Ordering::Relaxed);
+    let approval_waiters = s.domain.approval_waiters.load(Ordering::Relaxed);
     let ws = s.ws_clients.load(Ordering::Relaxed);
     let sio = s.socketio.connections();
     let body = format!(
@@ -71,6 +72,9 @@ async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse
          # HELP maestro_mail_waiters Requests parked in GET /api/mail/wait.\n\
          # TYPE maestro_mail_waiters gauge\n\
          maestro_mail_waiters {waiters}\n\
+         # HELP maestro_approval_waiters Requests parked in GET /api/approvals/:id/wait.\n\
+         # TYPE maestro_approval_waiters gauge\n\
+         maestro_approval_waiters {approval_waiters}\n\
          # HELP maestro_ws_clients Open legacy WebSocket connections.\n\
          # TYPE maestro_ws_clients gauge\n\
          maestro_ws_clients {ws}\n\

@@ -13,9 +13,12 @@
 
 #[macro_use]
 mod output;
+pub(crate) mod agent_tools;
+mod approve;
 mod claims;
 mod context;
 pub mod credentials;
+mod hooks;
 mod mail;
 mod project;
 pub mod qr;
@@ -77,6 +80,16 @@ pub enum Command {
     /// Paired devices: list or revoke.
     #[command(subcommand)]
     Devices(credentials::DevicesCommand),
+    /// A tool permission hook: asks the phone or the desktop app, waits for the decision and
+    /// prints it in the tool's format (reads the tool's hook payload on stdin).
+    ///
+    /// Outside a Maestro session (no MAESTRO_SESSION_ID) it answers "ask" at once, so the tool
+    /// prompts at its own terminal. When the server cannot be reached or nobody decides in
+    /// time, it answers the --fallback. `maestro hooks install` wires it.
+    Approve(approve::ApproveArgs),
+    /// Wire an agent tool's hooks to Maestro: lifecycle and permission prompts.
+    #[command(subcommand)]
+    Hooks(hooks::HooksCommand),
 }
 
 /// Runs an agent command and returns the process exit code.
@@ -125,6 +138,8 @@ async fn dispatch(ctx: &Context, command: Command) -> CmdResult<i32> {
         Command::Token(c) => credentials::token(ctx, c).await?,
         Command::Pair(a) => credentials::pair(ctx, a).await?,
         Command::Devices(c) => credentials::devices(ctx, c).await?,
+        Command::Hooks(c) => hooks::run(ctx, c)?,
+        Command::Approve(a) => return Ok(approve::approve(ctx, a).await),
     }
     Ok(output::exit::OK)
 }

@@ -1,0 +1,231 @@
+//! `maestro approve`: an agent tool's permission hook. Reads the tool's payload on stdin, asks
+//! the server (an approval the phone and the desktop app see at once), waits for the decision
+//! on the server's long-poll (woken by the decision's event, no polling loop), and prints the
+//! answer in the tool's own format.
+//!
+//! It never hangs the agent: outside a Maestro session it answers "ask" at once (the tool
+//! prompts at its terminal as if no hook ran); when the server cannot be reached, or nobody
+//! decides within `--timeout`, it answers the `--fallback` (default: ask). A wait it gives up
+//! (timeout, SIGINT, SIGTERM — tools kill hooks that outlive their own timeout) withdraws the
+//! request, so the phone stops showing it.
+
+use std::io::Read;
+use std::time::Duration;
+
+use maestro_client::Client;
+use maestro_protocol::{Approval, ApprovalStatus, CreateApproval};
+
+use super::agent_tools::{AgentTool, PermissionRequest, Verdict, parse_permission_request};
+use super::context::Context;
+
+/// Largest hook payload read from stdin.
+const MAX_STDIN: u64 = 4 * 1024 * 1024;
+/// Longest single long-poll (the server's limit is 120 s).
+const WAIT_SLICE: Duration = Duration::from_secs(60);
+/// How long one request may take beyond its long-poll before the server counts as gone.
+const REQUEST_SLACK: Duration = Duration::from_secs(10);
+
+/// What to answer when no human decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fallback {
+    /// Let the tool ask at its own terminal.
+    Ask,
+    /// Let the tool run (fail open).
+    Allow,
+    /// Refuse the tool (fail closed).
+    Deny,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// The agent tool whose permission hook calls this (its stdin and stdout formats).
+    #[arg(long, value_enum)]
+    pub tool: AgentTool,
+    /// What to answer when the server cannot be reached or nobody decides in time.
+    #[arg(
+        long,
+        value_enum,
+        env = "MAESTRO_APPROVAL_FALLBACK",
+        default_value = "ask"
+    )]
+    pub fallback: Fallback,
+    /// Seconds to wait for a decision before answering the fallback.
+    #[arg(long, env = "MAESTRO_APPROVAL_TIMEOUT", default_value_t = 600, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+}
+
+impl Fallback {
+    fn verdict(self, why: &str) -> Verdict {
+        match self {
+            Fallback::Ask => Verdict::Ask,
+            Fallback::Allow => Verdict::Allow,
+            Fallback::Deny => Verdict::Deny {
+                reason: format!("Maestro: {why}; denied by the configured fallback"),
+            },
+        }
+    }
+}
+
+/// Runs the hook; always answers the tool (exit code of the rendered verdict).
+pub async fn approve(ctx: &Context, args: ApproveArgs) -> i32 {
+    let verdict = decide(ctx, &args).await;
+    let (stdout, code) = super::agent_tools::render_verdict(args.tool, &verdict);
+    if !stdout.is_empty() {
+        println!("{stdout}");
+    }
+    code
+}
+
+async fn decide(ctx: &Context, args: &ApproveArgs) -> Verdict {
+    // Outside a Maestro session the hook stays out of the way.
+    let Some(session) = ctx.session_id.clone() else {
+        return Verdict::Ask;
+    };
+    let request = match read_request(args.tool) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("maestro approve: {e:#}");
+            return args.fallback.verdict("unreadable hook payload");
+        }
+    };
+    let client = match ctx.client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("maestro approve: {}", e.message);
+            return args.fallback.verdict("bad server URL");
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let create = CreateApproval {
+        agent_tool: args.tool.name().to_owned(),
+        tool_name: request.tool_name.clone(),
+        input: request.input.clone(),
+        summary: Some(request.summary.clone()),
+        // A retried create (after a lost answer) finds the approval the first one made.
+        request_id: Some(request_key()),
+    };
+    let created =
+        tokio::time::timeout(REQUEST_SLACK, client.create_approval(&session, &create)).await;
+    let approval = match created {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            eprintln!(
+                "maestro approve: cannot ask {}: {}",
+                ctx.server,
+                ctx.err(e).message
+            );
+            return args.fallback.verdict("the server could not be asked");
+        }
+        Err(_) => {
+            eprintln!("maestro approve: {} did not answer", ctx.server);
+            return args.fallback.verdict("the server did not answer");
+        }
+    };
+    let waited = tokio::select! {
+        w = wait(&client, &approval.id, deadline) => w,
+        _ = interrupted() => Waited::Interrupted,
+    };
+    match waited {
+        Waited::Ended(a) => verdict_of(&a, args.fallback),
+        Waited::TimedOut => {
+            withdraw(&client, &approval.id, "nobody decided in time").await;
+            eprintln!("maestro approve: nobody decided within {} s", args.timeout);
+            args.fallback.verdict("nobody decided in time")
+        }
+        Waited::Interrupted => {
+            withdraw(&client, &approval.id, "the agent stopped waiting").await;
+            args.fallback.verdict("interrupted")
+        }
+        Waited::Unreachable(message) => {
+            eprintln!("maestro approve: lost the server while waiting: {message}");
+            args.fallback.verdict("the server was lost while waiting")
+        }
+    }
+}
+
+enum Waited {
+    Ended(Box<Approval>),
+    TimedOut,
+    Interrupted,
+    Unreachable(String),
+}
+
+/// Long-polls until the approval ends or `deadline` passes.
+async fn wait(client: &Client, id: &str, deadline: tokio::time::Instant) -> Waited {
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Waited::TimedOut;
+        }
+        let slice = left.min(WAIT_SLICE);
+        let polled = tokio::time::timeout(
+            slice + REQUEST_SLACK,
+            client.wait_approval(id, slice.as_millis() as u64),
+        )
+        .await;
+        match polled {
+            Ok(Ok(a)) if a.status != ApprovalStatus::Pending => return Waited::Ended(Box::new(a)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Waited::Unreachable(e.to_string()),
+            Err(_) => return Waited::Unreachable("a wait got no answer".into()),
+        }
+    }
+}
+
+/// Cancels the request so nobody answers a question nobody waits for (best effort).
+async fn withdraw(client: &Client, id: &str, reason: &str) {
+    let _ = tokio::time::timeout(REQUEST_SLACK, client.cancel_approval(id, reason)).await;
+}
+
+fn verdict_of(approval: &Approval, fallback: Fallback) -> Verdict {
+    match approval.status {
+        ApprovalStatus::Allowed => Verdict::Allow,
+        ApprovalStatus::Denied => Verdict::Deny {
+            reason: approval.reason.clone().unwrap_or_else(|| {
+                format!(
+                    "Denied from Maestro by {}",
+                    approval.decided_by.as_deref().unwrap_or("a human")
+                )
+            }),
+        },
+        ApprovalStatus::Cancelled => fallback.verdict("the request was cancelled"),
+        ApprovalStatus::Pending => fallback.verdict("no decision"),
+    }
+}
+
+fn read_request(tool: AgentTool) -> anyhow::Result<PermissionRequest> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_STDIN {
+        anyhow::bail!("hook payload is larger than {MAX_STDIN} bytes");
+    }
+    parse_permission_request(tool, &bytes)
+}
+
+/// A fresh idempotency key for this hook call.
+fn request_key() -> String {
+    let n: u128 = fastrand::u128(..);
+    format!("approve-{n:032x}")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
