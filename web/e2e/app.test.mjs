@@ -374,11 +374,17 @@ test("every screen: no serious accessibility violation; screenshots light and da
   await server.cli(["session", "needs-input", "--message", "Ship it today?"], { MAESTRO_SESSION_ID: other.id });
   const failed = await agentSession("Agent Failed", "Flaky build");
   await server.ok("PATCH", `/api/sessions/${failed.session.id}`, { status: "failed" });
+  // A tool approval (an edit, shown as a diff) on Needs you and on its session's screen.
+  await server.ok("POST", `/api/sessions/${session.id}/approvals`, {
+    agentTool: "claude-code",
+    toolName: "Edit",
+    input: { file_path: "docs/design.md", old_string: "A plan", new_string: "A **bold** plan\nwith steps" },
+  });
 
   const screens = [
     ["needs-you", "#/", "article.card-ask"],
     ["fleet", "#/fleet", ".row-link"],
-    ["session", `#/s/${session.id}`, ".timeline, .empty"],
+    ["session", `#/s/${session.id}`, "article.card-approval"],
     ["session-docs", `#/s/${session.id}`, null],
     ["board", `#/board/${project.id}`, ".column"],
     ["task", `#/t/${task.id}`, "#task-status"],
@@ -396,6 +402,7 @@ test("every screen: no serious accessibility violation; screenshots light and da
         if (name === "needs-you") {
           await page.locator("article.card-ask", { hasText: "Ship it today?" }).waitFor({ timeout: WAIT_MS });
           await page.locator("article.card-ask", { hasText: "mstr" }).waitFor({ timeout: WAIT_MS });
+          await page.locator("article.card-approval", { hasText: "docs/design.md" }).waitFor({ timeout: WAIT_MS });
         }
         if (name === "fleet") {
           await page.locator(".section", { hasText: "second" }).locator(".row-link", { hasText: "Agent Elsewhere" }).waitFor();

@@ -88,15 +88,16 @@ self.addEventListener("push", (event) => {
     self.registration.showNotification(p.title || "Maestro", {
       body: p.body || "",
       tag,
-      renotify: p.kind === "needs_input",
+      // Urgent kinds alert again even when they replace a notification of the same session.
+      renotify: p.kind === "needs_input" || p.kind === "approval",
       icon: "/icon-192.png",
       data: { url: p.url || "/", sessionId: p.sessionId },
     }),
   );
 });
 
-// A notification (see src/live.ts and the push handler) opens its session in the app, reusing
-// an open window.
+// A notification (see src/live.ts and the push handler) opens its `url` in the app, reusing an
+// open window: a session's page, or Needs you (`/#/`) for a tool approval.
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
   const url = event.notification.data?.url ?? "/";

@@ -20,6 +20,8 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** The error's `details`, when the server sent some (e.g. the approval that won a race). */
+    readonly details?: unknown,
   ) {
     super(message);
   }
@@ -57,7 +59,7 @@ export async function api<T>(
   if (!res.ok) {
     const code = parsed?.code ?? `HTTP_${res.status}`;
     if (res.status === 401 && path !== "/api/auth/pair") signedOut.value = true;
-    throw new ApiError(res.status, code, parsed?.message ?? `${method} ${path}: ${res.status}`);
+    throw new ApiError(res.status, code, parsed?.message ?? `${method} ${path}: ${res.status}`, parsed?.details);
   }
   return parsed as T;
 }

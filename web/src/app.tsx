@@ -5,7 +5,7 @@ import { can, me, unreachable } from "./auth";
 import { clock } from "./format";
 import { allStates, connection, version } from "./live";
 import { route } from "./router";
-import { needsYou } from "./store";
+import { needsYou, pendingApprovals } from "./store";
 import { Board, NewTask, Spawn, TaskDetail } from "./screens/board";
 import { Fleet } from "./screens/fleet";
 import { NeedsYou } from "./screens/needs";
@@ -78,7 +78,9 @@ export function App() {
     );
   }
   void version.value;
-  const waiting = needsYou(allStates().flatMap((p) => [...p.sessions.values()])).waiting.length;
+  // Sessions waiting for an answer plus tool approvals waiting for a decision.
+  const waiting =
+    needsYou(allStates().flatMap((p) => [...p.sessions.values()])).waiting.length + pendingApprovals(allStates()).length;
   return (
     <>
       <a class="skip" href="#main" onClick={(e) => { e.preventDefault(); document.getElementById("main")?.focus(); }}>

@@ -16,7 +16,7 @@ import { Manager, type Socket } from "socket.io-client";
 
 import { api, signedOut } from "./api";
 import { ProjectState } from "./store";
-import type { Envelope, Project, Snapshot, SocketAuth, StateSyncRequest } from "./types";
+import type { Approval, Envelope, Project, Snapshot, SocketAuth, StateSyncRequest } from "./types";
 
 export type LinkStatus = "connecting" | "live" | "down";
 
@@ -108,6 +108,7 @@ class Link {
       version.value++;
       const last = this.state.activity.at(-1);
       if (last?.seq === e.seq && last.alert) notify(this.state, last.alert, last.sessionId);
+      if (e.event === "approval:requested" && this.state.approvals.has(e.data?.id)) notifyApproval(e.data);
     } else if (result === "gap") {
       void this.sync();
     }
@@ -132,10 +133,26 @@ class Link {
         version.value++;
         if (result === "gap") void this.sync();
       });
+      void this.syncApprovals();
     } catch {
       this.syncing = null;
       // Disconnected mid-sync: the next connect syncs again (state is still unsynced) or
       // replays; a refused sync is retried on the next reconnect.
+    }
+  }
+
+  /**
+   * Snapshots carry no approvals: after each one, the pending list is read afresh (it is the
+   * truth after a reconnect or a `replay:incomplete`); events newer than the request are kept.
+   */
+  async syncApprovals(): Promise<void> {
+    const from = this.state.seq;
+    try {
+      const list = await api<Approval[]>("GET", `/api/approvals?projectId=${encodeURIComponent(this.projectId)}`);
+      this.state.syncApprovals(list, from);
+      version.value++;
+    } catch {
+      // Read again on the next sync; the events keep the list current meanwhile.
     }
   }
 
@@ -168,6 +185,21 @@ function notify(state: ProjectState, alert: keyof typeof ALERT_TEXT, sessionId?:
         body,
         tag: sessionId,
         data: { url: `/#/s/${sessionId}` },
+      }),
+    )
+    .catch(() => undefined);
+}
+
+/** The same for a tool approval: "Agent asks to run Bash", the command as the body. */
+function notifyApproval(a: Approval): void {
+  if (document.visibilityState === "visible") return;
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  void navigator.serviceWorker?.ready
+    .then((reg) =>
+      reg.showNotification(`${a.sessionName} asks to run ${a.toolName}`, {
+        body: a.summary,
+        tag: a.sessionId,
+        data: { url: "/#/" },
       }),
     )
     .catch(() => undefined);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 
-import { ProjectState, needsYou, sessionTitle } from "./store";
-import type { Envelope, Session, Snapshot, Task } from "./types";
+import { ProjectState, needsYou, pendingApprovals, sessionTitle } from "./store";
+import type { Approval, Envelope, Session, Snapshot, Task } from "./types";
 
 const P = "proj_1";
 
@@ -189,5 +189,84 @@ describe("sessionTitle", () => {
     const tasks = new Map([["task_1_ab", task("task_1_ab", "Fix login")]]);
     expect(sessionTitle(session("s", { name: "Execute for task_1_ab" }), tasks)).toBe("Execute for “Fix login”");
     expect(sessionTitle(session("s", { name: "Execute for task_9_zz" }), tasks)).toBe("Execute for task_9_zz");
+  });
+});
+
+function approval(id: string, extra: Partial<Approval> = {}): Approval {
+  return {
+    id,
+    sessionId: "s1",
+    projectId: P,
+    sessionName: "Agent",
+    agentTool: "claude-code",
+    toolName: "Bash",
+    input: { command: "rm -rf build/" },
+    summary: "rm -rf build/",
+    status: "pending",
+    createdAt: 100,
+    ...extra,
+  };
+}
+
+describe("approvals", () => {
+  const decided = (id: string, status: Approval["status"] = "allowed") =>
+    approval(id, { status, decision: status === "allowed" ? "allow" : "deny", decidedBy: "phone", decidedAt: 200 });
+
+  it("a request adds once, even replayed or repeated", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    expect(st.apply(ev(1, "approval:requested", approval("a1")))).toBe("applied");
+    // The replay that overlaps (same seq), then the same approval again at a later seq.
+    expect(st.apply(ev(1, "approval:requested", approval("a1")))).toBe("duplicate");
+    expect(st.apply(ev(2, "approval:requested", approval("a1")))).toBe("applied");
+    expect([...st.approvals.keys()]).toEqual(["a1"]);
+    expect(st.activity.at(-1)?.label).toBe("Agent asks to run Bash");
+  });
+
+  it("a decision or a cancellation takes it out of the pending list", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    st.apply(ev(1, "approval:requested", approval("a1")));
+    st.apply(ev(2, "approval:requested", approval("a2", { createdAt: 50 })));
+    st.apply(ev(3, "approval:requested", approval("a3", { createdAt: 70 })));
+    st.apply(ev(4, "approval:decided", decided("a1")));
+    st.apply(ev(5, "approval:decided", decided("a3", "cancelled")));
+    expect(pendingApprovals([st]).map((a) => a.id)).toEqual(["a2"]);
+  });
+
+  it("decided before requested (out of order) ends with nothing pending", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    st.apply(ev(1, "approval:decided", decided("a1", "denied")));
+    st.apply(ev(2, "approval:requested", approval("a1")));
+    expect(st.approvals.size).toBe(0);
+    // Nor does a fetch that still lists it bring it back.
+    st.syncApprovals([approval("a1")]);
+    expect(st.approvals.size).toBe(0);
+  });
+
+  it("a sync replaces the list, keeping what arrived after the request went out", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    st.apply(ev(1, "approval:requested", approval("old")));
+    const from = st.seq;
+    st.apply(ev(2, "approval:requested", approval("newer")));
+    st.syncApprovals(
+      [approval("f2", { createdAt: 30 }), approval("f1", { createdAt: 10 }), approval("x", { projectId: "proj_2" })],
+      from,
+    );
+    expect(pendingApprovals([st]).map((a) => a.id)).toEqual(["f1", "f2", "newer"]);
+    // Without newer events, the fetched list is the whole truth.
+    st.syncApprovals([approval("f1")]);
+    expect([...st.approvals.keys()]).toEqual(["f1"]);
+  });
+
+  it("lists a session's approvals, oldest first, across projects", () => {
+    const a = new ProjectState(P);
+    a.syncApprovals([approval("a2", { createdAt: 5 }), approval("a1", { createdAt: 9, sessionId: "s2" })]);
+    const b = new ProjectState("proj_2");
+    b.syncApprovals([approval("b1", { projectId: "proj_2", createdAt: 1 })]);
+    expect(pendingApprovals([a, b]).map((x) => x.id)).toEqual(["b1", "a2", "a1"]);
+    expect(pendingApprovals([a, b], "s2").map((x) => x.id)).toEqual(["a1"]);
   });
 });

@@ -7,6 +7,7 @@
 // no DOM and no socket, so the unit tests drive it directly.
 
 import type {
+  Approval,
   Envelope,
   MailMessage,
   Presence,
@@ -46,6 +47,15 @@ export class ProjectState {
   seq = 0;
   /** Whether a snapshot has been loaded: until then the state is empty, not "no tasks". */
   synced = false;
+  /**
+   * Pending tool approvals by id. Snapshots do not carry them: they come from
+   * `GET /api/approvals?projectId=…` ({@link syncApprovals}) and the `approval:*` events.
+   */
+  approvals = new Map<string, Approval>();
+  /** The `seq` of the event that added each pending approval (0 when fetched). */
+  private approvalSeq = new Map<string, number>();
+  /** Ids known to be decided or cancelled: never pending again, whatever arrives late. */
+  private closed = new Set<string>();
 
   constructor(projectId: string) {
     this.projectId = projectId;
@@ -93,6 +103,40 @@ export class ProjectState {
     this.seq = e.seq;
     this.reduce(e);
     return "applied";
+  }
+
+  /**
+   * Replaces the pending approvals with a fetched list (the truth after a (re)sync). `fromSeq`
+   * is this state's `seq` when the request went out: approvals added by events after it are
+   * newer than the list and kept; ones decided meanwhile stay out.
+   */
+  syncApprovals(list: Approval[], fromSeq = this.seq): void {
+    const next = new Map<string, Approval>();
+    const seqs = new Map<string, number>();
+    for (const a of list) {
+      if (a.projectId === this.projectId && a.status === "pending" && !this.closed.has(a.id)) {
+        next.set(a.id, a);
+        seqs.set(a.id, 0);
+      }
+    }
+    for (const [id, a] of this.approvals) {
+      const seq = this.approvalSeq.get(id) ?? 0;
+      if (seq > fromSeq && !next.has(id)) {
+        next.set(id, a);
+        seqs.set(id, seq);
+      }
+    }
+    this.approvals = next;
+    this.approvalSeq = seqs;
+  }
+
+  /** Takes a decided (or cancelled) approval out of the pending list, for good. */
+  closeApproval(a: Approval): void {
+    if (a.status === "pending") return;
+    this.closed.add(a.id);
+    if (this.closed.size > 1000) this.closed.delete(this.closed.values().next().value as string);
+    this.approvals.delete(a.id);
+    this.approvalSeq.delete(a.id);
   }
 
   /** A global event about this project (`project:updated`, …); deduplicated by the caller. */
@@ -172,6 +216,23 @@ export class ProjectState {
         label = `Mail (${m.type}): ${m.subject}`;
         break;
       }
+      case "approval:requested": {
+        const a = d as Approval;
+        if (a.status === "pending" && !this.closed.has(a.id)) {
+          if (!this.approvals.has(a.id)) this.approvalSeq.set(a.id, e.seq);
+          this.approvals.set(a.id, a);
+        }
+        sessionId = a.sessionId;
+        label = `${a.sessionName} asks to run ${a.toolName}`;
+        break;
+      }
+      case "approval:decided": {
+        const a = d as Approval;
+        this.closeApproval(a);
+        sessionId = a.sessionId;
+        label = `${a.toolName} ${a.status} for ${a.sessionName}${a.decidedBy ? ` by ${a.decidedBy}` : ""}`;
+        break;
+      }
       case "session:input":
         sessionId = d.sessionId;
         label = "Reply delivered";
@@ -233,6 +294,14 @@ export function needsYou(sessions: Session[]): { waiting: Session[]; trouble: Se
     .filter((s) => !needsInput(s) && (s.status === "failed" || (s.stalled === true && !isTerminal(s))))
     .sort((a, b) => b.lastActivity - a.lastActivity);
   return { waiting, trouble };
+}
+
+/** Pending approvals of these projects (of one session, if given), oldest first. */
+export function pendingApprovals(states: ProjectState[], sessionId?: string): Approval[] {
+  return states
+    .flatMap((st) => [...st.approvals.values()])
+    .filter((a) => !sessionId || a.sessionId === sessionId)
+    .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
 }
 
 /**

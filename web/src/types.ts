@@ -5,7 +5,11 @@
 import type { EventEnvelope, StateSnapshot } from "./generated/protocol";
 
 export type {
+  Approval,
+  ApprovalDecideAction,
+  ApprovalDecision,
   CreateTask,
+  DecideApproval,
   DocEntry,
   MailMessage,
   Me,

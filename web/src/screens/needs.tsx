@@ -1,5 +1,5 @@
-// Needs you, the home screen: sessions waiting for an answer (oldest first), answered inline;
-// then failed and stalled sessions.
+// Needs you, the home screen: tool approvals first, then sessions waiting for an answer (both
+// oldest first), answered inline; then failed and stalled sessions.
 
 import { useState } from "preact/hooks";
 
@@ -7,10 +7,11 @@ import { can } from "../auth";
 import { now } from "../clock";
 import { ago, statusLabel } from "../format";
 import { allStates, emitIn, projects, version } from "../live";
-import { needsYou, question, sessionTitle } from "../store";
+import { needsYou, pendingApprovals, question, sessionTitle } from "../store";
 import { inline } from "../markdown";
 import type { ReplyInput, Session } from "../types";
 import { Empty, Presence, Section, StatusBadge } from "../ui";
+import { ApprovalCard, settled } from "../ui-approval";
 
 function title(s: Session): string {
   const st = allStates().find((p) => p.projectId === s.projectId);
@@ -32,10 +33,21 @@ export function NeedsYou() {
   const sessions = allStates().flatMap((p) => [...p.sessions.values()]);
   const { waiting, trouble } = needsYou(sessions);
   const synced = allStates().every((p) => p.synced);
+  // Decisions this device lost to another (shown with who won) stay in place until dismissed.
+  const approvals = [...pendingApprovals(allStates()), ...settled.value].sort((a, b) => a.createdAt - b.createdAt);
   return (
     <div class="screen">
       <h1 class="screen-title">Needs you</h1>
-      {waiting.length === 0 && (
+      {approvals.length > 0 && (
+        <ul class="cards approvals" aria-label="Asking for permission">
+          {approvals.map((a) => (
+            <li key={a.id}>
+              <ApprovalCard approval={a} />
+            </li>
+          ))}
+        </ul>
+      )}
+      {waiting.length === 0 && approvals.length === 0 && (
         <Empty>{synced ? "No agent is waiting for you." : "Loading…"}</Empty>
       )}
       <ul class="cards" aria-label="Waiting for your answer">

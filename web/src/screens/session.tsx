@@ -7,9 +7,10 @@ import { can } from "../auth";
 import { clock, mailText, statusLabel } from "../format";
 import { emitIn, projects, stateOf, allStates, version } from "../live";
 import { inline, renderMarkdown } from "../markdown";
-import { isTerminal, needsInput, question, sessionTitle } from "../store";
+import { isTerminal, needsInput, pendingApprovals, question, sessionTitle } from "../store";
 import type { MailMessage, ReplyInput, SendMail, Session, StopSession } from "../types";
-import { Empty, Presence, StatusBadge } from "../ui";
+import { Empty, Presence, Section, StatusBadge } from "../ui";
+import { ApprovalCard, settled } from "../ui-approval";
 
 type Tab = "timeline" | "docs" | "mail";
 
@@ -59,6 +60,7 @@ export function SessionScreen({ id }: { id: string }) {
       <Presence session={s} />
       {s.failureReason && <p class="error">Failed: {statusLabel(s.failureReason)}</p>}
       {needsInput(s) && <Reply s={s} />}
+      <Approvals s={s} />
       <div class="tabs" role="tablist" aria-label="Session details">
         {(["timeline", "docs", "mail"] as Tab[]).map((t) => (
           <button
@@ -81,6 +83,24 @@ export function SessionScreen({ id }: { id: string }) {
       </div>
       {!isTerminal(s) && <Actions s={s} />}
     </div>
+  );
+}
+
+function Approvals({ s }: { s: Session }) {
+  // Approval events do not change the session object: read the version, or this is skipped.
+  void version.value;
+  const list = [...pendingApprovals(allStates(), s.id), ...settled.value.filter((a) => a.sessionId === s.id)];
+  if (list.length === 0) return null;
+  return (
+    <Section title="Approvals" id="approvals-title">
+      <ul class="cards">
+        {list.map((a) => (
+          <li key={a.id}>
+            <ApprovalCard approval={a} />
+          </li>
+        ))}
+      </ul>
+    </Section>
   );
 }
 
