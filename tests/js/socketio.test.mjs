@@ -127,13 +127,16 @@ describe("socket.io-client against maestro", () => {
     await phone.quiet();
 
     await server.ok("POST", `/api/sessions/${s2.id}/timeline`, { message: "on s2", type: "note" });
-    await phone.expect("session:updated");
-    await desk.expect("session:updated");
+    await phone.expect("session:appended", "session:updated");
+    await desk.expect("session:appended", "session:updated");
     await follower.quiet();
     await server.ok("POST", `/api/sessions/${s1.id}/timeline`, { message: "on s1", type: "note" });
     for (const c of [phone, desk, follower]) {
-      const [e] = await c.expect("session:updated");
-      assert.equal(e.data.id, s1.id);
+      // The appended entry on its own, then the session (with a bounded timeline).
+      const [appended, updated] = await c.expect("session:appended", "session:updated");
+      assert.equal(appended.data.sessionId, s1.id);
+      assert.equal(appended.data.timeline.at(-1).message, "on s1");
+      assert.equal(updated.data.id, s1.id);
     }
 
     await server.ok("PUT", `/api/projects/${b.id}`, { description: "b" });
@@ -278,7 +281,12 @@ describe("socket.io-client against maestro", () => {
     assert.equal(mail[0].toSessionId, s.id);
     assert.equal(mail[0].body.message, "Postgres");
 
-    const [, , input] = await desk.expect("session:updated", "mail:received", "session:input");
+    const [, , , input] = await desk.expect(
+      "session:appended",
+      "session:updated",
+      "mail:received",
+      "session:input",
+    );
     assert.deepEqual(Object.keys(input.data).sort(), ["mailId", "message", "sessionId", "timestamp"]);
     assert.equal(input.data.sessionId, s.id);
     assert.equal(input.data.message, "Postgres");

@@ -1,6 +1,15 @@
 import { describe, expect, it } from "vitest";
 
-import { ProjectState, needsYou, pendingApprovals, sessionTitle } from "./store";
+import {
+  ProjectState,
+  appendById,
+  applyAppended,
+  mergeOlder,
+  mergeSession,
+  needsYou,
+  pendingApprovals,
+  sessionTitle,
+} from "./store";
 import type { Approval, Envelope, Session, Snapshot, Task } from "./types";
 
 const P = "proj_1";
@@ -268,5 +277,98 @@ describe("approvals", () => {
     b.syncApprovals([approval("b1", { projectId: "proj_2", createdAt: 1 })]);
     expect(pendingApprovals([a, b]).map((x) => x.id)).toEqual(["b1", "a2", "a1"]);
     expect(pendingApprovals([a, b], "s2").map((x) => x.id)).toEqual(["a1"]);
+  });
+});
+
+describe("long sessions (session:appended, cut session:updated)", () => {
+  const entry = (i: number) => ({ id: `evt_${i}`, type: "progress", timestamp: i, message: `m${i}` });
+  const entries = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => entry(from + k));
+  const appended = (id: string, from: number, to: number, total: number) => ({
+    sessionId: id,
+    projectId: P,
+    timeline: entries(from, to),
+    events: [],
+    docs: [],
+    status: "working",
+    lastActivity: 99,
+    timelineLength: total,
+    eventsLength: 0,
+    docsLength: 0,
+  });
+
+  it("appends session:appended items once, even when replayed", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0, [], [session("s1", { timeline: entries(0, 3) })]));
+    expect(st.apply(ev(1, "session:appended", appended("s1", 3, 4, 4)))).toBe("applied");
+    expect(st.sessions.get("s1")?.timeline.map((t) => t.id)).toEqual(["evt_0", "evt_1", "evt_2", "evt_3"]);
+    expect(st.sessions.get("s1")?.lastActivity).toBe(99);
+    // The same item again under a new seq (a client retry, a replay after resync): no duplicate.
+    expect(st.apply(ev(2, "session:appended", appended("s1", 2, 4, 4)))).toBe("applied");
+    expect(st.sessions.get("s1")?.timeline).toHaveLength(4);
+    // No activity line of its own: the session:updated that follows makes it.
+    expect(st.activity).toHaveLength(0);
+    expect(st.hasEarlier("s1")).toBe(false);
+  });
+
+  it("never replaces a longer timeline with the shorter tail of session:updated", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0, [], [session("s1", { timeline: entries(0, 120), docs: [{ id: "doc_1", title: "t", filePath: "/f", content: "# body", addedAt: 1 }] })]));
+    // The server cut the timeline to the last 50, one of them new; docs come without content.
+    const tail = session("s1", { status: "idle", timeline: entries(71, 121), docs: [{ id: "doc_1", title: "t", filePath: "/f", addedAt: 1 }] });
+    expect(st.apply(ev(1, "session:updated", tail))).toBe("applied");
+    const s = st.sessions.get("s1")!;
+    expect(s.timeline.map((t) => t.id)).toEqual(entries(0, 121).map((t) => t.id));
+    expect(s.status).toBe("idle");
+    expect(s.docs[0].content).toBe("# body");
+    expect(st.hasEarlier("s1")).toBe(false);
+    expect(st.timelineTotal.get("s1")).toBe(121);
+  });
+
+  it("knows when it holds only a tail, and pages older entries in front", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0));
+    // First seen through a cut session:updated: 50 entries, the total unknown.
+    expect(st.apply(ev(1, "session:updated", session("s1", { timeline: entries(150, 200) })))).toBe("applied");
+    expect(st.hasEarlier("s1")).toBe(true);
+    expect(st.earlierBefore("s1")).toBeUndefined();
+    // The latest page tells the total; it overlaps what we hold.
+    st.addTimelinePage("s1", { items: entries(100, 200), total: 200, start: 100 });
+    expect(st.sessions.get("s1")?.timeline.map((t) => t.id)).toEqual(entries(100, 200).map((t) => t.id));
+    expect(st.earlierBefore("s1")).toBe(100);
+    st.addTimelinePage("s1", { items: entries(0, 100), total: 200, start: 0 });
+    expect(st.sessions.get("s1")?.timeline.map((t) => t.id)).toEqual(entries(0, 200).map((t) => t.id));
+    expect(st.hasEarlier("s1")).toBe(false);
+    // An appended event sets the total; a later cut update keeps everything.
+    st.apply(ev(2, "session:appended", appended("s1", 200, 201, 201)));
+    st.apply(ev(3, "session:updated", session("s1", { timeline: entries(151, 201) })));
+    expect(st.sessions.get("s1")?.timeline).toHaveLength(201);
+    expect(st.hasEarlier("s1")).toBe(false);
+  });
+
+  it("merges pages and appends by id", () => {
+    const a = entries(0, 3);
+    expect(appendById(a, [entry(2), entry(3)]).map((t) => t.id)).toEqual(["evt_0", "evt_1", "evt_2", "evt_3"]);
+    expect(appendById(a, [entry(1)])).toBe(a);
+    expect(mergeOlder(entries(5, 8), entries(2, 6)).map((t) => t.id)).toEqual(
+      ["evt_2", "evt_3", "evt_4", "evt_5", "evt_6", "evt_7"],
+    );
+    expect(mergeOlder(entries(5, 8), entries(0, 2)).map((t) => t.id)).toEqual(
+      ["evt_0", "evt_1", "evt_5", "evt_6", "evt_7"],
+    );
+  });
+
+  it("leaves status and needs-input to the session:updated that follows (it raises the alert)", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0, [], [session("s1", { timeline: entries(0, 2) })]));
+    const ask = { active: true, message: "?" };
+    st.apply(ev(1, "session:appended", { ...appended("s1", 2, 3, 3), needsInput: ask, status: "idle" }));
+    expect(st.sessions.get("s1")?.needsInput).toBeUndefined();
+    expect(st.sessions.get("s1")?.status).toBe("working");
+    st.apply(ev(2, "session:updated", session("s1", { timeline: entries(0, 3), needsInput: ask })));
+    expect(st.activity.at(-1)?.alert).toBe("needs_input");
+    expect(st.sessions.get("s1")?.timeline).toHaveLength(3);
+    const s = session("s1");
+    expect(applyAppended(s, appended("s1", 0, 1, 1)).timeline).toHaveLength(1);
+    expect(mergeSession(undefined, s)).toBe(s);
   });
 });

@@ -13,14 +13,22 @@ import type {
   Presence,
   Project,
   Session,
+  SessionAppended,
   Snapshot,
   Task,
   TeamMember,
+  TimelinePage,
 } from "./types";
 
 /** How many activity entries and mail messages a project keeps in memory. */
 export const ACTIVITY_LIMIT = 300;
 export const MAIL_LIMIT = 500;
+
+/**
+ * How many of a session's latest timeline entries and events a `session:updated` carries
+ * (the server's `SESSION_UPDATE_TAIL`): a payload with this many may have been cut.
+ */
+export const SESSION_UPDATE_TAIL = 50;
 
 /** One line of the activity feed: an event as it was applied. */
 export interface Activity {
@@ -54,6 +62,12 @@ export class ProjectState {
   approvals = new Map<string, Approval>();
   /** The `seq` of the event that added each pending approval (0 when fetched). */
   private approvalSeq = new Map<string, number>();
+  /**
+   * The server's length of each session's timeline, when known (a snapshot, `session:created`,
+   * `session:appended` or a fetched page said so). A session without one may hold only the tail
+   * a `session:updated` carried; see {@link hasEarlier}.
+   */
+  timelineTotal = new Map<string, number>();
   /** Ids known to be decided or cancelled: never pending again, whatever arrives late. */
   private closed = new Set<string>();
 
@@ -67,8 +81,16 @@ export class ProjectState {
     this.tasks = new Map(
       snapshot.tasks.filter((t) => t.projectId === this.projectId).map((t) => [t.id, t]),
     );
+    const before = this.sessions;
     this.sessions = new Map(
-      snapshot.sessions.filter((s) => s.projectId === this.projectId).map((s) => [s.id, s]),
+      snapshot.sessions
+        .filter((s) => s.projectId === this.projectId)
+        .map((s) => [s.id, mergeSession(before.get(s.id), s)]),
+    );
+    this.timelineTotal = new Map(
+      snapshot.sessions
+        .filter((s) => s.projectId === this.projectId)
+        .map((s) => [s.id, (s.timeline ?? []).length]),
     );
     this.members = new Map(
       snapshot.teamMembers
@@ -165,23 +187,37 @@ export class ProjectState {
       case "session:created":
       case "session:updated": {
         const before = this.sessions.get(d.id);
-        // Presence is filled in on read and arrives on its own event; keep the last known.
-        const merged: Session = {
-          ...d,
-          online: d.online ?? before?.online,
-          lastSeen: d.lastSeen ?? before?.lastSeen,
-          lastProgress: d.lastProgress ?? before?.lastProgress,
-          stalled: d.stalled ?? before?.stalled,
-        };
+        // `session:updated` carries only the latest entries (and docs without content): merge.
+        const merged = mergeSession(before, d as Session);
         this.sessions.set(d.id, merged);
+        const length = (merged.timeline ?? []).length;
+        const carried = (d.timeline ?? []).length;
+        const known = this.timelineTotal.get(d.id);
+        if (e.event === "session:created" || carried < SESSION_UPDATE_TAIL) {
+          // Not cut: the payload is the whole timeline.
+          this.timelineTotal.set(d.id, Math.max(carried, length));
+        } else if (known !== undefined) {
+          // Possibly cut: the total grew by what this payload added.
+          this.timelineTotal.set(d.id, known + length - (before?.timeline ?? []).length);
+        }
         sessionId = d.id;
         label = sessionLabel(before, merged, e.event === "session:created");
         alert = sessionAlert(before, merged);
         break;
       }
+      case "session:appended": {
+        const a = d as SessionAppended;
+        const s = this.sessions.get(a.sessionId);
+        if (s) {
+          this.sessions.set(a.sessionId, applyAppended(s, a));
+          this.timelineTotal.set(a.sessionId, a.timelineLength);
+        }
+        return; // the `session:updated` that follows makes the activity line
+      }
       case "session:deleted":
         label = `Session deleted: ${this.sessions.get(d.id)?.name ?? d.id}`;
         this.sessions.delete(d.id);
+        this.timelineTotal.delete(d.id);
         break;
       case "session:presence": {
         const p = d as Presence;
@@ -246,6 +282,104 @@ export class ProjectState {
       this.activity.splice(0, this.activity.length - ACTIVITY_LIMIT);
     }
   }
+
+  /**
+   * Whether the server has older timeline entries than this state holds for the session (or may
+   * have: a session known only from a cut `session:updated`).
+   */
+  hasEarlier(sessionId: string): boolean {
+    const s = this.sessions.get(sessionId);
+    if (!s) return false;
+    const total = this.timelineTotal.get(sessionId);
+    return total === undefined ? (s.timeline ?? []).length >= SESSION_UPDATE_TAIL : total > (s.timeline ?? []).length;
+  }
+
+  /**
+   * The `before` to ask `GET /api/sessions/:id/timeline` for the entries preceding those held:
+   * `undefined` (the latest page) while the timeline's length is unknown.
+   */
+  earlierBefore(sessionId: string): number | undefined {
+    const total = this.timelineTotal.get(sessionId);
+    if (total === undefined) return undefined;
+    return Math.max(0, total - (this.sessions.get(sessionId)?.timeline ?? []).length);
+  }
+
+  /** Adds a fetched page of a session's timeline (older entries go in front). */
+  addTimelinePage(sessionId: string, page: TimelinePage): void {
+    const s = this.sessions.get(sessionId);
+    if (!s) return;
+    this.sessions.set(sessionId, { ...s, timeline: mergeOlder(s.timeline ?? [], page.items) });
+    this.timelineTotal.set(sessionId, Math.max(page.total, (this.sessions.get(sessionId)?.timeline ?? []).length));
+  }
+}
+
+/** `kept`, then the entries of `incoming` whose id it lacks, in their order. */
+export function appendById<T extends { id: string }>(kept: T[], incoming: T[]): T[] {
+  const ids = new Set(kept.map((x) => x.id));
+  const added = incoming.filter((x) => !ids.has(x.id) && (ids.add(x.id), true));
+  return added.length ? [...kept, ...added] : kept;
+}
+
+/**
+ * Merges older entries (a fetched page, oldest first) into `kept`: each entry of `older` that
+ * `kept` lacks goes before the first entry of `older` that it has (before everything if none).
+ */
+export function mergeOlder<T extends { id: string }>(kept: T[], older: T[]): T[] {
+  const ids = new Set(kept.map((x) => x.id));
+  const out: T[] = [];
+  let i = 0;
+  for (const x of older) {
+    if (ids.has(x.id)) {
+      // Copy what we hold up to and including this entry, so that what follows stays after it.
+      while (i < kept.length) {
+        const k = kept[i++];
+        out.push(k);
+        if (k.id === x.id) break;
+      }
+    } else {
+      ids.add(x.id);
+      out.push(x);
+    }
+  }
+  while (i < kept.length) out.push(kept[i++]);
+  return out;
+}
+
+/**
+ * Merges a session as an event carried it into what we held. `session:updated` carries only the
+ * last {@link SESSION_UPDATE_TAIL} timeline entries and events, and docs without content: the
+ * entries we hold are kept (never replaced by the shorter tail), new ones are appended by id, a
+ * doc keeps the content we had; presence (filled in on read, sent on its own event) keeps the
+ * last known. Everything else comes from the incoming session.
+ */
+export function mergeSession(before: Session | undefined, d: Session): Session {
+  if (!before) return d;
+  const beforeDocs = new Map((before.docs ?? []).map((x) => [x.id, x]));
+  return {
+    ...d,
+    timeline: appendById(before.timeline ?? [], d.timeline ?? []),
+    events: appendById(before.events ?? [], d.events ?? []),
+    docs: (d.docs ?? []).map((x) => (x.content == null && beforeDocs.get(x.id)?.content != null ? { ...x, content: beforeDocs.get(x.id)!.content } : x)),
+    online: d.online ?? before.online,
+    lastSeen: d.lastSeen ?? before.lastSeen,
+    lastProgress: d.lastProgress ?? before.lastProgress,
+    stalled: d.stalled ?? before.stalled,
+  };
+}
+
+/**
+ * Applies `session:appended`: its items are appended (skipping ids already held). Status and
+ * needs-input are left to the `session:updated` that always follows, so that it still sees the
+ * change (and raises the needs-input alert).
+ */
+export function applyAppended(s: Session, a: SessionAppended): Session {
+  return {
+    ...s,
+    timeline: appendById(s.timeline ?? [], a.timeline),
+    events: appendById(s.events ?? [], a.events),
+    docs: appendById(s.docs ?? [], a.docs),
+    lastActivity: Math.max(s.lastActivity, a.lastActivity),
+  };
 }
 
 function sessionAlert(before: Session | undefined, after: Session): Activity["alert"] {

@@ -22,6 +22,8 @@ export type {
   Scope,
   SendMail,
   Session,
+  SessionAppended,
+  SessionEvent,
   SocketAuth,
   SpawnRequest,
   SpawnResponse,
@@ -31,6 +33,7 @@ export type {
   TaskDocEntry,
   TeamMember,
   TimelineEvent,
+  TimelinePage,
   UpdateTask,
 } from "./generated/protocol";
 

@@ -97,6 +97,30 @@ impl Api {
         Ok(())
     }
 
+    /// Creates `n` sessions in `project` and beats each once, 50 requests in flight.
+    pub async fn create_beating_sessions(&self, project: &str, n: usize) -> Result<()> {
+        let left = Arc::new(AtomicUsize::new(n));
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..50.min(n) {
+            let (api, left, project) = (self.clone(), left.clone(), project.to_owned());
+            workers.spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
+                    .is_ok()
+                {
+                    let s = api.create_session(&project, "working").await?;
+                    api.post(&format!("/api/sessions/{s}/heartbeat"), &json!({}))
+                        .await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = workers.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+
     /// The number of tasks `GET /api/tasks?projectId=` returns.
     pub async fn count_tasks(&self, project: &str) -> Result<usize> {
         let tasks = self.get(&format!("/api/tasks?projectId={project}")).await?;

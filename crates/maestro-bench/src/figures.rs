@@ -79,6 +79,7 @@ impl Plan {
 /// Every figure's name, for `--only`.
 pub const FIGURES: &[&str] = &[
     "memory", "cli", "mail", "approval", "list", "create", "replay", "fanout", "crash", "startup",
+    "sweep",
 ];
 
 /// What one backend's run shares.
@@ -175,6 +176,11 @@ impl Bench {
             let target = format!("<= {} s", (self.plan.crash_ttl_ms + 1_000) as f64 / 1000.0);
             let row = self.crash().await;
             rows.push(self.or_error("crash detection", &target, row));
+        }
+        if self.wants("sweep") {
+            eprintln!("bench[{}]: liveness sweep", self.backend.name());
+            let row = self.sweep().await;
+            rows.push(self.or_error("sweep cost, 10,000 idle sessions", "<= 1 ms per sweep", row));
         }
         if self.wants("startup") {
             eprintln!("bench[{}]: start-up", self.backend.name());
@@ -435,6 +441,45 @@ impl Bench {
             )
             .with_detail(cycle.summary()),
         ])
+    }
+
+    /// The liveness sweep's cost with 10,000 sessions online and idle (beating with a long
+    /// TTL, nothing due): the server's CPU time over 10 s of 250 ms sweeps, per sweep. Before
+    /// the deadline indexes every sweep read every presence record.
+    async fn sweep(&self) -> Result<Row> {
+        const SESSIONS: usize = 10_000;
+        const WINDOW: Duration = Duration::from_secs(10);
+        const INTERVAL_MS: u64 = 250;
+        let store = Store::new(self.backend, &self.tmp.join("sweep"));
+        let interval = INTERVAL_MS.to_string();
+        let server = store.start(
+            &self.bin,
+            &[
+                ("HEARTBEAT_TTL_MS", "3600000"),
+                ("SWEEP_INTERVAL_MS", interval.as_str()),
+            ],
+        )?;
+        let api = Api::new(&server.url())?;
+        let project = api.create_project("bench sweep").await?;
+        api.create_beating_sessions(&project, SESSIONS).await?;
+        // Let the writes settle, then measure a quiet server.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = cpu_time(server.pid())?;
+        tokio::time::sleep(WINDOW).await;
+        let used = cpu_time(server.pid())?.saturating_sub(before);
+        let sweeps = WINDOW.as_millis() as f64 / INTERVAL_MS as f64;
+        Ok(Row::at_most(
+            "sweep cost, 10,000 idle sessions (CPU per sweep)",
+            ms(used) / sweeps,
+            "ms",
+            1.0,
+        )
+        .with_detail(json!({
+            "sessions": SESSIONS,
+            "windowSecs": WINDOW.as_secs(),
+            "sweepIntervalMs": INTERVAL_MS,
+            "serverCpuMs": ms(used),
+        })))
     }
 
     /// wrk, 50 connections, on `GET /api/tasks?projectId=` with 1,000 tasks.

@@ -452,6 +452,25 @@ impl Client {
         .await
     }
 
+    /// One page of a session's timeline: the entries before index `before` (default: the end),
+    /// at most `limit` (default 100, at most 500), oldest first.
+    pub async fn session_timeline(
+        &self,
+        id: &str,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<TimelinePage> {
+        #[derive(Serialize)]
+        struct Q {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            before: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u64>,
+        }
+        let path = format!("/api/sessions/{}/timeline", enc(id));
+        self.get_q(&path, &Q { before, limit }).await
+    }
+
     pub async fn add_session_doc(&self, id: &str, req: &AddDoc) -> Result<Session> {
         self.send(
             Method::POST,

@@ -8,10 +8,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::Millis;
+use crate::{DocEntry, Millis, NeedsInput, SessionEvent, TimelineEvent};
 
 /// Scope of events that belong to no single project (`project:created` and friends).
 pub const GLOBAL_SCOPE: &str = "global";
+
+/// How many of a session's latest timeline entries and latest events a `session:updated`
+/// payload carries. The payload is the session with `timeline` and `events` cut to their last
+/// `SESSION_UPDATE_TAIL` entries and every doc's `content` left out, so its size does not grow
+/// with the session. The full session is at `GET /api/sessions/:id`; older timeline entries
+/// page through `GET /api/sessions/:id/timeline`.
+pub const SESSION_UPDATE_TAIL: usize = 50;
 
 /// A domain event as journaled and delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -63,4 +70,41 @@ pub struct EventEnvelope {
     pub seq: u64,
     #[serde(default)]
     pub project_id: Option<String>,
+}
+
+/// Payload of `session:appended`: what one change appended to a session, and nothing else.
+///
+/// Sent, together with a bounded `session:updated`, whenever timeline entries, events or docs
+/// are added to a session (`POST /api/sessions/:id/{timeline,events,docs}`,
+/// `POST /api/tasks/:id/timeline`, a PATCH carrying `timeline`/`events`, a reply to the session).
+/// A client that holds the session appends the items, skipping any whose `id` it already has
+/// (so applying an event twice is harmless); the `*Length` fields are the totals after the
+/// change, for spotting a gap (then fetch the session, or page the timeline).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAppended {
+    pub session_id: String,
+    pub project_id: String,
+    /// Timeline entries this change appended, oldest first (may be empty).
+    #[serde(default)]
+    pub timeline: Vec<TimelineEvent>,
+    /// Raw activity events this change appended, oldest first (may be empty).
+    #[serde(default)]
+    pub events: Vec<SessionEvent>,
+    /// Docs this change attached, with their content (may be empty).
+    #[serde(default)]
+    pub docs: Vec<DocEntry>,
+    /// The session's status after the change.
+    pub status: String,
+    pub last_activity: Millis,
+    /// The session's needs-input flag after the change, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_input: Option<NeedsInput>,
+    /// Length of the session's timeline after the change.
+    pub timeline_length: u64,
+    /// Number of the session's events after the change.
+    pub events_length: u64,
+    /// Number of the session's docs after the change.
+    pub docs_length: u64,
 }

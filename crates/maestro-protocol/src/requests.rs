@@ -169,6 +169,22 @@ pub struct CreateSession {
     pub suppress_created_event: Option<bool>,
 }
 
+/// Answer to `GET /api/sessions/:id/timeline?before=&limit=`: one page of a session's timeline.
+///
+/// `items` are the entries with index in `[start, before)`, oldest first, where
+/// `start = max(0, before - limit)`; `before` defaults to `total`, `limit` to 100 (at most 500).
+/// To page back, ask again with `before = start` until `start` is 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct TimelinePage {
+    pub items: Vec<TimelineEvent>,
+    /// Length of the whole timeline.
+    pub total: u64,
+    /// Index of `items[0]` in the whole timeline.
+    pub start: u64,
+}
+
 /// `PATCH /api/sessions/:id`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]

@@ -145,7 +145,7 @@ fn generated() -> (String, Vec<String>) {
         p::Project, p::Task, p::NeedsInput, p::TimelineEvent, p::SessionEvent, p::DocEntry,
         p::TaskDocEntry, p::Session, p::Deleted, p::Health, p::Ready, p::ErrorBody,
         // events.rs
-        p::EventRecord, p::EventEnvelope,
+        p::EventRecord, p::EventEnvelope, p::SessionAppended,
         // liveness.rs
         p::Heartbeat, p::Presence, p::Claim, p::ClaimRequest, p::LeaseRequest, p::Released,
         // mail.rs
@@ -162,7 +162,8 @@ fn generated() -> (String, Vec<String>) {
         // requests.rs
         p::CreateProject, p::UpdateProject, p::CreateTask, p::UpdateTask, p::TaskTimelineRequest,
         p::TaskTimelineResponse, p::CreateSession, p::UpdateSession, p::AppendSessionEvent,
-        p::AppendTimeline, p::AddDoc, p::ShowModal, p::ModalShown, p::ModalAction, p::ModalAck,
+        p::AppendTimeline, p::TimelinePage, p::AddDoc, p::ShowModal, p::ModalShown, p::ModalAction,
+        p::ModalAck,
         // spawn.rs
         p::SpawnRequest, p::SpawnResponse, p::SpawnEvent,
         // team.rs

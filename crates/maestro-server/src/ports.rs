@@ -109,12 +109,53 @@ impl Collection {
     }
 }
 
+/// Deadline indexes: ids ordered by when something about them is due, so a sweep reads only
+/// what is due ([`Store::due`]) instead of every record. An id has at most one deadline per
+/// index; transactions set or clear it ([`Txn::schedule`]) together with the record it is
+/// about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Deadline {
+    /// A session whose agent stops beating: when it counts as gone.
+    PresenceExpiry,
+    /// A beating session that makes no progress: when it counts as stalled.
+    PresenceStall,
+    /// A held task lease: when it lapses.
+    ClaimExpiry,
+    /// A remembered idempotent answer: when it is forgotten.
+    Idempotency,
+}
+
+impl Deadline {
+    pub const ALL: [Deadline; 4] = [
+        Self::PresenceExpiry,
+        Self::PresenceStall,
+        Self::ClaimExpiry,
+        Self::Idempotency,
+    ];
+
+    /// Stable name used in storage keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PresenceExpiry => "presence_expiry",
+            Self::PresenceStall => "presence_stall",
+            Self::ClaimExpiry => "claim_expiry",
+            Self::Idempotency => "idempotency",
+        }
+    }
+}
+
 /// Snapshot reads.
 pub trait Reader {
     /// The raw JSON of one entity.
     fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>>;
     /// All entities of `coll` (or those owned by `owner`), in creation order.
     fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>>;
+    /// [`Reader::list_raw`] with each entity's id, for records whose value does not hold it.
+    fn list_entries_raw(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
     /// The latest event sequence number of `scope` (0 if none), as of this snapshot. A
     /// snapshot plus its heads is a consistent starting point for replay.
     fn head_seq(&mut self, scope: &str) -> Result<u64>;
@@ -164,6 +205,9 @@ pub trait Txn: Reader {
     /// Increments the named counter and returns its new value (the first call returns 1).
     /// Counters only grow, even across restarts.
     fn next_counter(&mut self, name: &str) -> Result<u64>;
+    /// Sets (`Some(due)`, epoch ms) or clears (`None`) the deadline of `id` in `index`,
+    /// committed with the transaction's other writes. The last call for an id wins.
+    fn schedule(&mut self, index: Deadline, id: &str, due: Option<i64>);
 }
 
 /// Typed conveniences over [`Reader`].
@@ -182,6 +226,18 @@ pub trait ReaderExt: Reader {
         self.list_raw(coll, owner)?
             .iter()
             .map(|b| decode(coll, b))
+            .collect()
+    }
+
+    /// [`Reader::list_entries_raw`], decoded.
+    fn entries<T: DeserializeOwned>(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, T)>> {
+        self.list_entries_raw(coll, owner)?
+            .into_iter()
+            .map(|(id, b)| Ok((id, decode(coll, &b)?)))
             .collect()
     }
 
@@ -273,6 +329,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Live events from every writer, in commit order.
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>>;
+
+    /// Ids whose deadline in `index` is at or before `now`, earliest first, at most `limit`.
+    /// Costs what is due, whatever the index's size.
+    fn due(&self, index: Deadline, now: i64, limit: usize) -> Result<Vec<String>>;
 
     /// Journaled events of `scope` with `seq > after`, at most `limit`.
     async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay>;

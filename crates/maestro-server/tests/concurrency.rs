@@ -193,19 +193,28 @@ async fn concurrent_timeline_appends_all_land() {
     let ids: BTreeSet<&str> = after.timeline.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), 1 + N, "entry ids are unique");
 
-    // One session:updated per append, each with one more entry than the one before.
-    let frames = ws.collect_events(N).await;
-    for (i, f) in frames.iter().enumerate() {
-        assert_eq!(f["event"], "session:updated");
+    // One session:appended and one session:updated per append, each with one more entry
+    // than the one before.
+    let frames = ws.collect_events(2 * N).await;
+    for (i, pair) in frames.chunks(2).enumerate() {
+        assert_eq!(pair[0]["event"], "session:appended");
         assert_eq!(
-            f["data"]["timeline"].as_array().unwrap().len(),
+            pair[0]["data"]["timelineLength"],
             2 + i,
             "appends are serialised"
         );
+        assert_eq!(pair[1]["event"], "session:updated");
+        // session:updated carries at most the last SESSION_UPDATE_TAIL entries.
+        assert_eq!(
+            pair[1]["data"]["timeline"].as_array().unwrap().len(),
+            (2 + i).min(maestro_protocol::SESSION_UPDATE_TAIL),
+            "appends are serialised"
+        );
     }
-    assert_eq!(
-        frames.last().unwrap()["data"],
-        serde_json::to_value(&after).unwrap()
+    let mut bounded = serde_json::to_value(&after).unwrap();
+    bounded["timeline"] = serde_json::json!(
+        after.timeline[after.timeline.len() - maestro_protocol::SESSION_UPDATE_TAIL..]
     );
+    assert_eq!(frames.last().unwrap()["data"], bounded);
     ws.assert_quiet().await;
 }

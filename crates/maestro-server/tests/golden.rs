@@ -54,8 +54,10 @@ fn golden_events(call: u32) -> &'static [&'static str] {
         11 => &["task:updated"],
         12 => &["session:created", "task:session_added"],
         13 => &["session:created"],
+        // Maestro sends an appended item as `session:appended` first (issue 15; a deliberate
+        // difference, docs/compatibility.md).
         15 => &["session:updated"],
-        16 => &["session:updated", "notify:progress"],
+        16 => &["session:appended", "session:updated", "notify:progress"],
         19 | 24 | 27 => &["mail:received"],
         29 => &["mail:deleted"],
         32 => &["task:deleted"],
@@ -465,6 +467,20 @@ impl Replay<'_> {
                 "project:created" | "task:created" | "task:updated" | "session:created"
                 | "session:updated" | "mail:received" => {
                     assert_eq!(frame["data"], res.body, "{what}: {event} payload")
+                }
+                // Not upstream's: the item the call appended, as the answer has it last.
+                "session:appended" => {
+                    let data = &frame["data"];
+                    assert_eq!(data["sessionId"], res.body["id"], "{what}: {event}");
+                    for key in ["timeline", "events"] {
+                        let appended = data[key].as_array().unwrap();
+                        let all = res.body[key].as_array().unwrap();
+                        assert_eq!(
+                            appended[..],
+                            all[all.len() - appended.len()..],
+                            "{what}: {event} {key}"
+                        );
+                    }
                 }
                 _ => {
                     let golden = golden_payload(self.fixture, event)

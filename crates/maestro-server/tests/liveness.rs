@@ -97,13 +97,16 @@ async fn presence_stall_death_and_revival() {
         .map(|f| f["event"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(
-        names[names.len() - 3..],
+        names[names.len() - 4..],
         [
+            "session:appended",
             "session:updated",
             "notify:session_failed",
             "session:presence"
         ]
     );
+    let appended = &frames[frames.len() - 4]["data"]["timeline"];
+    assert_eq!(appended[0]["type"], "error", "{appended}");
     let failed = &frames[frames.len() - 3];
     assert_eq!(failed["data"]["status"], "failed");
     assert_eq!(failed["data"]["failureReason"], "agent_disconnected");
@@ -115,9 +118,9 @@ async fn presence_stall_death_and_revival() {
     let (status, _) = beat(c, &s, true).await;
     assert_eq!(status, 200);
     let frames = ws
-        .expect_events(&["session:updated", "session:presence"])
+        .expect_events(&["session:appended", "session:updated", "session:presence"])
         .await;
-    assert_eq!(frames[0]["data"]["status"], "working");
+    assert_eq!(frames[1]["data"]["status"], "working");
     assert_eq!(c.get_session(&s).await.unwrap().failure_reason, None);
 
     // A session that ended normally cannot beat.

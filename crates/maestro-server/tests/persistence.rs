@@ -100,7 +100,9 @@ async fn data_and_sequences_survive_a_restart() {
     .await
     .unwrap();
     let f = ws.expect_events(&["task:updated"]).await;
-    assert_eq!(f[0]["seq"], 8, "the project's sequence continues");
+    // 9 events before the restart (the timeline append and the doc each send session:appended
+    // and session:updated).
+    assert_eq!(f[0]["seq"], 10, "the project's sequence continues");
     api.create_project(&CreateProject {
         name: Some("Q".into()),
         ..Default::default()

@@ -566,9 +566,14 @@ async fn patch_fields() {
         )
         .await
         .unwrap();
-    // A timeline entry appended by PATCH has no needs-input side effect and no notify.
-    let f = ws.expect_events(&["session:updated"]).await;
-    assert_eq!(f[0]["data"], to_json(&patched));
+    // A timeline entry appended by PATCH has no needs-input side effect and no notify; the
+    // appended items go out as session:appended first.
+    let f = ws
+        .expect_events(&["session:appended", "session:updated"])
+        .await;
+    assert_eq!(f[0]["data"]["events"], json!([ev]));
+    assert_eq!(f[0]["data"]["timeline"], json!([tl]));
+    assert_eq!(f[1]["data"], to_json(&patched));
     assert_eq!(
         patched.env,
         BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())])
@@ -812,8 +817,11 @@ async fn raw_events_and_timeline() {
         keys(&to_json(ev)),
         set(&["id", "timestamp", "type", "data"])
     );
-    let f = ws.expect_events(&["session:updated"]).await;
-    assert_eq!(f[0]["data"], to_json(&after));
+    let f = ws
+        .expect_events(&["session:appended", "session:updated"])
+        .await;
+    assert_eq!(f[0]["data"]["events"], json!([ev]));
+    assert_eq!(f[1]["data"], to_json(&after));
     api.append_session_event(
         &s.id,
         &AppendSessionEvent {
@@ -823,7 +831,8 @@ async fn raw_events_and_timeline() {
     )
     .await
     .unwrap();
-    ws.expect_events(&["session:updated"]).await;
+    ws.expect_events(&["session:appended", "session:updated"])
+        .await;
 
     let tl = |kind: Option<&str>, message: &str, task: Option<&str>| AppendTimeline {
         message: Some(message.into()),
@@ -831,7 +840,7 @@ async fn raw_events_and_timeline() {
         task_id: task.map(Into::into),
         metadata: None,
     };
-    // Default type is progress: session:updated, notify:progress.
+    // Default type is progress: session:appended, session:updated, notify:progress.
     let after = api
         .append_timeline(&s.id, &tl(None, "halfway", Some(&t.id)))
         .await
@@ -842,20 +851,20 @@ async fn raw_events_and_timeline() {
         ("progress", Some("halfway"), Some(t.id.as_str()))
     );
     let f = ws
-        .expect_events(&["session:updated", "notify:progress"])
+        .expect_events(&["session:appended", "session:updated", "notify:progress"])
         .await;
     assert_eq!(
-        f[1]["data"],
+        f[2]["data"],
         json!({ "sessionId": s.id, "taskId": t.id, "message": "halfway" })
     );
     api.append_timeline(&s.id, &tl(Some("progress"), "no task", None))
         .await
         .unwrap();
     let f = ws
-        .expect_events(&["session:updated", "notify:progress"])
+        .expect_events(&["session:appended", "session:updated", "notify:progress"])
         .await;
     assert_eq!(
-        f[1]["data"],
+        f[2]["data"],
         json!({ "sessionId": s.id, "message": "no task" })
     );
     // Any other type is stored as given, with no notify.
@@ -873,7 +882,8 @@ async fn raw_events_and_timeline() {
         after.timeline.last().unwrap().metadata,
         Some(json!({ "k": "v" }))
     );
-    ws.expect_events(&["session:updated"]).await;
+    ws.expect_events(&["session:appended", "session:updated"])
+        .await;
     // needs_input sets the flag and notifies — every time, even when already flagged.
     for msg in ["need a decision", "still waiting"] {
         let after = api
@@ -885,10 +895,10 @@ async fn raw_events_and_timeline() {
         assert_eq!(ni.message.as_deref(), Some(msg));
         assert!(ni.since.is_some());
         let f = ws
-            .expect_events(&["session:updated", "notify:needs_input"])
+            .expect_events(&["session:appended", "session:updated", "notify:needs_input"])
             .await;
         assert_eq!(
-            f[1]["data"],
+            f[2]["data"],
             json!({ "sessionId": s.id, "name": "S", "message": msg })
         );
     }
@@ -954,9 +964,15 @@ async fn docs() {
         )
         .await
         .unwrap();
-    let f = ws.expect_events(&["session:updated"]).await;
-    assert_eq!(f[0]["data"], to_json(&after));
+    let f = ws
+        .expect_events(&["session:appended", "session:updated"])
+        .await;
     let doc = after.docs.last().unwrap().clone();
+    // session:appended has the doc with its content; session:updated the docs without.
+    assert_eq!(f[0]["data"]["docs"], json!([doc]));
+    let mut bare = to_json(&after);
+    bare["docs"][0].as_object_mut().unwrap().remove("content");
+    assert_eq!(f[1]["data"], bare);
     assert!(doc.id.starts_with("doc_"));
     assert_eq!(doc.title, "Plan");
     assert_eq!(doc.file_path, "/docs/plan.md");
@@ -982,7 +998,8 @@ async fn docs() {
         )
         .await
         .unwrap();
-    ws.expect_events(&["session:updated"]).await;
+    ws.expect_events(&["session:appended", "session:updated"])
+        .await;
     let listed = api.session_docs(&s.id).await.unwrap();
     assert_eq!(listed, minimal.docs);
     assert_eq!(listed.len(), 2);

@@ -561,8 +561,13 @@ async fn events_reach_the_right_sockets() {
     )
     .await
     .unwrap();
-    mobile.expect(&["session:updated"]).await;
-    ui.expect(&["session:updated"]).await;
+    // An append: `session:appended` (just the entry) reaches /mobile and /ui like any event.
+    for sock in [&mut mobile, &mut ui] {
+        let got = sock.expect(&["session:appended", "session:updated"]).await;
+        assert_eq!(got[0]["data"]["sessionId"], s2.id);
+        assert_eq!(got[0]["data"]["timeline"][0]["message"], "on s2");
+        assert_eq!(got[0]["data"]["timeline"].as_array().unwrap().len(), 1);
+    }
     ui_s1.quiet().await;
     api.append_timeline(
         &s1.id,
@@ -575,8 +580,9 @@ async fn events_reach_the_right_sockets() {
     .await
     .unwrap();
     for sock in [&mut mobile, &mut ui, &mut ui_s1] {
-        let got = sock.expect(&["session:updated"]).await;
-        assert_eq!(got[0]["data"]["id"], s1.id);
+        let got = sock.expect(&["session:appended", "session:updated"]).await;
+        assert_eq!(got[0]["data"]["sessionId"], s1.id);
+        assert_eq!(got[1]["data"]["id"], s1.id);
     }
 
     // Global events: the phone gets those about its project only; projectId is null.
@@ -625,7 +631,12 @@ async fn events_reach_the_right_sockets() {
     .await
     .unwrap();
     ui_s1
-        .expect(&["project:updated", "project:updated", "session:updated"])
+        .expect(&[
+            "project:updated",
+            "project:updated",
+            "session:appended",
+            "session:updated",
+        ])
         .await;
 }
 
@@ -1158,16 +1169,19 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     assert_eq!(got[0].body["message"], "Postgres, please");
     assert_eq!(got[0].body["inReplyTo"], "Which database?");
 
-    let frames = desk
-        .expect(&["session:updated", "mail:received", "session:input"])
-        .await;
-    assert_eq!(frames[2]["data"]["sessionId"], s.id);
-    assert_eq!(frames[2]["data"]["message"], "Postgres, please");
-    assert_eq!(frames[2]["data"]["mailId"], mail_id);
-    assert!(frames[2]["data"]["timestamp"].is_i64());
-    phone
-        .expect(&["session:updated", "mail:received", "session:input"])
-        .await;
+    let names = [
+        "session:appended",
+        "session:updated",
+        "mail:received",
+        "session:input",
+    ];
+    let frames = desk.expect(&names).await;
+    assert_eq!(frames[0]["data"]["timeline"][0]["type"], "user_reply");
+    assert_eq!(frames[3]["data"]["sessionId"], s.id);
+    assert_eq!(frames[3]["data"]["message"], "Postgres, please");
+    assert_eq!(frames[3]["data"]["mailId"], mail_id);
+    assert!(frames[3]["data"]["timestamp"].is_i64());
+    phone.expect(&names).await;
     desk_other.quiet().await;
 
     let after = api.get_session(&s.id).await.unwrap();

@@ -826,12 +826,16 @@ async fn task_timeline() {
         (t.id.as_str(), s.id.as_str(), "halfway", "progress")
     );
     let f = ws
-        .expect_events(&["session:updated", "notify:progress"])
+        .expect_events(&["session:appended", "session:updated", "notify:progress"])
         .await;
     let after = api.get_session(&s.id).await.unwrap();
-    assert_eq!(f[0]["data"], to_json(&after));
     assert_eq!(
-        f[1]["data"],
+        f[0]["data"]["timeline"],
+        json!([after.timeline.last().unwrap()])
+    );
+    assert_eq!(f[1]["data"], to_json(&after));
+    assert_eq!(
+        f[2]["data"],
         json!({ "sessionId": s.id, "taskId": t.id, "message": "halfway" })
     );
     let entry = after.timeline.last().unwrap();
@@ -840,7 +844,7 @@ async fn task_timeline() {
     assert_eq!(entry.task_id.as_deref(), Some(t.id.as_str()));
     assert!(entry.id.starts_with("evt_"));
 
-    // Other kinds: only session:updated, except needs_input.
+    // Other kinds: only session:appended and session:updated, except needs_input.
     let r = api
         .task_timeline(
             &t.id,
@@ -854,7 +858,8 @@ async fn task_timeline() {
         .await
         .unwrap();
     assert_eq!(r.kind, "task_status_changed");
-    ws.expect_events(&["session:updated"]).await;
+    ws.expect_events(&["session:appended", "session:updated"])
+        .await;
     api.task_timeline(
         &t.id,
         &TaskTimelineRequest {
@@ -867,13 +872,14 @@ async fn task_timeline() {
     .await
     .unwrap();
     let f = ws
-        .expect_events(&["session:updated", "notify:needs_input"])
+        .expect_events(&["session:appended", "session:updated", "notify:needs_input"])
         .await;
     assert_eq!(
-        f[1]["data"],
+        f[2]["data"],
         json!({ "sessionId": s.id, "name": "S", "message": "help" })
     );
     assert_eq!(f[0]["data"]["needsInput"]["active"], true);
+    assert_eq!(f[1]["data"]["needsInput"]["active"], true);
 
     let before = snapshot(&api).await;
     let req = |m: Option<&str>, s: Option<&str>| TaskTimelineRequest {

@@ -126,6 +126,7 @@ async fn sequences_are_per_scope_and_gap_free() {
         "task:updated",
         "notify:task_completed",
         "project:updated",
+        "session:appended",
         "session:updated",
         "notify:progress",
         "task:deleted",
@@ -152,7 +153,8 @@ async fn sequences_are_per_scope_and_gap_free() {
             (one.clone(), 4),
             (g, 3),
             (one.clone(), 5),
-            (one, 6),
+            (one.clone(), 6),
+            (one, 7),
             (two, 2),
         ]
     );
@@ -161,7 +163,7 @@ async fn sequences_are_per_scope_and_gap_free() {
     assert!(fa.iter().all(|f| f["timestamp"].as_i64().unwrap() > 0));
     a.assert_quiet().await;
     b.assert_quiet().await;
-    assert_eq!(a.last_seq(&p1.id), Some(6));
+    assert_eq!(a.last_seq(&p1.id), Some(7));
     assert_eq!(a.last_seq("global"), Some(3));
 }
 
@@ -210,16 +212,20 @@ async fn subscription_filter() {
     api.append_timeline(&t_sess.id, &progress("elsewhere"))
         .await
         .unwrap();
-    all.expect_events(&["session:updated", "session:updated", "notify:progress"])
-        .await;
+    all.expect_events(&[
+        "session:updated",
+        "session:appended",
+        "session:updated",
+        "notify:progress",
+    ])
+    .await;
     api.append_timeline(&s.id, &progress("mine")).await.unwrap();
-    all.expect_events(&["session:updated", "notify:progress"])
-        .await;
-    let f = sub
-        .expect_events(&["session:updated", "notify:progress"])
-        .await;
-    assert_eq!(f[0]["data"]["id"], s.id.as_str());
-    assert_eq!(f[1]["data"]["sessionId"], s.id.as_str());
+    let appended = ["session:appended", "session:updated", "notify:progress"];
+    all.expect_events(&appended).await;
+    let f = sub.expect_events(&appended).await;
+    assert_eq!(f[0]["data"]["sessionId"], s.id.as_str());
+    assert_eq!(f[1]["data"]["id"], s.id.as_str());
+    assert_eq!(f[2]["data"]["sessionId"], s.id.as_str());
 
     // A task-level report by the other session: the task update reaches the subscriber,
     // the other session's link and notify events do not.

@@ -545,6 +545,54 @@ export type EventEnvelope = {
 };
 
 /**
+ * Payload of `session:appended`: what one change appended to a session, and nothing else.
+ *
+ * Sent, together with a bounded `session:updated`, whenever timeline entries, events or docs
+ * are added to a session (`POST /api/sessions/:id/{timeline,events,docs}`,
+ * `POST /api/tasks/:id/timeline`, a PATCH carrying `timeline`/`events`, a reply to the session).
+ * A client that holds the session appends the items, skipping any whose `id` it already has
+ * (so applying an event twice is harmless); the `*Length` fields are the totals after the
+ * change, for spotting a gap (then fetch the session, or page the timeline).
+ */
+export type SessionAppended = {
+  sessionId: string;
+  projectId: string;
+  /**
+   * Timeline entries this change appended, oldest first (may be empty).
+   */
+  timeline: Array<TimelineEvent>;
+  /**
+   * Raw activity events this change appended, oldest first (may be empty).
+   */
+  events: Array<SessionEvent>;
+  /**
+   * Docs this change attached, with their content (may be empty).
+   */
+  docs: Array<DocEntry>;
+  /**
+   * The session's status after the change.
+   */
+  status: string;
+  lastActivity: number;
+  /**
+   * The session's needs-input flag after the change, if it has one.
+   */
+  needsInput?: NeedsInput | null;
+  /**
+   * Length of the session's timeline after the change.
+   */
+  timelineLength: number;
+  /**
+   * Number of the session's events after the change.
+   */
+  eventsLength: number;
+  /**
+   * Number of the session's docs after the change.
+   */
+  docsLength: number;
+};
+
+/**
  * `POST /api/sessions/:id/heartbeat`.
  */
 export type Heartbeat = {
@@ -1193,6 +1241,25 @@ export type AppendTimeline = {
   type?: string | null;
   taskId?: string | null;
   metadata?: JsonValue | null;
+};
+
+/**
+ * Answer to `GET /api/sessions/:id/timeline?before=&limit=`: one page of a session's timeline.
+ *
+ * `items` are the entries with index in `[start, before)`, oldest first, where
+ * `start = max(0, before - limit)`; `before` defaults to `total`, `limit` to 100 (at most 500).
+ * To page back, ask again with `before = start` until `start` is 0.
+ */
+export type TimelinePage = {
+  items: Array<TimelineEvent>;
+  /**
+   * Length of the whole timeline.
+   */
+  total: number;
+  /**
+   * Index of `items[0]` in the whole timeline.
+   */
+  start: number;
 };
 
 /**

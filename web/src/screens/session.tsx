@@ -8,7 +8,7 @@ import { clock, mailText, statusLabel } from "../format";
 import { emitIn, projects, stateOf, allStates, version } from "../live";
 import { inline, renderMarkdown } from "../markdown";
 import { isTerminal, needsInput, pendingApprovals, question, sessionTitle } from "../store";
-import type { MailMessage, ReplyInput, SendMail, Session, StopSession } from "../types";
+import type { DocEntry, MailMessage, ReplyInput, SendMail, Session, StopSession, TimelinePage } from "../types";
 import { Empty, Presence, Section, StatusBadge } from "../ui";
 import { ApprovalCard, settled } from "../ui-approval";
 
@@ -105,25 +105,67 @@ function Approvals({ s }: { s: Session }) {
 }
 
 function Timeline({ s }: { s: Session }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
   const entries = [...(s.timeline ?? [])].reverse();
-  if (entries.length === 0) return <Empty>Nothing yet.</Empty>;
+  const st = stateOf(s.projectId);
+  // Live events carry only a session's latest entries: older ones are paged in on request.
+  const earlier = st?.hasEarlier(s.id) ?? false;
+  const loadEarlier = async () => {
+    if (!st || busy) return;
+    setBusy(true);
+    setError(null);
+    try {
+      const before = st.earlierBefore(s.id);
+      const q = before === undefined ? "" : `?before=${before}`;
+      const page = await api<TimelinePage>("GET", `/api/sessions/${encodeURIComponent(s.id)}/timeline${q}`);
+      st.addTimelinePage(s.id, page);
+      version.value++;
+    } catch (err) {
+      setError((err as Error).message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  if (entries.length === 0 && !earlier) return <Empty>Nothing yet.</Empty>;
   return (
-    <ol class="timeline" aria-label="Timeline, newest first">
-      {entries.map((t) => (
-        <li key={t.id} class={`tl tl-${t.type}`}>
-          <div class="tl-head">
-            <span class="tl-kind">{statusLabel(t.type)}</span>
-            <time class="meta">{clock(t.timestamp)}</time>
-          </div>
-          {t.message && <div class="tl-msg">{t.message}</div>}
-        </li>
-      ))}
-    </ol>
+    <>
+      <ol class="timeline" aria-label="Timeline, newest first">
+        {entries.map((t) => (
+          <li key={t.id} class={`tl tl-${t.type}`}>
+            <div class="tl-head">
+              <span class="tl-kind">{statusLabel(t.type)}</span>
+              <time class="meta">{clock(t.timestamp)}</time>
+            </div>
+            {t.message && <div class="tl-msg">{t.message}</div>}
+          </li>
+        ))}
+      </ol>
+      {earlier && (
+        <button class="btn btn-ghost" type="button" disabled={busy} onClick={loadEarlier}>
+          {busy ? "Loading…" : "Earlier entries"}
+        </button>
+      )}
+      {error && (
+        <p class="error" role="alert">
+          {error}
+        </p>
+      )}
+    </>
   );
 }
 
 function Docs({ s }: { s: Session }) {
-  const docs = s.docs ?? [];
+  // `session:updated` carries docs without their content: read it when a doc lacks it.
+  const [fetched, setFetched] = useState<Map<string, DocEntry>>(new Map());
+  const missing = (s.docs ?? []).some((d) => d.content == null && !fetched.has(d.id));
+  useEffect(() => {
+    if (!missing) return;
+    api<DocEntry[]>("GET", `/api/sessions/${encodeURIComponent(s.id)}/docs`)
+      .then((list) => setFetched(new Map(list.map((d) => [d.id, d]))))
+      .catch(() => undefined);
+  }, [s.id, missing]);
+  const docs = (s.docs ?? []).map((d) => (d.content == null ? (fetched.get(d.id) ?? d) : d));
   const [open, setOpen] = useState<string | null>(docs.length === 1 ? docs[0].id : null);
   if (docs.length === 0) return <Empty>No docs.</Empty>;
   return (

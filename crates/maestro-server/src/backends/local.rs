@@ -13,6 +13,8 @@
 //! - `entity_index`: `(collection, owner, order)` → id; owner `""` indexes the whole collection
 //! - `counters`: `"order"` and `"seq:<scope>"` → u64
 //! - `journal`: `(scope, seq)` → event JSON, the last `journal_capacity` events per scope
+//! - `deadlines`: `(index, due, id)` → `()`, and `deadline_of`: `(index, id)` → due, the
+//!   deadline indexes ([`Store::due`] reads a range of the first)
 
 use std::any::Any;
 use std::path::Path;
@@ -30,7 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::overlay::{Base, Changes, Overlay, Write};
 use crate::error::{Error, Result};
-use crate::ports::{Collection, Reader, Replay, Store, TxnBody};
+use crate::ports::{Collection, Deadline, Reader, Replay, Store, TxnBody};
 use crate::util::now_ms;
 
 const ENTITIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entities");
@@ -38,6 +40,8 @@ const META: TableDefinition<(&str, &str), (u64, &str)> = TableDefinition::new("e
 const INDEX: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("entity_index");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
+const DEADLINES: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("deadlines");
+const DEADLINE_OF: TableDefinition<(&str, &str), i64> = TableDefinition::new("deadline_of");
 
 /// Most transactions committed together.
 const MAX_BATCH: usize = 1024;
@@ -89,6 +93,8 @@ impl LocalStore {
         wtx.open_table(INDEX)?;
         wtx.open_table(COUNTERS)?;
         wtx.open_table(JOURNAL)?;
+        wtx.open_table(DEADLINES)?;
+        wtx.open_table(DEADLINE_OF)?;
         wtx.commit()?;
 
         let db = Arc::new(db);
@@ -141,6 +147,21 @@ impl Store for LocalStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>> {
         self.bus.subscribe()
+    }
+
+    fn due(&self, index: Deadline, now: i64, limit: usize) -> Result<Vec<String>> {
+        let rtx = self.db()?.begin_read()?;
+        let table = rtx.open_table(DEADLINES)?;
+        let name = index.name();
+        let mut out = Vec::new();
+        for entry in table.range((name, i64::MIN, "")..(name, now.saturating_add(1), ""))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = entry?;
+            out.push(key.value().2.to_owned());
+        }
+        Ok(out)
     }
 
     async fn replay(&self, scope: &str, after: u64, limit: usize) -> Result<Replay> {
@@ -320,6 +341,8 @@ struct Tables<'t> {
     index: Table<'t, (&'static str, &'static str, u64), &'static str>,
     counters: Table<'t, &'static str, u64>,
     journal: Table<'t, (&'static str, u64), &'static [u8]>,
+    deadlines: Table<'t, (&'static str, i64, &'static str), ()>,
+    deadline_of: Table<'t, (&'static str, &'static str), i64>,
 }
 
 impl<'t> Tables<'t> {
@@ -330,6 +353,8 @@ impl<'t> Tables<'t> {
             index: wtx.open_table(INDEX)?,
             counters: wtx.open_table(COUNTERS)?,
             journal: wtx.open_table(JOURNAL)?,
+            deadlines: wtx.open_table(DEADLINES)?,
+            deadline_of: wtx.open_table(DEADLINE_OF)?,
         })
     }
 
@@ -479,6 +504,24 @@ fn apply(
         }
     }
 
+    for (index, id, due) in changes.deadlines {
+        let (name, id) = (index.name(), id.as_str());
+        let old = tables.deadline_of.get((name, id))?.map(|v| v.value());
+        if let Some(old) = old {
+            tables.deadlines.remove((name, old, id))?;
+        }
+        match due {
+            Some(due) => {
+                tables.deadlines.insert((name, due, id), ())?;
+                tables.deadline_of.insert((name, id), due)?;
+            }
+            None if old.is_some() => {
+                tables.deadline_of.remove((name, id))?;
+            }
+            None => {}
+        }
+    }
+
     let mut records = Vec::with_capacity(changes.events.len());
     let timestamp = now_ms();
     for ev in changes.events {
@@ -533,6 +576,25 @@ impl Reader for LocalReader {
             let (_, id) = entry?;
             if let Some(v) = entities.get((name, id.value()))? {
                 out.push(v.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    fn list_entries_raw(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let name = coll.name();
+        let owner = owner.unwrap_or("");
+        let index = self.rtx.open_table(INDEX)?;
+        let entities = self.rtx.open_table(ENTITIES)?;
+        let mut out = Vec::new();
+        for entry in index.range((name, owner, 0)..=(name, owner, u64::MAX))? {
+            let (_, id) = entry?;
+            if let Some(v) = entities.get((name, id.value()))? {
+                out.push((id.value().to_owned(), v.value().to_vec()));
             }
         }
         Ok(out)

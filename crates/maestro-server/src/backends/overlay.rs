@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use crate::error::Result;
-use crate::ports::{Collection, PendingEvent, Reader, Txn};
+use crate::ports::{Collection, Deadline, PendingEvent, Reader, Txn};
 
 /// What a backend must answer for the overlay.
 pub(crate) trait Base {
@@ -53,6 +53,19 @@ pub(crate) struct Changes {
     /// Entities that must exist in the store for the commit to happen ([`Txn::require`]),
     /// with the resource name of the `NOT_FOUND` answer otherwise.
     pub requires: Vec<(Collection, String, &'static str)>,
+    /// Deadline changes ([`Txn::schedule`]), in call order (apply in order: the last wins).
+    pub deadlines: Vec<(Deadline, String, Option<i64>)>,
+}
+
+impl Changes {
+    /// Whether committing would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.events.is_empty()
+            && self.counters.is_empty()
+            && self.requires.is_empty()
+            && self.deadlines.is_empty()
+    }
 }
 
 pub(crate) struct Overlay<B> {
@@ -63,6 +76,7 @@ pub(crate) struct Overlay<B> {
     events: Vec<PendingEvent>,
     counters: HashMap<String, u64>,
     requires: Vec<(Collection, String, &'static str)>,
+    deadlines: Vec<(Deadline, String, Option<i64>)>,
 }
 
 impl<B: Base> Overlay<B> {
@@ -74,6 +88,7 @@ impl<B: Base> Overlay<B> {
             events: Vec::new(),
             counters: HashMap::new(),
             requires: Vec::new(),
+            deadlines: Vec::new(),
         }
     }
 
@@ -94,6 +109,7 @@ impl<B: Base> Overlay<B> {
                 events: self.events,
                 counters: self.counters,
                 requires: self.requires,
+                deadlines: self.deadlines,
             },
         )
     }
@@ -116,13 +132,25 @@ impl<B: Base> Reader for Overlay<B> {
     }
 
     fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .list_entries_raw(coll, owner)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    fn list_entries_raw(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let base = self.base.list(coll, owner)?;
         let mut out = Vec::with_capacity(base.len());
         for (id, bytes) in base {
-            match self.writes.get(&(coll, id)) {
-                Some(Write::Put { value, .. }) => out.push(value.clone()),
+            match self.writes.get(&(coll, id.clone())) {
+                Some(Write::Put { value, .. }) => out.push((id, value.clone())),
                 Some(Write::Delete) => {}
-                None => out.push(bytes),
+                None => out.push((id, bytes)),
             }
         }
         // Entities this transaction created, in the order it created them.
@@ -138,7 +166,7 @@ impl<B: Base> Reader for Overlay<B> {
             let owned = owner.is_none() || o.as_deref() == owner;
             let value = value.clone();
             if owned && !self.base.exists(coll, &key.1)? {
-                out.push(value);
+                out.push((key.1.clone(), value));
             }
         }
         Ok(out)
@@ -223,5 +251,9 @@ impl<B: Base> Txn for Overlay<B> {
         };
         self.counters.insert(name.to_owned(), current + 1);
         Ok(current + 1)
+    }
+
+    fn schedule(&mut self, index: Deadline, id: &str, due: Option<i64>) {
+        self.deadlines.push((index, id.to_owned(), due));
     }
 }

@@ -41,10 +41,11 @@ use maestro_protocol::EventRecord;
 use redis::{Connection, RedisError, Value as RValue};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::overlay::{Base, Changes, Overlay, Write};
 use crate::error::{Error, Result};
-use crate::ports::{Collection, Reader, Replay, Store, TxnBody};
+use crate::ports::{Collection, Deadline, Reader, Replay, Store, TxnBody};
 use crate::util::now_ms;
 
 const BUS_CAPACITY: usize = 65_536;
@@ -60,7 +61,8 @@ const POOL_SIZE: usize = 64;
 /// <id> <owner or ''> <json>`, `new` (as `put`, but the entity must not exist: the commit
 /// fails with `MAESTRO_EXISTS` and writes nothing if it does), `req <collection> <id>` (the
 /// entity must exist, else `MAESTRO_MISSING <n>` for the n-th `req`), `del <collection> <id>`, `ctr <name> <value>`, `ev <scope>
-/// <event json>`. Flat arguments rather than one JSON document: Redis does not decode
+/// <event json>`, `due <index> <id> <ms or ''>` (sets or clears a deadline: a sorted set per
+/// index, scored by the due time). Flat arguments rather than one JSON document: Redis does not decode
 /// (and we do not escape) every entity twice. Called by its SHA1 (`EVALSHA`), loaded once.
 const COMMIT: &str = r#"
 local p = ARGV[1]
@@ -88,6 +90,8 @@ while i <= n do
     i = i + 5
   elseif t == 'put' then
     i = i + 5
+  elseif t == 'due' then
+    i = i + 4
   else
     i = i + 3
   end
@@ -127,6 +131,14 @@ while i <= n do
     i = i + 3
   elseif t == 'req' then
     i = i + 3
+  elseif t == 'due' then
+    local k, id, at = p .. 'd:' .. ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    i = i + 4
+    if at == '' then
+      redis.call('ZREM', k, id)
+    else
+      redis.call('ZADD', k, at, id)
+    end
   elseif t == 'ev' then
     local sc, b = ARGV[i + 1], ARGV[i + 2]
     i = i + 3
@@ -218,6 +230,9 @@ impl Keys {
     }
     fn channel(&self) -> String {
         format!("{}events", self.prefix)
+    }
+    fn deadlines(&self, index: Deadline) -> String {
+        format!("{}d:{}", self.prefix, index.name())
     }
 }
 
@@ -417,6 +432,8 @@ impl Sequencer {
 pub struct RedisStore {
     inner: Arc<Inner>,
     stop: CancellationToken,
+    /// The subscriber task: `close` stops it and waits for it.
+    tasks: TaskTracker,
 }
 
 /// What blocking transactions and reads share.
@@ -454,7 +471,8 @@ impl RedisStore {
             }
         }
         let stop = CancellationToken::new();
-        tokio::spawn(subscriber(
+        let tasks = TaskTracker::new();
+        tasks.spawn(subscriber(
             client,
             keys.clone(),
             pool.clone(),
@@ -471,6 +489,7 @@ impl RedisStore {
                 healthy,
             }),
             stop,
+            tasks,
         })
     }
 }
@@ -502,11 +521,7 @@ impl Inner {
                 }
             };
             let (_, changes) = overlay.into_changes();
-            if changes.writes.is_empty()
-                && changes.events.is_empty()
-                && changes.counters.is_empty()
-                && changes.requires.is_empty()
-            {
+            if changes.is_empty() {
                 redis::cmd("UNWATCH").exec(conn).map_err(io_error)?;
                 return Ok(value);
             }
@@ -668,6 +683,14 @@ fn encode_ops(changes: Changes, timestamp: i64) -> (Vec<Vec<u8>>, Vec<EventRecor
             ]),
             Write::Delete => ops.extend([b"del".to_vec(), coll, id.into_bytes()]),
         }
+    }
+    for (index, id, due) in changes.deadlines {
+        ops.extend([
+            b"due".to_vec(),
+            index.name().as_bytes().to_vec(),
+            id.into_bytes(),
+            due.map(|d| d.to_string().into_bytes()).unwrap_or_default(),
+        ]);
     }
     let mut pending = Vec::with_capacity(changes.events.len());
     for ev in changes.events {
@@ -1097,6 +1120,18 @@ impl Reader for RedisReader<'_> {
     }
 
     fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .list_entries_raw(coll, owner)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    fn list_entries_raw(
+        &mut self,
+        coll: Collection,
+        owner: Option<&str>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let index = self.store.keys.index(coll, owner);
         let prefix = self.store.keys.entity_prefix(coll);
         let flat: Vec<RValue> = self.with(|c| {
@@ -1109,7 +1144,9 @@ impl Reader for RedisReader<'_> {
         Ok(flat
             .chunks(2)
             .filter_map(|pair| match pair {
-                [_, RValue::BulkString(v)] => Some(v.clone()),
+                [RValue::BulkString(id), RValue::BulkString(v)] => {
+                    Some((String::from_utf8_lossy(id).into_owned(), v.clone()))
+                }
                 _ => None,
             })
             .collect())
@@ -1144,6 +1181,24 @@ impl Store for RedisStore {
         tokio::task::spawn_blocking(move || inner.run_transaction(body))
             .await
             .map_err(|e| Error::Internal(format!("transaction task failed: {e}")))?
+    }
+
+    fn due(&self, index: Deadline, now: i64, limit: usize) -> Result<Vec<String>> {
+        let key = self.inner.keys.deadlines(index);
+        let mut conn = blocking(|| self.inner.pool.get())?;
+        let ids: Vec<String> = blocking(|| {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query(&mut conn)
+                .map_err(io_error)
+        })?;
+        self.inner.pool.put(conn);
+        Ok(ids)
     }
 
     fn reader(&self) -> Result<Box<dyn Reader + Send + '_>> {
@@ -1223,6 +1278,13 @@ impl Store for RedisStore {
 
     async fn close(&self) {
         self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(2), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the Redis subscriber did not stop within 2 s");
+        }
     }
 }
 

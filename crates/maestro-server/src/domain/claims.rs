@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{Domain, check_id, load_session, load_task, required};
 use crate::error::{Error, Result};
-use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
+use crate::ports::{Collection, Deadline, ReaderExt, Txn, TxnExt, transact};
 use crate::util::now_ms;
 
 /// Default and largest lease length.
@@ -128,6 +128,16 @@ pub(crate) fn check_fence(
     }
 }
 
+/// Stores a claim record with its lapse deadline (none once nobody holds the task).
+fn put_claim(tx: &mut dyn Txn, rec: &ClaimRecord) {
+    tx.put(Collection::Claims, &rec.task_id, Some(&rec.project_id), rec);
+    tx.schedule(
+        Deadline::ClaimExpiry,
+        &rec.task_id,
+        rec.holder.as_ref().map(|_| rec.expires_at),
+    );
+}
+
 /// Releases every lease `session_id` holds in `project_id` (the session has ended).
 pub(crate) fn release_all(
     tx: &mut dyn Txn,
@@ -141,12 +151,7 @@ pub(crate) fn release_all(
             continue;
         }
         rec.holder = None;
-        tx.put(
-            Collection::Claims,
-            &rec.task_id.clone(),
-            Some(project_id),
-            &rec,
-        );
+        put_claim(tx, &rec);
         tx.emit(
             project_id,
             "task:claim_released",
@@ -203,7 +208,7 @@ impl Domain {
                 fencing_token: token,
                 expires_at: now + ttl as i64,
             };
-            tx.put(Collection::Claims, &task_id, Some(&task.project_id), &record);
+            put_claim(tx, &record);
             let claim = record.active(now).expect("just created");
             tx.emit(&task.project_id, "task:claimed", &claim, Some(&session_id));
             Ok(claim)
@@ -220,12 +225,7 @@ impl Domain {
         transact(&*self.store, move |tx| {
             let mut rec = holder_record(tx, &task_id, &session_id, token, now)?;
             rec.expires_at = now + ttl as i64;
-            tx.put(
-                Collection::Claims,
-                &task_id,
-                Some(&rec.project_id.clone()),
-                &rec,
-            );
+            put_claim(tx, &rec);
             Ok(rec.active(now).expect("renewed"))
         })
         .await
@@ -240,7 +240,7 @@ impl Domain {
             let mut rec = holder_record(tx, &task_id, &session_id, token, now)?;
             rec.holder = None;
             let project = rec.project_id.clone();
-            tx.put(Collection::Claims, &task_id, Some(&project), &rec);
+            put_claim(tx, &rec);
             tx.emit(
                 &project,
                 "task:claim_released",
@@ -264,35 +264,52 @@ impl Domain {
         Ok(rec.and_then(|r| r.active(now_ms())))
     }
 
-    /// Ends leases whose time is up; returns how many.
-    pub(crate) async fn reap_claims(&self, now: i64) -> Result<usize> {
-        let lapsed: Vec<String> = {
-            let mut r = self.reader()?;
-            let records: Vec<ClaimRecord> = r.list(Collection::Claims, None)?;
-            records
-                .into_iter()
-                .filter(|c| c.lapsed_holder(now).is_some())
-                .map(|c| c.task_id)
-                .collect()
-        };
+    /// Ends leases whose time is up; returns how many. Reads only the leases that are due
+    /// (the claim deadline index), at most `limit` of them.
+    pub(crate) async fn reap_claims(&self, now: i64, limit: usize) -> Result<usize> {
+        let due = self.store.due(Deadline::ClaimExpiry, now, limit)?;
         let mut reaped = 0;
-        for task_id in lapsed {
+        for task_id in due {
             let done = transact(&*self.store, move |tx| {
                 let Some(mut rec) = tx.get::<ClaimRecord>(Collection::Claims, &task_id)? else {
+                    tx.schedule(Deadline::ClaimExpiry, &task_id, None);
                     return Ok(false);
                 };
                 let Some(old) = rec.lapsed_holder(now) else {
-                    return Ok(false); // renewed or reaped meanwhile
+                    // Renewed or reaped meanwhile: the deadline is the record's again.
+                    let due = rec.holder.as_ref().map(|_| rec.expires_at);
+                    tx.schedule(Deadline::ClaimExpiry, &task_id, due);
+                    return Ok(false);
                 };
                 expire(tx, &mut rec, old);
-                let project = rec.project_id.clone();
-                tx.put(Collection::Claims, &task_id, Some(&project), &rec);
+                put_claim(tx, &rec);
                 Ok(true)
             })
             .await?;
             reaped += usize::from(done);
         }
         Ok(reaped)
+    }
+
+    /// Indexes every held lease's deadline (leases stored before the index existed).
+    pub(crate) async fn reindex_claims(&self) -> Result<usize> {
+        let held: Vec<ClaimRecord> = self
+            .reader()?
+            .list::<ClaimRecord>(Collection::Claims, None)?
+            .into_iter()
+            .filter(|c| c.holder.is_some())
+            .collect();
+        let n = held.len();
+        if n > 0 {
+            transact(&*self.store, move |tx| {
+                for rec in &held {
+                    tx.schedule(Deadline::ClaimExpiry, &rec.task_id, Some(rec.expires_at));
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(n)
     }
 }
 

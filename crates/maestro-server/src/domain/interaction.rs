@@ -3,8 +3,8 @@
 //! One transaction does all of it, so the agent, the session's record and every screen agree:
 //! the reply goes into the session's timeline (`user_reply`), `needsInput` is cleared, the agent
 //! gets the reply as a `directive` mail from `user` (what `maestro mail wait` returns), and the
-//! session's room gets `session:input`. Events, in order: `session:updated`, `mail:received`,
-//! `session:input`.
+//! session's room gets `session:input`. Events, in order: `session:appended` (the `user_reply`
+//! entry), `session:updated`, `mail:received`, `session:input`.
 
 use maestro_protocol::ids::prefix;
 use maestro_protocol::{
@@ -13,6 +13,7 @@ use maestro_protocol::{
 use serde_json::{Map, Value, json};
 
 use super::mail::{store_mail, validate_send};
+use super::sessions::emit_session_appended;
 use super::{Domain, check_id, load_session, required};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, TxnExt, transact};
@@ -65,7 +66,7 @@ impl Domain {
                 )));
             }
             let asked = session.needs_input.as_ref().and_then(|n| n.message.clone());
-            session.timeline.push(TimelineEvent {
+            let entry = TimelineEvent {
                 id: entry_id.clone(),
                 kind: "user_reply".into(),
                 timestamp: now,
@@ -73,7 +74,8 @@ impl Domain {
                 task_id: None,
                 metadata: asked.as_ref().map(|q| json!({ "inReplyTo": q })),
                 extra: Map::new(),
-            });
+            };
+            session.timeline.push(entry.clone());
             session.needs_input = Some(NeedsInput {
                 active: false,
                 message: None,
@@ -82,7 +84,7 @@ impl Domain {
             session.last_activity = now;
             tx.put(Collection::Sessions, &session.id, None, &session);
             let scope = session.project_id.clone();
-            tx.emit(&scope, "session:updated", &session, Some(&session.id));
+            emit_session_appended(tx, &session, std::slice::from_ref(&entry), &[], &[]);
 
             let mut body = Map::new();
             body.insert("message".into(), Value::String(message.clone()));

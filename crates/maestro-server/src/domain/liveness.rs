@@ -13,6 +13,11 @@
 //! Silence is measured from the later of the last beat and the moment this sweeper last
 //! started or recovered from a backend outage: after a server restart or a Redis outage, live
 //! agents whose beats could not get through are given a full TTL to beat again.
+//!
+//! The sweep reads only what is due: every presence write also sets the session's expiry and
+//! stall deadlines (`ports::Deadline`), and a pass reads those indexes up to now, so its cost
+//! does not grow with the number of idle sessions. A sweeper indexes what is stored when it
+//! starts (records written before the indexes existed, or by an older server).
 
 use std::time::Duration;
 
@@ -21,10 +26,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::claims::release_all;
-use super::sessions::{close_task_statuses, timeline_entry};
+use super::sessions::{close_task_statuses, emit_session_appended, timeline_entry};
 use super::{Domain, check_id, load_session};
 use crate::error::{Error, Result};
-use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
+use crate::ports::{Collection, Deadline, ReaderExt, Txn, TxnExt, transact};
 use crate::util::now_ms;
 
 /// Timing of heartbeats and sweeps.
@@ -43,12 +48,35 @@ fn presence_event(tx: &mut dyn Txn, p: &Presence) {
     tx.emit(&p.project_id, "session:presence", p, Some(&p.session_id));
 }
 
+/// Most due records one sweep handles per index; the rest wait for the next pass.
+pub const SWEEP_BATCH: usize = 1_000;
+
+/// Sets `p`'s expiry and stall deadlines (cleared when offline, or already stalled), with
+/// silence counted from no earlier than `floor`.
+fn schedule_presence(tx: &mut dyn Txn, p: &Presence, cfg: LivenessConfig, floor: i64) {
+    let expiry = p
+        .online
+        .then(|| p.last_seen.max(floor) + (p.ttl_ms + cfg.grace_ms) as i64 + 1);
+    let stall = (p.online && !p.stalled)
+        .then(|| p.last_progress.max(floor) + cfg.stall_after_ms as i64 + 1);
+    tx.schedule(Deadline::PresenceExpiry, &p.session_id, expiry);
+    tx.schedule(Deadline::PresenceStall, &p.session_id, stall);
+}
+
+/// Removes a session's presence record and its deadlines (the session is being deleted).
+pub(crate) fn delete_presence(tx: &mut dyn Txn, session_id: &str) {
+    tx.delete(Collection::Presence, session_id);
+    tx.schedule(Deadline::PresenceExpiry, session_id, None);
+    tx.schedule(Deadline::PresenceStall, session_id, None);
+}
+
 impl Domain {
     /// Records a heartbeat. A session the server had given up on comes back to life.
     pub async fn heartbeat(&self, session_id: String, req: Heartbeat) -> Result<Presence> {
         check_id("sessionId", &session_id)?;
         let now = now_ms();
-        let ttl = self.info.liveness.ttl_ms;
+        let cfg = self.info.liveness;
+        let ttl = cfg.ttl_ms;
         let progress = req.progress.unwrap_or(false);
         transact(&*self.store, move |tx| {
             let mut session = load_session(tx, &session_id)?;
@@ -83,25 +111,22 @@ impl Domain {
                 Some(&session.project_id),
                 &p,
             );
+            schedule_presence(tx, &p, cfg, 0);
             if revived {
                 session.status = "working".into();
                 session.completed_at = None;
                 session.failure_reason = None;
                 session.last_activity = now;
-                session.timeline.push(timeline_entry(
+                let entry = timeline_entry(
                     "progress",
                     Some("Heartbeat resumed: the agent is alive again".into()),
                     None,
                     None,
                     now,
-                ));
-                tx.put(Collection::Sessions, &session_id, None, &session);
-                tx.emit(
-                    &session.project_id,
-                    "session:updated",
-                    &session,
-                    Some(&session_id),
                 );
+                session.timeline.push(entry.clone());
+                tx.put(Collection::Sessions, &session_id, None, &session);
+                emit_session_appended(tx, &session, &[entry], &[], &[]);
             }
             let changed = before
                 .as_ref()
@@ -149,6 +174,7 @@ impl Domain {
     pub async fn run_sweeper(self, stop: CancellationToken) {
         let cfg = self.info.liveness;
         let mut epoch = now_ms();
+        let mut indexed = false;
         let mut healthy = true;
         let mut tick = tokio::time::interval(Duration::from_millis(cfg.sweep_interval_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,6 +182,15 @@ impl Domain {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if !indexed {
+                match self.reindex(epoch).await {
+                    Ok(()) => indexed = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot index deadlines yet; retrying");
+                        continue;
+                    }
+                }
             }
             match self.sweep_once(now_ms(), epoch).await {
                 Ok(()) => {
@@ -176,36 +211,66 @@ impl Domain {
         }
     }
 
-    /// One pass: fail silent sessions, flag stalled ones, reap lapsed leases.
-    pub async fn sweep_once(&self, now: i64, epoch: i64) -> Result<()> {
+    /// Indexes the deadlines of what is stored: online presences (silence counted from
+    /// `epoch` at the earliest), held leases, remembered idempotent answers. Run once when a
+    /// sweeper starts; setting a deadline again is harmless.
+    pub async fn reindex(&self, epoch: i64) -> Result<()> {
         let cfg = self.info.liveness;
-        let presences: Vec<Presence> = self.reader()?.list(Collection::Presence, None)?;
-        for p in presences.into_iter().filter(|p| p.online) {
-            let silent_for = now - p.last_seen.max(epoch);
-            if silent_for > (p.ttl_ms + cfg.grace_ms) as i64 {
-                self.expire_session(p.session_id.clone(), now, epoch)
-                    .await?;
-            } else if !p.stalled && now - p.last_progress.max(epoch) > cfg.stall_after_ms as i64 {
-                self.mark_stalled(p.session_id.clone(), now, epoch).await?;
-            }
+        let online: Vec<Presence> = self
+            .reader()?
+            .list::<Presence>(Collection::Presence, None)?
+            .into_iter()
+            .filter(|p| p.online)
+            .collect();
+        let presences = online.len();
+        if presences > 0 {
+            transact(&*self.store, move |tx| {
+                for p in &online {
+                    schedule_presence(tx, p, cfg, epoch);
+                }
+                Ok(())
+            })
+            .await?;
         }
-        self.reap_claims(now).await?;
+        let leases = self.reindex_claims().await?;
+        let answers = self.reindex_idempotency().await?;
+        tracing::debug!(presences, leases, answers, "deadlines indexed");
+        Ok(())
+    }
+
+    /// One pass: fail silent sessions, flag stalled ones, reap lapsed leases, forget old
+    /// idempotent answers. Reads only what is due.
+    pub async fn sweep_once(&self, now: i64, epoch: i64) -> Result<()> {
+        for id in self.store.due(Deadline::PresenceExpiry, now, SWEEP_BATCH)? {
+            self.expire_session(id, now, epoch).await?;
+        }
+        for id in self.store.due(Deadline::PresenceStall, now, SWEEP_BATCH)? {
+            self.mark_stalled(id, now, epoch).await?;
+        }
+        self.reap_claims(now, SWEEP_BATCH).await?;
+        self.forget_idempotency(now, SWEEP_BATCH).await?;
         Ok(())
     }
 
     async fn expire_session(&self, session_id: String, now: i64, epoch: i64) -> Result<()> {
-        let grace = self.info.liveness.grace_ms;
+        let cfg = self.info.liveness;
+        let grace = cfg.grace_ms;
         transact(&*self.store, move |tx| {
             let Some(mut p) = tx.get::<Presence>(Collection::Presence, &session_id)? else {
+                tx.schedule(Deadline::PresenceExpiry, &session_id, None);
+                tx.schedule(Deadline::PresenceStall, &session_id, None);
                 return Ok(());
             };
             // Re-check inside the transaction: another server may have handled it, or the
-            // agent may have beaten meanwhile.
+            // agent may have beaten meanwhile (or the server restarted since: the deadline
+            // moves to a full TTL after that).
             if !p.online || now - p.last_seen.max(epoch) <= (p.ttl_ms + grace) as i64 {
+                schedule_presence(tx, &p, cfg, epoch);
                 return Ok(());
             }
             p.online = false;
             tx.put(Collection::Presence, &session_id, Some(&p.project_id.clone()), &p);
+            schedule_presence(tx, &p, cfg, epoch);
             let Some(mut session) = tx.get::<Session>(Collection::Sessions, &session_id)? else {
                 return Ok(());
             };
@@ -218,13 +283,14 @@ impl Domain {
             session.completed_at = Some(now);
             session.failure_reason = Some(DISCONNECTED.into());
             session.last_activity = now;
-            session.timeline.push(timeline_entry(
+            let entry = timeline_entry(
                 "error",
                 Some(format!("No heartbeat for {silent} s: the agent is gone")),
                 None,
                 Some(json!({ "reason": DISCONNECTED })),
                 now,
-            ));
+            );
+            session.timeline.push(entry.clone());
             close_task_statuses(tx, &session, "failed", now)?;
             release_all(tx, &session.project_id, &session_id, "session_failed")?;
             super::approvals::cancel_pending(
@@ -236,7 +302,7 @@ impl Domain {
             )?;
             tx.put(Collection::Sessions, &session_id, None, &session);
             let scope = session.project_id.clone();
-            tx.emit(&scope, "session:updated", &session, Some(&session_id));
+            emit_session_appended(tx, &session, &[entry], &[], &[]);
             tx.emit(
                 &scope,
                 "notify:session_failed",
@@ -254,16 +320,25 @@ impl Domain {
         let stall = self.info.liveness.stall_after_ms as i64;
         transact(&*self.store, move |tx| {
             let Some(mut p) = tx.get::<Presence>(Collection::Presence, &session_id)? else {
+                tx.schedule(Deadline::PresenceStall, &session_id, None);
                 return Ok(());
             };
             let Some(session) = tx.get::<Session>(Collection::Sessions, &session_id)? else {
+                tx.schedule(Deadline::PresenceStall, &session_id, None);
                 return Ok(());
             };
             let last = p.last_progress.max(session.last_activity).max(epoch);
-            if p.stalled || !p.online || now - last <= stall || session.is_terminal() {
+            if p.stalled || !p.online || session.is_terminal() {
+                tx.schedule(Deadline::PresenceStall, &session_id, None);
+                return Ok(());
+            }
+            if now - last <= stall {
+                // Progress (or activity) since: due a full stall time after it.
+                tx.schedule(Deadline::PresenceStall, &session_id, Some(last + stall + 1));
                 return Ok(());
             }
             p.stalled = true;
+            tx.schedule(Deadline::PresenceStall, &session_id, None);
             tx.put(
                 Collection::Presence,
                 &session_id,

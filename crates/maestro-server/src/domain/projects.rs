@@ -89,6 +89,15 @@ impl Domain {
                 ));
             }
             tx.delete(Collection::Projects, &id);
+            // Answers remembered for the project's spawn keys go with it.
+            let keys: Vec<String> = tx
+                .list_entries_raw(Collection::Idempotency, Some(&id))?
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect();
+            for key in keys {
+                super::spawn::forget_answer(tx, &key);
+            }
             tx.emit(
                 GLOBAL,
                 "project:deleted",

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use maestro_protocol::ids::prefix;
 use maestro_protocol::{
     AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ModalAck,
-    ModalAction, ModalShown, NeedsInput, SESSION_STATUSES, Session, SessionEvent, ShowModal, Task,
-    TimelineEvent, UpdateSession,
+    ModalAction, ModalShown, NeedsInput, SESSION_STATUSES, SESSION_UPDATE_TAIL, Session,
+    SessionAppended, SessionEvent, ShowModal, Task, TimelineEvent, TimelinePage, UpdateSession,
 };
 use serde_json::{Value, json};
 
@@ -49,6 +49,152 @@ pub(crate) fn timeline_entry(
         metadata,
         extra: Default::default(),
     }
+}
+
+/// Default page size of `GET /api/sessions/:id/timeline`.
+pub const TIMELINE_PAGE_DEFAULT: usize = 100;
+/// Largest page of `GET /api/sessions/:id/timeline` (a larger `limit` is a 400).
+pub const TIMELINE_PAGE_MAX: usize = 500;
+
+/// The last `n` items of `items`.
+fn tail<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    items[items.len().saturating_sub(n)..].to_vec()
+}
+
+/// The payload of `session:updated`: `session` with its timeline and events cut to their last
+/// [`SESSION_UPDATE_TAIL`] entries and its docs without `content`, so that the event's size does
+/// not grow with the session. REST answers keep the whole session.
+pub(crate) fn session_update_payload(session: &Session) -> Session {
+    let Session {
+        id,
+        project_id,
+        task_ids,
+        name,
+        agent_id,
+        env,
+        status,
+        started_at,
+        last_activity,
+        completed_at,
+        hostname,
+        platform,
+        events,
+        timeline,
+        docs,
+        metadata,
+        needs_input,
+        team_member_id,
+        team_member_ids,
+        failure_reason,
+        online,
+        last_seen,
+        last_progress,
+        stalled,
+    } = session;
+    Session {
+        id: id.clone(),
+        project_id: project_id.clone(),
+        task_ids: task_ids.clone(),
+        name: name.clone(),
+        agent_id: agent_id.clone(),
+        env: env.clone(),
+        status: status.clone(),
+        started_at: *started_at,
+        last_activity: *last_activity,
+        completed_at: *completed_at,
+        hostname: hostname.clone(),
+        platform: platform.clone(),
+        events: tail(events, SESSION_UPDATE_TAIL),
+        timeline: tail(timeline, SESSION_UPDATE_TAIL),
+        docs: docs
+            .iter()
+            .map(|d| DocEntry {
+                id: d.id.clone(),
+                title: d.title.clone(),
+                file_path: d.file_path.clone(),
+                content: None,
+                task_id: d.task_id.clone(),
+                added_at: d.added_at,
+                added_by: d.added_by.clone(),
+            })
+            .collect(),
+        metadata: metadata.clone(),
+        needs_input: needs_input.clone(),
+        team_member_id: team_member_id.clone(),
+        team_member_ids: team_member_ids.clone(),
+        failure_reason: failure_reason.clone(),
+        online: *online,
+        last_seen: *last_seen,
+        last_progress: *last_progress,
+        stalled: *stalled,
+    }
+}
+
+/// Emits `session:updated` for `session` with the bounded payload of
+/// [`session_update_payload`]. Every `session:updated` goes through here.
+pub(crate) fn emit_session_updated(tx: &mut dyn Txn, session: &Session) {
+    tx.emit(
+        &session.project_id,
+        "session:updated",
+        &session_update_payload(session),
+        Some(&session.id),
+    );
+}
+
+/// Emits `session:appended` with just the items this change added (when it added any), then
+/// the bounded `session:updated`. `session` is the session after the change.
+pub(crate) fn emit_session_appended(
+    tx: &mut dyn Txn,
+    session: &Session,
+    timeline: &[TimelineEvent],
+    events: &[SessionEvent],
+    docs: &[DocEntry],
+) {
+    if !(timeline.is_empty() && events.is_empty() && docs.is_empty()) {
+        let appended = SessionAppended {
+            session_id: session.id.clone(),
+            project_id: session.project_id.clone(),
+            timeline: timeline.to_vec(),
+            events: events.to_vec(),
+            docs: docs.to_vec(),
+            status: session.status.clone(),
+            last_activity: session.last_activity,
+            needs_input: session.needs_input.clone(),
+            timeline_length: session.timeline.len() as u64,
+            events_length: session.events.len() as u64,
+            docs_length: session.docs.len() as u64,
+        };
+        tx.emit(
+            &session.project_id,
+            "session:appended",
+            &appended,
+            Some(&session.id),
+        );
+    }
+    emit_session_updated(tx, session);
+}
+
+/// The page of `timeline` before index `before` (default: the end), at most `limit` entries
+/// (default [`TIMELINE_PAGE_DEFAULT`], at most [`TIMELINE_PAGE_MAX`]).
+pub(crate) fn timeline_page(
+    timeline: &[TimelineEvent],
+    before: Option<usize>,
+    limit: Option<usize>,
+) -> Result<TimelinePage> {
+    let total = timeline.len();
+    let limit = limit.unwrap_or(TIMELINE_PAGE_DEFAULT);
+    if limit == 0 || limit > TIMELINE_PAGE_MAX {
+        return Err(Error::validation(format!(
+            "limit must be between 1 and {TIMELINE_PAGE_MAX}"
+        )));
+    }
+    let before = before.unwrap_or(total).min(total);
+    let start = before.saturating_sub(limit);
+    Ok(TimelinePage {
+        items: timeline[start..before].to_vec(),
+        total: total as u64,
+        start: start as u64,
+    })
 }
 
 impl Domain {
@@ -261,7 +407,13 @@ impl Domain {
             }
             tx.put(Collection::Sessions, &id, None, &session);
             let scope = session.project_id.clone();
-            tx.emit(&scope, "session:updated", &session, Some(&id));
+            emit_session_appended(
+                tx,
+                &session,
+                req.timeline.as_deref().unwrap_or_default(),
+                req.events.as_deref().unwrap_or_default(),
+                &[],
+            );
             if before.status != session.status {
                 let name = match session.status.as_str() {
                     "completed" => Some("notify:session_completed"),
@@ -304,6 +456,7 @@ impl Domain {
             release_all(tx, &session.project_id, &id, "session_deleted")?;
             approvals::cancel_pending(tx, &session.project_id, &id, "session deleted", now)?;
             approvals::delete_all(tx, &id)?;
+            super::liveness::delete_presence(tx, &id);
             tx.delete(Collection::Sessions, &id);
             tx.emit(
                 &session.project_id,
@@ -352,7 +505,7 @@ impl Domain {
             session.events.push(event.clone());
             session.last_activity = now;
             tx.put(Collection::Sessions, &id, None, &session);
-            tx.emit(&session.project_id, "session:updated", &session, Some(&id));
+            emit_session_appended(tx, &session, &[], std::slice::from_ref(&event), &[]);
             Ok(session)
         })
         .await
@@ -408,19 +561,38 @@ impl Domain {
         transact(&*self.store, move |tx| {
             let mut session = load_session(tx, &id)?;
             session.docs.push(doc.clone());
-            session.timeline.push(timeline_entry(
+            let entry = timeline_entry(
                 "doc_added",
                 Some(format!("Doc added: {title}")),
                 doc.task_id.clone(),
                 Some(json!({ "docId": doc.id, "filePath": file_path, "title": title })),
                 now,
-            ));
+            );
+            session.timeline.push(entry.clone());
             session.last_activity = now;
             tx.put(Collection::Sessions, &id, None, &session);
-            tx.emit(&session.project_id, "session:updated", &session, Some(&id));
+            emit_session_appended(
+                tx,
+                &session,
+                std::slice::from_ref(&entry),
+                &[],
+                std::slice::from_ref(&doc),
+            );
             Ok(session)
         })
         .await
+    }
+
+    /// One page of a session's timeline (`GET /api/sessions/:id/timeline`).
+    pub fn session_timeline(
+        &self,
+        id: &str,
+        before: Option<usize>,
+        limit: Option<usize>,
+    ) -> Result<TimelinePage> {
+        check_id("sessionId", id)?;
+        let session = load_session(&mut *self.reader()?, id)?;
+        timeline_page(&session.timeline, before, limit)
     }
 
     pub fn session_docs(&self, id: &str) -> Result<Vec<DocEntry>> {
@@ -618,7 +790,7 @@ pub(crate) fn link_task(
     Ok(session)
 }
 
-/// Appends a timeline entry and emits `session:updated` plus `notify:progress` or
+/// Appends a timeline entry and emits `session:appended`, `session:updated` plus `notify:progress` or
 /// `notify:needs_input` for those kinds.
 pub(crate) fn append_timeline(
     tx: &mut dyn Txn,
@@ -629,13 +801,8 @@ pub(crate) fn append_timeline(
     metadata: Option<Value>,
     now: i64,
 ) -> Result<Session> {
-    session.timeline.push(timeline_entry(
-        kind,
-        message.clone(),
-        task_id.clone(),
-        metadata,
-        now,
-    ));
+    let entry = timeline_entry(kind, message.clone(), task_id.clone(), metadata, now);
+    session.timeline.push(entry.clone());
     if kind == "needs_input" {
         session.needs_input = Some(NeedsInput {
             active: true,
@@ -646,7 +813,7 @@ pub(crate) fn append_timeline(
     session.last_activity = now;
     tx.put(Collection::Sessions, &session.id, None, &session);
     let (scope, id) = (session.project_id.clone(), session.id.clone());
-    tx.emit(&scope, "session:updated", &session, Some(&id));
+    emit_session_appended(tx, &session, std::slice::from_ref(&entry), &[], &[]);
     match kind {
         "progress" => {
             let mut data = json!({ "sessionId": id, "message": message });

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use super::team_members::load_member;
 use super::{Domain, load_project};
 use crate::error::{Error, Result};
-use crate::ports::{Collection, ReaderExt, TxnExt, transact};
+use crate::ports::{Collection, Deadline, ReaderExt, Txn, TxnExt, transact};
 use crate::util::{iso8601, new_id, now_ms};
 
 fn coded(status: StatusCode, code: &'static str, message: impl Into<String>) -> Error {
@@ -58,7 +58,59 @@ fn model_rank(model: &str) -> u8 {
     }
 }
 
+/// How long a spawn's `Idempotency-Key` is remembered: a retry within it gets the first
+/// answer; after it, the key may be used again.
+pub const IDEMPOTENCY_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// When the answer remembered for a key is forgotten.
+fn remembered_until(response: &SpawnResponse) -> i64 {
+    response.session.last_activity + IDEMPOTENCY_RETENTION_MS
+}
+
+/// Removes a remembered answer and its deadline.
+pub(crate) fn forget_answer(tx: &mut dyn Txn, key: &str) {
+    tx.delete(Collection::Idempotency, key);
+    tx.schedule(Deadline::Idempotency, key, None);
+}
+
 impl Domain {
+    /// Forgets remembered answers older than [`IDEMPOTENCY_RETENTION_MS`], at most `limit`.
+    pub(crate) async fn forget_idempotency(&self, now: i64, limit: usize) -> Result<usize> {
+        let due = self.store.due(Deadline::Idempotency, now, limit)?;
+        let n = due.len();
+        if n > 0 {
+            transact(&*self.store, move |tx| {
+                for key in &due {
+                    forget_answer(tx, key);
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(n)
+    }
+
+    /// Indexes the deadline of every remembered answer (stored before the index existed).
+    pub(crate) async fn reindex_idempotency(&self) -> Result<usize> {
+        let keys: Vec<(String, i64)> = self
+            .reader()?
+            .entries::<SpawnResponse>(Collection::Idempotency, None)?
+            .into_iter()
+            .map(|(key, response)| (key, remembered_until(&response)))
+            .collect();
+        let n = keys.len();
+        if n > 0 {
+            transact(&*self.store, move |tx| {
+                for (key, due) in &keys {
+                    tx.schedule(Deadline::Idempotency, key, Some(*due));
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(n)
+    }
+
     pub async fn spawn_session(
         &self,
         req: SpawnRequest,
@@ -249,8 +301,13 @@ impl Domain {
             );
             if let Some(key) = &key {
                 tx.put(Collection::Idempotency, key, Some(&project_id), &response);
+                tx.schedule(
+                    Deadline::Idempotency,
+                    key,
+                    Some(remembered_until(&response)),
+                );
             }
-            tx.emit(&project_id, "session:updated", &session, Some(&session_id));
+            super::sessions::emit_session_updated(tx, &session);
             tx.emit(&project_id, "session:spawn", &event, Some(&session_id));
             for t in &task_ids {
                 tx.emit(

@@ -15,7 +15,7 @@ use maestro_protocol::{
 use serde_json::json;
 
 use super::claims::check_fence;
-use super::sessions::{append_timeline, link_task};
+use super::sessions::{append_timeline, emit_session_updated, link_task};
 use super::{Domain, check_enum, check_id, load_project, load_session, load_task, required};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
@@ -323,6 +323,10 @@ impl Domain {
             let mut touched_sessions = Vec::new();
             for task in &doomed {
                 tx.delete(Collection::Tasks, &task.id);
+                // Its lease record (and deadline) goes with it; the fencing counter stays, so
+                // a token is never reused.
+                tx.delete(Collection::Claims, &task.id);
+                tx.schedule(crate::ports::Deadline::ClaimExpiry, &task.id, None);
                 tx.emit(
                     &root.project_id,
                     "task:deleted",
@@ -344,7 +348,7 @@ impl Domain {
                     if session.task_ids.len() != len {
                         session.last_activity = now;
                         tx.put(Collection::Sessions, &sid, None, &session);
-                        tx.emit(&session.project_id, "session:updated", &session, Some(&sid));
+                        emit_session_updated(tx, &session);
                     }
                 }
             }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use maestro_protocol::{
     AddDoc, AppendSessionEvent, AppendTimeline, CreateSession, Deleted, DocEntry, ErrorBody,
     Heartbeat, ModalAck, ModalAction, ModalShown, Presence, Session, ShowModal, SpawnRequest,
-    SpawnResponse, UpdateSession,
+    SpawnResponse, TimelinePage, UpdateSession,
 };
 
 use utoipa_axum::router::OpenApiRouter;
@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_one, update, delete))
         .routes(routes!(events))
         .routes(routes!(heartbeat))
-        .routes(routes!(timeline))
+        .routes(routes!(timeline, timeline_page))
         .routes(routes!(docs, add_doc))
         .routes(routes!(link, unlink))
         .routes(routes!(modal))
@@ -181,6 +181,36 @@ async fn timeline(
     Body(req): Body<AppendTimeline>,
 ) -> Result<Json<Session>> {
     Ok(Json(s.domain.append_session_timeline(id, req).await?))
+}
+
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}/timeline",
+    tag = "sessions",
+    summary = "One page of a session's timeline: entries [max(0, before-limit), before), oldest first",
+    params(
+        ("id" = String, Path),
+        ("before" = Option<u64>, Query, description = "Index to page back from (default: the timeline's length)"),
+        ("limit" = Option<u64>, Query, description = "At most this many entries (default 100, at most 500)"),
+    ),
+    responses((status = 200, body = TimelinePage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+async fn timeline_page(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<TimelinePage>> {
+    let number = |name: &str| -> Result<Option<usize>> {
+        q.get(name)
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| {
+                    Error::validation(format!("{name} must be a non-negative integer, not '{v}'"))
+                })
+            })
+            .transpose()
+    };
+    let (before, limit) = (number("before")?, number("limit")?);
+    Ok(Json(s.domain.session_timeline(&id, before, limit)?))
 }
 
 #[utoipa::path(
