@@ -77,40 +77,41 @@ impl Api {
 
     /// Creates `n` tasks in `project`, 50 requests in flight.
     pub async fn create_tasks(&self, project: &str, n: usize) -> Result<()> {
-        let left = Arc::new(AtomicUsize::new(n));
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..50.min(n) {
-            let (api, left, project) = (self.clone(), left.clone(), project.to_owned());
-            workers.spawn(async move {
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
-                    .is_ok()
-                {
-                    api.create_task(&project, "bench task").await?;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(done) = workers.join_next().await {
-            done??;
-        }
-        Ok(())
+        self.times(project, n, |api, project| async move {
+            api.create_task(&project, "bench task").await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Creates `n` sessions in `project` and beats each once, 50 requests in flight.
     pub async fn create_beating_sessions(&self, project: &str, n: usize) -> Result<()> {
+        self.times(project, n, |api, project| async move {
+            let s = api.create_session(&project, "working").await?;
+            api.post(&format!("/api/sessions/{s}/heartbeat"), &json!({}))
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `step` `n` times for `project`, 50 at a time; the first error ends it.
+    async fn times<F, Fut>(&self, project: &str, n: usize, step: F) -> Result<()>
+    where
+        F: Fn(Api, String) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
         let left = Arc::new(AtomicUsize::new(n));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..50.min(n) {
-            let (api, left, project) = (self.clone(), left.clone(), project.to_owned());
+            let (api, left, project, step) =
+                (self.clone(), left.clone(), project.to_owned(), step.clone());
             workers.spawn(async move {
                 while left
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
                     .is_ok()
                 {
-                    let s = api.create_session(&project, "working").await?;
-                    api.post(&format!("/api/sessions/{s}/heartbeat"), &json!({}))
-                        .await?;
+                    step(api.clone(), project.clone()).await?;
                 }
                 anyhow::Ok(())
             });

@@ -149,7 +149,13 @@ pub trait Reader {
     /// The raw JSON of one entity.
     fn get_raw(&mut self, coll: Collection, id: &str) -> Result<Option<Vec<u8>>>;
     /// All entities of `coll` (or those owned by `owner`), in creation order.
-    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>>;
+    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .list_entries_raw(coll, owner)?
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect())
+    }
     /// [`Reader::list_raw`] with each entity's id, for records whose value does not hold it.
     fn list_entries_raw(
         &mut self,

@@ -566,21 +566,6 @@ impl Reader for LocalReader {
         Ok(table.get((coll.name(), id))?.map(|v| v.value().to_vec()))
     }
 
-    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
-        let name = coll.name();
-        let owner = owner.unwrap_or("");
-        let index = self.rtx.open_table(INDEX)?;
-        let entities = self.rtx.open_table(ENTITIES)?;
-        let mut out = Vec::new();
-        for entry in index.range((name, owner, 0)..=(name, owner, u64::MAX))? {
-            let (_, id) = entry?;
-            if let Some(v) = entities.get((name, id.value()))? {
-                out.push(v.value().to_vec());
-            }
-        }
-        Ok(out)
-    }
-
     fn list_entries_raw(
         &mut self,
         coll: Collection,

@@ -131,14 +131,6 @@ impl<B: Base> Reader for Overlay<B> {
         }
     }
 
-    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
-        Ok(self
-            .list_entries_raw(coll, owner)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
-    }
-
     fn list_entries_raw(
         &mut self,
         coll: Collection,

@@ -1119,14 +1119,6 @@ impl Reader for RedisReader<'_> {
         self.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))
     }
 
-    fn list_raw(&mut self, coll: Collection, owner: Option<&str>) -> Result<Vec<Vec<u8>>> {
-        Ok(self
-            .list_entries_raw(coll, owner)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect())
-    }
-
     fn list_entries_raw(
         &mut self,
         coll: Collection,

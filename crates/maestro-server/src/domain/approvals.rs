@@ -30,7 +30,7 @@ use super::{Domain, check_id, load_session};
 use crate::auth::credentials::sha256_hex;
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
-use crate::util::{new_id, now_ms};
+use crate::util::{new_id, now_ms, one_line as cut};
 
 /// Largest tool input, serialised.
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
@@ -104,14 +104,12 @@ fn idempotent_id(session_id: &str, request_id: &str) -> String {
     format!("appr_{}", &digest[..32])
 }
 
-fn cut(text: &str, max: usize) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() <= max {
-        return line;
-    }
-    let mut out: String = line.chars().take(max - 1).collect();
-    out.push('…');
-    out
+/// A trimmed, non-empty reason on one line, cut to [`MAX_REASON`].
+fn clean_reason(reason: Option<&str>) -> Option<String> {
+    reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| cut(r, MAX_REASON))
 }
 
 /// One line for a request without a summary: the command, else the file, else the input.
@@ -357,12 +355,7 @@ impl Domain {
         decided_by: String,
     ) -> Result<Approval> {
         check_id("id", &id)?;
-        let reason = req
-            .reason
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| cut(r, MAX_REASON));
+        let reason = clean_reason(req.reason.as_deref());
         if let Some(key) = &req.request_id
             && (key.is_empty() || key.len() > 200)
         {
@@ -425,12 +418,8 @@ impl Domain {
     /// interrupted). An approval that already ended is returned as it is.
     pub async fn cancel_approval(&self, id: String, reason: Option<String>) -> Result<Approval> {
         check_id("id", &id)?;
-        let reason = reason
-            .as_deref()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| cut(r, MAX_REASON))
-            .unwrap_or_else(|| "withdrawn by the agent".to_owned());
+        let reason =
+            clean_reason(reason.as_deref()).unwrap_or_else(|| "withdrawn by the agent".to_owned());
         transact(&*self.store, move |tx| {
             let mut approval: Approval = tx
                 .get(Collection::Approvals, &id)?

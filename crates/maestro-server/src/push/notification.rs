@@ -26,15 +26,7 @@ pub struct Notification {
     pub urgent: bool,
 }
 
-fn cut(text: &str, max: usize) -> String {
-    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() <= max {
-        return text;
-    }
-    let mut out: String = text.chars().take(max - 1).collect();
-    out.push('…');
-    out
-}
+use crate::util::one_line as cut;
 
 /// The notification for `event`, if it is one that notifies.
 pub fn for_event(event: &EventRecord) -> Option<Notification> {
