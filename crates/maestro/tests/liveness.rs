@@ -220,6 +220,16 @@ async fn killed_agent_is_noticed_once_across_two_redis_instances() {
     )
     .await
     .unwrap();
+    // The agent asked a human before it died: nobody is left to act on the answer.
+    let asked = ca
+        .raw(
+            reqwest::Method::POST,
+            &format!("/api/sessions/{s}/approvals"),
+            Some(&json!({"agentTool": "claude-code", "toolName": "Bash", "input": {"command": "make"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(asked.status.as_u16(), 201, "{}", asked.body);
     let mut wss = vec![
         tokio_tungstenite::connect_async(a.ws_url())
             .await
@@ -232,6 +242,17 @@ async fn killed_agent_is_noticed_once_across_two_redis_instances() {
     ];
     agent.kill();
     assert_failed_once(&[&cb, &ca], &mut wss, &s, &t).await;
+    let approval = cb
+        .raw(
+            reqwest::Method::GET,
+            &format!("/api/approvals/{}", asked.body["id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .unwrap()
+        .body;
+    assert_eq!(approval["status"], "cancelled", "{approval}");
+    assert_eq!(approval["reason"], "the agent stopped responding");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

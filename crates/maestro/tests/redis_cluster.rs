@@ -536,3 +536,72 @@ async fn a_revocation_reaches_every_instance_at_once() {
         }
     }
 }
+
+/// Two instances on one Redis, a phone on each: every approval gets exactly one decision, the
+/// loser sees the winner's, 30 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_decisions_have_one_winner_across_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(&dir.path().join("redis"));
+    let (a, b) = (
+        instance(dir.path(), "a", &redis),
+        instance(dir.path(), "b", &redis),
+    );
+    let clients = [Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap()];
+    let p = project(&clients[0]).await;
+    let s = clients[0]
+        .create_session(&CreateSession {
+            project_id: Some(p.clone()),
+            task_ids: Some(vec![]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    for round in 0..30 {
+        let asked = clients[round % 2]
+            .raw(
+                reqwest::Method::POST,
+                &format!("/api/sessions/{s}/approvals"),
+                Some(&json!({"agentTool": "codex", "toolName": "Bash", "input": {"command": format!("step {round}")}})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(asked.status.as_u16(), 201, "{}", asked.body);
+        let id = asked.body["id"].as_str().unwrap().to_owned();
+        let mut joins = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            for k in 0..3 {
+                let (c, id) = (c.clone(), id.clone());
+                let decision = if (i + k) % 2 == 0 { "allow" } else { "deny" };
+                joins.push(tokio::spawn(async move {
+                    let r = c
+                        .raw(
+                            reqwest::Method::POST,
+                            &format!("/api/approvals/{id}/decision"),
+                            Some(&json!({ "decision": decision, "requestId": format!("{i}-{k}") })),
+                        )
+                        .await
+                        .unwrap();
+                    (r.status.as_u16(), r.body)
+                }));
+            }
+        }
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        for j in joins {
+            match j.await.unwrap() {
+                (200, body) => winners.push(body),
+                (409, body) => losers.push(body),
+                (status, body) => panic!("unexpected {status}: {body}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        for l in &losers {
+            assert_eq!(
+                l["details"]["decisionRequestId"],
+                winners[0]["decisionRequestId"]
+            );
+        }
+    }
+}
