@@ -178,11 +178,13 @@ impl Push {
                 self.inner.metrics.sent.fetch_add(1, Ordering::Relaxed);
             }
             Ok(status) if status.as_u16() == 404 || status.as_u16() == 410 => {
-                self.inner.metrics.gone.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(subscription = %s.id, status = status.as_u16(), "push: subscription gone; deleting it");
                 if let Err(e) = subscriptions::forget_endpoint(&self.inner.domain, endpoint).await {
                     tracing::warn!(error = %e, "push: cannot delete a gone subscription");
                 }
+                // Counted once the subscription is deleted: whoever reads the counter (a
+                // dashboard, a test) sees the deletion done.
+                self.inner.metrics.gone.fetch_add(1, Ordering::Relaxed);
             }
             Ok(status) => {
                 self.inner.metrics.failed.fetch_add(1, Ordering::Relaxed);
