@@ -56,6 +56,73 @@ impl ApprovalDecision {
     }
 }
 
+/// Longest [`summarize`] line, in characters.
+pub const SUMMARY_MAX: usize = 200;
+
+/// Tools that run a shell command, by agent.
+const SHELL_TOOLS: &[&str] = &["Bash", "run_shell_command", "shell", "exec_command"];
+/// Input fields that name the file an edit or write tool changes.
+const PATH_FIELDS: &[&str] = &["file_path", "notebook_path", "absolute_path", "path"];
+/// Tools that change files, by agent.
+const FILE_TOOLS: &[&str] = &[
+    "Edit",
+    "MultiEdit",
+    "Write",
+    "NotebookEdit",
+    "write_file",
+    "replace",
+    "apply_patch",
+];
+
+/// `text` on one line (runs of whitespace become one space), cut to `max` characters with an
+/// ellipsis when longer.
+pub fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// One line for a human about a tool request: the command of a shell tool, the file of an
+/// edit or write tool, else the tool's name and its input; at most [`SUMMARY_MAX`] characters.
+/// The server uses it for an approval created without a summary, `maestro approve` for the
+/// summary it sends.
+pub fn summarize(tool_name: &str, input: &Value) -> String {
+    let line = if SHELL_TOOLS.contains(&tool_name) {
+        match input.get("command") {
+            Some(Value::String(c)) => Some(c.clone()),
+            // Some agents send argv.
+            Some(Value::Array(argv)) => Some(
+                argv.iter()
+                    .map(|a| {
+                        a.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| a.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        }
+    } else if FILE_TOOLS.contains(&tool_name) {
+        PATH_FIELDS
+            .iter()
+            .find_map(|f| input.get(*f).and_then(Value::as_str))
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    let line = line.unwrap_or_else(|| match input {
+        Value::Null => tool_name.to_owned(),
+        Value::Object(m) if m.is_empty() => tool_name.to_owned(),
+        other => format!("{tool_name} {other}"),
+    });
+    one_line(&line, SUMMARY_MAX)
+}
+
 /// A tool permission request of a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
@@ -146,4 +213,46 @@ pub struct ApprovalDecideAction {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summaries_say_what_will_run() {
+        assert_eq!(
+            summarize(
+                "Bash",
+                &json!({"command": "rm -rf build/", "description": "x"})
+            ),
+            "rm -rf build/"
+        );
+        assert_eq!(
+            summarize(
+                "Edit",
+                &json!({"file_path": "src/main.rs", "old_string": "a"})
+            ),
+            "src/main.rs"
+        );
+        assert_eq!(
+            summarize("shell", &json!({"command": ["cargo", "test"]})),
+            "cargo test"
+        );
+        assert_eq!(summarize("WebFetch", &json!({})), "WebFetch");
+        assert_eq!(
+            summarize("WebFetch", &json!({"url": "https://x"})),
+            r#"WebFetch {"url":"https://x"}"#
+        );
+        let long = summarize("Bash", &json!({"command": "x".repeat(500)}));
+        assert_eq!(long.chars().count(), SUMMARY_MAX);
+        assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn one_line_flattens_and_cuts() {
+        assert_eq!(one_line("a \n\t b", 10), "a b");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+    }
 }

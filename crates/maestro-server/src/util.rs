@@ -24,17 +24,7 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}_{suffix}", now_ms())
 }
 
-/// `text` on one line (runs of whitespace become one space), cut to `max` characters with an
-/// ellipsis when longer: for notifications and list summaries.
-pub fn one_line(text: &str, max: usize) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() <= max {
-        return line;
-    }
-    let mut out: String = line.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
+pub use maestro_protocol::one_line;
 
 /// The server's host name, recorded on sessions as upstream did.
 pub fn hostname() -> String {

@@ -79,7 +79,7 @@ async fn a_request_is_announced_decided_once_and_the_waiter_wakes() {
     assert_eq!(a.status, ApprovalStatus::Pending);
     assert_eq!(a.session_name, "fix login");
     assert_eq!(a.project_id, p);
-    assert_eq!(a.summary, "Bash: rm -rf build/");
+    assert_eq!(a.summary, "rm -rf build/");
     let ev = ws.expect_events(&["approval:requested"]).await;
     assert_eq!(ev[0]["data"]["id"], json!(a.id));
     assert_eq!(ev[0]["data"]["input"]["command"], "rm -rf build/");
@@ -415,4 +415,53 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(withdrawn.status, ApprovalStatus::Cancelled);
     assert_eq!(withdrawn.reason.as_deref(), Some("hook timed out"));
     assert_eq!(c.cancel_approval(&a.id, "again").await.unwrap(), withdrawn);
+}
+
+/// Deciding needs scope `respond`: a read-only credential is refused (403) and the approval
+/// stays pending; a revoked `respond` token is refused (401) too.
+#[tokio::test]
+async fn a_credential_without_respond_cannot_decide() {
+    let server = TestServer::start().await;
+    let c = server.client();
+    let (_, s) = setup(&c).await;
+    let a = c.create_approval(&s, &bash("make deploy")).await.unwrap();
+    let token = |scope| {
+        let c = c.clone();
+        async move {
+            c.create_token(&maestro_protocol::CreateToken {
+                scope: Some(scope),
+                name: Some(format!("{scope}")),
+                expires_in_days: None,
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let decide = |t: String| {
+        let (url, id) = (server.base_url(), a.id.clone());
+        async move {
+            Client::new(&url)
+                .unwrap()
+                .with_token(t)
+                .raw(
+                    Method::POST,
+                    &format!("/api/approvals/{id}/decision"),
+                    Some(&json!({ "decision": "allow" })),
+                )
+                .await
+                .unwrap()
+                .status
+                .as_u16()
+        }
+    };
+    let read = token(maestro_protocol::Scope::Read).await;
+    assert_eq!(decide(read.token).await, 403);
+    let respond = token(maestro_protocol::Scope::Respond).await;
+    c.revoke_token(&respond.id).await.unwrap();
+    assert_eq!(decide(respond.token).await, 401);
+    assert_eq!(
+        c.wait_approval(&a.id, 0).await.unwrap().status,
+        ApprovalStatus::Pending,
+        "nothing changed"
+    );
 }

@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use maestro_protocol::{
-    Approval, ApprovalDecision, ApprovalStatus, CreateApproval, DecideApproval, Session,
+    Approval, ApprovalDecision, ApprovalStatus, CreateApproval, DecideApproval, SUMMARY_MAX,
+    Session, summarize,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,8 +35,6 @@ use crate::util::{new_id, now_ms, one_line as cut};
 
 /// Largest tool input, serialised.
 pub const MAX_INPUT_BYTES: usize = 256 * 1024;
-/// Longest summary line, in characters.
-pub const MAX_SUMMARY: usize = 200;
 /// Longest reason, in characters.
 pub const MAX_REASON: usize = 2_000;
 /// Longest single wait, in milliseconds (the CLI waits again until its own timeout).
@@ -110,30 +109,6 @@ fn clean_reason(reason: Option<&str>) -> Option<String> {
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .map(|r| cut(r, MAX_REASON))
-}
-
-/// One line for a request without a summary: the command, else the file, else the input.
-pub fn summarize(tool_name: &str, input: &Value) -> String {
-    let field = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| input.get(*n).and_then(Value::as_str))
-            .map(str::to_owned)
-    };
-    let text = field(&["command", "cmd"])
-        .or_else(|| {
-            input.get("command").and_then(Value::as_array).map(|parts| {
-                parts
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-        })
-        .or_else(|| field(&["file_path", "path", "filePath", "url"]))
-        .map(|t| format!("{tool_name}: {t}"))
-        .unwrap_or_else(|| format!("{tool_name} {input}"));
-    cut(&text, MAX_SUMMARY)
 }
 
 fn decided_conflict(approval: &Approval) -> Error {
@@ -228,7 +203,7 @@ impl Domain {
             return Err(Error::validation("requestId must be 1-200 characters"));
         }
         let summary = match req.summary.as_deref().map(str::trim) {
-            Some(s) if !s.is_empty() => cut(s, MAX_SUMMARY),
+            Some(s) if !s.is_empty() => cut(s, SUMMARY_MAX),
             _ => summarize(&tool_name, &req.input),
         };
         let id = match &req.request_id {
@@ -499,31 +474,6 @@ mod tests {
             rule_id("s", "Bash", &a),
             rule_id("s", "Bash", &json!({"command": "ls -la"}))
         );
-    }
-
-    #[test]
-    fn summaries_say_what_will_run() {
-        assert_eq!(
-            summarize(
-                "Bash",
-                &json!({"command": "rm -rf build/", "description": "x"})
-            ),
-            "Bash: rm -rf build/"
-        );
-        assert_eq!(
-            summarize(
-                "Edit",
-                &json!({"file_path": "src/main.rs", "old_string": "a"})
-            ),
-            "Edit: src/main.rs"
-        );
-        assert_eq!(
-            summarize("shell", &json!({"command": ["cargo", "test"]})),
-            "shell: cargo test"
-        );
-        let long = summarize("Bash", &json!({"command": "x".repeat(500)}));
-        assert_eq!(long.chars().count(), MAX_SUMMARY);
-        assert!(long.ends_with('…'));
     }
 
     #[test]

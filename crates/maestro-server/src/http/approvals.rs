@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::Caller;
-use super::{AppState, Body, IdPath};
+use super::{AppState, Body, IdPath, only};
 use crate::domain::approvals::DEFAULT_WAIT_MS;
 use crate::error::{Error, Result};
 
@@ -24,16 +24,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(wait))
         .routes(routes!(decide))
         .routes(routes!(cancel))
-}
-
-fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<()> {
-    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        None => Ok(()),
-        Some(k) => Err(Error::validation(format!(
-            "Unknown query parameter '{k}' (expected: {})",
-            allowed.join(", ")
-        ))),
-    }
 }
 
 fn status_param(q: &HashMap<String, String>) -> Result<Option<ApprovalStatus>> {

@@ -5,6 +5,8 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::collections::HashMap;
 
 use super::AppState;
 use crate::error::Error;
@@ -58,4 +60,24 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for IdPath<
             .map(|Path(v)| Self(v))
             .map_err(|rej| Error::validation(format!("Invalid URL parameters: {rej}")))
     }
+}
+
+/// Rejects query keys outside `allowed`, in upstream's error style.
+pub fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Error> {
+    let unknown: Vec<_> = q
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Validation {
+        message: "Invalid query parameters".into(),
+        details: Some(json!(
+            unknown
+                .iter()
+                .map(|k| json!({ "path": k, "message": "Unrecognized key" }))
+                .collect::<Vec<_>>()
+        )),
+    })
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Body, IdPath};
+use super::{AppState, Body, IdPath, only};
 use crate::domain::mail::{DEFAULT_WAIT_MS, InboxQuery, WaitQuery};
 use crate::error::{Error, Result};
 
@@ -26,26 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ack))
         .routes(routes!(wait))
         .routes(routes!(get_one, delete))
-}
-
-/// Rejects query keys outside `allowed`, in upstream's error style.
-fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<()> {
-    let unknown: Vec<_> = q
-        .keys()
-        .filter(|k| !allowed.contains(&k.as_str()))
-        .collect();
-    if unknown.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Validation {
-        message: "Invalid query parameters".into(),
-        details: Some(json!(
-            unknown
-                .iter()
-                .map(|k| json!({ "path": k, "message": "Unrecognized key" }))
-                .collect::<Vec<_>>()
-        )),
-    })
 }
 
 fn number<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str) -> Result<Option<T>> {

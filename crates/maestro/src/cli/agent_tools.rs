@@ -14,6 +14,7 @@
 // `maestro approve` (being written alongside) is the user of the parse/render half.
 
 use anyhow::{Context as _, bail};
+use maestro_protocol::summarize;
 use serde_json::{Value, json};
 
 /// An agent tool whose hooks Maestro can wire.
@@ -68,26 +69,6 @@ pub struct PermissionRequest {
     pub cwd: Option<String>,
 }
 
-/// Longest summary, in characters.
-const SUMMARY_MAX: usize = 200;
-
-/// Tools that run a shell command, by agent.
-const SHELL_TOOLS: &[&str] = &["Bash", "run_shell_command", "shell", "exec_command"];
-
-/// Input fields that name the file an edit or write tool changes.
-const PATH_FIELDS: &[&str] = &["file_path", "notebook_path", "absolute_path", "path"];
-
-/// Tools that change files, by agent.
-const FILE_TOOLS: &[&str] = &[
-    "Edit",
-    "MultiEdit",
-    "Write",
-    "NotebookEdit",
-    "write_file",
-    "replace",
-    "apply_patch",
-];
-
 /// Reads the permission-hook payload `tool` writes on stdin.
 pub fn parse_permission_request(
     tool: AgentTool,
@@ -132,51 +113,6 @@ pub fn permission_event(tool: AgentTool) -> &'static str {
         AgentTool::ClaudeCode | AgentTool::Codex => "PermissionRequest",
         AgentTool::Gemini => "BeforeTool",
     }
-}
-
-/// One human line for a request.
-fn summarize(tool_name: &str, input: &Value) -> String {
-    let line = if SHELL_TOOLS.contains(&tool_name) {
-        match input.get("command") {
-            Some(Value::String(c)) => Some(c.clone()),
-            // Some agents send argv.
-            Some(Value::Array(argv)) => Some(
-                argv.iter()
-                    .map(|a| {
-                        a.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| a.to_string())
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            _ => None,
-        }
-    } else if FILE_TOOLS.contains(&tool_name) {
-        PATH_FIELDS
-            .iter()
-            .find_map(|f| input.get(*f).and_then(Value::as_str))
-            .map(str::to_owned)
-    } else {
-        None
-    };
-    let line = line.unwrap_or_else(|| match input {
-        Value::Null => tool_name.to_owned(),
-        Value::Object(m) if m.is_empty() => tool_name.to_owned(),
-        other => format!("{tool_name} {other}"),
-    });
-    one_line(&line, SUMMARY_MAX)
-}
-
-/// `s` on one line, cut to `max` characters (an ellipsis marks the cut).
-fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        return flat;
-    }
-    let mut cut: String = flat.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 /// A human's answer to a permission request.
@@ -275,7 +211,7 @@ mod tests {
             }),
         );
         assert!(r.summary.starts_with("WebFetch {"), "{}", r.summary);
-        assert_eq!(r.summary.chars().count(), SUMMARY_MAX);
+        assert_eq!(r.summary.chars().count(), maestro_protocol::SUMMARY_MAX);
         assert!(r.summary.ends_with('…'));
         assert_eq!(r.cwd, None);
     }
