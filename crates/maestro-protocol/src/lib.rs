@@ -18,6 +18,7 @@ pub mod mail;
 pub mod push;
 pub mod realtime;
 pub mod requests;
+pub mod runner;
 pub mod spawn;
 pub mod team;
 
@@ -31,6 +32,7 @@ pub use mail::*;
 pub use push::*;
 pub use realtime::*;
 pub use requests::*;
+pub use runner::*;
 pub use spawn::*;
 pub use team::*;
 

@@ -41,6 +41,19 @@ pub struct SpawnRequest {
     pub agent_tool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The machine that must run the agent (a runner's `machineId`); default the project's
+    /// `machineId`, else the server's own machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// Run in a fresh git worktree on branch `maestro/<session id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<bool>,
+    /// `runner` or `desktop`: who starts the agent (default `SPAWN_LAUNCHER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<String>,
+    /// The initial prompt; default the tasks' titles and descriptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 /// Answer to a spawn.

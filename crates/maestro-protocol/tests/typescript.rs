@@ -164,6 +164,9 @@ fn generated() -> (String, Vec<String>) {
         p::TaskTimelineResponse, p::CreateSession, p::UpdateSession, p::AppendSessionEvent,
         p::AppendTimeline, p::TimelinePage, p::AddDoc, p::ShowModal, p::ModalShown, p::ModalAction,
         p::ModalAck,
+        // runner.rs
+        p::Runner, p::RegisterRunner, p::RunnerHeartbeat, p::Launch, p::Claimed, p::LaunchReport,
+        p::StopRequest, p::StopRequested,
         // spawn.rs
         p::SpawnRequest, p::SpawnResponse, p::SpawnEvent,
         // team.rs

@@ -1310,6 +1310,142 @@ export type ModalAck = {
 };
 
 /**
+ * A machine that runs agents: `maestro serve`'s own, or a `maestro runner`.
+ */
+export type Runner = {
+  /**
+   * `run_…`, stable for a machine (derived from its machine id).
+   */
+  id: string;
+  machineId: string;
+  hostname: string;
+  /**
+   * Agent entries whose program is on the runner's `PATH`.
+   */
+  agents: Array<string>;
+  /**
+   * Agents it runs at once at most.
+   */
+  capacity: number;
+  /**
+   * Agents it runs now.
+   */
+  running: number;
+  /**
+   * Beating within its TTL.
+   */
+  online: boolean;
+  lastSeen: number;
+  registeredAt: number;
+  /**
+   * The runner's `maestro` version.
+   */
+  version: string;
+  /**
+   * Runs on the same machine as the server that answers.
+   */
+  local: boolean;
+};
+
+/**
+ * `POST /api/runners`: a runner says who it is (again after every restart).
+ */
+export type RegisterRunner = {
+  machineId: string;
+  hostname: string;
+  agents: Array<string>;
+  capacity: number | null;
+  version: string | null;
+};
+
+/**
+ * `POST /api/runners/:id/heartbeat`: one beat for the runner and every session it hosts.
+ */
+export type RunnerHeartbeat = {
+  sessionIds: Array<string>;
+};
+
+/**
+ * What a runner claimed: start (or resume) the agent of `session`.
+ */
+export type Launch = {
+  session: Session;
+  /**
+   * The agent entry to run (`claude-code`, `codex`, `gemini`, or one of the agents file).
+   */
+  agentTool: string;
+  /**
+   * The directory to run in (the project's).
+   */
+  cwd: string;
+  /**
+   * Run in a fresh git worktree of `cwd` on branch `maestro/<session id>`.
+   */
+  worktree: boolean;
+  /**
+   * The agent's environment (no provider keys: the runner adds its own environment).
+   */
+  env: { [key in string]: string };
+  /**
+   * The initial prompt.
+   */
+  prompt: string;
+  /**
+   * Start with the agent's resume command.
+   */
+  resume: boolean;
+  /**
+   * Grows with every launch of the session; a report with an older one is refused.
+   */
+  fencingToken: number;
+};
+
+/**
+ * `POST /api/runners/:id/claim`: the launches this runner won (empty after the timeout).
+ */
+export type Claimed = {
+  launches: Array<Launch>;
+};
+
+/**
+ * `POST /api/runners/:id/launched`: what became of a claimed launch.
+ */
+export type LaunchReport = {
+  sessionId: string;
+  fencingToken: number;
+  /**
+   * The agent runs (its process id).
+   */
+  pid?: number | null;
+  /**
+   * It could not start: `agent_not_found: claude is not on PATH on laptop`, …
+   */
+  failure?: string | null;
+  /**
+   * The worktree it runs in, when one was made.
+   */
+  worktree?: string | null;
+};
+
+/**
+ * `POST /api/sessions/:id/stop`.
+ */
+export type StopRequest = {
+  /**
+   * Time between the steps of the signal ladder (default `STOP_GRACE_MS`).
+   */
+  graceMs?: number | null;
+};
+
+/**
+ * Payload of `session:stop_requested`: the host of the session's agent stops it.
+ */
+export type StopRequested = {
+  sessionId: string;
+  graceMs: number;
+};
+
+/**
  * `POST /api/sessions/spawn`. Lenient: unknown keys (e.g. `strategy`) are ignored.
  */
 export type SpawnRequest = {
@@ -1332,6 +1468,23 @@ export type SpawnRequest = {
   delegateTeamMemberIds?: Array<string> | null;
   agentTool?: string | null;
   model?: string | null;
+  /**
+   * The machine that must run the agent (a runner's `machineId`); default the project's
+   * `machineId`, else the server's own machine.
+   */
+  machineId?: string | null;
+  /**
+   * Run in a fresh git worktree on branch `maestro/<session id>`.
+   */
+  worktree?: boolean | null;
+  /**
+   * `runner` or `desktop`: who starts the agent (default `SPAWN_LAUNCHER`).
+   */
+  launcher?: string | null;
+  /**
+   * The initial prompt; default the tasks' titles and descriptions.
+   */
+  prompt?: string | null;
 };
 
 /**
