@@ -293,7 +293,7 @@ impl Domain {
                 (
                     RUNNER_LOST,
                     format!(
-                        "The runner on {} stopped beating {silent} s ago: its agents are lost",
+                        "The runner on {} has been silent for {silent} s: its agents are lost",
                         session.hostname
                     ),
                 )

@@ -216,7 +216,7 @@ impl Domain {
             Ok(runner)
         })
         .await?;
-        tracing::info!(runner.id = %runner.id, hostname = %runner.hostname, "runner registered");
+        tracing::debug!(runner.id = %runner.id, hostname = %runner.hostname, "runner registered");
         Ok(self.runner_view(runner))
     }
 
@@ -414,6 +414,18 @@ impl Domain {
     pub async fn report_launch(&self, runner_id: String, report: LaunchReport) -> Result<Session> {
         check_id("runnerId", &runner_id)?;
         check_id("sessionId", &report.session_id)?;
+        let started = report.pid.is_some() && report.exit.is_none() && report.failure.is_none();
+        let sid = report.session_id.clone();
+        let session = self.record_launch(runner_id, report).await?;
+        if started {
+            // Alive from now: its runner's beats carry it from the next one on.
+            self.heartbeat(sid, maestro_protocol::Heartbeat::default())
+                .await?;
+        }
+        Ok(session)
+    }
+
+    async fn record_launch(&self, runner_id: String, report: LaunchReport) -> Result<Session> {
         let now = now_ms();
         transact(&*self.store, move |tx| {
             let mut session = load_session(tx, &report.session_id)?;
@@ -515,9 +527,18 @@ impl Domain {
                 )?;
                 return Ok(session);
             }
-            let hosted = tx
+            // Held by a host: beating, or claimed by a runner that is online (it may not have
+            // beaten for the session yet).
+            let beating = tx
                 .get::<maestro_protocol::Presence>(Collection::Presence, &id)?
                 .is_some_and(|p| p.online);
+            let runner_holds = match meta_str(&session, "runnerId") {
+                Some(rid) => tx
+                    .get::<Runner>(Collection::Runners, rid)?
+                    .is_some_and(|r| r.online),
+                None => false,
+            };
+            let hosted = beating || runner_holds;
             if hosted {
                 set_meta(&mut session, "stopRequestedAt", json!(now));
                 session.last_activity = now;
