@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long, env = "PUSH_CONTACT")]
     pub push_contact: Option<String>,
 
+    /// Bytes of terminal output the server keeps per agent session (the live terminal's
+    /// scrollback), besides the parsed screen.
+    #[arg(long, env = "TERMINAL_SCROLLBACK_BYTES", default_value_t = 256 * 1024)]
+    pub terminal_scrollback_bytes: usize,
+
     /// Accept Web Push endpoints on plain http and on loopback or IP-literal hosts (for tests
     /// with a local push endpoint). Off: only `https://<name>` endpoints, as browsers' push
     /// services have, so a subscriber cannot point the server at this machine or its network.
@@ -205,6 +210,7 @@ impl Config {
             redis_key_prefix: "maestro:".into(),
             push_contact: None,
             push_allow_local_endpoints: false,
+            terminal_scrollback_bytes: 256 * 1024,
         }
     }
 

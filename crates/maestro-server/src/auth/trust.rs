@@ -208,6 +208,11 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
             _ => Need::Scope(Scope::Admin),
         };
     }
+    // Hosting a terminal streams an agent and receives its keystrokes: never a mere read.
+    // (A separate `runner` scope will allow this and little else.)
+    if is_terminal_host(path) {
+        return Need::Scope(Scope::Operate);
+    }
     // A device may ask to be notified of what it can read: subscribing and unsubscribing
     // change only its own subscriptions.
     if !is_write(method) || path == "/api/push/subscriptions" {
@@ -227,6 +232,13 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     } else {
         Scope::Operate
     })
+}
+
+/// `/api/sessions/<id>/terminal/host`.
+fn is_terminal_host(path: &str) -> bool {
+    path.strip_prefix("/api/sessions/")
+        .and_then(|rest| rest.strip_suffix("/terminal/host"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
 }
 
 /// The scope a Socket.IO client action needs (see `realtime::socketio`).
@@ -384,6 +396,27 @@ mod tests {
         assert_eq!(
             need(&Method::PATCH, "/api/tasks/t", false),
             scope(S::Operate)
+        );
+    }
+
+    #[test]
+    fn terminals_need_read_to_watch_and_operate_to_host() {
+        use maestro_protocol::Scope as S;
+        let get = Method::GET;
+        assert_eq!(
+            need(&get, "/api/sessions/s1/terminal", true),
+            Need::Scope(S::Read)
+        );
+        for websocket in [true, false] {
+            assert_eq!(
+                need(&get, "/api/sessions/s1/terminal/host", websocket),
+                Need::Scope(S::Operate)
+            );
+        }
+        // Only that shape of path.
+        assert_eq!(
+            need(&get, "/api/sessions/a/b/terminal/host", true),
+            Need::Scope(S::Read)
         );
     }
 
