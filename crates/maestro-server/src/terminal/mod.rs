@@ -353,10 +353,23 @@ impl Terminals {
     }
 
     /// The background work: stop requests to hosts, closing the connections of revoked
-    /// credentials, dropping terminals whose linger ran out. Spawn it on the server's task
-    /// tracker; it returns at `shutdown`.
-    pub async fn run(self, store: Arc<dyn Store>, shutdown: CancellationToken) {
-        let mut events = store.subscribe();
+    /// credentials, dropping terminals whose linger ran out. Subscribes to `store`'s events
+    /// when called (so nothing emitted after this call is missed); spawn the future on the
+    /// server's task tracker. It ends at `shutdown`.
+    pub fn run(
+        self,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let events = store.subscribe();
+        self.serve_events(events, shutdown)
+    }
+
+    async fn serve_events(
+        self,
+        mut events: tokio::sync::broadcast::Receiver<Arc<maestro_protocol::EventRecord>>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let next = self.shared.expiry.lock().expect("expiry lock").next();
             let until_due = async {
@@ -466,5 +479,120 @@ mod tests {
         e.cancel("a");
         assert_eq!(e.next(), None);
         assert!(e.by_id.is_empty());
+    }
+
+    use bytes::Bytes;
+
+    use crate::backends::local::LocalStore;
+    use crate::backends::relay::LocalRelay;
+    use crate::ports::{TxnExt, transact};
+    use crate::queue::Popped;
+    use axum::extract::ws::Message;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn next(queue: &crate::queue::ByteQueue<Message>) -> Message {
+        match tokio::time::timeout(WAIT, queue.pop()).await {
+            Ok(Some(Popped::Item(m))) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn json_of(m: &Message) -> Option<serde_json::Value> {
+        match m {
+            Message::Text(t) => serde_json::from_str(t.as_str()).ok(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_from_the_store_reaches_the_host_connected_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path(), 100).unwrap());
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let terminals = Terminals::new(
+            1024,
+            Arc::new(LocalRelay::default()),
+            tasks.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(terminals.clone().run(store.clone(), stop.clone()));
+        let (_, host) = terminals.attach_host("s1", &Access::default()).unwrap();
+        assert!(terminals.host_connected("s1"));
+        assert!(!terminals.host_connected("s2"));
+        transact(&*store, |tx| {
+            for session in ["s2", "s1"] {
+                let data = StopRequested {
+                    session_id: session.into(),
+                    grace_ms: 1500,
+                };
+                tx.emit("p1", STOP_REQUESTED, &data, Some(session));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let got = json_of(&next(&host.queue).await).unwrap();
+        assert_eq!(got, serde_json::json!({ "type": "stop", "graceMs": 1500 }));
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mirror_shows_the_owners_screen_and_sends_it_keystrokes() {
+        let relay: Arc<dyn Relay> = Arc::new(LocalRelay::default());
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let a = Terminals::new(1024, relay.clone(), tasks.clone(), stop.clone());
+        let b = Terminals::new(1024, relay, tasks.clone(), stop.clone());
+        let (owner, host) = a.attach_host("s", &Access::default()).unwrap();
+        owner.host_hello(host.id, 40, 10);
+        owner.host_output(host.id, Bytes::from_static(b"hello from a"));
+        let typist = Access {
+            can_type: true,
+            credential: None,
+        };
+        let (mirror, viewer) = b.join("s", &typist).unwrap();
+        // Whatever the mirror knew at first, a snapshot of the owner's screen follows.
+        let mut screen = vt100::Parser::new(10.try_into().unwrap(), 40.try_into().unwrap(), 0);
+        loop {
+            match next(&viewer.queue).await {
+                Message::Binary(b) => screen.process(&b),
+                m if json_of(&m).is_some_and(|v| v["type"] == "snapshot") => {
+                    screen = vt100::Parser::new(10.try_into().unwrap(), 40.try_into().unwrap(), 0);
+                }
+                _ => {}
+            }
+            if screen.screen().contents().contains("hello from a") {
+                break;
+            }
+        }
+        // Live output follows the snapshot.
+        owner.host_output(host.id, Bytes::from_static(b" and more"));
+        assert_eq!(
+            next(&viewer.queue).await,
+            Message::Binary(Bytes::from_static(b" and more"))
+        );
+        // Control is the owner's to give; keystrokes then reach the owner's host.
+        mirror.viewer_input(&viewer.id, Bytes::from_static(b"early"));
+        let refused = json_of(&next(&viewer.queue).await).unwrap();
+        assert_eq!(refused["code"], "not_in_control");
+        mirror.viewer_text(&viewer.id, r#"{"type":"take-control"}"#);
+        let control = json_of(&next(&viewer.queue).await).unwrap();
+        assert_eq!(
+            control,
+            serde_json::json!({ "type": "control", "controller": viewer.id })
+        );
+        mirror.viewer_input(&viewer.id, Bytes::from_static(b"ls\r"));
+        assert_eq!(
+            next(&host.queue).await,
+            Message::Binary(Bytes::from_static(b"ls\r"))
+        );
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
     }
 }
