@@ -16,10 +16,13 @@ use crate::queue::ByteQueue;
 /// message).
 pub const SUBSCRIPTION_BYTES: usize = 1024 * 1024;
 
+/// One subscriber: its id and its queue.
+type Subscriber = (u64, Arc<ByteQueue<Bytes>>);
+
 /// This server's subscribers, by channel.
 #[derive(Default)]
 pub struct Channels {
-    map: Mutex<HashMap<String, Vec<(u64, Arc<ByteQueue<Bytes>>)>>>,
+    map: Mutex<HashMap<String, Vec<Subscriber>>>,
     next: AtomicU64,
 }
 
