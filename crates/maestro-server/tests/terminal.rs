@@ -388,6 +388,11 @@ async fn a_stalled_viewer_does_not_slow_the_host_and_is_resynchronised() {
 }
 
 async fn create_token(addr: SocketAddr, scope: &str) -> String {
+    create_token_with_id(addr, scope).await.1
+}
+
+/// A token of `scope`: its id and its secret.
+async fn create_token_with_id(addr: SocketAddr, scope: &str) -> (String, String) {
     let body: Value = reqwest::Client::new()
         .post(format!("http://{addr}/api/auth/tokens"))
         .json(&json!({ "scope": scope, "name": format!("{scope} viewer") }))
@@ -397,7 +402,45 @@ async fn create_token(addr: SocketAddr, scope: &str) -> String {
         .json()
         .await
         .unwrap();
-    body["token"].as_str().expect("a token").to_owned()
+    (
+        body["id"].as_str().expect("an id").to_owned(),
+        body["token"].as_str().expect("a token").to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_credential_closes_its_terminal_connections() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let s = session(server.api()).await;
+    let (id, token) = create_token_with_id(addr, "operate").await;
+    let auth = format!("Bearer {token}");
+    let remote = [
+        ("cf-connecting-ip", PHONE_IP),
+        ("authorization", auth.as_str()),
+    ];
+    let (mut local, hello, _) = viewer(addr, &s, &[]).await;
+    assert_eq!(hello["hostConnected"], false);
+    let mut h = connect(addr, &format!("/api/sessions/{s}/terminal/host"), &remote).await;
+    assert_eq!(
+        text(&mut local).await,
+        json!({ "type": "host", "connected": true })
+    );
+    let (mut v, _, _) = viewer(addr, &s, &remote).await;
+    let status = reqwest::Client::new()
+        .delete(format!("http://{addr}/api/auth/tokens/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    closed(&mut v).await;
+    closed(&mut h).await;
+    // Others stay: the local viewer hears the host leave.
+    assert_eq!(
+        text(&mut local).await,
+        json!({ "type": "host", "connected": false })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,6 +650,51 @@ async fn across_two_servers_on_one_redis() {
             break;
         }
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Reads a viewer's frames into a screen (reset on `snapshot`) until it shows `want`.
+async fn until_screen_shows(
+    v: &mut Ws,
+    screen: &mut vt100::Parser,
+    cols: u16,
+    rows: u16,
+    want: &str,
+) {
+    while !screen.screen().contents().contains(want) {
+        match next(v).await {
+            Frame::Binary(bytes) => screen.process(&bytes),
+            Frame::Text(m) if m["type"] == "snapshot" => *screen = parser(cols, rows),
+            Frame::Text(_) => {}
+        }
+    }
+}
+
+/// Redis restarts under two servers: the relay reconnects and resubscribes, and the viewer on B
+/// gets A's screen again (a message lost meanwhile is made up for by a fresh snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_recovers_after_redis_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = common::redis::RedisServer::start(&dir.path().join("redis"));
+    let url = redis.url();
+    let on_redis = |c: &mut maestro_server::Config| c.redis_url = Some(url.clone());
+    let a = TestServer::start_with(on_redis).await;
+    let b = TestServer::start_with(on_redis).await;
+    let s = session(a.api()).await;
+    let mut h = host(a.addr(), &s, 60, 20).await;
+    h.send(Message::binary(&b"before\r\n"[..])).await.unwrap();
+    let (mut v, _, first) = viewer(b.addr(), &s, &[]).await;
+    let mut screen = parser(60, 20);
+    screen.process(&first);
+    until_screen_shows(&mut v, &mut screen, 60, 20, "before").await;
+
+    redis.kill();
+    redis.restart();
+    h.send(Message::binary(&b"after the restart\r\n"[..]))
+        .await
+        .unwrap();
+    until_screen_shows(&mut v, &mut screen, 60, 20, "after the restart").await;
     a.stop().await;
     b.stop().await;
 }
