@@ -35,6 +35,11 @@ command = ["sh", "-c", "echo \"prompt=$0 cwd=$(pwd)\" > {marks}/$MAESTRO_SESSION
 
 [agents.missing]
 command = ["surely-not-installed-agent"]
+
+# The real bash, interactive, with a plain prompt.
+[agents.shell]
+command = ["env", "PS1=$ ", "bash", "--norc", "--noprofile", "-i"]
+prompt = "none"
 "#
         ),
     )
@@ -392,4 +397,204 @@ async fn a_killed_runner_fails_its_sessions_as_runner_lost() {
         .find(|r| r.machine_id == "other-machine")
         .unwrap();
     assert!(!r.online);
+}
+
+/// A viewer of a session's terminal over the real WebSocket.
+struct Viewer {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    screen: vt100::Parser,
+    /// The `code`s of the `error` messages received.
+    errors: Vec<String>,
+}
+
+impl Viewer {
+    async fn open(server_url: &str, sid: &str) -> (Viewer, serde_json::Value) {
+        let url = format!(
+            "{}/api/sessions/{sid}/terminal",
+            server_url.replacen("http://", "ws://", 1)
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        use futures_util::StreamExt;
+        let hello = match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                serde_json::from_str::<serde_json::Value>(&t).unwrap()
+            }
+            other => panic!("expected hello, got {other:?}"),
+        };
+        assert_eq!(hello["type"], "hello", "{hello}");
+        let rows = hello["rows"].as_u64().unwrap_or(24).max(1) as u16;
+        let cols = hello["cols"].as_u64().unwrap_or(80).max(1) as u16;
+        let screen = vt100::Parser::new(
+            std::num::NonZeroU16::new(rows).unwrap(),
+            std::num::NonZeroU16::new(cols).unwrap(),
+            0,
+        );
+        (
+            Viewer {
+                ws,
+                screen,
+                errors: Vec::new(),
+            },
+            hello,
+        )
+    }
+
+    async fn send_text(&mut self, v: serde_json::Value) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn type_keys(&mut self, keys: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::binary(
+                keys.as_bytes().to_vec(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Reads until the screen shows `text` (or a text message satisfies `until`).
+    async fn until_screen(&mut self, what: impl Fn(&str) -> bool) -> String {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let contents = self.screen.screen().contents();
+            if what(&contents) {
+                return contents;
+            }
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("the screen never matched; it shows:\n{contents}"));
+            match msg {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+                    self.screen.process(&b)
+                }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "snapshot" {
+                        self.screen.process(b"\x1bc");
+                    }
+                    if v["type"] == "error" {
+                        self.errors
+                            .push(v["code"].as_str().unwrap_or("").to_owned());
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the terminal closed: {other:?}\n{contents}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_phone_watches_and_types_into_a_spawned_shell() {
+    let fleet = Fleet::start(&[], None).await;
+    let c = fleet.client();
+    runner_online(&c, "serve-machine", 1).await;
+    // The real bash in a pseudo-terminal.
+    let sid = fleet.spawn("shell", SpawnRequest::default()).await;
+    fleet
+        .until(&sid, "working", |s| s.status == "working")
+        .await;
+    let (mut viewer, hello) = Viewer::open(&fleet.server.url, &sid).await;
+    assert_eq!(hello["canType"], true, "local trust may type");
+    viewer.until_screen(|s| s.contains("$")).await;
+    // Typing needs control first.
+    viewer.type_keys("echo nope\r").await;
+    viewer
+        .send_text(serde_json::json!({ "type": "take-control" }))
+        .await;
+    viewer.type_keys("echo hi-from-the-phone\r").await;
+    let screen = viewer
+        .until_screen(|s| s.lines().any(|l| l.trim() == "hi-from-the-phone"))
+        .await;
+    assert!(
+        !screen.lines().any(|l| l.trim() == "nope"),
+        "typed without control: {screen}"
+    );
+    assert_eq!(viewer.errors, ["not_in_control"]);
+    // A late viewer gets the screen as it is.
+    let (mut late, _) = Viewer::open(&fleet.server.url, &sid).await;
+    late.until_screen(|s| s.lines().any(|l| l.trim() == "hi-from-the-phone"))
+        .await;
+    c.stop_session(&sid, Some(200)).await.unwrap();
+    fleet
+        .until(&sid, "stopped", |s| s.status == "stopped")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_from_the_phone_is_typed_into_a_spawned_agent() {
+    let fleet = Fleet::start(&[], None).await;
+    let c = fleet.client();
+    runner_online(&c, "serve-machine", 1).await;
+    let sid = fleet.spawn("shell", SpawnRequest::default()).await;
+    fleet
+        .until(&sid, "working", |s| s.status == "working")
+        .await;
+    let (mut viewer, _) = Viewer::open(&fleet.server.url, &sid).await;
+    viewer.until_screen(|s| s.contains("$")).await;
+    // The phone answers through `session:reply-input` on /mobile (Engine.IO polling here).
+    let ack = reply_input(&fleet, &sid, "echo replied-from-phone").await;
+    assert!(ack.contains("\"ok\":true"), "{ack}");
+    viewer
+        .until_screen(|s| s.lines().any(|l| l.trim() == "replied-from-phone"))
+        .await;
+    c.stop_session(&sid, Some(200)).await.unwrap();
+    fleet
+        .until(&sid, "stopped", |s| s.status == "stopped")
+        .await;
+}
+
+/// `session:reply-input` on `/mobile`, over Engine.IO long-polling; the ack packet.
+async fn reply_input(fleet: &Fleet, sid: &str, message: &str) -> String {
+    let http = reqwest::Client::new();
+    let base = format!("{}/socket.io/?EIO=4&transport=polling", fleet.server.url);
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let open: serde_json::Value = serde_json::from_str(open.trim_start_matches('0')).unwrap();
+    let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+    let post = |body: String| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let r = http
+                .post(&url)
+                .header("content-type", "text/plain;charset=UTF-8")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    post(format!(
+        "40/mobile,{}",
+        serde_json::json!({ "projectId": fleet.project })
+    ))
+    .await;
+    let mut got = String::new();
+    let deadline = Instant::now() + WAIT;
+    while !got.contains("40/mobile,") {
+        assert!(Instant::now() < deadline, "no connect: {got}");
+        got.push_str(&http.get(&url).send().await.unwrap().text().await.unwrap());
+    }
+    post(format!(
+        "42/mobile,1{}",
+        serde_json::json!(["session:reply-input", { "sessionId": sid, "message": message }])
+    ))
+    .await;
+    loop {
+        assert!(Instant::now() < deadline, "no ack: {got}");
+        let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+        if let Some(ack) = text.split('\u{1e}').find(|p| p.starts_with("43/mobile,1")) {
+            return ack.to_owned();
+        }
+        got.push_str(&text);
+    }
 }

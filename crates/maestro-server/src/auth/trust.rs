@@ -419,7 +419,10 @@ mod tests {
                 Need::Scope(S::Runner)
             );
         }
-        assert_eq!(need(&Method::POST, "/api/runners", false), Need::Scope(S::Runner));
+        assert_eq!(
+            need(&Method::POST, "/api/runners", false),
+            Need::Scope(S::Runner)
+        );
         assert_eq!(
             need(&Method::POST, "/api/runners/run_1/claim", false),
             Need::Scope(S::Runner)

@@ -60,7 +60,7 @@ pub(super) async fn serve(
                         dim("rows"),
                     ) {
                         (Some("hello"), Some(cols), Some(rows)) => {
-                            term.host_hello(host, cols, rows)
+                            term.host_hello(host, cols, rows, v["replies"] == true)
                         }
                         (Some("resize"), Some(cols), Some(rows)) => {
                             term.host_resize(host, cols, rows)

@@ -389,6 +389,15 @@ impl Terminals {
                             Err(e) => tracing::warn!(error = %e, "malformed session:stop_requested"),
                         }
                     }
+                    Ok(event) if event.event == "session:input" => {
+                        let sid = event.data.get("sessionId").and_then(|v| v.as_str());
+                        let message = event.data.get("message").and_then(|v| v.as_str());
+                        if let (Some(sid), Some(message)) = (sid, message)
+                            && let Some(t) = self.get(sid)
+                        {
+                            t.type_reply(message);
+                        }
+                    }
                     Ok(event) if event.event == CREDENTIAL_REVOKED => {
                         if let Some(id) = event.data.get("id").and_then(|v| v.as_str()) {
                             self.revoke(id);
@@ -549,7 +558,7 @@ mod tests {
         let a = Terminals::new(1024, relay.clone(), tasks.clone(), stop.clone());
         let b = Terminals::new(1024, relay, tasks.clone(), stop.clone());
         let (owner, host) = a.attach_host("s", &Access::default()).unwrap();
-        owner.host_hello(host.id, 40, 10);
+        owner.host_hello(host.id, 40, 10, false);
         owner.host_output(host.id, Bytes::from_static(b"hello from a"));
         let typist = Access {
             can_type: true,

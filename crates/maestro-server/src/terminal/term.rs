@@ -75,6 +75,8 @@ struct ViewerLink {
 
 struct HostLink {
     id: u64,
+    /// The host asked for the session's `session:input` replies to be typed into it.
+    replies: bool,
     queue: Arc<ByteQueue<Message>>,
     credential: Option<String>,
     close: CancellationToken,
@@ -488,6 +490,7 @@ impl Terminal {
         let close = self.shared.shutdown.child_token();
         s.host = Some(HostLink {
             id,
+            replies: false,
             queue: queue.clone(),
             credential: access.credential.clone(),
             close: close.clone(),
@@ -521,10 +524,13 @@ impl Terminal {
     }
 
     /// The host (re)starts its stream: a blank screen of this size; its full screen follows.
-    pub(super) fn host_hello(&self, host: u64, cols: u16, rows: u16) {
+    pub(super) fn host_hello(&self, host: u64, cols: u16, rows: u16, replies: bool) {
         let Some(mut s) = self.current_host(host) else {
             return;
         };
+        if let Some(h) = s.host.as_mut() {
+            h.replies = replies;
+        }
         s.screen.reset(cols, rows);
         s.exit = None;
         s.broadcast(&json!({ "type": "resize", "cols": cols, "rows": rows }));
@@ -597,6 +603,20 @@ impl Terminal {
             self.start_mirror(&mut s);
         }
         self.check_idle(&s);
+    }
+
+    /// Types a reply to the session's question into the host's terminal (one line, then
+    /// Enter), when the host is connected here and asked for replies.
+    pub(super) fn type_reply(&self, message: &str) -> bool {
+        let s = self.lock();
+        let Some(host) = s.host.as_ref().filter(|h| h.replies) else {
+            return false;
+        };
+        let mut bytes = message.as_bytes().to_vec();
+        bytes.push(b'\r');
+        let n = bytes.len();
+        host.queue.force_push(Message::Binary(bytes.into()), n);
+        true
     }
 
     /// Sends `stop` to the host if it is connected here.
