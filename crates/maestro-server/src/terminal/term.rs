@@ -605,15 +605,14 @@ impl Terminal {
         self.check_idle(&s);
     }
 
-    /// Types a reply to the session's question into the host's terminal (one line, then
-    /// Enter), when the host is connected here and asked for replies.
+    /// Types a reply to the session's question into the host's terminal (one line of text,
+    /// then Enter), when the host is connected here and asked for replies.
     pub(super) fn type_reply(&self, message: &str) -> bool {
         let s = self.lock();
         let Some(host) = s.host.as_ref().filter(|h| h.replies) else {
             return false;
         };
-        let mut bytes = message.as_bytes().to_vec();
-        bytes.push(b'\r');
+        let bytes = reply_line(message);
         let n = bytes.len();
         host.queue.force_push(Message::Binary(bytes.into()), n);
         true
@@ -796,4 +795,38 @@ fn host_busy() -> Value {
         "host_busy",
         "the host is not reading its input; try again shortly",
     )
+}
+
+/// A reply as typed into a terminal: one line of text, then Enter. Never keystrokes: control
+/// characters (C0, ESC, DEL, C1) would be commands to the terminal, so they go; line breaks
+/// and tabs become spaces.
+fn reply_line(message: &str) -> Vec<u8> {
+    let line: String = message
+        .chars()
+        .map(|c| {
+            if matches!(c, '\n' | '\r' | '\t') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .filter(|c| !c.is_control())
+        .collect();
+    let mut bytes = line.trim_end().as_bytes().to_vec();
+    bytes.push(b'\r');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_line;
+
+    #[test]
+    fn a_reply_is_one_line_without_control_characters() {
+        assert_eq!(reply_line("yes, go on"), b"yes, go on\r");
+        assert_eq!(reply_line("a\nb\r\nc"), b"a b  c\r");
+        // ESC sequences, Ctrl-C, DEL and C1 controls are dropped, not typed.
+        assert_eq!(reply_line("ok\x1b[2J\x03\x7f\u{9b}!"), b"ok[2J!\r");
+        assert_eq!(reply_line("héllo ✓"), "héllo ✓\r".as_bytes());
+    }
 }
