@@ -58,6 +58,13 @@ async fn register(c: &Client, name: &str) -> Runner {
     .unwrap()
 }
 
+/// The one launch `runner` claims next.
+async fn claim_one(c: &Client, runner: &Runner) -> maestro_protocol::Launch {
+    let mut claimed = c.claim_launches(&runner.id, 5_000).await.unwrap().launches;
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    claimed.remove(0)
+}
+
 /// Reads frames until one is `name` (others are skipped); all frames read, in order.
 async fn wait_for(ws: &mut common::WsClient, name: &str) -> Vec<serde_json::Value> {
     let mut frames = Vec::new();
@@ -231,12 +238,7 @@ async fn launch_reports_are_fenced_and_failures_carry_their_reason() {
     let runner = register(c, "main").await;
     let other = register(c, "other").await;
     let sid = c.spawn(&spawn_req(&p, &t), None).await.unwrap().session_id;
-    let launch = c
-        .claim_launches(&runner.id, 5_000)
-        .await
-        .unwrap()
-        .launches
-        .remove(0);
+    let launch = claim_one(c, &runner).await;
     // Another runner, or an old fencing token: refused, nothing changes.
     for (rid, fence) in [(&other.id, 1), (&runner.id, 7)] {
         let e = c
@@ -280,12 +282,7 @@ async fn stop_asks_the_host_then_the_exit_ends_the_session_stopped() {
     let (p, t) = project(c).await;
     let runner = register(c, "main").await;
     let sid = c.spawn(&spawn_req(&p, &t), None).await.unwrap().session_id;
-    let launch = c
-        .claim_launches(&runner.id, 5_000)
-        .await
-        .unwrap()
-        .launches
-        .remove(0);
+    let launch = claim_one(c, &runner).await;
     let report = |exit: Option<AgentExited>| LaunchReport {
         session_id: sid.clone(),
         fencing_token: launch.fencing_token,
@@ -346,12 +343,7 @@ async fn resume_launches_a_finished_session_again_with_a_new_fence() {
     let (p, t) = project(c).await;
     let runner = register(c, "main").await;
     let sid = c.spawn(&spawn_req(&p, &t), None).await.unwrap().session_id;
-    let first = c
-        .claim_launches(&runner.id, 5_000)
-        .await
-        .unwrap()
-        .launches
-        .remove(0);
+    let first = claim_one(c, &runner).await;
     let e = c.resume_session(&sid).await.unwrap_err();
     assert_eq!(e.code(), Some("SESSION_RUNNING"), "{e}");
     c.report_launch(
@@ -372,12 +364,7 @@ async fn resume_launches_a_finished_session_again_with_a_new_fence() {
     assert_eq!(c.get_session(&sid).await.unwrap().status, "completed");
     let resumed = c.resume_session(&sid).await.unwrap();
     assert_eq!(resumed.status, "spawning");
-    let second = c
-        .claim_launches(&runner.id, 5_000)
-        .await
-        .unwrap()
-        .launches
-        .remove(0);
+    let second = claim_one(c, &runner).await;
     assert!(second.resume);
     assert_eq!(second.fencing_token, 2);
     // The first launch's late report is stale now.
@@ -409,12 +396,7 @@ async fn a_silent_runner_fails_its_sessions_as_runner_lost() {
     let (p, t) = project(c).await;
     let runner = register(c, "main").await;
     let sid = c.spawn(&spawn_req(&p, &t), None).await.unwrap().session_id;
-    let launch = c
-        .claim_launches(&runner.id, 5_000)
-        .await
-        .unwrap()
-        .launches
-        .remove(0);
+    let launch = claim_one(c, &runner).await;
     c.report_launch(
         &runner.id,
         &LaunchReport {

@@ -47,6 +47,29 @@ prompt = "none"
     file
 }
 
+/// A project working in `working_dir`, with one task.
+async fn project_and_task(c: &Client, working_dir: &str, title: &str) -> (String, String) {
+    let project = c
+        .create_project(&CreateProject {
+            name: Some("fleet".into()),
+            working_dir: Some(working_dir.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let task = c
+        .create_task(&CreateTask {
+            project_id: Some(project.clone()),
+            title: Some(title.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    (project, task)
+}
+
 struct Fleet {
     server: Server,
     marks: tempfile::TempDir,
@@ -74,24 +97,7 @@ impl Fleet {
         let wd = working_dir
             .map(|p| p.to_str().unwrap().to_owned())
             .unwrap_or_else(|| marks.path().to_str().unwrap().to_owned());
-        let project = c
-            .create_project(&CreateProject {
-                name: Some("fleet".into()),
-                working_dir: Some(wd),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .id;
-        let task = c
-            .create_task(&CreateTask {
-                project_id: Some(project.clone()),
-                title: Some("Make the build green".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .id;
+        let (project, task) = project_and_task(&c, &wd, "Make the build green").await;
         Fleet {
             server,
             marks,
@@ -649,24 +655,7 @@ async fn two_servers_on_one_redis_start_one_agent_per_spawn_and_share_its_termin
     let (ca, cb) = (Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap());
     // Each server runs a runner for the same machine: both compete for every spawn.
     runner_online(&ca, "shared-machine", 2).await;
-    let project = ca
-        .create_project(&CreateProject {
-            name: Some("two servers".into()),
-            working_dir: Some(marks.path().to_str().unwrap().into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .id;
-    let task = ca
-        .create_task(&CreateTask {
-            project_id: Some(project.clone()),
-            title: Some("t".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .id;
+    let (project, task) = project_and_task(&ca, marks.path().to_str().unwrap(), "t").await;
     let mut sessions = Vec::new();
     for i in 0..6 {
         let c = if i % 2 == 0 { &ca } else { &cb };

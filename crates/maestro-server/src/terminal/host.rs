@@ -1,16 +1,12 @@
 //! A host's WebSocket: its output and state messages go to the terminal; input, resizes and
 //! `stop` go out from its queue. The reader never waits on anything but the host itself.
 
-use std::time::Duration;
-
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Access, Terminals};
+use super::{Access, CLOSE_WAIT, Terminals};
 use crate::queue::Popped;
-
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve(
     terminals: Terminals,
@@ -22,13 +18,7 @@ pub(super) async fn serve(
     let (term, handle) = match terminals.attach_host(&session_id, &access) {
         Ok(attached) => attached,
         Err(refused) => {
-            let refusal =
-                json!({ "type": "error", "code": refused.code(), "message": refused.message() });
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                let _ = sink.send(Message::Text(refusal.to_string().into())).await;
-                let _ = sink.send(Message::Close(None)).await;
-            })
-            .await;
+            refused.send_and_close(&mut sink).await;
             return;
         }
     };

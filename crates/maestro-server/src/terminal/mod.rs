@@ -110,7 +110,29 @@ impl Refused {
             Self::TooManyViewers => format!("this terminal already has {MAX_VIEWERS} viewers here"),
         }
     }
+
+    /// Tells the client why, then closes its socket (bounded by [`CLOSE_WAIT`]).
+    pub(crate) async fn send_and_close(
+        self,
+        sink: &mut futures_util::stream::SplitSink<
+            axum::extract::ws::WebSocket,
+            axum::extract::ws::Message,
+        >,
+    ) {
+        use axum::extract::ws::Message;
+        use futures_util::SinkExt;
+        let refusal =
+            serde_json::json!({ "type": "error", "code": self.code(), "message": self.message() });
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = sink.send(Message::Text(refusal.to_string().into())).await;
+            let _ = sink.send(Message::Close(None)).await;
+        })
+        .await;
+    }
 }
+
+/// How long a closing connection may take to say goodbye.
+pub(crate) const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counters and gauges for `/metrics`.
 #[derive(Default)]

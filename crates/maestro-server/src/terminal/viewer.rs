@@ -3,17 +3,11 @@
 //! side, so a viewer that does not read its socket still has its messages handled, and a
 //! writer stuck on a full socket holds up nobody else.
 
-use std::time::Duration;
-
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 
-use super::{Access, Terminals};
+use super::{Access, CLOSE_WAIT, Terminals};
 use crate::queue::Popped;
-
-/// How long a closing connection may take to say goodbye.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve(
     terminals: Terminals,
@@ -25,13 +19,7 @@ pub(super) async fn serve(
     let (term, handle) = match terminals.join(&session_id, &access) {
         Ok(joined) => joined,
         Err(refused) => {
-            let refusal =
-                json!({ "type": "error", "code": refused.code(), "message": refused.message() });
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                let _ = sink.send(Message::Text(refusal.to_string().into())).await;
-                let _ = sink.send(Message::Close(None)).await;
-            })
-            .await;
+            refused.send_and_close(&mut sink).await;
             return;
         }
     };
