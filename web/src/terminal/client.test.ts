@@ -279,6 +279,6 @@ describe("key bar", () => {
   });
 
   it("has the keys a phone keyboard lacks", () => {
-    expect(KEY_BAR.map((k) => k.label)).toEqual(["Esc", "Tab", "Ctrl-C", "↑", "↓", "←", "→", "⏎"]);
+    expect(KEY_BAR.map((k) => k.label)).toEqual(["Esc", "Tab", "Ctrl-C", "↑", "↓", "←", "→", "Enter"]);
   });
 });

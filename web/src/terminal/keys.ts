@@ -13,7 +13,7 @@ export const KEY_BAR: { key: Key; label: string; name: string }[] = [
   { key: "down", label: "↓", name: "Down" },
   { key: "left", label: "←", name: "Left" },
   { key: "right", label: "→", name: "Right" },
-  { key: "enter", label: "⏎", name: "Enter" },
+  { key: "enter", label: "Enter", name: "Enter" },
 ];
 
 const ARROW = { up: "A", down: "B", right: "C", left: "D" } as const;
