@@ -12,6 +12,7 @@ import "@xterm/xterm/css/xterm.css";
 import { useEffect, useRef, useState } from "preact/hooks";
 
 import { now } from "../clock";
+import { mirrorStyles } from "./csp-styles";
 import { TerminalClient, controlOf, inControl, terminalUrl, type TermState } from "./client";
 import { KEY_BAR, keyBytes } from "./keys";
 
@@ -28,6 +29,7 @@ const THEME = {
 
 export function TerminalView({ sessionId, finished }: { sessionId: string; finished: boolean }) {
   const frame = useRef<HTMLDivElement>(null);
+  const root = useRef<HTMLDivElement>(null);
   const [client, setClient] = useState<TerminalClient | null>(null);
   const term = useRef<Terminal | null>(null);
   const [follow, setFollow] = useState(true);
@@ -36,6 +38,8 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
 
   useEffect(() => {
     const el = frame.current!;
+    // The tab was opened to look at the terminal: bring all of it (bars, screen, keys) into view.
+    root.current?.scrollIntoView({ block: "start" });
     const t = new Terminal({
       fontSize: FONT_SIZE,
       fontFamily: 'ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, "Liberation Mono", monospace',
@@ -49,6 +53,7 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
     });
     const fit = new FitAddon();
     t.loadAddon(fit);
+    const unmirror = mirrorStyles(el);
     t.open(el);
     term.current = t;
 
@@ -110,6 +115,7 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
       ro.disconnect();
       c.dispose();
       t.dispose();
+      unmirror();
       term.current = null;
     };
   }, [sessionId]);
@@ -147,7 +153,7 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
   };
 
   return (
-    <div class="term">
+    <div class="term" ref={root}>
       <div class="term-bar">
         <LinkStatus s={s} />
         <button
