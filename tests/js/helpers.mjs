@@ -47,6 +47,7 @@ export async function startServer(env = {}) {
       SESSION_DIR: join(dir, "sessions"),
       SKILLS_DIR: join(dir, "skills"),
       LOG_LEVEL: "warn",
+      RUNNER: "off",
       ...env,
     },
     stdio: ["ignore", "inherit", "inherit"],

@@ -410,6 +410,8 @@ fn schemathesis() -> Result<()> {
             .env("SESSION_DIR", dir.join("sessions"))
             .env("SKILLS_DIR", dir.join("skills"))
             .env("LOG_LEVEL", "error")
+            // Fuzzed spawns must not start agents on this machine.
+            .env("RUNNER", "off")
             .envs(env)
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -77,6 +77,8 @@ impl Store {
                 std::env::var("MAESTRO_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .env_remove("REDIS_URL")
+            // Agents are started only by the figures that measure them (they pass RUNNER=on).
+            .env("RUNNER", "off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -769,6 +769,54 @@ impl Client {
         let path = format!("/api/sessions/{}/heartbeat", enc(session_id));
         self.send(Method::POST, &path, &serde_json::json!({})).await
     }
+
+    // --- runners --------------------------------------------------------------------------
+
+    /// The bearer token this client sends, if any (WebSockets need it in their handshake).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub async fn list_runners(&self) -> Result<Vec<Runner>> {
+        self.get("/api/runners").await
+    }
+
+    pub async fn register_runner(&self, req: &RegisterRunner) -> Result<Runner> {
+        self.send(Method::POST, "/api/runners", req).await
+    }
+
+    /// One beat for the runner and the sessions it hosts. Never retried: the next beat is.
+    pub async fn runner_heartbeat(&self, id: &str, session_ids: &[String]) -> Result<Runner> {
+        let path = format!("/api/runners/{}/heartbeat", enc(id));
+        let body = RunnerHeartbeat {
+            session_ids: session_ids.to_vec(),
+        };
+        self.send(Method::POST, &path, &body).await
+    }
+
+    /// Long-poll for launches (at most `timeout_ms`).
+    pub async fn claim_launches(&self, id: &str, timeout_ms: u64) -> Result<Claimed> {
+        let path = format!("/api/runners/{}/claim?timeout={timeout_ms}", enc(id));
+        self.send(Method::POST, &path, &serde_json::json!({})).await
+    }
+
+    pub async fn report_launch(&self, runner_id: &str, report: &LaunchReport) -> Result<Session> {
+        let path = format!("/api/runners/{}/launched", enc(runner_id));
+        self.send(Method::POST, &path, report).await
+    }
+
+    /// `POST /api/sessions/:id/stop`.
+    pub async fn stop_session(&self, id: &str, grace_ms: Option<u64>) -> Result<Session> {
+        let path = format!("/api/sessions/{}/stop", enc(id));
+        self.send(Method::POST, &path, &StopRequest { grace_ms })
+            .await
+    }
+
+    /// `POST /api/sessions/:id/resume`.
+    pub async fn resume_session(&self, id: &str) -> Result<Session> {
+        let path = format!("/api/sessions/{}/resume", enc(id));
+        self.send(Method::POST, &path, &serde_json::json!({})).await
+    }
 }
 
 /// The typed body of a success, or the server's error.

@@ -8,14 +8,18 @@ use utoipa::ToSchema;
 
 use crate::Millis;
 
-/// What a credential may do. Each scope includes the ones before it, so they compare with
-/// `<`/`>=`: `read` < `respond` < `operate` < `admin`.
+/// What a credential may do. `read` < `respond` < `operate` < `admin`, each including the ones
+/// before it. `runner` stands apart: it may register a runner, claim spawns, host terminals and
+/// report the sessions it runs, and nothing else; `operate` and `admin` include it. Ask
+/// [`Scope::includes`] rather than comparing.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
 )]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
+    /// A runner: its own routes (`/api/runners/…`, terminal hosting) only.
+    Runner,
     /// Every `GET` and the live events.
     Read,
     /// Also answer a session that needs input, and send mail.
@@ -28,11 +32,27 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, weakest first.
-    pub const ALL: [Scope; 4] = [Self::Read, Self::Respond, Self::Operate, Self::Admin];
+    pub const ALL: [Scope; 5] = [
+        Self::Runner,
+        Self::Read,
+        Self::Respond,
+        Self::Operate,
+        Self::Admin,
+    ];
+
+    /// Whether a credential of this scope may do what `need` allows.
+    pub fn includes(self, need: Scope) -> bool {
+        match (self, need) {
+            (Self::Runner, need) => need == Self::Runner,
+            (have, Self::Runner) => have >= Self::Operate,
+            (have, need) => have >= need,
+        }
+    }
 
     /// The scope's wire name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Runner => "runner",
             Self::Read => "read",
             Self::Respond => "respond",
             Self::Operate => "operate",
@@ -226,6 +246,13 @@ mod tests {
         assert!(Scope::Read < Scope::Respond);
         assert!(Scope::Respond < Scope::Operate);
         assert!(Scope::Operate < Scope::Admin);
+        assert!(Scope::Admin.includes(Scope::Read));
+        assert!(!Scope::Read.includes(Scope::Respond));
+        // A runner token is good for runner routes only; operate and admin include them.
+        assert!(Scope::Runner.includes(Scope::Runner));
+        assert!(!Scope::Runner.includes(Scope::Read));
+        assert!(Scope::Operate.includes(Scope::Runner));
+        assert!(!Scope::Respond.includes(Scope::Runner));
         for s in Scope::ALL {
             assert_eq!(Scope::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());

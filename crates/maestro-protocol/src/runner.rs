@@ -39,6 +39,10 @@ pub struct Runner {
 #[serde(rename_all = "camelCase")]
 pub struct RegisterRunner {
     pub machine_id: String,
+    /// Tells runners of one machine apart (default `main`); with the machine id it makes the
+    /// runner's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub hostname: String,
     #[serde(default)]
     pub agents: Vec<String>,
@@ -103,6 +107,24 @@ pub struct LaunchReport {
     /// The worktree it runs in, when one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<String>,
+    /// The agent has exited: `completed` for status 0, `stopped` when Stop ended it, else
+    /// `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<AgentExited>,
+}
+
+/// How an agent ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentExited {
+    /// The exit code (128+N after signal N).
+    pub code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Stop ended it.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// `POST /api/sessions/:id/stop`.

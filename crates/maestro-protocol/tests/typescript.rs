@@ -166,6 +166,7 @@ fn generated() -> (String, Vec<String>) {
         p::ModalAck,
         // runner.rs
         p::Runner, p::RegisterRunner, p::RunnerHeartbeat, p::Launch, p::Claimed, p::LaunchReport,
+        p::AgentExited,
         p::StopRequest, p::StopRequested,
         // spawn.rs
         p::SpawnRequest, p::SpawnResponse, p::SpawnEvent,

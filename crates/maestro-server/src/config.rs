@@ -165,6 +165,35 @@ pub struct Config {
     /// services have, so a subscriber cannot point the server at this machine or its network.
     #[arg(long, env = "PUSH_ALLOW_LOCAL_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub push_allow_local_endpoints: bool,
+
+    /// Who starts spawned agents: `auto` (the desktop app when one is connected, else this
+    /// machine's runners), `runner` or `desktop` (see docs/runners.md).
+    #[arg(long, env = "SPAWN_LAUNCHER", default_value = "auto", value_parser = ["auto", "runner", "desktop"])]
+    pub spawn_launcher: String,
+
+    /// Time between the steps of Stop's signal ladder (interrupt, terminate, kill), in
+    /// milliseconds.
+    #[arg(long, env = "STOP_GRACE_MS", default_value_t = 3000)]
+    pub stop_grace_ms: u64,
+
+    /// This machine's id, which runners and spawns name (default: /etc/machine-id, else the
+    /// host name).
+    #[arg(long, env = "MAESTRO_MACHINE_ID")]
+    pub machine_id: Option<String>,
+
+    /// `on`: `maestro serve` runs the agents of this machine itself (a runner); `off`: only
+    /// the desktop app or `maestro runner` processes start agents.
+    #[arg(long, env = "RUNNER", default_value = "on", value_parser = ["on", "off"])]
+    pub runner: String,
+
+    /// The agents file: commands for agent tools beyond the built-in ones (default
+    /// `~/.maestro/agents.toml`).
+    #[arg(long, env = "AGENTS_FILE")]
+    pub agents_file: Option<PathBuf>,
+
+    /// How many agents this machine's runner runs at once.
+    #[arg(long, env = "RUNNER_CAPACITY", default_value_t = 8)]
+    pub runner_capacity: u32,
 }
 
 impl Config {
@@ -205,6 +234,12 @@ impl Config {
             redis_key_prefix: "maestro:".into(),
             push_contact: None,
             push_allow_local_endpoints: false,
+            spawn_launcher: "auto".into(),
+            stop_grace_ms: 3000,
+            machine_id: None,
+            runner: "on".into(),
+            agents_file: None,
+            runner_capacity: 8,
         }
     }
 

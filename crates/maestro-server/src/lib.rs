@@ -244,6 +244,9 @@ pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
                 stall_after_ms: config.stall_after_ms.max(1),
                 sweep_interval_ms: config.sweep_interval_ms.clamp(10, 60_000),
             },
+            machine_id: config.machine_id.clone().unwrap_or_else(util::machine_id),
+            spawn_launcher: config.spawn_launcher.clone(),
+            stop_grace_ms: config.stop_grace_ms.clamp(10, 60_000),
         },
     ))
 }

@@ -59,11 +59,15 @@ pub enum Collection {
     PendingApprovals,
     /// `allow_session` answers, matched by later identical requests of the session.
     ApprovalRules,
+    /// Runners (hosts of agents), global.
+    Runners,
+    /// Spawns waiting for a runner, one per session, owned by the machine that must run them.
+    LaunchQueue,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 18] = [
+    pub const ALL: [Collection; 20] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -82,6 +86,8 @@ impl Collection {
         Self::Approvals,
         Self::PendingApprovals,
         Self::ApprovalRules,
+        Self::Runners,
+        Self::LaunchQueue,
     ];
 
     /// Stable name used in storage keys.
@@ -105,6 +111,8 @@ impl Collection {
             Self::Approvals => "approvals",
             Self::PendingApprovals => "pending_approvals",
             Self::ApprovalRules => "approval_rules",
+            Self::Runners => "runners",
+            Self::LaunchQueue => "launch_queue",
         }
     }
 }
@@ -123,14 +131,17 @@ pub enum Deadline {
     ClaimExpiry,
     /// A remembered idempotent answer: when it is forgotten.
     Idempotency,
+    /// A runner that stops beating: when it counts as offline.
+    RunnerExpiry,
 }
 
 impl Deadline {
-    pub const ALL: [Deadline; 4] = [
+    pub const ALL: [Deadline; 5] = [
         Self::PresenceExpiry,
         Self::PresenceStall,
         Self::ClaimExpiry,
         Self::Idempotency,
+        Self::RunnerExpiry,
     ];
 
     /// Stable name used in storage keys.
@@ -140,6 +151,7 @@ impl Deadline {
             Self::PresenceStall => "presence_stall",
             Self::ClaimExpiry => "claim_expiry",
             Self::Idempotency => "idempotency",
+            Self::RunnerExpiry => "runner_expiry",
         }
     }
 }

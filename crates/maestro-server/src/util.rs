@@ -34,6 +34,23 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// This machine's id: `/etc/machine-id` (systemd), `/var/lib/dbus/machine-id`, else the host
+/// name; reduced to id characters so it can name keys.
+pub fn machine_id() -> String {
+    let raw = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(hostname);
+    let id: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(64)
+        .collect();
+    if id.is_empty() { "unknown".into() } else { id }
+}
+
 /// The platform name in Node's spelling (`darwin`, `linux`, `win32`), as upstream reported it.
 pub fn platform() -> &'static str {
     match std::env::consts::OS {

@@ -26,6 +26,8 @@ impl MaestroProcess {
             .env("SESSION_DIR", data_dir.join("sessions"))
             .env("SKILLS_DIR", data_dir.join("skills"))
             .env("LOG_LEVEL", "warn")
+            // No runner unless a test asks for one: spawns must not start agents here.
+            .env("RUNNER", "off")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {

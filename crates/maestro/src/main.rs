@@ -83,8 +83,57 @@ fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        maestro_server::run(config, listener, shutdown).await
+        let runner = (config.runner == "on").then(|| {
+            let cfg = local_runner(
+                &config,
+                listener.local_addr().map(|a| a.port()).unwrap_or(0),
+            );
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = cli::runner::run(cfg, stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "this machine's runner stopped");
+                }
+            })
+        });
+        let served = maestro_server::run(config, listener, shutdown).await;
+        if let Some(runner) = runner {
+            // It stops its agents (bounded by the ladder) once shutdown is cancelled.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), runner).await;
+        }
+        served
     })
+}
+
+/// The runner `maestro serve` runs for its own machine: it reaches the server on loopback
+/// (local trust; the owner token when `AUTH=required`).
+fn local_runner(config: &Config, port: u16) -> cli::runner::RunnerConfig {
+    let config = config.clone().expand_paths();
+    let host = if config.host.is_unspecified() || config.host.is_loopback() {
+        "127.0.0.1".to_owned()
+    } else if config.host.is_ipv6() {
+        format!("[{}]", config.host)
+    } else {
+        config.host.to_string()
+    };
+    cli::runner::RunnerConfig {
+        server: format!("http://{host}:{port}"),
+        token: None,
+        fallback_token: None,
+        owner_token_file: Some(config.data_dir.join("owner-token")),
+        name: format!("serve-{port}"),
+        machine_id: config
+            .machine_id
+            .clone()
+            .unwrap_or_else(maestro_server::util::machine_id),
+        hostname: maestro_server::util::hostname(),
+        capacity: config.runner_capacity,
+        agents_file: config
+            .agents_file
+            .clone()
+            .or_else(cli::runner::default_agents_file),
+        ttl_ms: config.heartbeat_ttl_ms.max(100),
+        worktrees_dir: config.data_dir.join("worktrees"),
+    }
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<()> {

@@ -5,10 +5,12 @@
 // the server leaves out when it has no value is optional (`field?: T | null`).
 
 /**
- * What a credential may do. Each scope includes the ones before it, so they compare with
- * `<`/`>=`: `read` < `respond` < `operate` < `admin`.
+ * What a credential may do. `read` < `respond` < `operate` < `admin`, each including the ones
+ * before it. `runner` stands apart: it may register a runner, claim spawns, host terminals and
+ * report the sessions it runs, and nothing else; `operate` and `admin` include it. Ask
+ * [`Scope::includes`] rather than comparing.
  */
-export type Scope = "read" | "respond" | "operate" | "admin";
+export type Scope = "runner" | "read" | "respond" | "operate" | "admin";
 
 /**
  * `POST /api/auth/tokens`.
@@ -1352,6 +1354,11 @@ export type Runner = {
  */
 export type RegisterRunner = {
   machineId: string;
+  /**
+   * Tells runners of one machine apart (default `main`); with the machine id it makes the
+   * runner's id.
+   */
+  name?: string | null;
   hostname: string;
   agents: Array<string>;
   capacity: number | null;
@@ -1425,6 +1432,26 @@ export type LaunchReport = {
    * The worktree it runs in, when one was made.
    */
   worktree?: string | null;
+  /**
+   * The agent has exited: `completed` for status 0, `stopped` when Stop ended it, else
+   * `failed`.
+   */
+  exit?: AgentExited | null;
+};
+
+/**
+ * How an agent ended.
+ */
+export type AgentExited = {
+  /**
+   * The exit code (128+N after signal N).
+   */
+  code: number;
+  signal?: number | null;
+  /**
+   * Stop ended it.
+   */
+  stopped: boolean;
 };
 
 /**

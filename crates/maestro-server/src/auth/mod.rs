@@ -94,7 +94,7 @@ impl Principal {
 
     /// Whether this principal may do what `scope` allows.
     pub fn allows(&self, scope: Scope) -> bool {
-        self.scope >= scope
+        self.scope.includes(scope)
     }
 }
 

@@ -208,6 +208,11 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
             _ => Need::Scope(Scope::Admin),
         };
     }
+    // A runner's own routes: registering, beating, claiming spawns, reporting launches and
+    // hosting its agents' terminals. A `runner` token can do these and nothing else.
+    if is_runner_route(method, path, websocket) {
+        return Need::Scope(Scope::Runner);
+    }
     // A device may ask to be notified of what it can read: subscribing and unsubscribing
     // change only its own subscriptions.
     if !is_write(method) || path == "/api/push/subscriptions" {
@@ -227,6 +232,18 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     } else {
         Scope::Operate
     })
+}
+
+/// `POST /api/runners`, `POST /api/runners/:id/{heartbeat,claim,launched}` and the terminal
+/// host's WebSocket `/api/sessions/:id/terminal/host`.
+fn is_runner_route(method: &Method, path: &str, websocket: bool) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["", "api", "runners"] => *method == Method::POST,
+        ["", "api", "runners", _, "heartbeat" | "claim" | "launched"] => *method == Method::POST,
+        ["", "api", "sessions", _, "terminal", "host"] => websocket || *method == Method::GET,
+        _ => false,
+    }
 }
 
 /// The scope a Socket.IO client action needs (see `realtime::socketio`).

@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::claims::release_all;
+use super::runners::RUNNER_LOST;
 use super::sessions::{close_task_statuses, emit_session_appended, timeline_entry};
 use super::{Domain, check_id, load_session};
 use crate::error::{Error, Result};
@@ -247,6 +248,7 @@ impl Domain {
         for id in self.store.due(Deadline::PresenceStall, now, SWEEP_BATCH)? {
             self.mark_stalled(id, now, epoch).await?;
         }
+        self.expire_runners(now, SWEEP_BATCH).await?;
         self.reap_claims(now, SWEEP_BATCH).await?;
         self.forget_idempotency(now, SWEEP_BATCH).await?;
         Ok(())
@@ -279,15 +281,37 @@ impl Domain {
                 return Ok(());
             }
             let silent = (now - p.last_seen) / 1000;
+            // A runner beats for its sessions, itself first: when it has not beaten since the
+            // session's last beat, the runner is what went silent.
+            let runner_lost = match super::runners::meta_str(&session, "runnerId") {
+                Some(rid) => tx
+                    .get::<maestro_protocol::Runner>(Collection::Runners, rid)?
+                    .is_none_or(|r| r.last_seen <= p.last_seen),
+                None => false,
+            };
+            let (reason, message) = if runner_lost {
+                (
+                    RUNNER_LOST,
+                    format!(
+                        "The runner on {} has been silent for {silent} s: its agents are lost",
+                        session.hostname
+                    ),
+                )
+            } else {
+                (
+                    DISCONNECTED,
+                    format!("No heartbeat for {silent} s: the agent is gone"),
+                )
+            };
             session.status = "failed".into();
             session.completed_at = Some(now);
-            session.failure_reason = Some(DISCONNECTED.into());
+            session.failure_reason = Some(reason.into());
             session.last_activity = now;
             let entry = timeline_entry(
                 "error",
-                Some(format!("No heartbeat for {silent} s: the agent is gone")),
+                Some(message),
                 None,
-                Some(json!({ "reason": DISCONNECTED })),
+                Some(json!({ "reason": reason })),
                 now,
             );
             session.timeline.push(entry.clone());
@@ -306,7 +330,7 @@ impl Domain {
             tx.emit(
                 &scope,
                 "notify:session_failed",
-                &json!({ "sessionId": session_id, "name": session.name, "reason": DISCONNECTED }),
+                &json!({ "sessionId": session_id, "name": session.name, "reason": reason }),
                 Some(&session_id),
             );
             presence_event(tx, &p);

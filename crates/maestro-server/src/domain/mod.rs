@@ -11,6 +11,7 @@ pub mod liveness;
 pub mod mail;
 pub mod ordering;
 pub mod projects;
+pub mod runners;
 pub mod sessions;
 pub mod skills;
 pub mod spawn;
@@ -43,6 +44,12 @@ pub struct ServerInfo {
     pub server_url: String,
     /// Heartbeat and sweep timing.
     pub liveness: liveness::LivenessConfig,
+    /// This machine's id: spawns go to its runners unless they name another machine.
+    pub machine_id: String,
+    /// `SPAWN_LAUNCHER`: `auto`, `runner` or `desktop`.
+    pub spawn_launcher: String,
+    /// `STOP_GRACE_MS`: time between the steps of Stop's signal ladder.
+    pub stop_grace_ms: u64,
 }
 
 /// Entry point to every domain operation; cheap to clone.
@@ -55,6 +62,9 @@ pub struct Domain {
     pub approval_waiters: Arc<std::sync::atomic::AtomicI64>,
     /// Serialized task lists, reused while no task changes (see [`Domain::list_tasks_json`]).
     task_lists: Arc<tasks::ListCache>,
+    /// Desktop apps connected to this server (legacy WebSocket clients that sent an
+    /// `Origin`): with `SPAWN_LAUNCHER=auto` they launch spawns instead of the runners.
+    pub desktop_clients: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Domain {
@@ -65,6 +75,7 @@ impl Domain {
             mail_metrics: Arc::default(),
             approval_waiters: Arc::default(),
             task_lists: Arc::default(),
+            desktop_clients: Arc::default(),
         }
     }
 

@@ -47,6 +47,11 @@ struct Plan {
     parent: Option<String>,
     model: String,
     agent_tool: String,
+    /// The machine whose runner runs the agent.
+    machine_id: String,
+    /// Who starts the agent: a runner, or the desktop app (on `session:spawn`).
+    by_runner: bool,
+    prompt: String,
 }
 
 fn model_rank(model: &str) -> u8 {
@@ -183,6 +188,7 @@ impl Domain {
                 .map(|m| m.id.clone())
                 .collect::<Vec<_>>()
         });
+        let launcher = if plan.by_runner { "runner" } else { "desktop" };
         let mut timeline = vec![TimelineEvent {
             id: new_id(prefix::EVENT),
             kind: "session_started".into(),
@@ -238,6 +244,9 @@ impl Domain {
                 "context": req.context.clone().unwrap_or_else(|| json!({})),
                 "agentTool": plan.agent_tool,
                 "model": plan.model,
+                "launcher": launcher,
+                "machineId": plan.machine_id,
+                "worktree": req.worktree.unwrap_or(false),
             })),
             needs_input: None,
             team_member_id: single_member.clone(),
@@ -271,10 +280,29 @@ impl Domain {
             success: true,
             session_id: session_id.clone(),
             manifest_path: manifest_str,
-            message: "Spawn requested; a launcher will start the agent".into(),
+            message: if plan.by_runner {
+                format!(
+                    "Spawn queued; a runner on machine {} starts the agent",
+                    plan.machine_id
+                )
+            } else {
+                "Spawn requested; a launcher will start the agent".into()
+            },
             session: session.clone(),
         };
 
+        let queued = plan.by_runner.then(|| super::runners::QueuedLaunch {
+            session_id: session_id.clone(),
+            project_id: plan.project.id.clone(),
+            machine_id: plan.machine_id.clone(),
+            agent_tool: plan.agent_tool.clone(),
+            cwd: plan.project.working_dir.clone(),
+            worktree: req.worktree.unwrap_or(false),
+            env: event.env_vars.clone(),
+            prompt: plan.prompt.clone(),
+            resume: false,
+            queued_at: now,
+        });
         let project_id = plan.project.id.clone();
         let key = idem_key.clone();
         let result = transact(&*self.store, move |tx| {
@@ -290,8 +318,10 @@ impl Domain {
                     .ok_or_else(|| task_not_found(t))?;
                 if !task.session_ids.contains(&session_id) {
                     task.session_ids.push(session_id.clone());
-                    tx.put(Collection::Tasks, t, None, &task);
                 }
+                // Touched, as upstream does: the desktop app orders tasks by `updatedAt`.
+                task.updated_at = now;
+                tx.put(Collection::Tasks, t, None, &task);
             }
             tx.put(
                 Collection::Sessions,
@@ -308,7 +338,11 @@ impl Domain {
                 );
             }
             super::sessions::emit_session_updated(tx, &session);
-            tx.emit(&project_id, "session:spawn", &event, Some(&session_id));
+            match &queued {
+                // A runner starts it; `session:spawn` would make a desktop app start it too.
+                Some(launch) => super::runners::queue_launch(tx, launch),
+                None => tx.emit(&project_id, "session:spawn", &event, Some(&session_id)),
+            }
             for t in &task_ids {
                 tx.emit(
                     &project_id,
@@ -438,6 +472,49 @@ impl Domain {
             .clone()
             .or_else(|| members.iter().find_map(|m| m.agent_tool.clone()))
             .unwrap_or_else(|| "claude-code".into());
+        if agent_tool.is_empty()
+            || agent_tool.len() > 64
+            || agent_tool.chars().any(char::is_control)
+        {
+            return Err(bad(
+                "invalid_agent_tool",
+                "agentTool must be 1-64 printable characters",
+            ));
+        }
+        let machine_id = match &req.machine_id {
+            Some(m) if is_valid_id(m) => m.clone(),
+            Some(_) => return Err(bad("invalid_machine_id", "machineId is not a valid id")),
+            None => self.info.machine_id.clone(),
+        };
+        let launcher = req
+            .launcher
+            .clone()
+            .unwrap_or_else(|| self.info.spawn_launcher.clone());
+        let by_runner = match launcher.as_str() {
+            "runner" => true,
+            "desktop" => false,
+            // auto: a connected desktop app launches what it hears; else this machine's
+            // runners, when the machine has one (it may be offline for now: the spawn waits).
+            "auto" if req.launcher.is_none() => {
+                self.desktop_clients
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    <= 0
+                    && self.machine_has_runner(&machine_id)?
+            }
+            _ => {
+                return Err(bad(
+                    "invalid_launcher",
+                    "launcher must be 'runner' or 'desktop'",
+                ));
+            }
+        };
+        let prompt = match &req.prompt {
+            Some(p) if p.len() > 64 * 1024 => {
+                return Err(bad("invalid_prompt", "prompt must be at most 64 KiB"));
+            }
+            Some(p) if !p.trim().is_empty() => p.clone(),
+            _ => default_prompt(&tasks),
+        };
         Ok(Plan {
             project,
             tasks,
@@ -447,8 +524,27 @@ impl Domain {
             parent,
             model,
             agent_tool,
+            machine_id,
+            by_runner,
+            prompt,
         })
     }
+}
+
+/// The first thing a spawned agent is told: its tasks.
+fn default_prompt(tasks: &[Task]) -> String {
+    let mut out = String::new();
+    for t in tasks {
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(&format!("Task {}: {}", t.id, t.title));
+        if !t.description.trim().is_empty() {
+            out.push_str("\n\n");
+            out.push_str(t.description.trim());
+        }
+    }
+    out
 }
 
 fn task_not_found(id: &str) -> Error {

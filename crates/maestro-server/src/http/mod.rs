@@ -12,6 +12,7 @@ mod ops;
 mod ordering;
 mod projects;
 mod push;
+mod runners;
 mod sessions;
 mod skills;
 mod tasks;
@@ -67,6 +68,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(team_members::router())
         .merge(mail::router())
         .merge(approvals::router())
+        .merge(runners::router())
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router())
@@ -86,7 +88,7 @@ fn documented() -> OpenApiRouter<AppState> {
     tags(
         (name = "projects"), (name = "tasks"), (name = "sessions"), (name = "team-members"),
         (name = "mail"), (name = "ordering"), (name = "skills"), (name = "templates"),
-        (name = "operations"), (name = "auth"), (name = "push")
+        (name = "operations"), (name = "auth"), (name = "push"), (name = "runners")
     )
 )]
 struct ApiDoc;

@@ -49,13 +49,16 @@ pub async fn upgrade_middleware(
     }
     // The auth gate (an outer layer) admitted this request: it carries who it acts for.
     let principal = req.extensions().get::<Principal>().cloned();
+    // A browser or web view (the desktop app) sends an Origin; the CLI (`maestro run`,
+    // `maestro watch`) does not. Desktop apps launch the spawns they hear about.
+    let desktop = req.headers().contains_key(header::ORIGIN);
     let (mut parts, _) = req.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         // Client messages are tiny (`ping`, `subscribe`); one as large as an HTTP body is plenty.
         Ok(ws) => ws
             .max_message_size(state.config.max_body_bytes)
             .max_frame_size(state.config.max_body_bytes)
-            .on_upgrade(move |socket| serve(socket, state, principal)),
+            .on_upgrade(move |socket| serve(socket, state, principal, desktop)),
         Err(rejection) => rejection.into_response(),
     }
 }
@@ -82,6 +85,22 @@ pub fn frame(event: &EventRecord) -> Utf8Bytes {
         .into()
 }
 
+/// Counts a connected desktop app for as long as it is held.
+struct DesktopGuard(Arc<std::sync::atomic::AtomicI64>);
+
+impl DesktopGuard {
+    fn new(count: Arc<std::sync::atomic::AtomicI64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for DesktopGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct ClientGuard(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for ClientGuard {
@@ -90,11 +109,17 @@ impl Drop for ClientGuard {
     }
 }
 
-async fn serve(mut socket: WebSocket, state: LegacyState, principal: Option<Principal>) {
+async fn serve(
+    mut socket: WebSocket,
+    state: LegacyState,
+    principal: Option<Principal>,
+    desktop: bool,
+) {
     let credential = principal.as_ref().and_then(|p| p.id.clone());
     let may_beat = principal.as_ref().is_some_and(|p| p.allows(Scope::Operate));
     state.clients.fetch_add(1, Ordering::Relaxed);
     let _guard = ClientGuard(state.clients.clone());
+    let _desktop = desktop.then(|| DesktopGuard::new(state.domain.desktop_clients.clone()));
     let mut events = state.domain.store.subscribe();
     let mut filter: Option<HashSet<String>> = None;
     loop {

@@ -114,6 +114,11 @@ impl Context {
         }
     }
 
+    /// The API token and this machine's owner token, as [`Context::client`] uses them.
+    pub fn tokens(&self) -> (Option<String>, Option<String>) {
+        (self.token.clone(), self.owner_token.clone())
+    }
+
     /// A client for the server, with the token and the retry policy.
     pub fn client(&self) -> Result<Client, CliError> {
         let client = Client::new(&self.server)

@@ -19,10 +19,12 @@ mod claims;
 mod context;
 pub mod credentials;
 mod hooks;
+pub(crate) mod host;
 mod mail;
 mod project;
 pub mod qr;
 mod run;
+pub(crate) mod runner;
 mod session;
 mod task;
 mod team;
@@ -90,6 +92,11 @@ pub enum Command {
     /// Wire an agent tool's hooks to Maestro: lifecycle and permission prompts.
     #[command(subcommand)]
     Hooks(hooks::HooksCommand),
+    /// Run the agents of this machine for a Maestro server: spawns for this machine start
+    /// here, their terminals stream to the server, Stop stops them.
+    Runner(runner::RunnerArgs),
+    /// The machines that run agents: online or not, agents found, sessions running.
+    Runners,
 }
 
 /// Runs an agent command and returns the process exit code.
@@ -140,8 +147,87 @@ async fn dispatch(ctx: &Context, command: Command) -> CmdResult<i32> {
         Command::Devices(c) => credentials::devices(ctx, c).await?,
         Command::Hooks(c) => hooks::run(ctx, c)?,
         Command::Approve(a) => return Ok(approve::approve(ctx, a).await),
+        Command::Runner(a) => return run_runner(ctx, a).await,
+        Command::Runners => list_runners(ctx).await?,
     }
     Ok(output::exit::OK)
+}
+
+async fn run_runner(ctx: &Context, args: runner::RunnerArgs) -> CmdResult<i32> {
+    let (token, owner_token) = ctx.tokens();
+    let machine_id = args
+        .machine_id
+        .unwrap_or_else(maestro_server::util::machine_id);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let cfg = runner::RunnerConfig {
+        server: ctx.server.clone(),
+        token,
+        fallback_token: owner_token,
+        owner_token_file: None,
+        name: args.name,
+        machine_id,
+        hostname: maestro_server::util::hostname(),
+        capacity: args.capacity,
+        agents_file: args.agents_file.or_else(runner::default_agents_file),
+        ttl_ms: std::env::var("MAESTRO_HEARTBEAT_TTL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(15_000),
+        worktrees_dir: home
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".maestro")
+            .join("worktrees"),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        stop.cancel();
+    });
+    eprintln!(
+        "maestro runner: machine {} ({}), serving {}",
+        cfg.machine_id, cfg.hostname, cfg.server
+    );
+    match runner::run(cfg, shutdown).await {
+        Ok(()) => Ok(output::exit::OK),
+        Err(e) => Err(output::CliError::failed("runner_failed", format!("{e:#}"))),
+    }
+}
+
+async fn list_runners(ctx: &Context) -> CmdResult {
+    let client = ctx.client()?;
+    let runners = client.list_runners().await.map_err(|e| ctx.err(e))?;
+    emit(ctx.json, &runners, || {
+        if runners.is_empty() {
+            say!("No runners. `maestro serve` runs one for its own machine unless RUNNER=off.");
+        }
+        for r in &runners {
+            say!(
+                "{} {:<20} {} running {}/{}  agents: {}{}",
+                if r.online { "●" } else { "○" },
+                r.hostname,
+                r.id,
+                r.running,
+                r.capacity,
+                if r.agents.is_empty() {
+                    "none found on PATH".to_owned()
+                } else {
+                    r.agents.join(", ")
+                },
+                if r.local {
+                    "  (this server's machine)"
+                } else {
+                    ""
+                },
+            );
+        }
+    });
+    Ok(())
 }
 
 fn whoami(ctx: &Context) {

@@ -26,17 +26,19 @@ use std::io::{IsTerminal, Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use super::host::{self, Agent, AgentExit, Spec, Uplink};
+
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use maestro_client::Client;
 use maestro_protocol::{CreateSession, Session, TimelineEvent, UpdateSession};
-use portable_pty::{CommandBuilder, MasterPty, PtySize};
+use portable_pty::PtySize;
 use serde_json::{Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::context::Context;
-use super::output::{CliError, CmdResult, now_ms};
+use super::output::{CmdResult, now_ms};
 
 /// Heartbeat TTL when neither the server nor `MAESTRO_HEARTBEAT_TTL_MS` says otherwise.
 const DEFAULT_TTL_MS: u64 = 15_000;
@@ -64,43 +66,6 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
-}
-
-/// How the agent ended.
-#[derive(Debug, Clone, PartialEq)]
-struct AgentExit {
-    /// The code `maestro run` exits with.
-    code: i32,
-    /// The signal that killed the agent, if one did.
-    signal: Option<i32>,
-}
-
-impl AgentExit {
-    fn from_std(status: std::process::ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt;
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Self { code, signal: None },
-            (None, Some(sig)) => Self {
-                code: 128 + sig,
-                signal: Some(sig),
-            },
-            (None, None) => Self {
-                code: 1,
-                signal: None,
-            },
-        }
-    }
-
-    fn success(&self) -> bool {
-        self.code == 0 && self.signal.is_none()
-    }
-
-    fn describe(&self) -> String {
-        match self.signal {
-            Some(sig) => format!("Agent was killed by signal {sig}"),
-            None => format!("Agent exited with status {}", self.code),
-        }
-    }
 }
 
 /// Notes from `maestro run` itself, on stderr; `\r\n` while the terminal is raw.
@@ -136,27 +101,24 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     let sid = session.id.clone();
 
     let tty = std::io::stdin().is_terminal();
-    let pty = portable_pty::native_pty_system();
-    let pair = pty
-        .openpty(if tty {
+    let spec = Spec {
+        argv: args.command.clone(),
+        cwd: None,
+        env: vec![
+            ("MAESTRO_SESSION_ID".into(), sid.clone()),
+            ("MAESTRO_PROJECT_ID".into(), session.project_id.clone()),
+            ("MAESTRO_TASK_IDS".into(), session.task_ids.join(",")),
+            ("MAESTRO_SERVER_URL".into(), ctx.server.clone()),
+        ],
+        size: if tty {
             terminal_size()
         } else {
             PtySize::default()
-        })
-        .map_err(|e| {
-            CliError::failed("pty_error", format!("Cannot open a pseudo-terminal: {e}"))
-        })?;
-    let mut cmd = CommandBuilder::new(&args.command[0]);
-    cmd.args(&args.command[1..]);
-    if let Ok(dir) = std::env::current_dir() {
-        cmd.cwd(dir);
-    }
-    cmd.env("MAESTRO_SESSION_ID", &sid);
-    cmd.env("MAESTRO_PROJECT_ID", &session.project_id);
-    cmd.env("MAESTRO_TASK_IDS", session.task_ids.join(","));
-    cmd.env("MAESTRO_SERVER_URL", &ctx.server);
-    let child = match pair.slave.spawn_command(cmd) {
-        Ok(child) => child,
+        },
+        echo: true,
+    };
+    let agent = match Agent::start(spec) {
+        Ok(agent) => agent,
         Err(e) => {
             let log = Log { raw: false };
             log.note(&format!("cannot start {:?}: {e}", args.command[0]));
@@ -165,17 +127,12 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
                 signal: None,
             };
             let why = format!("Agent could not start: {e}");
-            if let Err(e) = report_exit(&client, &sid, &exit, Some(&why)).await {
+            if let Err(e) = report_exit(&client, &sid, &exit, false, Some(&why)).await {
                 log.note(&format!("could not report the failure: {e}"));
             }
             return Ok(exit.code);
         }
     };
-    // The agent holds the slave side now; once it (and its children) exit, reads on the
-    // master side end.
-    drop(pair.slave);
-    let master = pair.master;
-    let agent_pid = child.process_id().and_then(|p| i32::try_from(p).ok());
 
     let raw = if tty {
         RawMode::enable()
@@ -185,45 +142,52 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     let log = Log {
         raw: raw.0.is_some(),
     };
+    forward_stdin(agent.clone());
 
-    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let _ = exit_tx.send(wait_agent(child));
-    });
-    let output_done = copy_output(&*master)?;
-    let input = spawn_input_writer(&*master)?;
-    forward_stdin(input.clone());
-
+    let stop = tokio_util::sync::CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat(client.clone(), sid.clone(), log));
-    let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), input, log));
+    let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), agent.input(), log));
+    let uplink = tokio::spawn(host::run_uplink(
+        agent.clone(),
+        Uplink {
+            ws_base: host::ws_base(&ctx.server),
+            token: client.token().map(str::to_owned),
+            session_id: sid.clone(),
+            replies: false,
+        },
+        stop.clone(),
+        move |msg| log.note(msg),
+    ));
 
     let status = loop {
         tokio::select! {
-            status = &mut exit_rx => {
-                break status.unwrap_or(AgentExit { code: 1, signal: None });
-            }
-            _ = recv(&mut sigint) => {
-                let group = master.process_group_leader().or(agent_pid);
-                signal_group(group, rustix::process::Signal::INT);
-            }
-            _ = recv(&mut sigterm) => signal_group(agent_pid, rustix::process::Signal::TERM),
-            _ = recv(&mut sighup) => signal_group(agent_pid, rustix::process::Signal::HUP),
+            status = agent.wait() => break status,
+            _ = recv(&mut sigint) => agent.signal_foreground(rustix::process::Signal::INT),
+            _ = recv(&mut sigterm) => agent.signal_agent(rustix::process::Signal::TERM),
+            _ = recv(&mut sighup) => agent.signal_agent(rustix::process::Signal::HUP),
             _ = recv(&mut winch) => {
                 if tty {
-                    let _ = master.resize(terminal_size());
+                    agent.resize(terminal_size());
                 }
             }
         }
     };
     heartbeats.abort();
     replies.abort();
-    if let Err(e) = report_exit(&client, &sid, &status, None).await {
+    // Let the last output reach the terminal (and the server) before reporting.
+    agent.drain_output(Duration::from_secs(2)).await;
+    if let Err(e) = report_exit(&client, &sid, &status, agent.stop_requested(), None).await {
         log.note(&format!(
             "could not report the agent's exit to the server: {e}"
         ));
     }
-    // Let the last output reach the terminal before it leaves raw mode.
-    let _ = tokio::time::timeout(Duration::from_secs(2), output_done).await;
+    // The uplink sends the exit and the last output; give it a moment, then close it.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), uplink).await;
     drop(raw);
     Ok(status.code)
 }
@@ -260,15 +224,22 @@ async fn report_exit(
     c: &Client,
     sid: &str,
     exit: &AgentExit,
+    stopped: bool,
     message: Option<&str>,
 ) -> maestro_client::Result<Session> {
     let now = now_ms();
-    let (status, kind) = if exit.success() {
+    let (status, kind) = if stopped {
+        ("stopped", "session_stopped")
+    } else if exit.success() {
         ("completed", "session_stopped")
     } else {
         ("failed", "error")
     };
-    let message = message.map_or_else(|| exit.describe(), str::to_owned);
+    let message = match (message, stopped) {
+        (Some(m), _) => m.to_owned(),
+        (None, true) => "Stopped".to_owned(),
+        (None, false) => exit.describe(),
+    };
     let entry: TimelineEvent = serde_json::from_value(json!({
         "id": format!("evt-{now}"),
         "type": kind,
@@ -286,74 +257,9 @@ async fn report_exit(
     c.update_session(sid, &req).await
 }
 
-/// Waits for the agent on the calling thread.
-fn wait_agent(child: Box<dyn portable_pty::Child + Send + Sync>) -> AgentExit {
-    let child: Box<dyn portable_pty::Child> = child;
-    match child.downcast::<std::process::Child>() {
-        Ok(mut c) => c.wait().map(AgentExit::from_std).unwrap_or(AgentExit {
-            code: 1,
-            signal: None,
-        }),
-        // Not reached on Unix; portable-pty's own status has no signal number.
-        Err(mut c) => AgentExit {
-            code: c
-                .wait()
-                .map(|s| i32::try_from(s.exit_code()).unwrap_or(1))
-                .unwrap_or(1),
-            signal: None,
-        },
-    }
-}
-
-/// Copies the agent's terminal output to stdout on a thread; the receiver completes at
-/// end of output.
-fn copy_output(master: &dyn MasterPty) -> CmdResult<tokio::sync::oneshot::Receiver<()>> {
-    let mut reader = master
-        .try_clone_reader()
-        .map_err(|e| CliError::failed("pty_error", format!("Cannot read the terminal: {e}")))?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        let mut out = std::io::stdout();
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.write_all(&buf[..n]).and_then(|()| out.flush()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = done_tx.send(());
-    });
-    Ok(done_rx)
-}
-
-/// One thread owns the terminal's input side; stdin and replies send it bytes.
-fn spawn_input_writer(master: &dyn MasterPty) -> CmdResult<mpsc::Sender<Vec<u8>>> {
-    let mut writer = master
-        .take_writer()
-        .map_err(|e| CliError::failed("pty_error", format!("Cannot write the terminal: {e}")))?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        for chunk in rx {
-            if writer
-                .write_all(&chunk)
-                .and_then(|()| writer.flush())
-                .is_err()
-            {
-                break;
-            }
-        }
-        // Dropping the writer would send EOF to the agent; nobody is left to write anyway.
-        std::mem::forget(writer);
-    });
-    Ok(tx)
-}
-
-/// Copies stdin to the agent's terminal until stdin ends.
-fn forward_stdin(input: mpsc::Sender<Vec<u8>>) {
+/// Copies stdin to the agent's terminal until stdin ends. A key typed at the desk takes
+/// control back from a remote viewer.
+fn forward_stdin(agent: std::sync::Arc<Agent>) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = [0u8; 4096];
@@ -361,7 +267,8 @@ fn forward_stdin(input: mpsc::Sender<Vec<u8>>) {
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if input.send(buf[..n].to_vec()).is_err() {
+                    agent.note_desk_input();
+                    if !agent.write(buf[..n].to_vec()) {
                         break;
                     }
                 }
@@ -478,14 +385,6 @@ async fn recv(sig: &mut Option<Signal>) {
     }
 }
 
-fn signal_group(pgid: Option<i32>, sig: rustix::process::Signal) {
-    if let Some(pid) = pgid.and_then(rustix::process::Pid::from_raw)
-        && rustix::process::kill_process_group(pid, sig).is_err()
-    {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
 /// The size of the user's terminal, or 24×80.
 fn terminal_size() -> PtySize {
     let ws = rustix::termios::tcgetwinsize(std::io::stdout())
@@ -556,28 +455,5 @@ mod tests {
             None
         );
         assert_eq!(session_input("not json", "s1"), None);
-    }
-
-    #[test]
-    fn exit_codes_follow_the_shell() {
-        use std::os::unix::process::ExitStatusExt;
-        let exited = AgentExit::from_std(std::process::ExitStatus::from_raw(3 << 8));
-        assert_eq!(
-            exited,
-            AgentExit {
-                code: 3,
-                signal: None
-            }
-        );
-        assert!(!exited.success());
-        let killed = AgentExit::from_std(std::process::ExitStatus::from_raw(9));
-        assert_eq!(
-            killed,
-            AgentExit {
-                code: 137,
-                signal: Some(9)
-            }
-        );
-        assert!(AgentExit::from_std(std::process::ExitStatus::from_raw(0)).success());
     }
 }

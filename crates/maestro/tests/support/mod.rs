@@ -57,6 +57,9 @@ impl Server {
         let url_file: PathBuf = dir.path().join("server-url");
         let child = Command::new(BIN)
             .args(["serve", "--port", "0"])
+            // Tests that want this machine's runner turn it on; the others must not start
+            // agents for their spawns.
+            .env("RUNNER", "off")
             .envs(env.iter().copied())
             .env("DATA_DIR", dir.path())
             .env("SESSION_DIR", dir.path().join("sessions"))

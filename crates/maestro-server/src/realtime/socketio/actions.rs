@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use maestro_protocol::{
     ApprovalDecideAction, DecideApproval, ReplyInput, SendMail, SessionSubscription, SpawnRequest,
-    StopSession, UpdateSession,
+    StopSession,
 };
 use serde_json::{Value, json};
 
@@ -100,11 +100,7 @@ impl Hub {
                     return Err(Error::validation("sessionId is required"));
                 };
                 check_session_project(self, conn, &id)?;
-                let stop = UpdateSession {
-                    status: Some("stopped".into()),
-                    ..Default::default()
-                };
-                let session = self.domain.update_session(id, stop).await?;
+                let session = self.domain.stop_session(id, None).await?;
                 Ok(json!({ "session": session }))
             }
             other => Err(Error::not_found("Event", other)),

@@ -66,7 +66,11 @@ impl Conn {
             Kind::Mobile => {
                 let mine = self.project.as_deref();
                 if scope == GLOBAL_SCOPE {
-                    data.is_none_or(|d| d.get("id").and_then(Value::as_str) == mine)
+                    // Its project's events, and the runners' (the machines serve every project).
+                    data.is_none_or(|d| {
+                        let id = d.get("id").and_then(Value::as_str);
+                        id == mine || id.is_some_and(|id| id.starts_with("run_"))
+                    })
                 } else {
                     Some(scope) == mine
                 }
@@ -438,6 +442,7 @@ mod tests {
         assert!(!c.wants(&ev("p2", json!({}), None)));
         assert!(c.wants(&ev(GLOBAL_SCOPE, json!({ "id": "p1" }), None)));
         assert!(!c.wants(&ev(GLOBAL_SCOPE, json!({ "id": "p2" }), None)));
+        assert!(c.wants(&ev(GLOBAL_SCOPE, json!({ "id": "run_0123abcd" }), None)));
         assert!(
             c.follows_scope(GLOBAL_SCOPE, None),
             "gap notices of the global scope"
