@@ -25,11 +25,15 @@ export function sortRunners(list: Runner[]): Runner[] {
   );
 }
 
-/** The list with `r` put in (replacing the runner with its id); an older copy does not win. */
+/**
+ * The list with `r` put in (replacing the runner with its id); an older copy does not win.
+ * `local` means "on the answering server's machine": only `GET /api/runners` can say that (an
+ * event is the same for every listener), so a runner already listed keeps its `local`.
+ */
 export function upsertRunner(list: Runner[], r: Runner): Runner[] {
   const old = list.find((x) => x.id === r.id);
   if (old && old.lastSeen > r.lastSeen) return list;
-  return sortRunners([...list.filter((x) => x.id !== r.id), r]);
+  return sortRunners([...list.filter((x) => x.id !== r.id), { ...r, local: old ? old.local : r.local }]);
 }
 
 let inFlight: Promise<void> | null = null;

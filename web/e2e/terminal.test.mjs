@@ -1,0 +1,197 @@
+// End to end: runners and the live terminal from the phone (docs/runners.md). The real binary
+// runs its own runner with an agents file that adds a `shell` agent (an interactive bash); the
+// phone spawns it, watches its terminal, takes control, types, and stops it.
+//
+// The terminal page runs under the server's real Content-Security-Policy (no `bypassCSP`):
+// xterm.js writes `<style>` elements that the policy refuses, and the app must render anyway.
+
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { after, before, test } from "node:test";
+
+import { WAIT_MS, axe, launch, live, phone, shot, startServer } from "./harness.mjs";
+
+let server;
+let browser;
+let project;
+let task;
+let local;
+let dir;
+/** The shell session the first test starts; the second shows it on Fleet. */
+let sessionId;
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), "maestro-web-terminal-"));
+  const agents = join(dir, "agents.toml");
+  writeFileSync(agents, '[agents.shell]\ncommand = ["bash", "--norc", "--noprofile", "-i"]\nprompt = "none"\n');
+  server = await startServer({ RUNNER: "on", AGENTS_FILE: agents, STOP_GRACE_MS: "300" });
+  browser = await launch();
+  project = await server.ok("POST", "/api/projects", { name: "terminal", workingDir: dir });
+  task = await server.ok("POST", "/api/tasks", { projectId: project.id, title: "Say hi from a shell" });
+  // The server's own runner registers at start-up.
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const list = await server.ok("GET", "/api/runners");
+    local = list.find((r) => r.local && r.online);
+    if (local?.agents.includes("shell")) break;
+    if (Date.now() > deadline) throw new Error(`no local runner with the shell agent: ${JSON.stringify(list)}`);
+    await sleep(50);
+  }
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** The terminal's rows as text (xterm's DOM renderer keeps one element per row). */
+function screenText(page) {
+  return page.locator(".term-frame .xterm-rows").innerText();
+}
+
+async function until(what, check) {
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const got = await check();
+    if (got) return got;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+test("spawn a shell from the phone, type into its terminal, stop it", async () => {
+  const context = await phone(browser, { bypassCSP: false });
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  try {
+    await page.goto(`${server.url}/#/spawn/${task.id}`);
+    await live(page);
+
+    // Spawn: the server's own machine is picked, its agents are offered, no worktree by default.
+    const machine = page.locator("#sp-machine");
+    await machine.waitFor({ timeout: WAIT_MS });
+    assert.equal(await machine.inputValue(), local.machineId);
+    assert.match(await machine.locator("option:checked").innerText(), /this server/);
+    const agent = page.locator("#sp-agent");
+    assert.deepEqual(await agent.locator("option").allInnerTexts(), local.agents);
+    await agent.selectOption("shell");
+    assert.equal(await page.locator("#sp-worktree").isChecked(), false);
+    for (const scheme of ["light", "dark"]) {
+      await page.emulateMedia({ colorScheme: scheme });
+      await shot(page, `spawn-pickers-${scheme}`);
+    }
+    await page.emulateMedia({ colorScheme: "light" });
+
+    const spawned = page.waitForRequest("**/api/sessions/spawn");
+    await page.getByRole("button", { name: "Start agent" }).click();
+    const body = (await spawned).postDataJSON();
+    assert.equal(body.machineId, local.machineId);
+    assert.equal(body.agentTool, "shell");
+    assert.equal(body.worktree, false);
+    await page.waitForURL(/#\/s\/[^?]+/, { timeout: WAIT_MS });
+    sessionId = decodeURIComponent(page.url().match(/#\/s\/([^?]+)/)[1]);
+
+    // The session says who launched it and where.
+    const placement = page.locator(".placement");
+    await placement.locator(".machine-name", { hasText: local.hostname }).waitFor({ timeout: WAIT_MS });
+    assert.match(await placement.innerText(), /Runner/);
+
+    // The Terminal tab: xterm.js arrives as its own chunk, connects, shows bash's prompt.
+    const chunk = page.waitForResponse((r) => /\/assets\/view-[^/]+\.js$/.test(r.url()));
+    await page.getByRole("tab", { name: "Terminal" }).click();
+    assert.equal((await chunk).status(), 200);
+    await page.locator('.term-link[data-link="live"]').waitFor({ timeout: WAIT_MS });
+    await until("bash's prompt", async () => /\$\s*$/m.test(await screenText(page)));
+    // Rendered as a terminal despite the CSP: xterm's own rules (its monospace font) apply.
+    const font = await page.locator(".term-frame .xterm-rows").evaluate((el) => getComputedStyle(el).fontFamily);
+    assert.match(font, /monospace/, font);
+
+    // Not in control yet: the key bar is there but does not type.
+    const enter = page.getByRole("button", { name: "Enter", exact: true });
+    assert.equal(await enter.isDisabled(), true);
+    await page.getByRole("button", { name: "Take control" }).click();
+    await page.locator('[data-control="you"]').waitFor({ timeout: WAIT_MS });
+    // In control, the host's terminal takes the size that fits the phone.
+    await until("the fitted size", async () => {
+      const cols = Number(await page.locator(".term-frame").getAttribute("data-cols"));
+      return cols > 20 && cols <= 60;
+    });
+
+    await page.locator(".term-frame .xterm-helper-textarea").focus();
+    await page.keyboard.type("echo hi");
+    await until("the typed command", async () => (await screenText(page)).includes("echo hi"));
+    await enter.click();
+    await until("hi on its own line", async () => /^hi\s*$/m.test(await screenText(page)));
+
+    for (const scheme of ["light", "dark"]) {
+      await page.emulateMedia({ colorScheme: scheme });
+      await shot(page, `terminal-${scheme}`);
+    }
+    await page.emulateMedia({ colorScheme: "light" });
+
+    // Stop, confirmed first: the agent really ends, and the session says `stopped`.
+    await page.getByRole("button", { name: "Stop…" }).click();
+    await page.getByRole("button", { name: "Stop the agent" }).click();
+    await page.locator(".screen-head .badge", { hasText: "stopped" }).waitFor({ timeout: WAIT_MS });
+    const s = await server.ok("GET", `/api/sessions/${sessionId}`);
+    assert.equal(s.status, "stopped");
+    // The terminal noticed too: no longer a live agent.
+    await until("the terminal to see the end", async () => !/^Live · \d/.test(await page.locator(".term-link").innerText()));
+    // A finished runner session can be resumed.
+    await page.getByRole("button", { name: "Resume" }).waitFor({ timeout: WAIT_MS });
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
+
+test("Fleet lists the machines, live, and which machine runs each session", async () => {
+  assert.ok(sessionId, "the first test spawned a session");
+  const context = await phone(browser);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  try {
+    await page.goto(`${server.url}/#/fleet`);
+    await live(page);
+    const row = page.locator(`.machine[data-runner="${local.id}"]`);
+    await row.waitFor({ timeout: WAIT_MS });
+    const text = await row.innerText();
+    assert.match(text, new RegExp(local.hostname));
+    assert.match(text, /this server/);
+    assert.match(text, /\d+ of \d+ running/);
+    assert.match(text, /shell/);
+
+    // Another machine joins: it appears without a reload (`runner:updated` on /mobile).
+    await server.ok("POST", "/api/runners", {
+      machineId: "e2e-build-box",
+      hostname: "build-box",
+      agents: ["codex"],
+      capacity: 4,
+      version: "e2e",
+    });
+    await page.locator(".machine", { hasText: "build-box" }).waitFor({ timeout: WAIT_MS });
+
+    // The stopped shell session (under All) says where it ran.
+    await page.getByRole("button", { name: "All" }).click();
+    const session = page.locator(`a.row-link[href="#/s/${sessionId}"]`);
+    await session.waitFor({ timeout: WAIT_MS });
+    assert.match(await session.innerText(), new RegExp(`on ${local.hostname}`));
+
+    const violations = await axe(page);
+    assert.deepEqual(violations, [], JSON.stringify(violations, null, 1));
+    for (const scheme of ["light", "dark"]) {
+      await page.emulateMedia({ colorScheme: scheme });
+      await shot(page, `fleet-machines-${scheme}`);
+    }
+    await page.getByRole("button", { name: "Active" }).click();
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+  }
+});
