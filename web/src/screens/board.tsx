@@ -431,7 +431,7 @@ export function Spawn({ taskId }: { taskId?: string }) {
               </select>
             ) : (
               <p class="error" id="sp-agent">
-                No agent program was found on {machine?.hostname}'s PATH.
+                No agent program was found on {machine?.hostname}'s PATH: an agent started there fails at once.
               </p>
             )}
             <label class="check" for="sp-worktree">
@@ -457,7 +457,7 @@ export function Spawn({ taskId }: { taskId?: string }) {
             </p>
           )
         )}
-        <button class="btn btn-primary" type="submit" disabled={busy || !chosen || (pickers && agents.length === 0)}>
+        <button class="btn btn-primary" type="submit" disabled={busy || !chosen}>
           {busy ? "Starting…" : "Start agent"}
         </button>
         {error && (
