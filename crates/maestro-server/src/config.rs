@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long, env = "PUSH_CONTACT")]
     pub push_contact: Option<String>,
 
+    /// Bytes of terminal output the server keeps per agent session (the live terminal's
+    /// scrollback), besides the parsed screen.
+    #[arg(long, env = "TERMINAL_SCROLLBACK_BYTES", default_value_t = 256 * 1024)]
+    pub terminal_scrollback_bytes: usize,
+
     /// Accept Web Push endpoints on plain http and on loopback or IP-literal hosts (for tests
     /// with a local push endpoint). Off: only `https://<name>` endpoints, as browsers' push
     /// services have, so a subscriber cannot point the server at this machine or its network.
@@ -240,6 +245,7 @@ impl Config {
             runner: "on".into(),
             agents_file: None,
             runner_capacity: 8,
+            terminal_scrollback_bytes: 256 * 1024,
         }
     }
 

@@ -6,7 +6,8 @@
 //! Layout:
 //! - [`domain`]: business rules, one module per feature;
 //! - [`ports`]: the traits a storage backend implements; [`backends`]: the implementations;
-//! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets.
+//! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets;
+//! - [`terminal`]: agents' live terminals, streamed from their hosts to viewers.
 
 pub mod auth;
 pub mod backends;
@@ -17,7 +18,9 @@ pub mod http;
 pub mod import;
 pub mod ports;
 pub mod push;
+pub mod queue;
 pub mod realtime;
+pub mod terminal;
 pub mod util;
 
 use std::net::SocketAddr;
@@ -70,6 +73,25 @@ pub async fn run(
         .await
         .context("loading the Web Push key")?;
     tasks.spawn(push.clone().run(shutdown.clone()));
+    let relay: Arc<dyn ports::Relay> = match config.redis() {
+        Some(url) => Arc::new(
+            backends::redis::RedisRelay::start(
+                url,
+                &config.redis_key_prefix,
+                &tasks,
+                shutdown.clone(),
+            )
+            .context("setting up the Redis relay")?,
+        ),
+        None => Arc::new(backends::relay::LocalRelay::default()),
+    };
+    let terminals = terminal::Terminals::new(
+        config.terminal_scrollback_bytes,
+        relay,
+        tasks.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(terminals.clone().run(store.clone(), shutdown.clone()));
     let state = AppState {
         domain,
         config: config_arc,
@@ -79,6 +101,7 @@ pub async fn run(
         socketio,
         gate,
         push,
+        terminals,
     };
     let app = http::router(state);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");

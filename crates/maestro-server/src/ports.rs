@@ -377,3 +377,52 @@ where
         .map(|b| *b)
         .map_err(|_| Error::Internal("transaction returned an unexpected type".into()))
 }
+
+/// Best-effort messages between the servers sharing a backend, outside the event journal: the
+/// live terminal's bytes and its control messages. Nothing is stored or replayed, delivery may
+/// skip messages (a subscriber then sees [`Popped::Lagged`](crate::queue::Popped::Lagged)), and
+/// `publish` never waits, so a slow backend never slows an agent down. Messages from one
+/// publisher on one channel arrive in the order they were published, this server's own
+/// subscribers included.
+#[async_trait]
+pub trait Relay: Send + Sync + 'static {
+    /// Sends `payload` to every subscriber of `channel`, on every server; drops it when the
+    /// outgoing queue is full or the backend is unreachable.
+    fn publish(&self, channel: &str, payload: bytes::Bytes);
+
+    /// Receives what is published on `channel` from now on (once the backend confirmed, or
+    /// after a short bound when it cannot), until the subscription is dropped.
+    async fn subscribe(&self, channel: &str) -> RelaySubscription;
+}
+
+/// Messages of one channel, bytes-bounded; unsubscribes when dropped.
+pub struct RelaySubscription {
+    queue: Arc<crate::queue::ByteQueue<bytes::Bytes>>,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl RelaySubscription {
+    /// A subscription reading `queue`; `on_drop` unsubscribes.
+    pub fn new(
+        queue: Arc<crate::queue::ByteQueue<bytes::Bytes>>,
+        on_drop: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            queue,
+            on_drop: Some(Box::new(on_drop)),
+        }
+    }
+
+    /// The next message, or `Lagged` after some were lost; `None` when the relay stopped.
+    pub async fn next(&mut self) -> Option<crate::queue::Popped<bytes::Bytes>> {
+        self.queue.pop().await
+    }
+}
+
+impl Drop for RelaySubscription {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
+}

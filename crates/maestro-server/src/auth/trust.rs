@@ -405,6 +405,37 @@ mod tests {
     }
 
     #[test]
+    fn terminals_need_read_to_watch_and_the_runner_scope_to_host() {
+        use maestro_protocol::Scope as S;
+        let get = Method::GET;
+        assert_eq!(
+            need(&get, "/api/sessions/s1/terminal", true),
+            Need::Scope(S::Read)
+        );
+        for websocket in [true, false] {
+            // `runner`, which operate and admin include (a read token is refused).
+            assert_eq!(
+                need(&get, "/api/sessions/s1/terminal/host", websocket),
+                Need::Scope(S::Runner)
+            );
+        }
+        assert_eq!(
+            need(&Method::POST, "/api/runners", false),
+            Need::Scope(S::Runner)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/runners/run_1/claim", false),
+            Need::Scope(S::Runner)
+        );
+        assert_eq!(need(&get, "/api/runners", false), Need::Scope(S::Read));
+        // Only that shape of path.
+        assert_eq!(
+            need(&get, "/api/sessions/a/b/terminal/host", true),
+            Need::Scope(S::Read)
+        );
+    }
+
+    #[test]
     fn push_subscriptions_need_only_read() {
         use maestro_protocol::Scope as S;
         for method in [Method::POST, Method::DELETE] {

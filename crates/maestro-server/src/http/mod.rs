@@ -18,6 +18,7 @@ mod skills;
 mod tasks;
 mod team_members;
 mod templates;
+pub mod terminal;
 mod web;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub gate: crate::auth::Gate,
     /// Web Push: the VAPID key and the sender's counters.
     pub push: crate::push::Push,
+    /// The live terminals of agent sessions (see [`crate::terminal`]).
+    pub terminals: crate::terminal::Terminals,
 }
 
 /// The API as an OpenAPI-documented router: every route is registered together with its
@@ -120,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/docs", axum::routing::get(docs_page))
         .route("/socket.io", axum::routing::get(socketio).post(socketio))
         .route("/socket.io/", axum::routing::get(socketio).post(socketio))
+        .merge(terminal::router())
         .fallback(web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))

@@ -38,13 +38,17 @@ pub struct LegacyState {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// Routes WebSocket upgrades on any path except `/socket.io/` to the legacy protocol.
+/// Routes WebSocket upgrades on any path except `/socket.io/` and the live terminal's to the
+/// legacy protocol.
 pub async fn upgrade_middleware(
     State(state): State<LegacyState>,
     req: Request,
     next: Next,
 ) -> Response {
-    if !is_websocket_upgrade(&req) || req.uri().path().starts_with("/socket.io") {
+    if !is_websocket_upgrade(&req)
+        || req.uri().path().starts_with("/socket.io")
+        || crate::terminal::is_terminal_path(req.uri().path())
+    {
         return next.run(req).await;
     }
     // The auth gate (an outer layer) admitted this request: it carries who it acts for.

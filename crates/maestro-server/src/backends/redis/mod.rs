@@ -37,11 +37,13 @@
 //! - [`txn`]: optimistic transactions — the `WATCH`ing overlay base, encoding and commit;
 //! - [`subscriber`]: the channel subscription, journal reads, catch-up and gap filling;
 //! - [`reader`]: reads outside transactions, and the newest-first index scan both use;
+//! - [`relay`]: pub/sub for best-effort messages outside the journal (the live terminal);
 //! - this file: [`RedisStore`], `open`, and the [`Store`] implementation.
 
 mod keys;
 mod pool;
 mod reader;
+mod relay;
 mod scripts;
 mod sequencer;
 mod subscriber;
@@ -58,6 +60,8 @@ use redis::Connection;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use self::relay::RedisRelay;
 
 use self::keys::Keys;
 use self::pool::{Pool, blocking, io_error};

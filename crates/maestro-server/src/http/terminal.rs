@@ -1,0 +1,73 @@
+//! `/api/sessions/:id/terminal` (viewers) and `/api/sessions/:id/terminal/host` (the host):
+//! the live terminal's WebSockets (`docs/runners.md`, "The terminal protocol"). The handlers
+//! check what can be answered with an HTTP status before upgrading — the session exists, the
+//! terminal limit — and hand the socket to [`crate::terminal`].
+//!
+//! Not in the OpenAPI document, like `/socket.io/`: a WebSocket has no operation to describe.
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Request, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maestro_protocol::Scope;
+
+use super::AppState;
+use crate::auth::Principal;
+use crate::error::Error;
+use crate::terminal::Access;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/sessions/{id}/terminal", axum::routing::get(viewer))
+        .route("/api/sessions/{id}/terminal/host", axum::routing::get(host))
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Viewer,
+    Host,
+}
+
+async fn viewer(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    upgrade(s, id, req, Role::Viewer).await
+}
+
+async fn host(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    upgrade(s, id, req, Role::Host).await
+}
+
+async fn upgrade(s: AppState, id: String, req: Request, role: Role) -> Response {
+    if let Err(e) = s.domain.get_session(&id) {
+        return e.into_response();
+    }
+    // The gate admitted the request with a scope that covers the route.
+    let principal = req.extensions().get::<Principal>().cloned();
+    let access = Access {
+        can_type: principal.as_ref().is_some_and(|p| p.allows(Scope::Operate)),
+        credential: principal.and_then(|p| p.id),
+    };
+    if let Err(refused) = s.terminals.reserve(&id) {
+        return Error::Coded {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "TOO_MANY_TERMINALS",
+            message: refused.message(),
+            details: None,
+        }
+        .into_response();
+    }
+    let (mut parts, _) = req.into_parts();
+    let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &s).await {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let max = s.config.max_body_bytes;
+    let terminals = s.terminals.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            match role {
+                Role::Viewer => terminals.serve_viewer(socket, id, access).await,
+                Role::Host => terminals.serve_host(socket, id, access).await,
+            }
+        })
+}
