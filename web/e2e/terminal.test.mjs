@@ -106,7 +106,8 @@ test("spawn a shell from the phone, type into its terminal, stop it", async () =
     await page.getByRole("tab", { name: "Terminal" }).click();
     assert.equal((await chunk).status(), 200);
     await page.locator('.term-link[data-link="live"]').waitFor({ timeout: WAIT_MS });
-    await until("bash's prompt", async () => /\$\s*$/m.test(await screenText(page)));
+    // bash's own prompt without a profile: `bash-5.2$ `, or `#` as root.
+    await until("bash's prompt", async () => /bash-[\d.]+[$#]\s*$/m.test(await screenText(page)));
     // Rendered as a terminal despite the CSP: xterm's own rules (its monospace font) apply.
     const font = await page.locator(".term-frame .xterm-rows").evaluate((el) => getComputedStyle(el).fontFamily);
     assert.match(font, /monospace/, font);
@@ -144,6 +145,8 @@ test("spawn a shell from the phone, type into its terminal, stop it", async () =
     await until("the terminal to see the end", async () => !/^Live · \d/.test(await page.locator(".term-link").innerText()));
     // A finished runner session can be resumed.
     await page.getByRole("button", { name: "Resume" }).waitFor({ timeout: WAIT_MS });
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await shot(page, "session-runner-stopped-light");
     assert.deepEqual(errors, []);
   } finally {
     await context.close();
@@ -193,5 +196,38 @@ test("Fleet lists the machines, live, and which machine runs each session", asyn
     assert.deepEqual(errors, []);
   } finally {
     await context.close();
+  }
+});
+
+test("a read-only phone watches the terminal, with no key bar and no take-control", async () => {
+  const spawned = await server.ok("POST", "/api/sessions/spawn", {
+    projectId: project.id,
+    taskIds: [task.id],
+    agentTool: "shell",
+    machineId: local.machineId,
+  });
+  // Paired with `respond`, through what looks like the tunnel (no local trust): it may not type.
+  const pairing = await server.ok("POST", "/api/auth/pairings", { scope: "respond" });
+  const context = await phone(browser, { bypassCSP: false, extraHTTPHeaders: { "X-Forwarded-For": "203.0.113.9" } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  try {
+    await page.goto(`${server.url}/pair#c=${pairing.code}`);
+    await page.locator("#device-name").fill("Watching phone");
+    await page.getByRole("button", { name: "Pair" }).click();
+    await live(page);
+    await page.evaluate((id) => (location.hash = `#/s/${id}?tab=terminal`), spawned.sessionId);
+    await page.locator('.term-link[data-link="live"]').waitFor({ timeout: WAIT_MS });
+    await until("bash's prompt", async () => /bash-[\d.]+[$#]\s*$/m.test(await screenText(page)));
+    await page.locator(".term-control", { hasText: "Read only" }).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Take control" }).count(), 0);
+    assert.equal(await page.locator(".keybar").count(), 0);
+    // Nor Stop: that needs operate.
+    assert.equal(await page.getByRole("button", { name: "Stop…" }).count(), 0);
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
+    await server.ok("POST", `/api/sessions/${spawned.sessionId}/stop`, {});
   }
 });

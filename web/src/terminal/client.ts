@@ -44,7 +44,8 @@ export interface TermState {
   viewerId: string | null;
   cols: number;
   rows: number;
-  exit: { code: number | null; signal: string | null } | null;
+  /** How the agent ended: its exit code, or the signal (a number, or a name) that ended it. */
+  exit: { code: number | null; signal: number | string | null } | null;
   error: { code: string; message: string } | null;
 }
 

@@ -123,7 +123,9 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
   useEffect(() => client?.setFinished(finished), [client, finished]);
 
   const s = client?.state.value;
-  const typing = s ? inControl(s) : false;
+  // Once the agent has ended there is nothing to type into.
+  const over = finished || Boolean(s?.exit);
+  const typing = s && !over ? inControl(s) : false;
   useEffect(() => {
     const t = term.current;
     if (!t) return;
@@ -166,7 +168,7 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
           {follow ? "Following" : "Follow"}
         </button>
       </div>
-      {s && s.canType && s.link === "live" && (
+      {s && s.canType && s.link === "live" && !over && (
         <div class="term-control">
           <span class="meta" data-control={controlOf(s)}>
             {controlText(s)}
@@ -190,7 +192,7 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
           )}
         </div>
       )}
-      {s && !s.canType && s.link === "live" && <p class="meta term-control">Read only: {controlText(s)}</p>}
+      {s && !s.canType && s.link === "live" && !over && <p class="meta term-control">Read only: {controlText(s)}</p>}
       <div class="term-frame" ref={frame} data-cols={s?.cols} data-rows={s?.rows} />
       {s?.error && (
         <p class="error term-error" role="alert">
@@ -200,7 +202,7 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
           </button>
         </p>
       )}
-      {s?.canType && (
+      {s?.canType && !over && (
         <div class="keybar" role="group" aria-label="Keys">
           {KEY_BAR.map((k) => (
             <button
@@ -245,7 +247,7 @@ function LinkStatus({ s }: { s: TermState | undefined }) {
     text = "Session ended";
     tone = "done";
   } else if (s.exit) {
-    text = s.exit.signal ? `Agent ended by ${s.exit.signal}` : `Agent exited (code ${s.exit.code ?? "?"})`;
+    text = s.exit.signal != null ? `Agent ended by ${signalName(s.exit.signal)}` : `Agent exited (code ${s.exit.code ?? "?"})`;
     tone = "done";
   } else if (!s.hostConnected) {
     text = "Live · the agent's machine is not connected";
@@ -260,6 +262,14 @@ function LinkStatus({ s }: { s: TermState | undefined }) {
       {text}
     </span>
   );
+}
+
+const SIGNALS: Record<number, string> = { 1: "SIGHUP", 2: "SIGINT", 9: "SIGKILL", 15: "SIGTERM" };
+
+/** `9` → `signal 9 (SIGKILL)`; a name stays as it is. */
+function signalName(signal: number | string): string {
+  if (typeof signal === "string") return signal;
+  return SIGNALS[signal] ? `signal ${signal} (${SIGNALS[signal]})` : `signal ${signal}`;
 }
 
 function controlText(s: TermState): string {
