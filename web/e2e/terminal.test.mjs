@@ -26,7 +26,11 @@ let sessionId;
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "maestro-web-terminal-"));
   const agents = join(dir, "agents.toml");
-  writeFileSync(agents, '[agents.shell]\ncommand = ["bash", "--norc", "--noprofile", "-i"]\nprompt = "none"\n');
+  writeFileSync(
+    agents,
+    '[agents.shell]\ncommand = ["bash", "--norc", "--noprofile", "-i"]\nprompt = "none"\n\n' +
+      '[agents.missing]\ncommand = ["surely-not-installed-agent"]\nprompt = "none"\n',
+  );
   server = await startServer({ RUNNER: "on", AGENTS_FILE: agents, STOP_GRACE_MS: "300" });
   browser = await launch();
   project = await server.ok("POST", "/api/projects", { name: "terminal", workingDir: dir });
@@ -68,6 +72,8 @@ test("spawn a shell from the phone, type into its terminal, stop it", async () =
   const page = await context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
+  const terminals = [];
+  page.on("websocket", (ws) => ws.url().endsWith("/terminal") && terminals.push(ws));
   try {
     await page.goto(`${server.url}/#/spawn/${task.id}`);
     await live(page);
@@ -134,6 +140,23 @@ test("spawn a shell from the phone, type into its terminal, stop it", async () =
       await shot(page, `terminal-${scheme}`);
     }
     await page.emulateMedia({ colorScheme: "light" });
+
+    // The network drops and comes back: a new connection, whose snapshot still shows the output.
+    assert.equal(terminals.length, 1);
+    await context.setOffline(true);
+    await context.setOffline(false);
+    await until("a second terminal connection", async () => terminals.length === 2);
+    await page.locator('.term-link[data-link="live"]').waitFor({ timeout: WAIT_MS });
+    await until("the snapshot after reconnecting", async () => /^hi\s*$/m.test(await screenText(page)));
+    // Control belonged to the old connection: take it again, and typing works again.
+    if ((await page.locator('[data-control="you"]').count()) === 0) {
+      await page.getByRole("button", { name: "Take control" }).click();
+      await page.locator('[data-control="you"]').waitFor({ timeout: WAIT_MS });
+    }
+    await page.locator(".term-frame .xterm-helper-textarea").focus();
+    await page.keyboard.type("echo again");
+    await enter.click();
+    await until("again on its own line", async () => /^again\s*$/m.test(await screenText(page)));
 
     // Stop, confirmed first: the agent really ends, and the session says `stopped`.
     await page.getByRole("button", { name: "Stop…" }).click();
@@ -229,5 +252,31 @@ test("a read-only phone watches the terminal, with no key bar and no take-contro
   } finally {
     await context.close();
     await server.ok("POST", `/api/sessions/${spawned.sessionId}/stop`, {});
+  }
+});
+
+test("an agent that cannot start: the session says why", async () => {
+  const spawned = await server.ok("POST", "/api/sessions/spawn", {
+    projectId: project.id,
+    taskIds: [task.id],
+    agentTool: "missing",
+    machineId: local.machineId,
+  });
+  const context = await phone(browser);
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  try {
+    await page.goto(`${server.url}/#/s/${spawned.sessionId}`);
+    await live(page);
+    const failure = page.locator(".failure");
+    await failure.waitFor({ timeout: WAIT_MS });
+    assert.match(await failure.locator(".failure-title").innerText(), /Failed: agent not found/);
+    assert.match(await failure.locator(".failure-detail").innerText(), /surely-not-installed-agent is not on PATH/);
+    assert.deepEqual(await axe(page), []);
+    await shot(page, "session-failed-light");
+    assert.deepEqual(errors, []);
+  } finally {
+    await context.close();
   }
 });
