@@ -73,7 +73,19 @@ test("spawn a shell from the phone, type into its terminal, stop it", async () =
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   const terminals = [];
-  page.on("websocket", (ws) => ws.url().endsWith("/terminal") && terminals.push(ws));
+  /** The terminal connections' text messages, both ways, for a failure's message. */
+  const messages = [];
+  /** Everything the terminal connections received, as text. */
+  let received = "";
+  page.on("websocket", (ws) => {
+    if (!ws.url().endsWith("/terminal")) return;
+    terminals.push(ws);
+    ws.on("framereceived", (f) => {
+      received += typeof f.payload === "string" ? f.payload : f.payload.toString("utf8");
+      if (typeof f.payload === "string") messages.push(`${terminals.length} < ${f.payload}`);
+    });
+    ws.on("framesent", (f) => typeof f.payload === "string" && messages.push(`${terminals.length} > ${f.payload}`));
+  });
   try {
     await page.goto(`${server.url}/#/spawn/${task.id}`);
     await live(page);
@@ -156,7 +168,31 @@ test("spawn a shell from the phone, type into its terminal, stop it", async () =
     await page.locator(".term-frame .xterm-helper-textarea").focus();
     await page.keyboard.type("echo again");
     await enter.click();
-    await until("again on its own line", async () => /^again\s*$/m.test(await screenText(page)));
+    await until("again on its own line", async () => /^again\s*$/m.test(await screenText(page))).catch(async (e) => {
+      throw new Error(`${e.message}; screen: ${JSON.stringify(await screenText(page))}; messages: ${messages.join(" | ")}`);
+    });
+
+    // Follow off: output goes on arriving while the screen stays where the user scrolled.
+    const firstRow = async () => (await screenText(page)).split("\n")[0];
+    await page.keyboard.type("seq 1 300");
+    await enter.click();
+    await until("the numbers", async () => /^300\s*$/m.test(await screenText(page)));
+    // Typing scrolls to the bottom, as in any terminal: the output comes 2 s after the Enter.
+    received = "";
+    await page.keyboard.type("sleep 2; seq 1000 1100");
+    await enter.click();
+    await page.getByRole("button", { name: "Following" }).click();
+    await page.locator(".term-frame .xterm-screen").hover();
+    const before = await firstRow();
+    for (let i = 0; i < 5; i++) await page.mouse.wheel(0, -300);
+    await until("the scrollback to move", async () => (await firstRow()) !== before);
+    const held = await firstRow();
+    await until("the output to arrive", async () => received.includes("1100"));
+    // xterm.js parses in a task after the message and draws on the next frames.
+    await page.evaluate(() => new Promise((r) => setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(r)), 0)));
+    assert.equal(await firstRow(), held, "the screen stayed where it was scrolled");
+    await page.getByRole("button", { name: "Follow", exact: true }).click();
+    await until("the newest output in view", async () => /^1100\s*$/m.test(await screenText(page)));
 
     // Stop, confirmed first: the agent really ends, and the session says `stopped`.
     await page.getByRole("button", { name: "Stop…" }).click();

@@ -9,7 +9,7 @@
 import { FitAddon } from "@xterm/addon-fit";
 import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 
 import { now } from "../clock";
 import { mirrorStyles } from "./csp-styles";
@@ -126,7 +126,8 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
   // Once the agent has ended there is nothing to type into.
   const over = finished || Boolean(s?.exit);
   const typing = s && !over ? inControl(s) : false;
-  useEffect(() => {
+  // Before the screen says "You have control" (a layout effect), or the first keys are lost.
+  useLayoutEffect(() => {
     const t = term.current;
     if (!t) return;
     t.options.disableStdin = !typing;
