@@ -61,6 +61,10 @@ pub struct Project {
     pub description: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// The machine whose runner runs this project's spawns (a runner's `machineId`; new in
+    /// Maestro). Absent: the server's own machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
 }
 
 /// A unit of work, possibly with a parent task.

@@ -23,6 +23,9 @@ pub struct CreateProject {
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The machine that runs the project's spawns (new in Maestro).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
 }
 
 /// `PUT /api/projects/:id`: any subset of the editable fields.
@@ -36,6 +39,9 @@ pub struct UpdateProject {
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The machine that runs the project's spawns; `""` goes back to the server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
 }
 
 /// `POST /api/tasks`.

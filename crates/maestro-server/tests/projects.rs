@@ -26,6 +26,7 @@ async fn create_list_get_update() {
             name: Some("  Alpha  ".into()),
             working_dir: Some("/projects/alpha".into()),
             description: Some("first".into()),
+            machine_id: None,
         })
         .await
         .unwrap();

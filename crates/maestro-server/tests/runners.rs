@@ -589,3 +589,83 @@ async fn a_runner_token_serves_runner_routes_and_nothing_else() {
         .unwrap_err();
     assert_eq!(e.status().map(|s| s.as_u16()), Some(403), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_names_the_machine_that_runs_its_spawns() {
+    let server = server().await;
+    let c = server.api();
+    let (p, t) = project(c).await;
+    let here = register(c, "main").await;
+    let there = c
+        .register_runner(&RegisterRunner {
+            machine_id: "build-box".into(),
+            hostname: "build-box".into(),
+            agents: vec!["shell".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!there.local);
+    let updated = c
+        .update_project(
+            &p,
+            &maestro_protocol::UpdateProject {
+                machine_id: Some("build-box".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.machine_id.as_deref(), Some("build-box"));
+    let sid = c.spawn(&spawn_req(&p, &t), None).await.unwrap().session_id;
+    assert!(
+        c.claim_launches(&here.id, 0)
+            .await
+            .unwrap()
+            .launches
+            .is_empty()
+    );
+    let won = c.claim_launches(&there.id, 5_000).await.unwrap();
+    assert_eq!(won.launches[0].session.id, sid);
+    // The spawn's own machineId wins over the project's; "" gives the project back to the
+    // server's machine.
+    let sid = c
+        .spawn(
+            &SpawnRequest {
+                machine_id: Some(MACHINE.into()),
+                ..spawn_req(&p, &t)
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .session_id;
+    assert_eq!(
+        c.claim_launches(&here.id, 5_000).await.unwrap().launches[0]
+            .session
+            .id,
+        sid
+    );
+    let cleared = c
+        .update_project(
+            &p,
+            &maestro_protocol::UpdateProject {
+                machine_id: Some(String::new()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(cleared.machine_id, None);
+    let e = c
+        .update_project(
+            &p,
+            &maestro_protocol::UpdateProject {
+                machine_id: Some("../etc".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(400));
+}

@@ -333,6 +333,11 @@ export type Project = {
   description: string;
   createdAt: number;
   updatedAt: number;
+  /**
+   * The machine whose runner runs this project's spawns (a runner's `machineId`; new in
+   * Maestro). Absent: the server's own machine.
+   */
+  machineId?: string | null;
 };
 
 /**
@@ -1116,6 +1121,10 @@ export type CreateProject = {
   name: string | null;
   workingDir?: string | null;
   description?: string | null;
+  /**
+   * The machine that runs the project's spawns (new in Maestro).
+   */
+  machineId?: string | null;
 };
 
 /**
@@ -1125,6 +1134,10 @@ export type UpdateProject = {
   name?: string | null;
   workingDir?: string | null;
   description?: string | null;
+  /**
+   * The machine that runs the project's spawns; `""` goes back to the server's own.
+   */
+  machineId?: string | null;
 };
 
 /**

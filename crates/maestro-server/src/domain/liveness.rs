@@ -282,11 +282,14 @@ impl Domain {
             }
             let silent = (now - p.last_seen) / 1000;
             // A runner beats for its sessions, itself first: when it has not beaten since the
-            // session's last beat, the runner is what went silent.
+            // session's last beat (or for half a TTL, when a live runner beats every third),
+            // the runner is what went silent.
             let runner_lost = match super::runners::meta_str(&session, "runnerId") {
                 Some(rid) => tx
                     .get::<maestro_protocol::Runner>(Collection::Runners, rid)?
-                    .is_none_or(|r| r.last_seen <= p.last_seen),
+                    .is_none_or(|r| {
+                        r.last_seen <= p.last_seen || now - r.last_seen > (p.ttl_ms / 2) as i64
+                    }),
                 None => false,
             };
             let (reason, message) = if runner_lost {

@@ -14,6 +14,10 @@ use crate::util::{new_id, now_ms};
 impl Domain {
     pub async fn create_project(&self, req: CreateProject) -> Result<Project> {
         let name = required(req.name.as_deref(), "Project name is required")?;
+        let machine_id = req.machine_id.filter(|m| !m.is_empty());
+        if let Some(m) = &machine_id {
+            check_id("machineId", m)?;
+        }
         let now = now_ms();
         let project = Project {
             id: new_id(prefix::PROJECT),
@@ -22,6 +26,7 @@ impl Domain {
             description: req.description.unwrap_or_default(),
             created_at: now,
             updated_at: now,
+            machine_id,
         };
         transact(&*self.store, move |tx| {
             // A fresh id: the commit checks it is free, without a read here.
@@ -41,7 +46,7 @@ impl Domain {
         load_project(&mut *self.reader()?, id)
     }
 
-    /// Changes `name`, `workingDir` and `description`; other keys are ignored (upstream stored
+    /// Changes `name`, `workingDir`, `description` and `machineId`; other keys are ignored (upstream stored
     /// them verbatim).
     pub async fn update_project(&self, id: String, req: UpdateProject) -> Result<Project> {
         check_id("projectId", &id)?;
@@ -50,9 +55,15 @@ impl Domain {
         {
             return Err(Error::validation("Project name cannot be empty"));
         }
+        if let Some(m) = req.machine_id.as_deref().filter(|m| !m.is_empty()) {
+            check_id("machineId", m)?;
+        }
         let now = now_ms();
         transact(&*self.store, move |tx| {
             let mut project = load_project(tx, &id)?;
+            if let Some(m) = &req.machine_id {
+                project.machine_id = (!m.is_empty()).then(|| m.clone());
+            }
             if let Some(name) = &req.name {
                 project.name = name.trim().to_owned();
             }

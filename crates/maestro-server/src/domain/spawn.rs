@@ -481,10 +481,14 @@ impl Domain {
                 "agentTool must be 1-64 printable characters",
             ));
         }
+        // The spawn's machine, else the project's, else the server's own.
         let machine_id = match &req.machine_id {
             Some(m) if is_valid_id(m) => m.clone(),
             Some(_) => return Err(bad("invalid_machine_id", "machineId is not a valid id")),
-            None => self.info.machine_id.clone(),
+            None => project
+                .machine_id
+                .clone()
+                .unwrap_or_else(|| self.info.machine_id.clone()),
         };
         let launcher = req
             .launcher

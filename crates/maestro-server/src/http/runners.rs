@@ -84,7 +84,14 @@ async fn heartbeat(
     IdPath(id): IdPath<String>,
     Body(req): Body<RunnerHeartbeat>,
 ) -> Result<Json<Runner>> {
-    Ok(Json(s.domain.runner_heartbeat(id, req.session_ids).await?))
+    // Run to the end even if the runner hangs up (it may have just been killed): a beat
+    // recorded for the runner but not for its sessions would misreport why they went silent.
+    let domain = s.domain.clone();
+    let beat = tokio::spawn(async move { domain.runner_heartbeat(id, req.session_ids).await });
+    let runner = beat
+        .await
+        .map_err(|e| Error::Internal(format!("runner beat: {e}")))??;
+    Ok(Json(runner))
 }
 
 #[utoipa::path(

@@ -189,7 +189,13 @@ fn verdict_of(approval: &Approval, fallback: Fallback) -> Verdict {
                 )
             }),
         },
-        ApprovalStatus::Cancelled => fallback.verdict("the request was cancelled"),
+        // The session was stopped, deleted or lost: whatever the fallback, nothing runs.
+        ApprovalStatus::Cancelled => Verdict::Deny {
+            reason: format!(
+                "Maestro: the request was cancelled ({})",
+                approval.reason.as_deref().unwrap_or("the session ended")
+            ),
+        },
         ApprovalStatus::Pending => fallback.verdict("no decision"),
     }
 }
@@ -227,5 +233,27 @@ async fn interrupted() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_request_is_denied_whatever_the_fallback() {
+        let approval: Approval = serde_json::from_value(serde_json::json!({
+            "id": "appr_1", "sessionId": "s", "projectId": "p", "sessionName": "n",
+            "agentTool": "claude-code", "toolName": "Bash", "input": {"command": "rm -rf /"},
+            "summary": "rm -rf /", "status": "cancelled", "reason": "session ended",
+            "createdAt": 1,
+        }))
+        .unwrap();
+        for fallback in [Fallback::Ask, Fallback::Allow, Fallback::Deny] {
+            match verdict_of(&approval, fallback) {
+                Verdict::Deny { reason } => assert!(reason.contains("session ended"), "{reason}"),
+                other => panic!("{fallback:?} gave {other:?}"),
+            }
+        }
     }
 }

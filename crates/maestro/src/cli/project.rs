@@ -65,6 +65,7 @@ pub async fn run(ctx: &Context, cmd: ProjectCommand) -> CmdResult {
                 name: Some(name),
                 working_dir: Some(dir),
                 description: desc,
+                machine_id: None,
             };
             let p = client.create_project(&req).await.map_err(|e| ctx.err(e))?;
             emit(ctx.json, &p, || show(&p));
