@@ -344,14 +344,21 @@ export function Spawn({ taskId }: { taskId?: string }) {
   if (!t) return <div class="screen"><Empty>Pick a task on the board first.</Empty></div>;
   const chosen = members.find((m) => m.id === memberId) ?? members.find((m) => m.isDefault) ?? members[0];
   const running = [...(st?.sessions.values() ?? [])].filter((s) => s.taskIds?.includes(t.id) && !isTerminal(s));
-  // Machines: the online runners, the server's own first (the list is sorted so).
+  // Machines: the online runners, the server's own first (the list is sorted so). The default is
+  // the project's machine when it names one (the server's default too), else the server's own.
   const online = runners.value.filter((r) => r.online);
-  const machine = online.find((r) => r.machineId === machineId) ?? online[0];
+  const projectMachine = projects.value.find((p) => p.id === t.projectId)?.machineId;
+  const machine =
+    online.find((r) => r.machineId === machineId) ?? online.find((r) => r.machineId === projectMachine) ?? online[0];
   // Agents: what that machine has; the team member's tool first when it has it.
   const agents = machine?.agents ?? [];
   const preferred = chosen?.agentTool ?? "claude-code";
   const tool = agents.includes(agentTool) ? agentTool : agents.includes(preferred) ? preferred : agents[0];
   const pickers = runnersSupported.value && online.length > 0;
+  const projectMachineOff =
+    projectMachine && !online.some((r) => r.machineId === projectMachine)
+      ? (runners.value.find((r) => r.machineId === projectMachine)?.hostname ?? projectMachine.slice(0, 8))
+      : null;
   return (
     <div class="screen">
       <h1 class="screen-title">Start an agent</h1>
@@ -406,6 +413,11 @@ export function Spawn({ taskId }: { taskId?: string }) {
             <label class="label" for="sp-machine">
               Machine
             </label>
+            {projectMachineOff && (
+              <p class="note" id="sp-machine-note">
+                This project's machine, {projectMachineOff}, is offline: pick another, or wait for it.
+              </p>
+            )}
             <select
               id="sp-machine"
               value={machine?.machineId ?? ""}
