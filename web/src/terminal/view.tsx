@@ -48,7 +48,8 @@ export function TerminalView({ sessionId, finished }: { sessionId: string; finis
       scrollback: 2_000,
       disableStdin: true,
       cursorInactiveStyle: "outline",
-      // The screen reader mode keeps an accessible copy of the screen's rows.
+      // Off: its live region reads out every redraw, which an agent's full-screen UI makes
+      // constant. The rows are text in the DOM either way.
       screenReaderMode: false,
     });
     const fit = new FitAddon();
