@@ -9,7 +9,9 @@ export const me = signal<Me | null>(null);
 /** Set while start-up cannot reach the server (it retries). */
 export const unreachable = signal(false);
 
-const RANK: Record<Scope, number> = { read: 0, respond: 1, operate: 2, admin: 3 };
+// `runner` stands apart (a runner machine's token, not a person's device): it reads nothing the
+// app shows.
+const RANK: Record<Scope, number> = { runner: -1, read: 0, respond: 1, operate: 2, admin: 3 };
 
 /** Whether this device's scope includes `scope` (scopes include each other). */
 export function can(scope: Scope): boolean {

@@ -15,6 +15,7 @@ import { batch, effect, signal } from "@preact/signals";
 import { Manager, type Socket } from "socket.io-client";
 
 import { api, signedOut } from "./api";
+import { onRunnerUpdated, refreshRunners } from "./runners";
 import { ProjectState } from "./store";
 import type { Approval, Envelope, Project, Snapshot, SocketAuth, StateSyncRequest } from "./types";
 
@@ -71,6 +72,8 @@ class Link {
     this.socket.on("connect", () => {
       this.status = "live";
       if (!this.state.synced) void this.sync();
+      // Runner events missed while away are not replayed one by one: read the list again.
+      void refreshRunners();
       refreshConnection();
     });
     this.socket.on("disconnect", () => {
@@ -90,7 +93,10 @@ class Link {
   private onEvent(name: string, payload: unknown): void {
     if (name === "replay:incomplete") return;
     const e = payload as Envelope;
-    if (!e || typeof e !== "object" || typeof e.seq !== "number") return;
+    if (!e || typeof e !== "object") return;
+    // A runner's state is whole in every event (upserted by id): applied whatever its seq.
+    if (e.event === "runner:updated") return onRunnerUpdated(e.data);
+    if (typeof e.seq !== "number") return;
     if (e.projectId === null) {
       // Global events reach every project's connection: apply each once.
       if (e.seq <= globalSeq) return;

@@ -24,6 +24,8 @@ export function StatusBadge({ session }: { session: Session }) {
 export function Presence({ session }: { session: Session }) {
   void now.value;
   if (session.online === undefined && session.lastSeen === undefined) return null;
+  // A finished agent's presence lapses a little later: "online" would mislead until then.
+  if (["completed", "failed", "stopped"].includes(session.status)) return null;
   return (
     <span class="presence">
       <span class={`dot ${session.online ? "dot-on" : "dot-off"}`} aria-hidden="true" />

@@ -20,6 +20,7 @@ import {
   type UpdateTask,
 } from "../types";
 import { go } from "../router";
+import { refreshRunners, runners, runnersSupported } from "../runners";
 import { Empty, StatusBadge } from "../ui";
 
 const BOARD_COLUMNS = ["todo", "in_progress", "in_review", "blocked", "completed"];
@@ -330,15 +331,34 @@ export function Spawn({ taskId }: { taskId?: string }) {
   const st = t ? stateOf(t.projectId) : undefined;
   const members = [...(st?.members.values() ?? [])].filter((m) => m.status !== "archived");
   const [memberId, setMemberId] = useState<string>("");
+  const [machineId, setMachineId] = useState<string>("");
+  const [agentTool, setAgentTool] = useState<string>("");
+  const [worktree, setWorktree] = useState(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   // One key per visit to this screen: a second tap (or a retry after a lost answer) reuses it,
   // and the server starts the agent once.
   const [key] = useState(idempotencyKey);
   const inFlight = useRef(false);
+  useEffect(() => void refreshRunners(), []);
   if (!t) return <div class="screen"><Empty>Pick a task on the board first.</Empty></div>;
   const chosen = members.find((m) => m.id === memberId) ?? members.find((m) => m.isDefault) ?? members[0];
   const running = [...(st?.sessions.values() ?? [])].filter((s) => s.taskIds?.includes(t.id) && !isTerminal(s));
+  // Machines: the online runners, the server's own first (the list is sorted so). The default is
+  // the project's machine when it names one (the server's default too), else the server's own.
+  const online = runners.value.filter((r) => r.online);
+  const projectMachine = projects.value.find((p) => p.id === t.projectId)?.machineId;
+  const machine =
+    online.find((r) => r.machineId === machineId) ?? online.find((r) => r.machineId === projectMachine) ?? online[0];
+  // Agents: what that machine has; the team member's tool first when it has it.
+  const agents = machine?.agents ?? [];
+  const preferred = chosen?.agentTool ?? "claude-code";
+  const tool = agents.includes(agentTool) ? agentTool : agents.includes(preferred) ? preferred : agents[0];
+  const pickers = runnersSupported.value && online.length > 0;
+  const projectMachineOff =
+    projectMachine && !online.some((r) => r.machineId === projectMachine)
+      ? (runners.value.find((r) => r.machineId === projectMachine)?.hostname ?? projectMachine.slice(0, 8))
+      : null;
   return (
     <div class="screen">
       <h1 class="screen-title">Start an agent</h1>
@@ -360,7 +380,14 @@ export function Spawn({ taskId }: { taskId?: string }) {
             const res = await api<SpawnResponse>(
               "POST",
               "/api/sessions/spawn",
-              { projectId: t.projectId, taskIds: [t.id], teamMemberId: chosen.id, spawnSource: "ui" } satisfies SpawnRequest,
+              {
+                projectId: t.projectId,
+                taskIds: [t.id],
+                teamMemberId: chosen.id,
+                spawnSource: "ui",
+                ...(pickers && machine ? { machineId: machine.machineId, worktree } : {}),
+                ...(pickers && tool ? { agentTool: tool } : {}),
+              } satisfies SpawnRequest,
               { "idempotency-key": key },
             );
             go(`#/s/${res.sessionId}`);
@@ -381,11 +408,66 @@ export function Spawn({ taskId }: { taskId?: string }) {
             </option>
           ))}
         </select>
-        {chosen && (
-          <p class="meta">
-            Agent: {chosen.agentTool ?? "default tool"}
-            {chosen.model ? ` · model ${chosen.model}` : ""}
-          </p>
+        {pickers ? (
+          <>
+            <label class="label" for="sp-machine">
+              Machine
+            </label>
+            {projectMachineOff && (
+              <p class="note" id="sp-machine-note">
+                This project's machine, {projectMachineOff}, is offline: pick another, or wait for it.
+              </p>
+            )}
+            <select
+              id="sp-machine"
+              value={machine?.machineId ?? ""}
+              onChange={(e) => setMachineId((e.target as HTMLSelectElement).value)}
+            >
+              {online.map((r) => (
+                <option key={r.id} value={r.machineId}>
+                  {r.hostname}
+                  {r.local ? " (this server)" : ""} — {r.running} of {r.capacity} running
+                </option>
+              ))}
+            </select>
+            <label class="label" for="sp-agent">
+              Agent
+            </label>
+            {agents.length > 0 ? (
+              <select id="sp-agent" value={tool} onChange={(e) => setAgentTool((e.target as HTMLSelectElement).value)}>
+                {agents.map((a) => (
+                  <option key={a} value={a}>
+                    {a}
+                  </option>
+                ))}
+              </select>
+            ) : (
+              <p class="error" id="sp-agent">
+                No agent program was found on {machine?.hostname}'s PATH: an agent started there fails at once.
+              </p>
+            )}
+            <label class="check" for="sp-worktree">
+              <input
+                id="sp-worktree"
+                type="checkbox"
+                checked={worktree}
+                onChange={(e) => setWorktree((e.target as HTMLInputElement).checked)}
+              />
+              <span>
+                New git worktree
+                <span class="meta check-hint">on branch maestro/&lt;session&gt;, so it works apart from the checkout</span>
+              </span>
+            </label>
+            {chosen?.model && <p class="meta">Model: {chosen.model}</p>}
+          </>
+        ) : (
+          chosen && (
+            <p class="meta">
+              Agent: {chosen.agentTool ?? "default tool"}
+              {chosen.model ? ` · model ${chosen.model}` : ""}
+              {runnersSupported.value && runners.value.length > 0 ? " · no machine is online" : ""}
+            </p>
+          )
         )}
         <button class="btn btn-primary" type="submit" disabled={busy || !chosen}>
           {busy ? "Starting…" : "Start agent"}

@@ -1,6 +1,8 @@
-// Fleet: every session by project, with live status, presence, task and team member.
+// Fleet: the machines that run agents, then every session by project, with live status,
+// presence, task, team member and the machine that runs it.
 
 import { signal } from "@preact/signals";
+import { useEffect } from "preact/hooks";
 
 import { allStates, projects, version } from "../live";
 import { isTerminal, needsInput, sessionTitle } from "../store";
@@ -8,12 +10,15 @@ import type { Session } from "../types";
 import { Empty, Presence, StatusBadge } from "../ui";
 import { ago } from "../format";
 import { now } from "../clock";
+import { machineName, placement, refreshRunners, runners, runnersLoaded, runnersSupported } from "../runners";
+import type { Runner } from "../types";
 
 const showAll = signal(localStorage.getItem("maestro.fleet.all") === "1");
 
 export function Fleet() {
   void version.value;
   const states = allStates();
+  useEffect(() => void refreshRunners(), []);
   return (
     <div class="screen">
       <div class="screen-head">
@@ -35,6 +40,7 @@ export function Fleet() {
           ))}
         </div>
       </div>
+      <Machines />
       {projects.value.length === 0 && <Empty>No project yet. Agents create one when they start.</Empty>}
       {projects.value.map((p) => {
         const st = states.find((s) => s.projectId === p.id);
@@ -71,6 +77,50 @@ export function Fleet() {
   );
 }
 
+function Machines() {
+  if (!runnersSupported.value) return null;
+  const list = runners.value;
+  return (
+    <section class="section" aria-labelledby="machines-title">
+      <h2 class="section-title" id="machines-title">
+        Machines
+      </h2>
+      {list.length === 0 ? (
+        <Empty>{runnersLoaded.value ? "No machine runs agents yet." : "Loading…"}</Empty>
+      ) : (
+        <ul class="list machines">
+          {list.map((r) => (
+            <li key={r.id}>
+              <MachineRow r={r} />
+            </li>
+          ))}
+        </ul>
+      )}
+    </section>
+  );
+}
+
+function MachineRow({ r }: { r: Runner }) {
+  void now.value;
+  return (
+    <div class={`machine${r.online ? "" : " machine-off"}`} data-runner={r.id}>
+      <div class="row-main">
+        <span class="row-title">
+          <span class={`dot ${r.online ? "dot-on" : "dot-off"}`} aria-hidden="true" /> {r.hostname}
+          {r.local && <span class="tag">this server</span>}
+        </span>
+        <span class="meta machine-load">
+          {r.online ? `${r.running} of ${r.capacity} running` : `offline · seen ${ago(r.lastSeen, now.value)}`}
+        </span>
+      </div>
+      <div class="meta">
+        <span class="sr-only">{r.online ? "Online. " : "Offline. "}</span>
+        {r.agents.length ? `Agents: ${r.agents.join(", ")}` : "No agent found on its PATH"}
+      </div>
+    </div>
+  );
+}
+
 /** Waiting first, then working, then the rest; most recent activity first within each. */
 function order(a: Session, b: Session): number {
   const rank = (s: Session) => (needsInput(s) ? 0 : isTerminal(s) ? 2 : 1);
@@ -82,6 +132,7 @@ function SessionRow({ s }: { s: Session }) {
   const task = s.taskIds?.length ? st?.tasks.get(s.taskIds[0]) : undefined;
   const memberId = s.teamMemberId ?? s.teamMemberIds?.[0];
   const member = memberId ? st?.members.get(memberId) : undefined;
+  const machine = machineName(placement(s), runners.value);
   return (
     <a class="row-link" href={`#/s/${s.id}`}>
       <div class="row-main">
@@ -91,6 +142,7 @@ function SessionRow({ s }: { s: Session }) {
       <div class="meta">
         {task ? task.title : "No task"}
         {member ? ` · ${member.name}` : ""}
+        {machine ? ` · on ${machine}` : ""}
       </div>
       <div class="meta">
         <Presence session={s} />

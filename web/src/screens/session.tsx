@@ -1,5 +1,7 @@
-// One session: timeline (live), docs, mail; reply, send a directive, stop.
+// One session: where it runs, timeline (live), terminal, docs, mail; reply, send a directive,
+// stop and resume.
 
+import type { FunctionComponent } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
 import { api } from "../api";
@@ -7,12 +9,15 @@ import { can } from "../auth";
 import { clock, mailText, statusLabel } from "../format";
 import { emitIn, projects, stateOf, allStates, version } from "../live";
 import { inline, renderMarkdown } from "../markdown";
+import { route } from "../router";
+import { machineName, placement, refreshRunners, runners } from "../runners";
 import { isTerminal, needsInput, pendingApprovals, question, sessionTitle } from "../store";
-import type { DocEntry, MailMessage, ReplyInput, SendMail, Session, StopSession, TimelinePage } from "../types";
+import type { DocEntry, MailMessage, ReplyInput, SendMail, Session, StopRequest, TimelinePage } from "../types";
 import { Empty, Presence, Section, StatusBadge } from "../ui";
 import { ApprovalCard, settled } from "../ui-approval";
 
-type Tab = "timeline" | "docs" | "mail";
+type Tab = "timeline" | "terminal" | "docs" | "mail";
+const TABS: Tab[] = ["timeline", "terminal", "docs", "mail"];
 
 function findSession(id: string): Session | undefined {
   for (const st of allStates()) {
@@ -24,7 +29,16 @@ function findSession(id: string): Session | undefined {
 
 export function SessionScreen({ id }: { id: string }) {
   void version.value;
-  const [tab, setTab] = useState<Tab>("timeline");
+  // The tab is kept in the URL (`#/s/<id>?tab=terminal`), so a reload stays on it.
+  const [tab, setTabState] = useState<Tab>(() => {
+    const t = route.value.query.get("tab") as Tab;
+    return TABS.includes(t) ? t : "timeline";
+  });
+  const setTab = (t: Tab) => {
+    setTabState(t);
+    history.replaceState(null, "", `#/s/${id}${t === "timeline" ? "" : `?tab=${t}`}`);
+  };
+  useEffect(() => void refreshRunners(), []);
   const s = findSession(id);
   if (!s) {
     const loading = allStates().some((p) => !p.synced);
@@ -57,12 +71,14 @@ export function SessionScreen({ id }: { id: string }) {
         )}
         {member ? ` · ${member.name}` : ""}
       </p>
+      <Placement s={s} />
       <Presence session={s} />
-      {s.failureReason && <p class="error">Failed: {statusLabel(s.failureReason)}</p>}
+      {s.failureReason && <Failure reason={s.failureReason} />}
+      <Lifecycle s={s} />
       {needsInput(s) && <Reply s={s} />}
       <Approvals s={s} />
       <div class="tabs" role="tablist" aria-label="Session details">
-        {(["timeline", "docs", "mail"] as Tab[]).map((t) => (
+        {TABS.map((t) => (
           <button
             key={t}
             role="tab"
@@ -72,18 +88,150 @@ export function SessionScreen({ id }: { id: string }) {
             class="tab"
             onClick={() => setTab(t)}
           >
-            {t === "timeline" ? "Timeline" : t === "docs" ? `Docs (${s.docs?.length ?? 0})` : "Mail"}
+            {t === "timeline"
+              ? "Timeline"
+              : t === "terminal"
+                ? "Terminal"
+                : t === "docs"
+                  ? `Docs (${s.docs?.length ?? 0})`
+                  : "Mail"}
           </button>
         ))}
       </div>
       <div role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`}>
         {tab === "timeline" && <Timeline s={s} />}
+        {tab === "terminal" && <TerminalTab s={s} />}
         {tab === "docs" && <Docs s={s} />}
         {tab === "mail" && <Mail s={s} />}
       </div>
       {!isTerminal(s) && <Actions s={s} />}
     </div>
   );
+}
+
+/** Who launched the agent and the machine it runs on. */
+function Placement({ s }: { s: Session }) {
+  const p = placement(s);
+  const machine = machineName(p, runners.value);
+  const m = s.metadata as Record<string, unknown> | null | undefined;
+  const tool = m && typeof m === "object" && typeof m.agentTool === "string" ? m.agentTool : undefined;
+  if (!p.launcher && !machine) return null;
+  const by = p.launcher === "runner" ? "Runner" : p.launcher === "desktop" ? "Desktop app" : p.launcher;
+  return (
+    <p class="placement" data-launcher={p.launcher ?? ""}>
+      {by && <span class="tag">{by}</span>}
+      {machine ? (
+        <span>
+          on <strong class="machine-name">{machine}</strong>
+        </span>
+      ) : p.launcher === "runner" ? (
+        <span class="meta">waiting for a machine to claim it</span>
+      ) : null}
+      {tool && <span class="meta">{tool}</span>}
+    </p>
+  );
+}
+
+/** A failure reason as `code: detail` (e.g. `agent_not_found: claude is not on PATH on laptop`). */
+function Failure({ reason }: { reason: string }) {
+  const i = reason.indexOf(":");
+  const code = i > 0 && !/\s/.test(reason.slice(0, i)) ? reason.slice(0, i) : null;
+  const detail = code ? reason.slice(i + 1).trim() : reason;
+  const hint: Record<string, string> = {
+    runner_lost: "The machine that ran it stopped answering.",
+  };
+  return (
+    <div class="card card-bad failure" data-reason={reason}>
+      <strong class="failure-title">Failed{code ? `: ${statusLabel(code)}` : ""}</strong>
+      {detail && <p class="failure-detail">{code ? detail : statusLabel(detail)}</p>}
+      {code && hint[code] && <p class="meta">{hint[code]}</p>}
+    </div>
+  );
+}
+
+/** Stop (confirmed first) while the agent runs; Resume once it has finished. */
+function Lifecycle({ s }: { s: Session }) {
+  const [confirm, setConfirm] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => setConfirm(false), [s.status]);
+  if (!can("operate")) return null;
+  const p = placement(s);
+  const done = isTerminal(s);
+  if (done && !(p.launcher === "runner" || p.runnerId)) return null;
+  const act = async (what: "stop" | "resume") => {
+    setBusy(true);
+    setError(null);
+    try {
+      const body: StopRequest = {}; // the server's grace period; resume takes no options
+      await api("POST", `/api/sessions/${encodeURIComponent(s.id)}/${what}`, body);
+    } catch (err) {
+      setError((err as Error).message);
+    } finally {
+      setBusy(false);
+      setConfirm(false);
+    }
+  };
+  return (
+    <div class="lifecycle">
+      <div class="row lifecycle-row">
+        {done ? (
+          <button class="btn btn-primary btn-small" type="button" disabled={busy} onClick={() => act("resume")}>
+            {busy ? "Resuming…" : "Resume"}
+          </button>
+        ) : confirm ? (
+          <>
+            <span class="meta confirm-text">Stop this agent?</span>
+            <button class="btn btn-ghost btn-small" type="button" onClick={() => setConfirm(false)}>
+              Keep running
+            </button>
+            <button class="btn btn-danger btn-small" type="button" disabled={busy} onClick={() => act("stop")}>
+              {busy ? "Stopping…" : "Stop the agent"}
+            </button>
+          </>
+        ) : (
+          <button class="btn btn-danger-ghost btn-small" type="button" onClick={() => setConfirm(true)}>
+            Stop…
+          </button>
+        )}
+      </div>
+      {error && (
+        <p class="error" role="alert">
+          {error}
+        </p>
+      )}
+    </div>
+  );
+}
+
+type TerminalViewType = FunctionComponent<{ sessionId: string; finished: boolean }>;
+let terminalView: TerminalViewType | null = null;
+
+/** Loads xterm.js (its own chunk) the first time a Terminal tab opens. */
+function TerminalTab({ s }: { s: Session }) {
+  const [View, setView] = useState<TerminalViewType | null>(() => terminalView);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    if (View) return;
+    let live = true;
+    import("../terminal/view")
+      .then((m) => {
+        terminalView = m.TerminalView;
+        if (live) setView(() => m.TerminalView);
+      })
+      .catch((err: Error) => live && setError(err.message));
+    return () => {
+      live = false;
+    };
+  }, []);
+  if (error)
+    return (
+      <p class="error" role="alert">
+        The terminal could not be loaded: {error}
+      </p>
+    );
+  if (!View) return <Empty>Loading the terminal…</Empty>;
+  return <View sessionId={s.id} finished={isTerminal(s)} />;
 }
 
 function Approvals({ s }: { s: Session }) {
@@ -276,7 +424,6 @@ function Actions({ s }: { s: Session }) {
   const [text, setText] = useState("");
   const [busy, setBusy] = useState(false);
   const [note, setNote] = useState<string | null>(null);
-  const [confirmStop, setConfirmStop] = useState(false);
   if (!can("respond")) return null;
   return (
     <section class="section" aria-labelledby="steer-title">
@@ -328,39 +475,6 @@ function Actions({ s }: { s: Session }) {
           </p>
         )}
       </form>
-      {can("operate") && (
-        <div class="row stop-row">
-          {confirmStop ? (
-            <>
-              <button class="btn btn-ghost" type="button" onClick={() => setConfirmStop(false)}>
-                Keep running
-              </button>
-              <button
-                class="btn btn-danger"
-                type="button"
-                disabled={busy}
-                onClick={async () => {
-                  setBusy(true);
-                  try {
-                    await emitIn(s.projectId, "session:stop", { sessionId: s.id } satisfies StopSession);
-                  } catch (err) {
-                    setNote((err as Error).message);
-                  } finally {
-                    setBusy(false);
-                    setConfirmStop(false);
-                  }
-                }}
-              >
-                Stop the agent
-              </button>
-            </>
-          ) : (
-            <button class="btn btn-danger-ghost" type="button" onClick={() => setConfirmStop(true)}>
-              Stop…
-            </button>
-          )}
-        </div>
-      )}
     </section>
   );
 }
