@@ -273,6 +273,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: CancellationToken) -> anyhow::Resu
     };
     tracing::info!(runner.id = %runner.id, agents = ?runner.agents, "runner registered");
     let hosted: Hosted = Arc::default();
+    let beat_now = Arc::new(tokio::sync::Notify::new());
     let tasks = TaskTracker::new();
     tasks.spawn(beat(
         client.clone(),
@@ -280,6 +281,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: CancellationToken) -> anyhow::Resu
         register.clone(),
         hosted.clone(),
         cfg.ttl_ms,
+        beat_now.clone(),
         shutdown.clone(),
     ));
     let ctx = Arc::new(LaunchCtx {
@@ -288,6 +290,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: CancellationToken) -> anyhow::Resu
         hostname: cfg.hostname.clone(),
         table,
         hosted: hosted.clone(),
+        beat_now,
         uplink_token: cfg.token.clone().or(cfg.fallback_token.clone()),
         ws_base: host::ws_base(&cfg.server),
         worktrees_dir: cfg.worktrees_dir.clone(),
@@ -359,6 +362,7 @@ async fn beat(
     register: RegisterRunner,
     hosted: Hosted,
     ttl_ms: u64,
+    beat_now: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let every = Duration::from_millis((ttl_ms / 3).max(100));
@@ -374,6 +378,8 @@ async fn beat(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            // An agent ended: say so now (`running` on every screen), not a beat later.
+            _ = beat_now.notified() => {}
         }
     }
 }
@@ -384,6 +390,7 @@ struct LaunchCtx {
     hostname: String,
     table: Arc<BTreeMap<String, AgentEntry>>,
     hosted: Hosted,
+    beat_now: Arc<tokio::sync::Notify>,
     uplink_token: Option<String>,
     ws_base: String,
     worktrees_dir: PathBuf,
@@ -530,6 +537,7 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
     };
     agent.drain_output(Duration::from_secs(2)).await;
     ctx.hosted.lock().expect("hosted").remove(&sid);
+    ctx.beat_now.notify_one();
     ctx.report(LaunchReport {
         session_id: sid.clone(),
         fencing_token: launch.fencing_token,
