@@ -651,3 +651,26 @@ async fn a_project_names_the_machine_that_runs_its_spawns() {
         .unwrap_err();
     assert_eq!(e.status().map(|s| s.as_u16()), Some(400));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_cannot_be_paired_as_a_runner() {
+    let server = server().await;
+    let made = server
+        .api()
+        .raw(
+            maestro_client::Method::POST,
+            "/api/auth/pairings",
+            Some(&serde_json::json!({ "scope": "runner" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.status.as_u16(), 400, "{:?}", made.body);
+    assert!(
+        made.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("maestro token create --scope runner"),
+        "{:?}",
+        made.body
+    );
+}

@@ -208,7 +208,7 @@ fn mint(
 /// `POST /api/auth/tokens`.
 pub async fn create_token(domain: &Domain, req: CreateToken) -> Result<TokenCreated> {
     let scope = req.scope.ok_or_else(|| {
-        Error::validation("scope is required: one of read, respond, operate, admin")
+        Error::validation("scope is required: one of read, respond, operate, admin, runner")
     })?;
     let name = clean_name(req.name.as_deref(), "")?;
     if name.is_empty() {
@@ -363,7 +363,13 @@ pub async fn create_pairing(
     ttl_ms: Millis,
 ) -> Result<PairingCreated> {
     let scope = req.scope.unwrap_or(Scope::Respond);
-    if scope > caller {
+    if scope == Scope::Runner {
+        return Err(Error::validation(
+            "a phone or browser cannot be a runner: make a token for `maestro runner` instead \
+             (maestro token create --scope runner)",
+        ));
+    }
+    if !caller.includes(scope) {
         return Err(Error::Forbidden(format!(
             "cannot pair a device with scope '{scope}' from a credential with scope '{caller}'"
         )));

@@ -9,9 +9,12 @@ use serde_json::json;
 use super::context::Context;
 use super::output::{CmdResult, emit, fmt_time, kv, now_ms, table};
 
-/// A credential's scope; each includes the ones before it.
+/// A credential's scope; each of read, respond, operate and admin includes the ones before it.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ScopeArg {
+    /// Only run agents for the server (`maestro runner` on another machine): register, claim
+    /// spawns, host their terminals; not even reads.
+    Runner,
     /// Read everything and watch live events.
     Read,
     /// Also answer agents that need input, and send mail.
@@ -25,6 +28,7 @@ pub enum ScopeArg {
 impl From<ScopeArg> for Scope {
     fn from(s: ScopeArg) -> Self {
         match s {
+            ScopeArg::Runner => Scope::Runner,
             ScopeArg::Read => Scope::Read,
             ScopeArg::Respond => Scope::Respond,
             ScopeArg::Operate => Scope::Operate,
