@@ -13,14 +13,19 @@
 //!    legacy WebSocket (`message` + Enter). The socket reconnects with back-off.
 //! 5. Forwards SIGINT (to the terminal's foreground process group, as a terminal would),
 //!    SIGTERM and SIGHUP (to the agent's process group).
-//! 6. The moment the agent exits, reports `completed` (status 0) or `failed` with the exit
-//!    status in a timeline entry, then exits with the agent's code (128+N for signal N).
+//! 6. Streams the terminal to the server (`/api/sessions/:id/terminal/host`), so the phone
+//!    watches it and, with `operate`, types into it; Stop from the phone or the desktop app
+//!    comes back on the same socket and climbs the signal ladder (see [`super::host`]).
+//! 7. The moment the agent exits, reports `completed` (status 0), `stopped` (Stop ended it) or
+//!    `failed` with the exit status in a timeline entry, then exits with the agent's code
+//!    (128+N for signal N).
 //!
 //! If `maestro run` itself is killed, nothing is reported: the heartbeats stop and the
 //! server's liveness sweep fails the session.
 //!
-//! Blocking pty and stdin I/O runs on plain threads; the runtime only waits on channels,
-//! signals, HTTP and the WebSocket.
+//! The PTY, its screen model and the uplink live in [`super::host`], shared with the runner;
+//! this module adds the desk: the user's terminal in raw mode, stdin, signals, the reply
+//! relay and the session's heartbeats.
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::mpsc;
@@ -181,11 +186,9 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
             "could not report the agent's exit to the server: {e}"
         ));
     }
-    // The uplink sends the exit and the last output; give it a moment, then close it.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    })
-    .await;
+    // The uplink sends the last output and the exit as soon as it sees the agent end; give it
+    // a moment, then close it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), uplink).await;
     drop(raw);
