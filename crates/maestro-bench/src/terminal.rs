@@ -258,28 +258,10 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
     let on_terminal = (lines * (FLOOD_LINE + 1) + FLOOD_END.len() + 1) as u64;
     let label = format!("{} MB", crate::report::number(size as f64 / 1e6));
 
-    // Alone: nobody watches.
+    // Alone: nobody watches (before and after the watched run, to bracket it).
     let alone_rss_before = fleet.server.rss_kib()?;
-    let alone_sid = fleet.spawn("bench-flood").await?;
-    let alone = async {
-        fleet.until_metric("maestro_terminal_hosts", 1.0).await?;
-        let bytes_before = fleet.metric("maestro_terminal_bytes_in_total").await?;
-        std::fs::write(fleet.work.join(format!("go-{alone_sid}")), b"")?;
-        let took = fleet.agent_elapsed(&alone_sid).await?;
-        fleet
-            .until_metric(
-                "maestro_terminal_bytes_in_total",
-                bytes_before + on_terminal as f64,
-            )
-            .await?;
-        anyhow::Ok((took, fleet.server.rss_kib()?))
-    }
-    .await;
-    fleet.stop_session(&alone_sid).await?;
-    let (alone, alone_rss_after) = alone?;
-    fleet
-        .until_metric_at_most("maestro_terminal_hosts", 0.0)
-        .await?;
+    let (alone, alone_bytes) = flood_alone(fleet, on_terminal).await?;
+    let alone_rss_after = fleet.server.rss_kib()?;
 
     // Watched by ten.
     let rss_before = fleet.server.rss_kib()?;
@@ -343,8 +325,13 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
     fleet.stop_session(&sid).await?;
     let (took, got, (bytes_in, resyncs, metrics), [rss_after, rss_closed, runner_rss_after]) =
         watched?;
+    fleet
+        .until_metric_at_most("maestro_terminal_hosts", 0.0)
+        .await?;
+    let (alone_again, alone_again_bytes) = flood_alone(fleet, on_terminal).await?;
 
-    let ratio = took.as_secs_f64() / alone.as_secs_f64().max(1e-9);
+    let alone_mean = (alone + alone_again) / 2;
+    let ratio = took.as_secs_f64() / alone_mean.as_secs_f64().max(1e-9);
     let complete = got
         .iter()
         .filter(|r| r.ended && (r.snapshots > 0 || r.bytes == on_terminal))
@@ -378,9 +365,14 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
         "viewers": per_viewer,
     }));
     if (bytes_in as u64) < on_terminal {
-        complete_row = complete_row.failed(&format!(
-            "the hub got {bytes_in} of {on_terminal} bytes: the host resynchronised"
-        ));
+        // By design (docs/runners.md): the host's uplink queue overflowed, it sent a fresh
+        // hello and screen, and every viewer got a snapshot.
+        complete_row.shown = format!(
+            "{} (the host resynced: the hub got {} of {} bytes)",
+            complete_row.shown,
+            crate::report::number(bytes_in),
+            crate::report::number(on_terminal as f64)
+        );
     }
     Ok(vec![
         Row::info(
@@ -389,7 +381,8 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
             "x",
         )
         .with_detail(json!({
-            "alone_ms": round3(ms(alone)),
+            "alone_ms": [round3(ms(alone)), round3(ms(alone_again))],
+            "alone_hub_bytes_in": [alone_bytes, alone_again_bytes],
             "watched_ms": round3(ms(took)),
             "bytes": size,
         })),
@@ -417,6 +410,36 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
             "rss_after_kib": alone_rss_after,
         })),
     ])
+}
+
+/// One flood with nobody watching: the agent's write time and the bytes the hub got (all of
+/// them, unless the host resynchronised).
+async fn flood_alone(fleet: &Fleet, on_terminal: u64) -> Result<(Duration, f64)> {
+    let sid = fleet.spawn("bench-flood").await?;
+    let alone = async {
+        fleet.until_metric("maestro_terminal_hosts", 1.0).await?;
+        let bytes_before = fleet.metric("maestro_terminal_bytes_in_total").await?;
+        std::fs::write(fleet.work.join(format!("go-{sid}")), b"")?;
+        let took = fleet.agent_elapsed(&sid).await?;
+        // Until the hub has every byte, or its count stops moving (a resync skipped some).
+        let (mut last, mut since) = (-1.0, Instant::now());
+        loop {
+            let got = fleet.metric("maestro_terminal_bytes_in_total").await? - bytes_before;
+            if got >= on_terminal as f64 || since.elapsed() > Duration::from_millis(500) {
+                break anyhow::Ok((took, got));
+            }
+            if got != last {
+                (last, since) = (got, Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    .await;
+    fleet.stop_session(&sid).await?;
+    fleet
+        .until_metric_at_most("maestro_terminal_hosts", 0.0)
+        .await?;
+    alone
 }
 
 /// What one reading viewer of the flood got once the output started.
