@@ -3,7 +3,8 @@
 //! One backend's run, each group of figures on its own server and fresh store: the idle memory
 //! and fan-out (with the memory per socket); the CLI, mail wake, list and create throughput and
 //! replay; crash detection (with its own TTL); start-up (a store filled with 10,000 tasks,
-//! restarted). Every loop is bounded in count and time.
+//! restarted); then the runner and terminal figures ([`crate::terminal`]), each with its own
+//! server and agents. Every loop is bounded in count and time.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,18 @@ pub struct Plan {
     pub startup_tasks: usize,
     pub startup_runs: usize,
     pub cli_runs: usize,
+    /// Keys typed for the terminal echo figure.
+    pub echo_keys: usize,
+    /// Spawns timed for the spawn-to-first-output figure.
+    pub spawn_trials: usize,
+    /// Bytes one agent writes for the terminal flood figure.
+    pub flood_bytes: usize,
+    /// Agents streaming at once for the many-terminals figure...
+    pub terminals: usize,
+    /// ...each writing this many lines a second...
+    pub line_rate: u64,
+    /// ...for this many seconds.
+    pub terminal_secs: u64,
 }
 
 impl Plan {
@@ -57,10 +70,17 @@ impl Plan {
             startup_tasks: 10_000,
             startup_runs: 5,
             cli_runs: 50,
+            echo_keys: 1_000,
+            spawn_trials: 50,
+            flood_bytes: 10_000_000,
+            terminals: 100,
+            line_rate: 100,
+            terminal_secs: 10,
         }
     }
 
-    /// Under three minutes for both backends: shorter, fewer, 1,000 sockets, a 2 s TTL.
+    /// Under three minutes for both backends: shorter, fewer, 1,000 sockets, a 2 s TTL, a
+    /// 2 MB terminal flood, 100 terminals for 3 s.
     pub fn quick() -> Self {
         Self {
             http_secs: 3,
@@ -71,6 +91,10 @@ impl Plan {
             crash_ttl_ms: 2_000,
             startup_runs: 3,
             cli_runs: 20,
+            echo_keys: 200,
+            spawn_trials: 10,
+            flood_bytes: 2_000_000,
+            terminal_secs: 3,
             ..Self::full()
         }
     }
@@ -78,8 +102,21 @@ impl Plan {
 
 /// Every figure's name, for `--only`.
 pub const FIGURES: &[&str] = &[
-    "memory", "cli", "mail", "approval", "list", "create", "replay", "fanout", "crash", "startup",
+    "memory",
+    "cli",
+    "mail",
+    "approval",
+    "list",
+    "create",
+    "replay",
+    "fanout",
+    "crash",
+    "startup",
     "sweep",
+    "terminal-echo",
+    "spawn-first-output",
+    "terminal-10mb",
+    "terminals-100",
 ];
 
 /// What one backend's run shares.
@@ -92,7 +129,7 @@ pub struct Bench {
 }
 
 impl Bench {
-    fn wants(&self, figure: &str) -> bool {
+    pub(crate) fn wants(&self, figure: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|f| f == figure)
     }
 
@@ -187,6 +224,7 @@ impl Bench {
             let row = self.startup().await;
             rows.push(self.or_error("start-up (10,000 tasks)", "<= 100 ms", row));
         }
+        rows.extend(crate::terminal::run(self).await);
         Ok(rows)
     }
 
@@ -908,7 +946,7 @@ fn wrk_detail(r: &wrk::WrkResult) -> Value {
     })
 }
 
-fn error_row(figure: &str, target: &str, e: &anyhow::Error) -> Row {
+pub(crate) fn error_row(figure: &str, target: &str, e: &anyhow::Error) -> Row {
     eprintln!("bench: {figure}: {e:#}");
     let mut row = Row::not_measured(figure, target, &format!("error: {e:#}"));
     row.verdict = crate::report::Verdict::Miss;

@@ -7,11 +7,13 @@
 //!
 //! Load goes to 127.0.0.1 only; every loop is bounded in count and time and the run stops by
 //! itself. HTTP throughput uses `wrk`; everything else (Socket.IO fan-out and replay, mail
-//! wake, crash detection, start-up, memory, the CLI) is measured by the code here.
+//! wake, crash detection, start-up, memory, the CLI, the live terminal with real agents) is
+//! measured by the code here.
 //!
-//! Layout: [`figures`] measures, [`server`] runs the processes under test, [`api`] and [`sio`]
-//! are the HTTP and Socket.IO clients, [`crowd`] holds the fan-out's thousands of sockets, [`wrk`] drives and reads wrk, [`report`] makes the
-//! table and the JSON.
+//! Layout: [`figures`] measures, [`terminal`] measures the runner and live-terminal figures
+//! (and is the fake agents they run), [`server`] runs the processes under test, [`api`] and
+//! [`sio`] are the HTTP and Socket.IO clients, [`crowd`] holds the fan-out's thousands of
+//! sockets, [`wrk`] drives and reads wrk, [`report`] makes the table and the JSON.
 
 mod api;
 mod crowd;
@@ -19,6 +21,7 @@ mod figures;
 mod report;
 mod server;
 mod sio;
+mod terminal;
 mod wrk;
 
 use std::path::PathBuf;
@@ -37,7 +40,7 @@ use crate::server::Backend;
 #[command(name = "maestro-bench")]
 struct Args {
     /// The `maestro` binary to measure (a release build).
-    #[arg(long, required_unless_present = "agent_url")]
+    #[arg(long, required_unless_present_any = ["agent_url", "term_agent"])]
     maestro: Option<PathBuf>,
 
     /// Which backend(s) to measure.
@@ -62,6 +65,11 @@ struct Args {
 
     #[arg(long, hide = true)]
     agent_session: Option<String>,
+
+    /// Internal: run as a fake agent of the terminal figures (`flood:BYTES`,
+    /// `lines:RATE:SECS`), in the pseudo-terminal a runner started.
+    #[arg(long, hide = true)]
+    term_agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +83,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if let (Some(url), Some(session)) = (&args.agent_url, &args.agent_session) {
         return figures::agent(url, session);
+    }
+    if let Some(spec) = &args.term_agent {
+        return terminal::agent(spec);
     }
     let nofile = server::raise_nofile_limit();
     let most_sockets = Plan::full().fanout_sockets.into_iter().max().unwrap_or(0);
