@@ -674,3 +674,60 @@ async fn a_phone_cannot_be_paired_as_a_runner() {
         made.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_spawns_never_claims_past_the_capacity() {
+    let server = server().await;
+    let c = server.api();
+    let (p, t) = project(c).await;
+    let runner = c
+        .register_runner(&RegisterRunner {
+            machine_id: MACHINE.into(),
+            hostname: "small".into(),
+            agents: vec!["shell".into()],
+            capacity: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        c.spawn(&spawn_req(&p, &t), None).await.unwrap();
+    }
+    let mut won = 0;
+    for _ in 0..4 {
+        won += c
+            .claim_launches(&runner.id, 0)
+            .await
+            .unwrap()
+            .launches
+            .len();
+    }
+    assert_eq!(won, 2, "the runner runs two at most");
+    assert_eq!(c.get_runner_online_running(&runner.id).await, 2);
+    // Its beat says what it really runs (nothing now): two places again.
+    c.runner_heartbeat(&runner.id, &[]).await.unwrap();
+    assert_eq!(
+        c.claim_launches(&runner.id, 0)
+            .await
+            .unwrap()
+            .launches
+            .len(),
+        2
+    );
+}
+
+trait RunnerRunning {
+    async fn get_runner_online_running(&self, id: &str) -> u32;
+}
+
+impl RunnerRunning for Client {
+    async fn get_runner_online_running(&self, id: &str) -> u32 {
+        self.list_runners()
+            .await
+            .unwrap()
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap()
+            .running
+    }
+}

@@ -345,8 +345,7 @@ impl Domain {
 
     async fn try_claim(&self, runner_id: String) -> Result<Vec<Launch>> {
         let runner = self.get_runner(&runner_id)?;
-        let free = runner.capacity.saturating_sub(runner.running) as usize;
-        if free == 0 {
+        if runner.running >= runner.capacity {
             return Ok(Vec::new());
         }
         let queued: Vec<QueuedLaunch> = self
@@ -357,9 +356,14 @@ impl Domain {
         }
         let now = now_ms();
         transact(&*self.store, move |tx| {
+            // The runner as it is now: its free places, and counted at once below, so a burst
+            // of spawns cannot claim past the capacity before its next beat.
+            let mut runner: Runner = tx
+                .get(Collection::Runners, &runner_id)?
+                .ok_or_else(|| Error::not_found("Runner", &runner_id))?;
             let mut won = Vec::new();
             for q in &queued {
-                if won.len() >= free {
+                if runner.running >= runner.capacity {
                     break;
                 }
                 // Read again inside the transaction: another runner may have taken it (the
@@ -393,6 +397,7 @@ impl Domain {
                 session.timeline.push(entry.clone());
                 tx.put(Collection::Sessions, &session.id, None, &session);
                 emit_session_appended(tx, &session, &[entry], &[], &[]);
+                runner.running += 1;
                 won.push(Launch {
                     session,
                     agent_tool: q.agent_tool.clone(),
@@ -403,6 +408,10 @@ impl Domain {
                     resume: q.resume,
                     fencing_token: fence,
                 });
+            }
+            if !won.is_empty() {
+                tx.put(Collection::Runners, &runner.id, None, &runner);
+                tx.emit(GLOBAL, "runner:updated", &runner, None);
             }
             Ok(won)
         })

@@ -334,7 +334,9 @@ pub async fn run_uplink(
         };
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            c = tokio_tungstenite::connect_async(request) => c,
+            // TCP_NODELAY: a hello, a screen and output go out back to back; with Nagle's
+            // algorithm the later writes wait ~40 ms for the server's delayed ACK.
+            c = tokio_tungstenite::connect_async_with_config(request, None, true) => c,
         };
         match connected {
             Ok((ws, _)) => {
