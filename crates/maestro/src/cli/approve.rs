@@ -96,6 +96,10 @@ async fn decide(ctx: &Context, args: &ApproveArgs) -> Verdict {
             return args.fallback.verdict("bad server URL");
         }
     };
+    // Listen before the request exists: a tool that kills the hook right after the request
+    // shows up must find the handler in place (else SIGTERM's default action kills us without
+    // withdrawing it).
+    let interrupt = Interrupt::listen();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let create = CreateApproval {
         agent_tool: args.tool.name().to_owned(),
@@ -124,7 +128,7 @@ async fn decide(ctx: &Context, args: &ApproveArgs) -> Verdict {
     };
     let waited = tokio::select! {
         w = wait(&client, &approval.id, deadline) => w,
-        _ = interrupted() => Waited::Interrupted,
+        _ = interrupt.wait() => Waited::Interrupted,
     };
     match waited {
         Waited::Ended(a) => verdict_of(&a, args.fallback),
@@ -217,22 +221,35 @@ fn request_key() -> String {
     format!("approve-{n:032x}")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn interrupted() {
-    #[cfg(unix)]
-    {
+/// SIGINT and SIGTERM, listened for from when it is made.
+struct Interrupt {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupt {
+    fn listen() -> Self {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on the first SIGINT or SIGTERM since [`Interrupt::listen`].
+    async fn wait(mut self) {
+        async fn next(sig: &mut Option<tokio::signal::unix::Signal>) {
+            match sig {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.term) => {}
+            _ = next(&mut self.int) => {}
+        }
     }
 }
 
