@@ -241,7 +241,12 @@ describe("socket.io-client against maestro", () => {
     assertError(await phone.call("session:stop", { sessionId: "sess_none" }), "NOT_FOUND");
     assertError(await phone.call("session:stop", { sessionId: other.id }), "FORBIDDEN");
 
-    // session:reply-input
+    // session:reply-input: only while the session waits for input (as the agent's hook says),
+    // and only one line of text.
+    assertError(await ui.call("session:reply-input", { sessionId: s.id, message: "yes" }), "NOT_WAITING");
+    await server.ok("PATCH", `/api/sessions/${s.id}`, { needsInput: { active: true, message: "Go on?" } });
+    assertError(await ui.call("session:reply-input", { sessionId: s.id, message: "yes\nno" }), "VALIDATION_ERROR");
+    assertError(await ui.call("session:reply-input", { sessionId: s.id, message: "\u001b[Ayes" }), "VALIDATION_ERROR");
     const reply = await ui.call("session:reply-input", { sessionId: s.id, message: "yes" });
     assert.equal(reply.ok, true);
     assert.equal(reply.mail.type, "directive");
