@@ -269,8 +269,9 @@ describe("socket.io-client against maestro", () => {
     await server.ok("PATCH", `/api/sessions/${s.id}`, {
       needsInput: { active: true, message: "Which database?" },
     });
-    // The agent parks in mail/wait, as `maestro mail wait` does.
-    const waiting = server.ok("GET", `/api/mail/wait/${s.id}?ack=true&timeout=10000`);
+    // The agent parks in mail/wait, as `maestro mail wait --ack` does (a POST: a GET never
+    // moves the read cursor).
+    const waiting = server.ok("POST", `/api/mail/wait/${s.id}`, { timeout: 10000 });
     const desk = await connect(server, "/ui").connected();
     await desk.call("subscribe", { sessionIds: [s.id] });
     const phone = await connect(server, "/mobile", { auth: { projectId: a.id } }).connected();

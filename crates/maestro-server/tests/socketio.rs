@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use maestro_client::Client;
 use maestro_protocol::{
     CreateProject, CreateSession, CreateTask, NeedsInput, Project, Session, UpdateProject,
-    UpdateSession,
+    UpdateSession, WaitMail,
 };
 use maestro_server::Config;
 use serde_json::{Value, json};
@@ -1139,8 +1139,11 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     let waiting = {
         let (api, id) = (api.clone(), s.id.clone());
         tokio::spawn(async move {
-            api.wait_mail(&id, &[("ack", "true"), ("timeout", "10000")])
-                .await
+            let take = WaitMail {
+                project_id: None,
+                timeout: Some(10_000),
+            };
+            api.wait_and_ack_mail(&id, &take).await
         })
     };
     let mut desk = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
@@ -1198,9 +1201,6 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     assert_eq!(last.message.as_deref(), Some("Postgres, please"));
 }
 
-#[tokio::test]
-async fn oversized_payloads_are_refused() {
-    let server = CustomServer::start(|c| c.max_body_bytes = 4096).await;
 /// `session:reply-input` from `client`; the ack.
 async fn reply(client: &mut Sio, session: &str, message: &str) -> Value {
     client
@@ -1267,6 +1267,9 @@ async fn a_reply_is_refused_unless_the_session_waits_and_it_is_one_plain_line() 
     assert_eq!(observed(&api, &s.id).await, answered);
 }
 
+#[tokio::test]
+async fn oversized_payloads_are_refused() {
+    let server = CustomServer::start(|c| c.max_body_bytes = 4096).await;
     let mut ui = Sio::connect(server.addr, "/ui", json!({}), None)
         .await
         .unwrap();
