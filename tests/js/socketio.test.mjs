@@ -241,7 +241,12 @@ describe("socket.io-client against maestro", () => {
     assertError(await phone.call("session:stop", { sessionId: "sess_none" }), "NOT_FOUND");
     assertError(await phone.call("session:stop", { sessionId: other.id }), "FORBIDDEN");
 
-    // session:reply-input
+    // session:reply-input: only while the session waits for input (as the agent's hook says),
+    // and only one line of text.
+    assertError(await ui.call("session:reply-input", { sessionId: s.id, message: "yes" }), "NOT_WAITING");
+    await server.ok("PATCH", `/api/sessions/${s.id}`, { needsInput: { active: true, message: "Go on?" } });
+    assertError(await ui.call("session:reply-input", { sessionId: s.id, message: "yes\nno" }), "VALIDATION_ERROR");
+    assertError(await ui.call("session:reply-input", { sessionId: s.id, message: "\u001b[Ayes" }), "VALIDATION_ERROR");
     const reply = await ui.call("session:reply-input", { sessionId: s.id, message: "yes" });
     assert.equal(reply.ok, true);
     assert.equal(reply.mail.type, "directive");
@@ -264,8 +269,9 @@ describe("socket.io-client against maestro", () => {
     await server.ok("PATCH", `/api/sessions/${s.id}`, {
       needsInput: { active: true, message: "Which database?" },
     });
-    // The agent parks in mail/wait, as `maestro mail wait` does.
-    const waiting = server.ok("GET", `/api/mail/wait/${s.id}?ack=true&timeout=10000`);
+    // The agent parks in mail/wait, as `maestro mail wait --ack` does (a POST: a GET never
+    // moves the read cursor).
+    const waiting = server.ok("POST", `/api/mail/wait/${s.id}`, { timeout: 10000 });
     const desk = await connect(server, "/ui").connected();
     await desk.call("subscribe", { sessionIds: [s.id] });
     const phone = await connect(server, "/mobile", { auth: { projectId: a.id } }).connected();

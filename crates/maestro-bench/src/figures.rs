@@ -327,8 +327,8 @@ impl Bench {
         .await?
     }
 
-    /// `GET /api/mail/wait` parked, then a send: from the send going out to the waiter's
-    /// answer. Upstream's wait (`since`), and the exactly-once wait (`ack=true`).
+    /// `/api/mail/wait` parked, then a send: from the send going out to the waiter's answer.
+    /// Upstream's wait (`GET`, `since`), and the exactly-once wait (`POST`, which acknowledges).
     async fn mail(&self, api: &Api) -> Result<Vec<Row>> {
         let project = api.create_project("bench mail").await?;
         let to = api.create_session(&project, "working").await?;
@@ -337,9 +337,10 @@ impl Bench {
         for ack in [false, true] {
             if ack {
                 // Take what the first pass left unread.
-                api.get(&format!(
-                    "/api/mail/wait/{to}?projectId={project}&timeout=1000&ack=true"
-                ))
+                api.post(
+                    &format!("/api/mail/wait/{to}"),
+                    &json!({ "projectId": project, "timeout": 1000 }),
+                )
                 .await?;
             }
             let mut since = 0i64;
@@ -349,26 +350,18 @@ impl Bench {
                 if Instant::now() > deadline {
                     bail!("mail wake: over 300 s");
                 }
-                let url = if ack {
-                    format!(
-                        "{}/api/mail/wait/{to}?projectId={project}&timeout=10000&ack=true",
-                        api.base
-                    )
+                let request = if ack {
+                    api.http
+                        .post(format!("{}/api/mail/wait/{to}", api.base))
+                        .json(&json!({ "projectId": project, "timeout": 10000 }))
                 } else {
-                    format!(
+                    api.http.get(format!(
                         "{}/api/mail/wait/{to}?projectId={project}&timeout=10000&since={since}",
                         api.base
-                    )
+                    ))
                 };
-                let http = api.http.clone();
                 let waiter = tokio::spawn(async move {
-                    let body = http
-                        .get(url)
-                        .send()
-                        .await?
-                        .error_for_status()?
-                        .text()
-                        .await?;
+                    let body = request.send().await?.error_for_status()?.text().await?;
                     anyhow::Ok((body, Instant::now()))
                 });
                 wait_parked(api, "maestro_mail_waiters").await?;

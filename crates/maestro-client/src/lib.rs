@@ -587,7 +587,8 @@ impl Client {
         self.get_q(&path, &query).await
     }
 
-    /// Long-poll for mail; `query` holds `projectId`, `timeout`, `since`, `ack`.
+    /// Long-poll for mail; `query` holds `projectId`, `timeout`, `since`. A `GET` never moves
+    /// the read cursor (`ack=true` is refused): see [`Self::wait_and_ack_mail`].
     pub async fn wait_mail(
         &self,
         session_id: &str,
@@ -595,6 +596,17 @@ impl Client {
     ) -> Result<Vec<MailMessage>> {
         let path = format!("/api/mail/wait/{}", enc(session_id));
         self.get_q(&path, &query).await
+    }
+
+    /// `POST /api/mail/wait/:id`: long-poll for unread mail and move the read cursor past it
+    /// (each message is received once). `wait_mail` (a `GET`) never acknowledges.
+    pub async fn wait_and_ack_mail(
+        &self,
+        session_id: &str,
+        req: &WaitMail,
+    ) -> Result<Vec<MailMessage>> {
+        let path = format!("/api/mail/wait/{}", enc(session_id));
+        self.send(Method::POST, &path, req).await
     }
 
     pub async fn ack_mail(&self, session_id: &str, req: &AckMail) -> Result<MailCursor> {

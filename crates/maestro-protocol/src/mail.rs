@@ -83,6 +83,20 @@ pub struct AckMail {
     pub up_to: u64,
 }
 
+/// `POST /api/mail/wait/:sessionId`: long-poll for unread mail and move the read cursor past
+/// what is returned, atomically (each message is received once). A write, so it is a POST: a
+/// `GET` never moves the cursor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitMail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// Milliseconds, 1,000–120,000 (default 30,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
 /// A session's read cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]

@@ -149,7 +149,7 @@ fn generated() -> (String, Vec<String>) {
         // liveness.rs
         p::Heartbeat, p::Presence, p::Claim, p::ClaimRequest, p::LeaseRequest, p::Released,
         // mail.rs
-        p::MailMessage, p::SendMail, p::SentMail, p::MailDeleted, p::AckMail, p::MailCursor,
+        p::MailMessage, p::SendMail, p::SentMail, p::MailDeleted, p::AckMail, p::WaitMail, p::MailCursor,
         // push.rs
         p::VapidPublicKey, p::PushKeys, p::PushSubscribe, p::PushUnsubscribe,
         p::PushSubscriptionInfo, p::PushKind, p::PushPayload, p::PushUnsubscribed,

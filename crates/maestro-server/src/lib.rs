@@ -250,7 +250,7 @@ pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
             })?,
         ),
     };
-    std::fs::create_dir_all(&config.data_dir)
+    util::files::create_private_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     Ok(Domain::new(
         store,
@@ -282,12 +282,10 @@ fn server_url(config: &Config, addr: SocketAddr) -> String {
         .unwrap_or_else(|| format!("http://localhost:{}", addr.port()))
 }
 
-/// Writes `$DATA_DIR/server-url` for CLI discovery (atomically: temp file + rename).
+/// Writes `$DATA_DIR/server-url` for CLI discovery.
 async fn write_server_url(config: &Config, addr: SocketAddr) -> anyhow::Result<()> {
     let url = server_url(config, addr);
     let path = config.data_dir.join("server-url");
-    let tmp = config.data_dir.join(".server-url.tmp");
-    tokio::fs::write(&tmp, url.as_bytes()).await?;
-    tokio::fs::rename(&tmp, &path).await?;
+    util::files::write_atomic_async(path, url.into_bytes(), util::files::PRIVATE_FILE).await?;
     Ok(())
 }

@@ -1,4 +1,7 @@
-//! Small helpers: clock and id generation.
+//! Small helpers: clock, id generation, and (in [`files`]) the one atomic, private file write
+//! the server and the CLI share.
+
+pub mod files;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

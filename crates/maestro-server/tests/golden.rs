@@ -214,7 +214,7 @@ fn with_our_clock(path: &str, now: i64) -> String {
     }
 }
 
-/// `maestro_mail_waiters` of `/metrics`: requests parked in `GET /api/mail/wait`.
+/// `maestro_mail_waiters` of `/metrics`: requests parked in `/api/mail/wait`.
 async fn mail_waiters(client: &Client) -> i64 {
     let r = client.raw(Method::GET, "/metrics", None).await.unwrap();
     r.body

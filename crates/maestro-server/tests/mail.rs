@@ -11,7 +11,7 @@ use common::{TestServer, api_err, assert_error_body};
 use maestro_client::Client;
 use maestro_protocol::{
     AckMail, CreateProject, CreateSession, CreateTask, MailMessage, SendMail, SentMail,
-    SpawnRequest,
+    SpawnRequest, WaitMail,
 };
 use serde_json::json;
 
@@ -54,6 +54,14 @@ fn one(sent: SentMail) -> MailMessage {
     match sent {
         SentMail::One(m) => m,
         SentMail::Many(v) => panic!("expected one message, got {}", v.len()),
+    }
+}
+
+/// The body of `POST /api/mail/wait/:id` (wait for unread mail and acknowledge it).
+fn take(project: Option<&str>, timeout: u64) -> WaitMail {
+    WaitMail {
+        project_id: project.map(str::to_owned),
+        timeout: Some(timeout),
     }
 }
 
@@ -249,10 +257,7 @@ async fn wait_returns_backlog_then_parks_until_a_send() {
     assert_eq!(woke.iter().map(|m| &m.id).collect::<Vec<_>>(), [&new.id]);
     // Timeout: `[]`.
     let empty = c
-        .wait_mail(
-            &s[0],
-            &[("projectId", &p), ("timeout", "1000"), ("ack", "true")],
-        )
+        .wait_and_ack_mail(&s[0], &take(Some(&p), 1000))
         .await
         .unwrap();
     assert!(empty.is_empty());
@@ -299,10 +304,7 @@ async fn cursors_ack_and_unread() {
         .unwrap();
     assert_eq!(cur.cursor, all[1].seq);
     // wait with ack takes the rest and moves the cursor.
-    let got = c
-        .wait_mail(&s[1], &[("ack", "true"), ("timeout", "1000")])
-        .await
-        .unwrap();
+    let got = c.wait_and_ack_mail(&s[1], &take(None, 1000)).await.unwrap();
     assert_eq!(got.len(), 1);
     assert!(
         c.inbox(&s[1], &[("unread", "true")])
@@ -310,6 +312,52 @@ async fn cursors_ack_and_unread() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A `GET` can be sent by any page (an `<img>` needs no CORS and no `Origin`), so it never
+/// moves the read cursor: `GET /api/mail/wait/:id?ack=true` is refused with a message naming
+/// the `POST`, and the mail stays unread; without `ack` a `GET` reads and leaves it unread;
+/// the `POST` takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_never_moves_the_read_cursor() {
+    let server = TestServer::start().await;
+    let c = server.api();
+    let (p, s) = project_with_sessions(c, 2).await;
+    for i in 0..2 {
+        c.send_mail(&mail(&p, &s[0], Some(&s[1]), &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let unread = async || c.inbox(&s[1], &[("unread", "true")]).await.unwrap().len();
+    assert_eq!(unread().await, 2);
+
+    let path = format!(
+        "/api/mail/wait/{}?projectId={p}&timeout=1000&ack=true",
+        s[1]
+    );
+    let resp = server.raw("GET", &path, None, "").await;
+    assert_error_body(&resp.json(), 400, "VALIDATION_ERROR");
+    let message = resp.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("POST /api/mail/wait/"), "{message}");
+    assert_eq!(unread().await, 2, "the refused GET acknowledged something");
+
+    let read = c
+        .wait_mail(
+            &s[1],
+            &[("projectId", &p), ("timeout", "1000"), ("ack", "false")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(
+        unread().await,
+        2,
+        "a GET without ack acknowledged something"
+    );
+
+    let taken = c.wait_and_ack_mail(&s[1], &take(None, 1000)).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert_eq!(unread().await, 0);
 }
 
 /// 20 agents long-polling with `ack`, 1,000 messages from 4 senders: every agent receives
@@ -333,10 +381,7 @@ async fn twenty_waiters_thousand_messages_exactly_once() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while got.len() < per_agent && tokio::time::Instant::now() < deadline {
                 let batch = client
-                    .wait_mail(
-                        &me,
-                        &[("projectId", &p), ("timeout", "5000"), ("ack", "true")],
-                    )
+                    .wait_and_ack_mail(&me, &take(Some(&p), 5000))
                     .await
                     .expect("wait");
                 got.extend(batch);
@@ -394,10 +439,7 @@ async fn waiter_dropped_when_client_disconnects() {
         let (client, p, me) = (server.client(), p.clone(), s[0].clone());
         tokio::spawn(async move {
             client
-                .wait_mail(
-                    &me,
-                    &[("projectId", &p), ("timeout", "120000"), ("ack", "true")],
-                )
+                .wait_and_ack_mail(&me, &take(Some(&p), 120_000))
                 .await
         })
     };

@@ -566,6 +566,80 @@ async fn the_owner_token_is_replaced_at_every_start() {
     }
 }
 
+/// Permission bits of `path`.
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// What another user of the machine could read: the data directory is 0700 and every file the
+/// server wrote in it is 0600, and no temp file is left behind.
+#[cfg(unix)]
+fn assert_data_dir_private(data: &std::path::Path) {
+    assert_eq!(mode_of(data), 0o700, "{}", data.display());
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "a temp file was left: {name}");
+        if entry.file_type().unwrap().is_file() {
+            assert_eq!(mode_of(&entry.path()), 0o600, "{name}");
+            files.push(name);
+        }
+    }
+    for expected in ["owner-token", "server-url"] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} in {files:?}"
+        );
+    }
+    if !common::redis::enabled() {
+        assert!(files.iter().any(|f| f == "maestro.redb"), "{files:?}");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_fresh_server_keeps_its_data_dir_to_its_owner() {
+    let server = TestServer::start().await;
+    assert_data_dir_private(&server.dir().join("data"));
+}
+
+/// A data directory an older version (or a careless umask) left readable is closed at the next
+/// start, files included, and the server still opens the same data.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_readable_data_dir_is_closed_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let (status, _, body) = call(
+        server.addr(),
+        Method::POST,
+        "/api/projects",
+        &[],
+        Some(json!({ "name": "kept", "workingDir": "/tmp" })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    server.stop().await;
+    let data = dir.path().join("data");
+    let loosen = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    loosen(&data, 0o755);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            loosen(&path, 0o644);
+        }
+    }
+    let server = TestServer::start_in(dir.path()).await;
+    assert_data_dir_private(&data);
+    assert_eq!(project_count(&server).await, 1, "the same data");
+}
+
 async fn new_pairing(server: &TestServer, body: Value) -> Value {
     let (status, _, body) = call(
         server.addr(),

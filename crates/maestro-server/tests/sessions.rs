@@ -1161,6 +1161,12 @@ async fn modals() {
         Some(written.clone())
     );
     assert_eq!(std::fs::read_to_string(&written).unwrap(), html);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "a modal page is the owner's alone");
+    }
 
     // Default title; a client-given filePath is passed through.
     api.show_modal(

@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use maestro_client::Client;
 use maestro_protocol::{
     CreateProject, CreateSession, CreateTask, NeedsInput, Project, Session, UpdateProject,
-    UpdateSession,
+    UpdateSession, WaitMail,
 };
 use maestro_server::Config;
 use serde_json::{Value, json};
@@ -350,6 +350,24 @@ async fn session(api: &Client, project: &str, name: &str) -> Session {
     })
     .await
     .unwrap()
+}
+
+/// Marks `session` as waiting for input, as the agent's hooks do (`maestro session
+/// needs-input`): a reply is accepted only then.
+async fn ask(api: &Client, session: &str, question: &str) {
+    api.update_session(
+        session,
+        &UpdateSession {
+            needs_input: Some(NeedsInput {
+                active: true,
+                message: Some(question.into()),
+                since: None,
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
 }
 
 async fn task(api: &Client, project: &str, title: &str) -> maestro_protocol::Task {
@@ -886,6 +904,7 @@ async fn every_client_event_acks() {
     );
 
     // session:reply-input
+    ask(api, &s.id, "go?").await;
     let ack = ui
         .call(
             "session:reply-input",
@@ -1114,26 +1133,17 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     let p = project(&api, "ask").await;
     let s = session(&api, &p.id, "asker").await;
     let bystander = session(&api, &p.id, "bystander").await;
-    api.update_session(
-        &s.id,
-        &UpdateSession {
-            needs_input: Some(NeedsInput {
-                active: true,
-                message: Some("Which database?".into()),
-                since: None,
-            }),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    ask(&api, &s.id, "Which database?").await;
 
     // The agent is parked in mail/wait.
     let waiting = {
         let (api, id) = (api.clone(), s.id.clone());
         tokio::spawn(async move {
-            api.wait_mail(&id, &[("ack", "true"), ("timeout", "10000")])
-                .await
+            let take = WaitMail {
+                project_id: None,
+                timeout: Some(10_000),
+            };
+            api.wait_and_ack_mail(&id, &take).await
         })
     };
     let mut desk = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
@@ -1189,6 +1199,72 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     let last = after.timeline.last().unwrap();
     assert_eq!(last.kind, "user_reply");
     assert_eq!(last.message.as_deref(), Some("Postgres, please"));
+}
+
+/// `session:reply-input` from `client`; the ack.
+async fn reply(client: &mut Sio, session: &str, message: &str) -> Value {
+    client
+        .call(
+            "session:reply-input",
+            json!({ "sessionId": session, "message": message }),
+        )
+        .await
+}
+
+/// What a reply would change: the session's record and how much mail its agent has.
+async fn observed(api: &Client, session: &str) -> (Value, usize) {
+    let record = api.get_session(session).await.unwrap();
+    let mail = api.inbox(session, &[]).await.unwrap();
+    (common::to_json(&record), mail.len())
+}
+
+/// A reply is typed into the agent's terminal, so scope `respond` must not be a way to send
+/// keystrokes: a session that is not waiting is refused with `NOT_WAITING`, a reply with a line
+/// break or a control character (an escape sequence, DEL, C1) with `VALIDATION_ERROR`, each
+/// from the phone, and each leaves the session, its question and the agent's mailbox as they
+/// were.
+#[tokio::test]
+async fn a_reply_is_refused_unless_the_session_waits_and_it_is_one_plain_line() {
+    let server = TestServer::start().await;
+    let api = server.api().clone();
+    let p = project(&api, "ask").await;
+    let s = session(&api, &p.id, "agent").await;
+    let mut phone = Sio::connect(server.addr(), "/mobile", json!({ "projectId": p.id }), None)
+        .await
+        .unwrap();
+    // Not waiting: refused, nothing changed.
+    let before = observed(&api, &s.id).await;
+    err(&reply(&mut phone, &s.id, "rm -rf ~").await, "NOT_WAITING");
+    assert_eq!(observed(&api, &s.id).await, before);
+
+    // Waiting: anything but one line of text is refused, and the question stays open.
+    ask(&api, &s.id, "Which port?").await;
+    let before = observed(&api, &s.id).await;
+    for keys in [
+        "8080\nrm -rf ~",
+        "8080\r",
+        "\u{1b}[201~rm -rf ~",
+        "8080\u{3}",
+        "8080\u{7f}",
+        "\u{9b}31m",
+        "a\tb",
+    ] {
+        err(&reply(&mut phone, &s.id, keys).await, "VALIDATION_ERROR");
+        assert_eq!(
+            observed(&api, &s.id).await,
+            before,
+            "{keys:?} changed something"
+        );
+    }
+    assert_eq!(before.0["needsInput"]["active"], true);
+
+    // One plain line is delivered, and answers the question: a second reply is refused.
+    let ack = reply(&mut phone, &s.id, "8080, and ünïcode 🎉").await;
+    assert_eq!(ok(&ack)["mail"]["body"]["message"], "8080, and ünïcode 🎉");
+    let answered = observed(&api, &s.id).await;
+    assert_eq!(answered.1, 1);
+    err(&reply(&mut phone, &s.id, "8081").await, "NOT_WAITING");
+    assert_eq!(observed(&api, &s.id).await, answered);
 }
 
 #[tokio::test]

@@ -89,6 +89,15 @@ async fn spawn_creates_session_manifest_and_events() {
     assert_eq!(manifest["session"]["workingDirectory"], "/work/here");
     assert_eq!(manifest["teamMemberName"], "Coordinator");
     assert_eq!(manifest, spawn["manifest"]);
+    #[cfg(unix)]
+    {
+        // The manifest and its directory are the owner's alone.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let path = std::path::Path::new(&r.manifest_path);
+        assert_eq!(mode(path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+    }
 
     for t in &tasks {
         assert!(

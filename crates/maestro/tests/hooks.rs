@@ -269,6 +269,49 @@ fn install_into_no_file_creates_it_and_uninstall_deletes_it() {
     }
 }
 
+/// Settings may hold API keys, so the backup install keeps of the original is readable by its
+/// owner only (0600 in a 0700 directory), a settings file keeps the mode it had, a new one is
+/// 0600, and no temp file is left next to either.
+#[cfg(unix)]
+#[test]
+fn install_keeps_backups_private_and_settings_modes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let env = Env::new();
+    let path = env.path("claude-code", false);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let secret = r#"{"env": {"ANTHROPIC_API_KEY": "sk-secret"}}"#;
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    env.ok(&["hooks", "install", "claude-code"]);
+
+    let backups = env.home.path().join(".maestro/hooks");
+    assert_eq!(mode(&backups), 0o700);
+    let saved = names(&backups);
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let backup = backups.join(&saved[0]);
+    assert_eq!(mode(&backup), 0o600);
+    assert!(
+        std::fs::read_to_string(&backup)
+            .unwrap()
+            .contains("sk-secret")
+    );
+    assert_eq!(mode(&path), 0o640, "the settings file keeps its mode");
+    let beside = names(path.parent().unwrap());
+    assert!(!beside.iter().any(|n| n.ends_with(".tmp")), "{beside:?}");
+
+    // A settings file install creates is the owner's alone.
+    let user = env.path("gemini", true);
+    env.ok(&["hooks", "install", "gemini", "--user"]);
+    assert_eq!(mode(&user), 0o600);
+}
+
 #[test]
 fn a_custom_command_path_is_quoted_and_recognised() {
     let env = Env::new();

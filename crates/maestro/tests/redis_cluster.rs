@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use maestro_client::{Client, TaskQuery};
 use maestro_protocol::{
-    AppendTimeline, CreateProject, CreateSession, CreateTask, SendMail, UpdateTask,
+    AppendTimeline, CreateProject, CreateSession, CreateTask, SendMail, UpdateTask, WaitMail,
 };
 use maestro_testkit::process::MaestroProcess;
 use maestro_testkit::redis::RedisServer;
@@ -130,9 +130,12 @@ async fn three_instances_share_state_and_events() {
     let waiter = {
         let (cb, p, sid) = (cb.clone(), p.clone(), s.id.clone());
         tokio::spawn(async move {
-            cb.wait_mail(
+            cb.wait_and_ack_mail(
                 &sid,
-                &[("projectId", &p), ("timeout", "20000"), ("ack", "true")],
+                &WaitMail {
+                    project_id: Some(p),
+                    timeout: Some(20_000),
+                },
             )
             .await
         })

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use maestro_client::{Client, SessionQuery};
-use maestro_protocol::{CreateProject, CreateSession, CreateTask, Session};
+use maestro_protocol::{
+    CreateProject, CreateSession, CreateTask, NeedsInput, Session, UpdateSession,
+};
 use serde_json::json;
 use support::{BIN, Server};
 use tokio_tungstenite::tungstenite::Message;
@@ -320,6 +322,24 @@ async fn killing_run_with_sigkill_reports_nothing() {
     );
 }
 
+/// Marks `session` as waiting for input, as `maestro session needs-input` (the hooks) does.
+async fn ask(client: &Client, session: &str) {
+    client
+        .update_session(
+            session,
+            &UpdateSession {
+                needs_input: Some(NeedsInput {
+                    active: true,
+                    message: Some("Which database?".into()),
+                    since: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
 /// Sends `session:reply-input` as a phone would: Socket.IO `/mobile`, spoken directly on
 /// the wire (Engine.IO 4 over a WebSocket), and returns the ack.
 async fn reply_from_mobile(server: &Server, project: &str, session: &str, message: &str) -> String {
@@ -409,6 +429,10 @@ async fn reply_input_from_mobile_reaches_the_agent() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
 
+    // A reply is accepted only while the session waits for input, as the agent's hook says.
+    for session in [&other.id, &sid] {
+        ask(&client, session).await;
+    }
     let ack = reply_from_mobile(&server, &p, &other.id, "not for you").await;
     assert!(ack.contains("\"ok\":true"), "{ack}");
     let ack = reply_from_mobile(&server, &p, &sid, "use postgres").await;

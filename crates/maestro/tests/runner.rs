@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use maestro_client::Client;
-use maestro_protocol::{CreateProject, CreateTask, Session, SpawnRequest};
+use maestro_protocol::{
+    CreateProject, CreateTask, NeedsInput, Session, SpawnRequest, UpdateSession,
+};
 use support::{BIN, Server};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -561,7 +563,21 @@ async fn a_reply_from_the_phone_is_typed_into_a_spawned_agent() {
         .await;
     let (mut viewer, _) = Viewer::open(&fleet.server.url, &sid).await;
     viewer.until_screen(|s| s.contains("$")).await;
-    // The phone answers through `session:reply-input` on /mobile (Engine.IO polling here).
+    // The agent asks (as its hook would), and the phone answers through
+    // `session:reply-input` on /mobile (Engine.IO polling here).
+    c.update_session(
+        &sid,
+        &UpdateSession {
+            needs_input: Some(NeedsInput {
+                active: true,
+                message: Some("Which command?".into()),
+                since: None,
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let ack = reply_input(&fleet, &sid, "echo replied-from-phone").await;
     assert!(ack.contains("\"ok\":true"), "{ack}");
     viewer

@@ -731,6 +731,19 @@ export type AckMail = {
 };
 
 /**
+ * `POST /api/mail/wait/:sessionId`: long-poll for unread mail and move the read cursor past
+ * what is returned, atomically (each message is received once). A write, so it is a POST: a
+ * `GET` never moves the cursor.
+ */
+export type WaitMail = {
+  projectId?: string | null;
+  /**
+   * Milliseconds, 1,000–120,000 (default 30,000).
+   */
+  timeout?: number | null;
+};
+
+/**
  * A session's read cursor.
  */
 export type MailCursor = {

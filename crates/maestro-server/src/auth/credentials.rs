@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, TxnExt, transact};
-use crate::util::{new_id, now_ms};
+use crate::util::{files, new_id, now_ms};
 
 /// Wrong codes that burn the pending pairings.
 pub const PAIRING_MAX_FAILURES: u32 = 5;
@@ -517,25 +517,10 @@ pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> 
         Ok(())
     })
     .await?;
-    write_private(&path, token.as_bytes())
-        .map_err(|e| Error::Internal(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Writes a file only its owner can read, atomically (temp file + rename).
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let shown = path.display().to_string();
+    files::write_atomic_async(path, token.into_bytes(), files::PRIVATE_FILE)
+        .await
+        .map_err(|e| Error::Internal(format!("cannot write {shown}: {e}")))
 }
 
 #[cfg(test)]

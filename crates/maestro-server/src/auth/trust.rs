@@ -224,6 +224,7 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     let respond = path == "/api/mail"
         || (path.starts_with("/api/approvals/") && path.ends_with("/decision"))
         || (path.starts_with("/api/mail/inbox/") && path.ends_with("/ack"))
+        || path.starts_with("/api/mail/wait/")
         || (path.starts_with("/api/sessions/")
             && path.contains("/modal/")
             && (path.ends_with("/actions") || path.ends_with("/close")));
@@ -379,6 +380,7 @@ mod tests {
         assert_eq!(need(&get, "/api/auth/tokens", false), scope(S::Admin));
         assert_eq!(need(&post, "/api/auth/logout", false), scope(S::Read));
         assert_eq!(need(&post, "/api/mail", false), scope(S::Respond));
+        assert_eq!(need(&post, "/api/mail/wait/s1", false), scope(S::Respond));
         assert_eq!(
             need(&post, "/api/approvals/appr_1/decision", false),
             scope(S::Respond)

@@ -84,9 +84,14 @@ impl LocalStore {
 
     /// Opens (or creates) `maestro.redb` in `dir` and starts the writer thread.
     pub fn open(dir: &Path, journal_capacity: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir)
+        crate::util::files::create_private_dir(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("maestro.redb"))?;
+        // Created 0600 before redb opens it (redb would create it 0644), and narrowed if an
+        // older version left it readable.
+        let path = dir.join("maestro.redb");
+        crate::util::files::ensure_private_file(&path)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", path.display())))?;
+        let db = Database::create(path)?;
         let wtx = db.begin_write()?;
         wtx.open_table(ENTITIES)?;
         wtx.open_table(META)?;

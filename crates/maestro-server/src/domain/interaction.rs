@@ -5,7 +5,15 @@
 //! gets the reply as a `directive` mail from `user` (what `maestro mail wait` returns), and the
 //! session's room gets `session:input`. Events, in order: `session:appended` (the `user_reply`
 //! entry), `session:updated`, `mail:received`, `session:input`.
+//!
+//! A reply is not keystrokes. Scope `respond` may answer a question, not drive a terminal
+//! (that is `operate`), yet a runner types the reply into its agent's terminal. So a reply is
+//! accepted only while the session waits for input (`needsInput.active`; 409 `NOT_WAITING`
+//! otherwise), and only as one line of text: a line break or any other control character
+//! (C0, DEL, C1 — `ESC` included, so no escape sequence) is refused with 400, never silently
+//! stripped, so what the human sent is exactly what the agent gets.
 
+use axum::http::StatusCode;
 use maestro_protocol::ids::prefix;
 use maestro_protocol::{
     NeedsInput, ReplyDelivered, ReplyInput, SendMail, SessionInput, TimelineEvent,
@@ -28,6 +36,31 @@ pub const MAX_REPLY_CHARS: usize = 100_000;
 /// Longest mail subject derived from a reply (the mail API allows 500).
 const SUBJECT_CHARS: usize = 120;
 
+/// Refuses what a reply may not be (see the module docs): empty, too long, more than one line,
+/// or holding a control character.
+fn check_reply(message: &str) -> Result<()> {
+    if message.trim().is_empty() {
+        return Err(Error::validation("message is required"));
+    }
+    if message.chars().count() > MAX_REPLY_CHARS {
+        return Err(Error::validation(format!(
+            "message is longer than {MAX_REPLY_CHARS} characters"
+        )));
+    }
+    if message.contains(['\n', '\r']) {
+        return Err(Error::validation(
+            "message must be one line: a reply is typed to the agent as one line",
+        ));
+    }
+    if let Some(c) = message.chars().find(|c| c.is_control()) {
+        return Err(Error::validation(format!(
+            "message must not contain control characters (found U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 /// The directive's subject: the reply's first line, shortened.
 fn subject_of(message: &str) -> String {
     let first = message.lines().map(str::trim).find(|l| !l.is_empty());
@@ -42,19 +75,13 @@ fn subject_of(message: &str) -> String {
 
 impl Domain {
     /// Delivers a human's reply to a session (see the module docs). A session that has ended
-    /// (`completed`, `failed`, `stopped`) is refused with 409: no agent would read the reply.
+    /// (`completed`, `failed`, `stopped`) is refused with 409 `CONFLICT`: no agent would read
+    /// the reply; one that is not waiting for input with 409 `NOT_WAITING`.
     pub async fn reply_input(&self, req: ReplyInput) -> Result<ReplyDelivered> {
         let session_id = required(req.session_id.as_deref(), "sessionId is required")?;
         check_id("sessionId", &session_id)?;
-        let message = match req.message {
-            Some(m) if !m.trim().is_empty() => m,
-            _ => return Err(Error::validation("message is required")),
-        };
-        if message.chars().count() > MAX_REPLY_CHARS {
-            return Err(Error::validation(format!(
-                "message is longer than {MAX_REPLY_CHARS} characters"
-            )));
-        }
+        let message = req.message.unwrap_or_default();
+        check_reply(&message)?;
         let now = now_ms();
         let entry_id = new_id(prefix::EVENT);
         transact(&*self.store, move |tx| {
@@ -64,6 +91,17 @@ impl Domain {
                     "Session '{session_id}' has ended ({}); no agent would read the reply",
                     session.status
                 )));
+            }
+            if !session.needs_input.as_ref().is_some_and(|n| n.active) {
+                return Err(Error::Coded {
+                    status: StatusCode::CONFLICT,
+                    code: "NOT_WAITING",
+                    message: format!(
+                        "Session '{session_id}' is not waiting for input; a reply answers the \
+                         question the agent asked"
+                    ),
+                    details: None,
+                });
             }
             let asked = session.needs_input.as_ref().and_then(|n| n.message.clone());
             let entry = TimelineEvent {
@@ -126,6 +164,26 @@ impl Domain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_is_one_line_of_text() {
+        check_reply("yes, go ahead — ünïcode and emoji 🎉 are text").unwrap();
+        for bad in [
+            "",
+            "  ",
+            "two\nlines",
+            "line\r",
+            "tab\there",
+            "\u{1b}[31mred",
+            "bell\u{7}",
+            "nul\u{0}",
+            "del\u{7f}",
+            "c1\u{9b}31m",
+        ] {
+            let e = check_reply(bad).unwrap_err();
+            assert_eq!(e.code(), "VALIDATION_ERROR", "{bad:?}");
+        }
+    }
 
     #[test]
     fn subjects() {

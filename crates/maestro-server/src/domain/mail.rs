@@ -1,8 +1,9 @@
 //! Mail between sessions: send, inbox, long-poll wait, read cursors.
 //!
 //! Every message gets a per-project `seq`. A session's read cursor is the highest `seq` it has
-//! acknowledged, so `wait` with `ack` hands each message to the session exactly once, even
-//! with several waiters: the read and the cursor move happen in one transaction.
+//! acknowledged, so `wait` with `ack` (`POST /api/mail/wait/:id`; a `GET` never acknowledges)
+//! hands each message to the session exactly once, even with several waiters: the read and the
+//! cursor move happen in one transaction.
 //!
 //! `wait` subscribes to the event stream *before* it reads the inbox, so a message stored
 //! between the read and the wait still wakes it.
@@ -53,7 +54,8 @@ pub struct InboxQuery {
     pub unread: bool,
 }
 
-/// Query of `GET /api/mail/wait/:id`.
+/// What `GET /api/mail/wait/:id` (never `ack`) and `POST /api/mail/wait/:id` (always `ack`)
+/// wait for.
 #[derive(Debug, Clone, Default)]
 pub struct WaitQuery {
     pub project_id: Option<String>,

@@ -19,7 +19,7 @@ use super::claims::release_all;
 use super::{Domain, check_enum, check_id, load_project, load_session, load_task, required};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
-use crate::util::{new_id, now_ms};
+use crate::util::{files, new_id, now_ms};
 
 /// Filters of `GET /api/sessions`.
 #[derive(Debug, Default, Clone)]
@@ -740,11 +740,11 @@ impl Domain {
     async fn write_modal_file(&self, modal_id: &str, html: &str) -> Result<String> {
         let dir = self.info.data_dir.join("modals");
         let path: PathBuf = dir.join(format!("{modal_id}.html"));
-        let tmp = dir.join(format!(".{modal_id}.html.tmp"));
         let io = |e: std::io::Error| Error::Storage(format!("cannot write modal: {e}"));
-        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
-        tokio::fs::write(&tmp, html).await.map_err(io)?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+        files::create_private_dir(&dir).map_err(io)?;
+        files::write_atomic_async(path.clone(), html.as_bytes().to_vec(), files::PRIVATE_FILE)
+            .await
+            .map_err(io)?;
         Ok(path.to_string_lossy().into_owned())
     }
 }

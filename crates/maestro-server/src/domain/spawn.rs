@@ -12,7 +12,6 @@
 //! key makes a retried request return the first answer instead of a second session.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use maestro_protocol::ids::{is_valid_id, prefix};
@@ -26,7 +25,7 @@ use super::team_members::load_member;
 use super::{Domain, load_project};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Deadline, ReaderExt, Txn, TxnExt, transact};
-use crate::util::{iso8601, new_id, now_ms};
+use crate::util::{files, iso8601, new_id, now_ms};
 
 fn coded(status: StatusCode, code: &'static str, message: impl Into<String>) -> Error {
     Error::Coded {
@@ -627,11 +626,9 @@ fn build_manifest(plan: &Plan, req: &SpawnRequest, session_id: &str) -> Value {
 
 async fn write_manifest(path: &std::path::Path, manifest: &Value) -> std::io::Result<()> {
     let dir = path.parent().expect("manifest path has a parent");
-    tokio::fs::create_dir_all(dir).await?;
-    let tmp: PathBuf = dir.join(".manifest.json.tmp");
+    files::create_private_dir(dir)?;
     let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
+    files::write_atomic_async(path.to_path_buf(), bytes, files::PRIVATE_FILE).await
 }
 
 async fn remove_manifest(path: &std::path::Path) {

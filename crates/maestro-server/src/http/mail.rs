@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use maestro_protocol::{
-    AckMail, ErrorBody, MailCursor, MailDeleted, MailMessage, SendMail, SentMail,
+    AckMail, ErrorBody, MailCursor, MailDeleted, MailMessage, SendMail, SentMail, WaitMail,
 };
 use serde_json::json;
 
@@ -24,7 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(send))
         .routes(routes!(inbox))
         .routes(routes!(ack))
-        .routes(routes!(wait))
+        .routes(routes!(wait, wait_and_ack))
         .routes(routes!(get_one, delete))
 }
 
@@ -88,11 +88,25 @@ async fn inbox(
     Ok(Json(s.domain.inbox(&id, &query)?))
 }
 
+/// A `GET` must not move the read cursor: any page can make the browser send one (an `<img>`
+/// needs no CORS), so `ack=true` is refused and names the route that acknowledges.
+fn refuse_ack_on_get(q: &HashMap<String, String>) -> Result<()> {
+    if flag(q, "ack")? {
+        return Err(Error::Validation {
+            message: "GET never moves the read cursor: POST /api/mail/wait/:id \
+                      {projectId?, timeout?} waits for unread mail and acknowledges it"
+                .into(),
+            details: Some(json!([{ "path": "ack", "message": "Use POST /api/mail/wait/:id" }])),
+        });
+    }
+    Ok(())
+}
+
 #[utoipa::path(
     get,
     path = "/mail/wait/{id}",
     tag = "mail",
-    summary = "Long-poll for mail",
+    summary = "Long-poll for mail (never acknowledges: `ack=true` is 400, see the POST)",
     params(("id" = String, Path), ("projectId" = Option<String>, Query), ("timeout" = Option<String>, Query), ("since" = Option<String>, Query), ("ack" = Option<String>, Query)),
     responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
@@ -102,11 +116,35 @@ async fn wait(
     Query(q): Q,
 ) -> Result<Json<Vec<MailMessage>>> {
     only(&q, &["projectId", "timeout", "since", "ack"])?;
+    refuse_ack_on_get(&q)?;
     let query = WaitQuery {
         project_id: q.get("projectId").cloned(),
         timeout_ms: number(&q, "timeout")?.unwrap_or(DEFAULT_WAIT_MS),
         since: number(&q, "since")?,
-        ack: flag(&q, "ack")?,
+        ack: false,
+    };
+    Ok(Json(s.domain.wait_mail(&id, query).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/mail/wait/{id}",
+    tag = "mail",
+    summary = "Long-poll for unread mail and move the read cursor past it (each message once)",
+    params(("id" = String, Path)),
+    request_body = WaitMail,
+    responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+async fn wait_and_ack(
+    State(s): State<AppState>,
+    IdPath(id): IdPath<String>,
+    Body(req): Body<WaitMail>,
+) -> Result<Json<Vec<MailMessage>>> {
+    let query = WaitQuery {
+        project_id: req.project_id,
+        timeout_ms: req.timeout.unwrap_or(DEFAULT_WAIT_MS),
+        since: None,
+        ack: true,
     };
     Ok(Json(s.domain.wait_mail(&id, query).await?))
 }

@@ -69,7 +69,7 @@ async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse
         "# HELP maestro_uptime_seconds Seconds since the server started.\n\
          # TYPE maestro_uptime_seconds gauge\n\
          maestro_uptime_seconds {:.3}\n\
-         # HELP maestro_mail_waiters Requests parked in GET /api/mail/wait.\n\
+         # HELP maestro_mail_waiters Requests parked in /api/mail/wait.\n\
          # TYPE maestro_mail_waiters gauge\n\
          maestro_mail_waiters {waiters}\n\
          # HELP maestro_approval_waiters Requests parked in GET /api/approvals/:id/wait.\n\

@@ -4,15 +4,15 @@
 //! Each tool keeps hooks in its own settings file (JSON for Claude Code and Gemini CLI, TOML
 //! for Codex). Install merges Maestro's entries into that file without touching anything
 //! else; uninstall removes exactly those entries and, when nothing else changed, puts the
-//! file's original bytes back (kept under `$HOME/.maestro/hooks/`). Maestro's entries are
+//! file's original bytes back (kept under `$HOME/.maestro/hooks/`, 0700, each backup 0600). Maestro's entries are
 //! recognised by their command: a `maestro` executable running one of the hook subcommands.
 //! See `docs/hooks.md`.
 
 use std::fmt;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
+use maestro_server::util::files;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Value, json};
@@ -952,31 +952,28 @@ fn parse_doc(tool: AgentTool, path: &Path, text: Option<&str>) -> CmdResult<Doc>
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
-/// keeping the old file's permissions. A symlinked file is written through the link.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a tool's settings file atomically ([`files::write_atomic`]: a 0600 temp file and a
+/// rename). The file keeps the mode it had; a new one is 0600, since settings may hold API
+/// keys. A symlinked file is written through the link.
+fn write_settings(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let perms = std::fs::metadata(&path).ok().map(|m| m.permissions());
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.maestro-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if let Some(p) = perms {
-            std::fs::set_permissions(&tmp, p)?;
-        }
-        std::fs::rename(&tmp, &path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mode = existing_mode(&path).unwrap_or(files::PRIVATE_FILE);
+    files::write_atomic(&path, bytes, mode)
+}
+
+#[cfg(unix)]
+fn existing_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777)
+}
+
+#[cfg(not(unix))]
+fn existing_mode(_: &Path) -> Option<u32> {
+    None
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> CliError {
@@ -1004,7 +1001,10 @@ fn save_state(config: &Path, original: Option<&str>) -> CmdResult {
     });
     let path = state_path(config)?;
     let text = serde_json::to_string_pretty(&state).expect("JSON serialises");
-    write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))
+    // The original may hold API keys: the backups live in a 0700 directory, each 0600.
+    let dir = path.parent().expect("the state path has a parent");
+    files::create_private_dir(dir).map_err(|e| io_err(dir, e))?;
+    files::write_atomic(&path, text.as_bytes(), files::PRIVATE_FILE).map_err(|e| io_err(&path, e))
 }
 
 /// (existed, original bytes) saved by install for `config`.
@@ -1107,7 +1107,7 @@ fn install(ctx: &Context, a: InstallArgs) -> CmdResult {
     if found.is_empty() {
         save_state(&path, before.as_deref())?;
     }
-    write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))?;
+    write_settings(&path, text.as_bytes()).map_err(|e| io_err(&path, e))?;
     emit(ctx.json, &report(true, None), || {
         say!(
             "Installed Maestro's {} hooks in {}:",
@@ -1199,7 +1199,7 @@ fn uninstall(ctx: &Context, a: UninstallArgs) -> CmdResult {
     match &plan {
         Plan::Delete => std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?,
         Plan::Restore(t) | Plan::Write(t) => {
-            write_atomic(&path, t.as_bytes()).map_err(|e| io_err(&path, e))?
+            write_settings(&path, t.as_bytes()).map_err(|e| io_err(&path, e))?
         }
     }
     forget_state(&path)?;

@@ -2,11 +2,12 @@
 //!
 //! Sends are never retried (a repeated POST would deliver the mail twice); reads are.
 //! `mail wait --ack` uses the server's read cursor, so each message is returned once even
-//! without `--since`.
+//! without `--since`: it is `POST /api/mail/wait/:id` (a `GET` never moves the cursor), and,
+//! like every write, never retried.
 
 use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
-use maestro_protocol::{MAIL_TYPES, MailMessage, SendMail, SentMail};
+use maestro_protocol::{MAIL_TYPES, MailMessage, SendMail, SentMail, WaitMail};
 use serde_json::{Map, Value, json};
 
 use super::context::{Context, split_ids};
@@ -268,16 +269,21 @@ pub async fn run(ctx: &Context, cmd: MailCommand) -> CmdResult {
             if !ctx.json {
                 say!("[mail:wait] Waiting for mail (timeout: {timeout}ms)...");
             }
-            let timeout = timeout.to_string();
-            let since = since.map(|s| s.to_string());
-            let mut q: Vec<(&str, &str)> = vec![("projectId", project), ("timeout", &timeout)];
-            if let Some(s) = &since {
-                q.push(("since", s));
-            }
-            if ack {
-                q.push(("ack", "true"));
-            }
-            let messages = c.wait_mail(id, &q).await.map_err(e)?;
+            let messages = if ack {
+                let req = WaitMail {
+                    project_id: Some(project.to_owned()),
+                    timeout: Some(timeout),
+                };
+                c.wait_and_ack_mail(id, &req).await.map_err(e)?
+            } else {
+                let timeout = timeout.to_string();
+                let since = since.map(|s| s.to_string());
+                let mut q: Vec<(&str, &str)> = vec![("projectId", project), ("timeout", &timeout)];
+                if let Some(s) = &since {
+                    q.push(("since", s));
+                }
+                c.wait_mail(id, &q).await.map_err(e)?
+            };
             emit(ctx.json, &messages, || {
                 if messages.is_empty() {
                     say!("[mail:wait] Timeout — no new mail arrived.");

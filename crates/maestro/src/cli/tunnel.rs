@@ -27,6 +27,7 @@ use anyhow::{Context as _, bail};
 use maestro_protocol::PairingCreated;
 use maestro_server::Config;
 use maestro_server::config::AuthMode;
+use maestro_server::util::files;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -559,8 +560,8 @@ impl Spec {
                     credentials_file.as_deref(),
                     &origin.local_url,
                 );
-                std::fs::create_dir_all(path.parent().expect("a parent"))?;
-                std::fs::write(&path, yaml)
+                files::create_private_dir(path.parent().expect("a parent"))?;
+                files::write_atomic(&path, yaml.as_bytes(), files::PRIVATE_FILE)
                     .with_context(|| format!("writing {}", path.display()))?;
                 println!("Wrote the tunnel's configuration to {}.", path.display());
                 Some(path)
