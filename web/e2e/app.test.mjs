@@ -97,7 +97,7 @@ test("needs-input shows on Needs you and the reply reaches the agent", async () 
       MAESTRO_PROJECT_ID: project.id,
     });
 
-    await card.locator("textarea").fill("SQLite, keep it simple");
+    await card.locator("input[type=text]").fill("SQLite, keep it simple");
     await card.getByRole("button", { name: "Send answer" }).click();
 
     const got = await waiting;
@@ -152,7 +152,7 @@ test("an answer from the phone is typed into the agent that `maestro run` hosts"
     await ready;
     const card = page.locator("article.card-ask", { hasText: "Which port?" });
     await card.locator(".question", { hasText: "Which port?" }).waitFor({ timeout: WAIT_MS });
-    await card.locator("textarea").fill("8080");
+    await card.locator("input[type=text]").fill("8080");
     await card.getByRole("button", { name: "Send answer" }).click();
     assert.equal((await got)[1].trim(), "8080");
     assert.deepEqual(errors, []);

@@ -131,12 +131,15 @@ function AskCard({ session: s }: { session: Session }) {
           <label class="sr-only" for={inputId}>
             Your answer to {title(s)}
           </label>
-          <textarea
+          {/* One line: the answer is typed into the agent's terminal, then Enter. */}
+          <input
             id={inputId}
-            rows={2}
-            placeholder="Your answer…"
+            type="text"
+            enterkeyhint="send"
+            autocomplete="off"
+            placeholder="Your answer (one line)…"
             value={text}
-            onInput={(e) => setText((e.target as HTMLTextAreaElement).value)}
+            onInput={(e) => setText((e.target as HTMLInputElement).value)}
           />
           <div class="row">
             <a class="btn btn-ghost" href={`#/s/${s.id}`}>

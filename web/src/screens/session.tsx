@@ -399,12 +399,15 @@ function Reply({ s }: { s: Session }) {
           <label class="sr-only" for="session-reply">
             Your answer
           </label>
-          <textarea
+          {/* One line: the answer is typed into the agent's terminal, then Enter. */}
+          <input
             id="session-reply"
-            rows={3}
-            placeholder="Your answer…"
+            type="text"
+            enterkeyhint="send"
+            autocomplete="off"
+            placeholder="Your answer (one line)…"
             value={text}
-            onInput={(e) => setText((e.target as HTMLTextAreaElement).value)}
+            onInput={(e) => setText((e.target as HTMLInputElement).value)}
           />
           <button class="btn btn-primary" type="submit" disabled={busy || !text.trim()}>
             {busy ? "Sending…" : "Send answer"}
