@@ -99,10 +99,16 @@ describe("socket.io-client against maestro", () => {
       headers: { origin: "https://evil.example" },
     });
     assert.equal(foreign.status, 403);
-    const local = await connect(server, "/ui", {
-      extraHeaders: { origin: "http://localhost:5173" },
-    }).connected();
-    local.close();
+    // Another page on this machine (a dev server on another port) is not the owner.
+    assert.match(
+      await refused("/ui", { extraHeaders: { origin: "http://localhost:5173" } }),
+      /websocket error|xhr poll error/,
+    );
+    // The server's own pages and the desktop app are.
+    for (const origin of [server.url, "tauri://localhost"]) {
+      const ok = await connect(server, "/ui", { extraHeaders: { origin } }).connected();
+      ok.close();
+    }
   });
 
   test("delivers events to the right sockets and rooms", async () => {

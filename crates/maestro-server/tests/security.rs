@@ -226,8 +226,9 @@ async fn a_foreign_origin_is_refused_on_every_entry_point_and_changes_nothing() 
     assert_eq!(status, 403);
 
     assert_eq!(project_count(&server).await, before);
-    // The desktop app's and a local dev server's origins keep working.
-    for origin in ["tauri://localhost", "http://localhost:5173"] {
+    // The desktop app and the server's own pages keep working.
+    let own = format!("http://{addr}");
+    for origin in ["tauri://localhost", own.as_str()] {
         let (status, _, _) = call(
             addr,
             Method::GET,
@@ -238,6 +239,56 @@ async fn a_foreign_origin_is_refused_on_every_entry_point_and_changes_nothing() 
         .await;
         assert_eq!(status, 200, "{origin}");
     }
+}
+
+#[tokio::test]
+async fn another_page_on_this_machine_is_not_the_owner() {
+    // A dev server an agent just started on another localhost port: before, it passed the
+    // Origin check, got local trust and could make a pairing and read its code.
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let other = format!("http://127.0.0.1:{}", addr.port().wrapping_add(1).max(1));
+    for origin in ["http://localhost:5173", other.as_str()] {
+        let page = [("origin", origin)];
+        let (status, headers, _) =
+            call(addr, Method::OPTIONS, "/api/auth/pairings", &page, None).await;
+        assert_eq!(status, 403, "{origin}");
+        assert!(
+            headers.get("access-control-allow-credentials").is_none(),
+            "{origin}: credentialed CORS"
+        );
+        let (status, _, body) = call(
+            addr,
+            Method::POST,
+            "/api/auth/pairings",
+            &page,
+            Some(json!({ "scope": "admin" })),
+        )
+        .await;
+        assert_eq!(status, 403, "{origin}: {body}");
+        assert!(body.get("code").is_none_or(|c| c == "FORBIDDEN"), "{body}");
+        assert!(
+            body.get("shortCode").is_none() && body.get("url").is_none(),
+            "{body}"
+        );
+        assert_eq!(
+            upgrade(addr, "/socket.io/?EIO=4&transport=websocket", &page).await,
+            Err(403)
+        );
+    }
+    // Nothing was paired: no pending pairing could be used.
+    let (_, token) = create_token(&server, "admin").await;
+    let auth = format!("Bearer {token}");
+    let (status, _, devices) = call(
+        addr,
+        Method::GET,
+        "/api/auth/devices",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(devices, json!([]));
 }
 
 #[tokio::test]

@@ -492,12 +492,18 @@ async fn handshake_rules() {
         .unwrap()
         .close()
         .await;
-    // An allowed browser origin.
-    Sio::connect(addr, "/ui", json!({}), Some("http://localhost:5173"))
+    // An allowed browser origin: the desktop app's.
+    Sio::connect(addr, "/ui", json!({}), Some("tauri://localhost"))
         .await
         .unwrap()
         .close()
         .await;
+    // Another page on this machine is not.
+    let err = Sio::connect(addr, "/ui", json!({}), Some("http://localhost:5173"))
+        .await
+        .err()
+        .expect("another local page is refused");
+    assert!(err.starts_with("FORBIDDEN: "), "{err}");
 
     let refused = |r: Result<Sio, String>| match r {
         Ok(_) => panic!("expected the handshake to be refused"),

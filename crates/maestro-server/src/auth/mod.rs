@@ -491,7 +491,8 @@ pub fn check_origin(headers: &HeaderMap, config: &Config) -> Result<(), Refusal>
         None => Ok(()),
         Some(origin) => {
             let text = origin.to_str().unwrap_or("<not text>");
-            if trust::origin_allowed(text, config) {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            if trust::origin_allowed(text, host, config) {
                 Ok(())
             } else {
                 Err(Refusal::Origin(text.chars().take(200).collect()))

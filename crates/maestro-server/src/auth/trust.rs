@@ -85,26 +85,24 @@ pub fn host_allowed(host: &str, config: &Config) -> bool {
             .any(|h| h == host)
 }
 
-/// Whether a browser origin may call the server: pages served from this machine, the desktop
-/// app, and the configured public URL / extra origins.
-pub fn origin_allowed(origin: &str, config: &Config) -> bool {
-    let local = [
-        "http://localhost",
-        "https://localhost",
-        "http://127.0.0.1",
-        "https://127.0.0.1",
-        "http://[::1]",
-        "https://[::1]",
-    ];
-    let is_local = local.iter().any(|base| {
-        origin == *base
-            || origin.strip_prefix(base).is_some_and(|rest| {
-                rest.starts_with(':')
-                    && rest.len() > 1
-                    && rest[1..].bytes().all(|b| b.is_ascii_digit())
+/// Whether a browser origin may call the server: the server's own pages (the origin is the
+/// request's own `Host`, which the gate has already checked), the desktop app, and the
+/// configured public URL / extra origins (`CORS_ORIGINS`).
+///
+/// Other pages on this machine are not the owner: a dev server an agent just started on
+/// another `localhost` port is as foreign as any web site (before, every `localhost` origin
+/// passed, and such a page got local trust).
+pub fn origin_allowed(origin: &str, host: Option<&str>, config: &Config) -> bool {
+    let same_origin = host.is_some_and(|host| {
+        let host = host.trim();
+        !host.is_empty()
+            && ["http://", "https://"].iter().any(|scheme| {
+                origin
+                    .strip_prefix(scheme)
+                    .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
             })
     });
-    is_local
+    same_origin
         || origin == "tauri://localhost"
         || origin == "http://tauri.localhost"
         || origin == "https://tauri.localhost"
@@ -303,24 +301,34 @@ mod tests {
     #[test]
     fn origins() {
         let c = config();
+        let host = Some("127.0.0.1:3000");
         for ok in [
-            "http://localhost:5173",
-            "http://127.0.0.1",
+            "http://127.0.0.1:3000",
             "tauri://localhost",
             "https://extra.example",
             "https://maestro.example",
         ] {
-            assert!(origin_allowed(ok, &c), "{ok}");
+            assert!(origin_allowed(ok, host, &c), "{ok}");
         }
         for bad in [
             "http://evil.example",
+            // Another page on this machine is not the server's own.
+            "http://localhost:5173",
+            "http://127.0.0.1:3001",
+            "http://127.0.0.1",
             "http://localhost.evil.example",
             "http://localhost:80evil",
             "http://localhost:",
             "null",
         ] {
-            assert!(!origin_allowed(bad, &c), "{bad}");
+            assert!(!origin_allowed(bad, host, &c), "{bad}");
         }
+        assert!(origin_allowed(
+            "http://LOCALHOST:3000",
+            Some("localhost:3000"),
+            &c
+        ));
+        assert!(!origin_allowed("http://localhost:3000", None, &c));
     }
 
     #[test]

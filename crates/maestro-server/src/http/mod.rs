@@ -184,9 +184,17 @@ async fn method_not_allowed(req: Request<axum::body::Body>) -> impl IntoResponse
 fn cors(config: &Config) -> CorsLayer {
     let config = config.clone();
     CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-            origin.to_str().is_ok_and(|o| origin_allowed(o, &config))
-        }))
+        .allow_origin(AllowOrigin::predicate(
+            move |origin: &HeaderValue, parts| {
+                let host = parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok());
+                origin
+                    .to_str()
+                    .is_ok_and(|o| origin_allowed(o, host, &config))
+            },
+        ))
         .allow_credentials(true)
         .allow_methods([
             Method::GET,

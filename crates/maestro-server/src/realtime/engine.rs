@@ -65,8 +65,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// Polling packets are separated by this byte.
 const SEPARATOR: u8 = 0x1e;
 /// Request headers kept for the session's life: what decides whether the client is trusted.
-const KEPT_HEADERS: [&str; 6] = [
+const KEPT_HEADERS: [&str; 7] = [
     "origin",
+    // With the origin: a page's origin is allowed when it is the server's own (its `Host`).
+    "host",
     "authorization",
     "cf-access-jwt-assertion",
     "cf-connecting-ip",
