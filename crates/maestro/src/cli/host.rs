@@ -29,6 +29,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// Bytes of output the uplink may fall behind before it resynchronises with a snapshot.
 pub const UPLINK_QUEUE_BYTES: usize = 1024 * 1024;
 
+/// Chunks of input waiting for an agent that does not read its terminal; remote input beyond
+/// them is dropped rather than held (see [`Agent::write`]).
+pub const INPUT_QUEUE_CHUNKS: usize = 256;
+
 /// Lines of scrollback the host's screen model keeps (the server keeps its own).
 const SCREEN_SCROLLBACK_LINES: usize = 0;
 
@@ -92,7 +96,7 @@ struct Shared {
 pub struct Agent {
     pub pid: Option<u32>,
     master: Mutex<Box<dyn MasterPty + Send>>,
-    input: mpsc::Sender<Vec<u8>>,
+    input: mpsc::SyncSender<Vec<u8>>,
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
     exited: watch::Receiver<Option<AgentExit>>,
@@ -161,14 +165,23 @@ impl Agent {
         }))
     }
 
-    /// Bytes typed into the agent's terminal.
+    /// Types remote bytes (a viewer's keys, a reply) into the agent's terminal without ever
+    /// waiting: when the agent has not read [`INPUT_QUEUE_CHUNKS`] chunks, these are dropped.
+    /// False once the agent's terminal is gone.
     pub fn write(&self, bytes: Vec<u8>) -> bool {
-        self.input.send(bytes).is_ok()
+        match self.input.try_send(bytes) {
+            Ok(()) => true,
+            Err(mpsc::TrySendError::Full(_)) => {
+                tracing::debug!(pid = ?self.pid, "the agent reads no input; keys dropped");
+                true
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+        }
     }
 
-    /// A sender for bytes typed into the agent's terminal.
-    pub fn input(&self) -> mpsc::Sender<Vec<u8>> {
-        self.input.clone()
+    /// Types the desk's keys, waiting while the agent does not read (as a terminal does).
+    pub fn write_blocking(&self, bytes: Vec<u8>) -> bool {
+        self.input.send(bytes).is_ok()
     }
 
     pub fn resize(&self, size: PtySize) {
@@ -547,8 +560,8 @@ fn pump_output(
 }
 
 /// One thread owns the terminal's input side; everything that types sends it bytes.
-fn spawn_input_writer(mut writer: Box<dyn Write + Send>) -> mpsc::Sender<Vec<u8>> {
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+fn spawn_input_writer(mut writer: Box<dyn Write + Send>) -> mpsc::SyncSender<Vec<u8>> {
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(INPUT_QUEUE_CHUNKS);
     std::thread::spawn(move || {
         for chunk in rx {
             if writer

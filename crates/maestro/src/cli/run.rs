@@ -28,7 +28,6 @@
 //! relay and the session's heartbeats.
 
 use std::io::{IsTerminal, Read, Write};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::host::{self, Agent, AgentExit, Spec, Uplink};
@@ -151,7 +150,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
 
     let stop = tokio_util::sync::CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat(client.clone(), sid.clone(), log));
-    let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), agent.input(), log));
+    let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), agent.clone(), log));
     let uplink = tokio::spawn(host::run_uplink(
         agent.clone(),
         Uplink {
@@ -271,7 +270,7 @@ fn forward_stdin(agent: std::sync::Arc<Agent>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     agent.note_desk_input();
-                    if !agent.write(buf[..n].to_vec()) {
+                    if !agent.write_blocking(buf[..n].to_vec()) {
                         break;
                     }
                 }
@@ -323,7 +322,7 @@ async fn heartbeat(client: Client, sid: String, log: Log) {
 
 /// Types `session:input` replies for `sid` into the agent's terminal, reconnecting the
 /// WebSocket with back-off when it drops.
-async fn relay_replies(url: String, sid: String, input: mpsc::Sender<Vec<u8>>, log: Log) {
+async fn relay_replies(url: String, sid: String, agent: std::sync::Arc<Agent>, log: Log) {
     let mut backoff = Duration::from_secs(1);
     let mut warned = false;
     loop {
@@ -337,7 +336,7 @@ async fn relay_replies(url: String, sid: String, input: mpsc::Sender<Vec<u8>>, l
                         if let Some(reply) = session_input(&text, &sid) {
                             let mut bytes = reply.into_bytes();
                             bytes.push(b'\r');
-                            if input.send(bytes).is_err() {
+                            if !agent.write(bytes) {
                                 return;
                             }
                         }
