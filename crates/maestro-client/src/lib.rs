@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use maestro_protocol::*;
@@ -32,6 +33,13 @@ pub enum Error {
     /// The base URL is unusable.
     #[error("invalid server URL {0:?}")]
     BadUrl(String),
+    /// The server wanted a credential, and the one this machine has for its own server (the
+    /// owner token) was not sent: the server did not prove it is the one that wrote it.
+    #[error(
+        "{0} asked for a credential, and it did not prove it is the maestro server whose owner \
+         token is on this machine, so the token was not sent (is another program on that port?)"
+    )]
+    NotOurServer(String),
 }
 
 impl Error {
@@ -86,8 +94,14 @@ pub struct Client {
     /// Sent as `Authorization: Bearer <token>` when set.
     token: Option<String>,
     /// Sent instead when a request without `token` gets 401 (see [`Client::with_fallback_token`]).
-    fallback_token: Option<String>,
+    fallback_token: Option<Arc<Fallback>>,
     retry: RetryPolicy,
+}
+
+/// The owner token, and whether the server proved it holds it (asked once per client).
+struct Fallback {
+    token: String,
+    proven: tokio::sync::OnceCell<bool>,
 }
 
 impl std::fmt::Debug for Client {
@@ -172,11 +186,10 @@ pub struct SessionQuery {
 
 impl Client {
     /// A client for the server at `base` (e.g. `http://localhost:3000`, without `/api`).
+    /// Only `http` and `https` URLs with a host, and without user info, a query or a fragment
+    /// (`http://localhost:1@evil.example` names `evil.example`, and is refused).
     pub fn new(base: &str) -> Result<Self> {
-        let base = base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::BadUrl(base));
-        }
+        let base = parse_base(base)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
@@ -198,9 +211,41 @@ impl Client {
     /// When a request sent without a token is refused with 401 (the server wants a credential
     /// even from this machine, `AUTH=required`), sends it once more with `token`. Safe for every
     /// method: a 401 comes from the server's gate, before anything could change.
+    ///
+    /// The token goes only to a server that first proves it holds it
+    /// (`POST /api/auth/identity`); otherwise the request fails with [`Error::NotOurServer`].
     pub fn with_fallback_token(mut self, token: impl Into<String>) -> Self {
-        self.fallback_token = Some(token.into());
+        self.fallback_token = Some(Arc::new(Fallback {
+            token: token.into(),
+            proven: tokio::sync::OnceCell::new(),
+        }));
         self
+    }
+
+    /// Whether the server proves it holds `owner_token`: it answers a random challenge with
+    /// the HMAC only the token's holder can compute.
+    pub async fn proves_owner_token(&self, owner_token: &str) -> bool {
+        let mut bytes = [0u8; 24];
+        if getrandom::fill(&mut bytes).is_err() {
+            return false;
+        }
+        let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let answer = self
+            .http
+            .post(format!("{}/api/auth/identity", self.base))
+            .json(&IdentityChallenge {
+                nonce: nonce.clone(),
+            })
+            .send()
+            .await;
+        let Ok(answer) = answer else { return false };
+        if !answer.status().is_success() {
+            return false;
+        }
+        match answer.json::<IdentityProof>().await {
+            Ok(p) => p.proof == maestro_protocol::identity_proof(owner_token, &nonce),
+            Err(_) => false,
+        }
     }
 
     /// Retries safe requests (see [`RetryPolicy`]).
@@ -236,7 +281,14 @@ impl Client {
             if let (Ok(resp), None, Some(fallback)) = (&outcome, &self.token, &self.fallback_token)
                 && resp.status() == StatusCode::UNAUTHORIZED
             {
-                return Ok(build().bearer_auth(fallback).send().await?);
+                let proven = fallback
+                    .proven
+                    .get_or_init(|| self.proves_owner_token(&fallback.token))
+                    .await;
+                if !*proven {
+                    return Err(Error::NotOurServer(self.base.clone()));
+                }
+                return Ok(build().bearer_auth(&fallback.token).send().await?);
             }
             if !again || attempt >= retries {
                 return Ok(outcome?);
@@ -789,6 +841,21 @@ impl Client {
         self.token.as_deref()
     }
 
+    /// The credential for this client's WebSockets (the legacy event stream, a terminal
+    /// uplink), which cannot retry after a 401: the token, else the owner token once the server
+    /// proved it holds it, else none.
+    pub async fn socket_credential(&self) -> Option<String> {
+        if let Some(token) = &self.token {
+            return Some(token.clone());
+        }
+        let fallback = self.fallback_token.as_ref()?;
+        let proven = fallback
+            .proven
+            .get_or_init(|| self.proves_owner_token(&fallback.token))
+            .await;
+        proven.then(|| fallback.token.clone())
+    }
+
     pub async fn list_runners(&self) -> Result<Vec<Runner>> {
         self.get("/api/runners").await
     }
@@ -875,4 +942,37 @@ impl<T: Serialize> ErasedQuery for T {
     fn apply(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         req.query(self)
     }
+}
+
+/// The server's base URL, checked and without a trailing `/`.
+fn parse_base(base: &str) -> Result<String> {
+    let given = base.trim();
+    let bad = |why: &str| Error::BadUrl(format!("{given}: {why}"));
+    let url = url::Url::parse(given).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("the scheme must be http or https"));
+    }
+    if url.host().is_none() {
+        return Err(bad("no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("user info (`name@`) is not allowed in a server URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a server URL has no query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// The WebSocket base of a server URL: `http` → `ws`, `https` → `wss`, host, port and path
+/// kept, without a trailing `/`. A URL that does not parse is returned as it was (the request
+/// made with it then fails with the parse error).
+pub fn websocket_base(server: &str) -> String {
+    let Ok(mut url) = url::Url::parse(server.trim()) else {
+        return server.trim().trim_end_matches('/').to_owned();
+    };
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    // Only fails for schemes that cannot change to a special one; http(s) always can.
+    let _ = url.set_scheme(scheme);
+    url.as_str().trim_end_matches('/').to_owned()
 }

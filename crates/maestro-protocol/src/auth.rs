@@ -260,3 +260,37 @@ mod tests {
         assert_eq!(Scope::parse("root"), None);
     }
 }
+
+/// `POST /api/auth/identity`: a challenge the server answers to prove it is the server whose
+/// owner token this machine's user can read, before a client sends it that token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityChallenge {
+    /// 16 to 128 characters chosen at random by the client.
+    pub nonce: String,
+}
+
+/// The answer to [`IdentityChallenge`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS))]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityProof {
+    /// [`identity_proof`] of the server's current owner token and the nonce.
+    pub proof: String,
+}
+
+/// HMAC-SHA256 keyed with the owner token over a fixed label and `nonce`, lowercase hex. Only
+/// someone who holds the token computes it, and it reveals nothing of the token.
+pub fn identity_proof(owner_token: &str, nonce: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(owner_token.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(b"maestro server identity v1\n");
+    mac.update(nonce.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -199,6 +199,12 @@ pub struct Config {
     /// How many agents this machine's runner runs at once.
     #[arg(long, env = "RUNNER_CAPACITY", default_value_t = 8)]
     pub runner_capacity: u32,
+
+    /// The longest any long-poll holds a request (`mail wait`, approval wait, runner claim), in
+    /// milliseconds. A request that asks for longer is answered at this bound, as if its own
+    /// timeout had passed. Lower it behind a proxy that cuts idle requests.
+    #[arg(long, env = "LONG_POLL_MAX_MS", default_value_t = 120_000)]
+    pub long_poll_max_ms: u64,
 }
 
 impl Config {
@@ -245,6 +251,7 @@ impl Config {
             runner: "on".into(),
             agents_file: None,
             runner_capacity: 8,
+            long_poll_max_ms: 120_000,
             terminal_scrollback_bytes: 256 * 1024,
         }
     }

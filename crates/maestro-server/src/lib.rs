@@ -56,10 +56,15 @@ pub async fn run(
     // Background work (the Socket.IO bridge and per-socket writers) is owned here: stopped by
     // `shutdown`, awaited below.
     let tasks = TaskTracker::new();
-    let gate = auth::Gate::new(config_arc.clone(), domain.clone());
-    auth::credentials::rotate_owner_token(&domain, &config.data_dir)
+    let gate = auth::Gate::new(
+        config_arc.clone(),
+        domain.clone(),
+        http::route_scopes().map_err(anyhow::Error::msg)?,
+    );
+    let owner_token = auth::credentials::rotate_owner_token(&domain, &config.data_dir)
         .await
         .context("writing the owner token")?;
+    gate.set_owner_token(owner_token);
     let socketio = Realtime::new(
         domain.clone(),
         config_arc.clone(),
@@ -270,6 +275,7 @@ pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
             machine_id: config.machine_id.clone().unwrap_or_else(util::machine_id),
             spawn_launcher: config.spawn_launcher.clone(),
             stop_grace_ms: config.stop_grace_ms.clamp(10, 60_000),
+            long_poll_max_ms: config.long_poll_max_ms,
         },
     ))
 }

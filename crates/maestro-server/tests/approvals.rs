@@ -68,6 +68,25 @@ async fn pending(c: &Client, project: &str) -> Vec<Approval> {
     serde_json::from_value(r.body).unwrap()
 }
 
+/// Waits until a request is parked in `GET /api/approvals/:id/wait` (the `/metrics` gauge), so
+/// what follows is the wake-up of a waiter, not a read that came after the decision.
+async fn parked(server: &TestServer) {
+    let url = format!("{}/metrics", server.base_url());
+    for _ in 0..500 {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let waiting = text
+            .lines()
+            .find_map(|l| l.strip_prefix("maestro_approval_waiters "))
+            .and_then(|n| n.trim().parse::<i64>().ok())
+            .expect("the approval waiters gauge");
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no approval waiter parked");
+}
+
 #[tokio::test]
 async fn a_request_is_announced_decided_once_and_the_waiter_wakes() {
     let server = TestServer::start().await;
@@ -97,7 +116,7 @@ async fn a_request_is_announced_decided_once_and_the_waiter_wakes() {
         let (c, id) = (c.clone(), a.id.clone());
         tokio::spawn(async move { c.wait_approval(&id, 30_000).await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    parked(&server).await;
     let mut deny = decision(ApprovalDecision::Deny, Some("tap-1"));
     deny.reason = Some("  not on main  ".into());
     let decided = c.decide_approval(&a.id, &deny).await.unwrap();
@@ -278,7 +297,7 @@ async fn ending_or_deleting_a_session_cancels_its_pending_approvals() {
         let (c, id) = (c.clone(), a.id.clone());
         tokio::spawn(async move { c.wait_approval(&id, 30_000).await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    parked(&server).await;
     c.update_session(
         &s,
         &UpdateSession {

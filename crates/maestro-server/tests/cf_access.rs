@@ -444,3 +444,55 @@ async fn the_server_requires_an_access_assertion_on_proxied_requests_only() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// `AUTH=required` with Cloudflare Access (advised where a header-less forwarder such as
+/// `ssh -R` makes remote clients look local): a client on this machine with the owner token is
+/// not sent to Access, which only guards the tunnel; without a credential it is refused, and
+/// proxied requests still need both the assertion and a credential.
+#[tokio::test]
+async fn with_auth_required_local_clients_use_the_owner_token_and_skip_access() {
+    let k = keys();
+    let jwks = Jwks::start(vec![jwk("k1", &k.current)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = maestro_server::Config::for_dir(dir.path());
+    config.auth = maestro_server::config::AuthMode::Required;
+    config.cf_access_team = Some(TEAM.into());
+    config.cf_access_aud = Some(AUD.into());
+    config.cf_access_certs_url = Some(jwks.url.clone());
+    let owner_file = config.data_dir.join("owner-token");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(maestro_server::run(config, listener, shutdown.clone()));
+    let http = reqwest::Client::new();
+    let owner = loop {
+        match std::fs::read_to_string(&owner_file) {
+            Ok(t) if !t.trim().is_empty() => break t.trim().to_owned(),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let get = |bearer: Option<&str>, proxied: Option<&str>| {
+        let mut req = http.get(format!("{base}/api/projects"));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        if let Some(jwt) = proxied {
+            req = req
+                .header("cf-connecting-ip", "203.0.113.7")
+                .header("cf-access-jwt-assertion", jwt);
+        }
+        req.send()
+    };
+    assert_eq!(get(None, None).await.unwrap().status(), 401);
+    assert_eq!(get(Some(&owner), None).await.unwrap().status(), 200);
+    let valid = sign(&k.current, "k1", &claims());
+    assert_eq!(get(None, Some(&valid)).await.unwrap().status(), 401);
+    assert_eq!(get(Some(&owner), Some(&valid)).await.unwrap().status(), 200);
+    assert_eq!(
+        get(Some(&owner), Some("not-a-jwt")).await.unwrap().status(),
+        403
+    );
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}

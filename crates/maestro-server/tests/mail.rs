@@ -551,3 +551,21 @@ async fn since_the_last_created_at_misses_nothing() {
     let everything = c.inbox(&s[1], &[("since", "1")]).await.unwrap();
     assert_eq!(everything.len(), all.len());
 }
+
+/// `LONG_POLL_MAX_MS` bounds every wait: a request asking for two minutes is answered, empty,
+/// at the server's bound (here 300 ms), and the waiter is gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_max_bounds_a_longer_wait() {
+    let server = TestServer::start_with(|c| c.long_poll_max_ms = 300).await;
+    let c = server.api();
+    let (p, s) = project_with_sessions(c, 1).await;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.wait_and_ack_mail(&s[0], &take(Some(&p), 120_000)),
+    )
+    .await
+    .expect("the wait is answered at LONG_POLL_MAX_MS, not after its own 120 s")
+    .unwrap();
+    assert!(waited.is_empty());
+    assert_eq!(waiters(&server).await, 0);
+}

@@ -1076,3 +1076,80 @@ async fn an_announced_public_url_is_answered_until_it_is_withdrawn() {
     let (status, _, _) = call(addr, Method::GET, "/api/projects", &host, None).await;
     assert_eq!(status, 421);
 }
+
+/// Every route says who may call it where it is registered: each operation of the served
+/// OpenAPI document names one scope of the `maestro` scheme (or none, for a public route), and
+/// the table the gate reads is built from exactly that.
+#[tokio::test]
+async fn every_route_and_socket_action_declares_its_scope() {
+    let routes = maestro_server::http::route_scopes().expect("every route declares a scope");
+    let server = TestServer::start().await;
+    let spec: Value = reqwest::get(format!("{}/api/openapi.json", server.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let scopes = ["runner", "read", "respond", "operate", "admin"];
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let security = op["security"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} declares no scope"));
+            assert_eq!(security.len(), 1, "{method} {path}: {security:?}");
+            let requirement = security[0].as_object().unwrap();
+            if let Some(named) = requirement.get("maestro") {
+                let named = named.as_array().unwrap();
+                assert_eq!(named.len(), 1, "{method} {path}");
+                assert!(
+                    scopes.contains(&named[0].as_str().unwrap()),
+                    "{method} {path}"
+                );
+            } else {
+                assert!(requirement.is_empty(), "{method} {path}: {requirement:?}");
+            }
+        }
+    }
+    assert!(operations > 80, "{operations}");
+    // The gate's table holds those, plus the WebSockets declared next to their routes.
+    assert_eq!(routes.routes().len(), operations + 4);
+    assert!(
+        spec["components"]["securitySchemes"]["maestro"]["scheme"] == "bearer",
+        "{}",
+        spec["components"]
+    );
+}
+
+/// A local client that holds the owner token can tell this server from an impostor: the
+/// server answers a challenge with the HMAC of the token, and nothing of the token itself.
+#[tokio::test]
+async fn the_server_proves_it_holds_its_owner_token() {
+    let server = TestServer::start().await;
+    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
+    let nonce = "0123456789abcdef0123";
+    let headers = remote(None);
+    let (status, _, body) = call(
+        server.addr(),
+        Method::POST,
+        "/api/auth/identity",
+        &refs(&headers),
+        Some(json!({ "nonce": nonce })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let proof = body["proof"].as_str().unwrap();
+    assert_eq!(proof, maestro_protocol::identity_proof(owner.trim(), nonce));
+    assert!(!body.to_string().contains(owner.trim()));
+    // A short nonce could be answered from a table of earlier proofs: refused.
+    let (status, _, _) = call(
+        server.addr(),
+        Method::POST,
+        "/api/auth/identity",
+        &refs(&headers),
+        Some(json!({ "nonce": "short" })),
+    )
+    .await;
+    assert_eq!(status, 400);
+}

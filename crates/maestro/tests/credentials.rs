@@ -149,3 +149,111 @@ async fn with_auth_required_the_local_cli_uses_the_owner_token() {
         .run(&["project", "list", "--json"])
         .code(1);
 }
+
+/// Something else answers on the port (the server is down, another program took it) and asks
+/// for a credential: the CLI does not hand it this machine's owner token, because it cannot
+/// prove it is the server that wrote it, and says so.
+#[tokio::test]
+async fn the_owner_token_is_not_sent_to_an_impostor() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                log.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                // Asks for a credential, and "proves" nothing it could not have made up.
+                let body = r#"{"error":true,"code":"UNAUTHORIZED","message":"credential needed","proof":"00"}"#;
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let secret = "tok_owner.s3cret-owner-token-value";
+    std::fs::write(data.join("owner-token"), secret).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (url, data, home) = (url.clone(), data.clone(), home.path().to_owned());
+        move || {
+            support::Cli::new(Some(&url), &home)
+                .env("DATA_DIR", data.to_str().unwrap())
+                .run(&["project", "list", "--json"])
+                .code(1)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.error_code(), "not_our_server", "{out:?}");
+    let requests = seen.lock().unwrap().clone();
+    assert!(!requests.is_empty());
+    assert!(
+        requests.iter().all(|r| !r.contains("s3cret")),
+        "the owner token reached the impostor: {requests:?}"
+    );
+}
+
+/// A server URL with user info names another host than it seems to: refused before anything
+/// is sent.
+#[tokio::test]
+async fn a_server_url_with_user_info_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let home = home.path().to_owned();
+        move || {
+            support::Cli::new(Some("http://localhost:1@evil.example"), &home)
+                .run(&["project", "list", "--json"])
+                .code(2)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.error_code(), "invalid_argument", "{out:?}");
+    assert!(
+        out.stdout.contains("user info") || out.stderr.contains("user info"),
+        "{out:?}"
+    );
+}
+
+/// With `AUTH=required`, the CLI's WebSocket (the legacy event stream of `maestro session
+/// watch`, as `maestro run` uses it for replies) carries the owner token too: a WebSocket cannot
+/// retry after a 401.
+#[tokio::test]
+async fn with_auth_required_watch_streams_with_the_owner_token() {
+    let server = Server::start_with_env(&[("AUTH", "required")]).await;
+    let data_dir = server.dir.path().to_str().unwrap().to_owned();
+    let cli = || server.cli().env("DATA_DIR", &data_dir);
+    let p = cli()
+        .run(&["project", "create", "p", "--dir", "/tmp", "--json"])
+        .ok()
+        .data();
+    let sid = "sess_authwatch".to_owned();
+    cli()
+        .project(p["id"].as_str().unwrap())
+        .session(&sid)
+        .run(&["session", "register"])
+        .ok();
+    cli().session(&sid).run(&["session", "complete"]).ok();
+    // The session is over: watch connects, reads the status and returns at once.
+    let out = cli()
+        .run(&["session", "watch", &sid, "--timeout", "20000"])
+        .ok();
+    assert!(
+        out.stdout.contains("All watched sessions have finished."),
+        "{out:?}"
+    );
+}

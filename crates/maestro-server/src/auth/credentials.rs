@@ -500,7 +500,7 @@ pub const OWNER_TOKEN_FILE: &str = "owner-token";
 /// `$DATA_DIR/owner-token` (mode 0600), so the `maestro` CLI on this machine can act when
 /// `AUTH=required` takes local trust away. Whoever can read the data directory can read the
 /// database anyway, so the file grants nothing new. The previous owner token is revoked.
-pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> Result<()> {
+pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> Result<String> {
     let path = data_dir.join(OWNER_TOKEN_FILE);
     let previous = std::fs::read_to_string(&path)
         .ok()
@@ -518,9 +518,10 @@ pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> 
     })
     .await?;
     let shown = path.display().to_string();
-    files::write_atomic_async(path, token.into_bytes(), files::PRIVATE_FILE)
+    files::write_atomic_async(path, token.clone().into_bytes(), files::PRIVATE_FILE)
         .await
-        .map_err(|e| Error::Internal(format!("cannot write {shown}: {e}")))
+        .map_err(|e| Error::Internal(format!("cannot write {shown}: {e}")))?;
+    Ok(token)
 }
 
 #[cfg(test)]

@@ -18,12 +18,13 @@
 //! 6. A presented credential (`Authorization: Bearer`, or the device cookie) must be genuine
 //!    and current (401; repeated failures 429); a cookie-carried one also needs `X-Maestro-CSRF`
 //!    on writes. Tokens in query strings are never read.
-//! 7. The credential's scope must cover the route ([`trust::need`]); a local request without a
-//!    credential has every scope.
+//! 7. The credential's scope must cover what the route declares ([`routes`], [`trust::need`]);
+//!    a local request without a credential has every scope.
 
 pub mod access;
 pub mod credentials;
 pub mod limiter;
+pub mod routes;
 pub mod trust;
 
 use std::net::{IpAddr, SocketAddr};
@@ -294,10 +295,14 @@ struct Inner {
     limiter: FailureLimiter,
     access: Option<AccessVerifier>,
     metrics: AuthMetrics,
+    routes: routes::RouteScopes,
+    /// This start's owner token (also in `$DATA_DIR/owner-token`), for identity proofs.
+    owner_token: std::sync::OnceLock<String>,
 }
 
 impl Gate {
-    pub fn new(config: Arc<Config>, domain: Domain) -> Self {
+    /// `routes`: the scope every route declares (see [`routes`]).
+    pub fn new(config: Arc<Config>, domain: Domain, routes: routes::RouteScopes) -> Self {
         let access = match (&config.cf_access_team, &config.cf_access_aud) {
             (Some(team), Some(aud)) => Some(match &config.cf_access_certs_url {
                 Some(url) => AccessVerifier::with_certs_url(team, aud, url),
@@ -312,8 +317,22 @@ impl Gate {
                 limiter: FailureLimiter::default(),
                 access,
                 metrics: AuthMetrics::default(),
+                routes,
+                owner_token: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The owner token this server wrote at start (see [`Gate::identity_proof`]).
+    pub fn set_owner_token(&self, token: String) {
+        let _ = self.inner.owner_token.set(token);
+    }
+
+    /// Proves to a client on this machine that this is the server whose owner token it can
+    /// read, without revealing the token (`None` before the token is written).
+    pub fn identity_proof(&self, nonce: &str) -> Option<String> {
+        let token = self.inner.owner_token.get()?;
+        Some(maestro_protocol::identity_proof(token, nonce))
     }
 
     pub fn metrics(&self) -> &AuthMetrics {
@@ -351,7 +370,7 @@ impl Gate {
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        let need = trust::need(req.method, req.path, websocket);
+        let need = trust::need(&self.inner.routes, req.method, req.path, websocket);
         let socketio = need == Need::SocketIo;
         if trust::is_write(req.method) && !socketio && !trust::content_type_ok(req.headers) {
             return Err(Refusal::MediaType);
@@ -360,12 +379,15 @@ impl Gate {
         if *req.method == Method::OPTIONS {
             return Ok(None);
         }
-        let local = config.auth == AuthMode::Local
-            && req.peer.is_some_and(|p| p.ip().is_loopback())
+        // Straight from this machine: loopback peer, local `Host`, no proxy header.
+        let direct = req.peer.is_some_and(|p| p.ip().is_loopback())
             && trust::is_local_host(&host)
             && !trust::has_proxy_headers(req.headers);
+        let local = config.auth == AuthMode::Local && direct;
         let address = trust::client_address(req.peer, req.headers);
-        if !local && let Some(access) = &self.inner.access {
+        // Cloudflare Access guards what comes through the tunnel. A client on this machine is
+        // not behind it; with `AUTH=required` it still needs a credential (below).
+        if !direct && let Some(access) = &self.inner.access {
             let assertion = req
                 .headers
                 .get("cf-access-jwt-assertion")

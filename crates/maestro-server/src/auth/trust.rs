@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::http::{HeaderMap, Method, header};
 use maestro_protocol::Scope;
 
+use super::routes::RouteScopes;
 use crate::config::Config;
 
 /// Headers a proxy (cloudflared, a reverse proxy) adds. A request carrying any of them came
@@ -177,18 +178,20 @@ pub enum Need {
     Scope(Scope),
 }
 
-/// The scope each route needs. Reads need `read`; answering agents and mail `respond`; other
-/// changes `operate`; credentials, projects and every delete `admin`.
-pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
+/// What a request needs: the scope its route declares (see [`super::routes`]). Engine.IO
+/// leaves it to the namespace connect; outside `/api` and the operations routes, the web app's
+/// static files are public and the legacy WebSocket needs `read`. A path no route declares is
+/// answered (404, 405) to readers, and a write to one only to `admin`, so a route that somehow
+/// escaped declaration fails closed.
+pub fn need(routes: &RouteScopes, method: &Method, path: &str, websocket: bool) -> Need {
     if path == "/socket.io" || path.starts_with("/socket.io/") {
         return Need::SocketIo;
     }
-    // Liveness says only "up since": probes (and `maestro tunnel`) may ask without a credential.
-    if path == "/health" && !websocket {
-        return Need::Public;
+    if let Some(need) = routes.lookup(method, path) {
+        return need;
     }
     let api = path == "/api" || path.starts_with("/api/");
-    let ops = matches!(path, "/ready" | "/ws-status" | "/metrics");
+    let ops = matches!(path, "/ready" | "/ws-status" | "/metrics" | "/health");
     if !api && !ops {
         // The legacy raw WebSocket streams every event: it is not a static file.
         return if websocket {
@@ -197,66 +200,23 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
             Need::Public
         };
     }
-    if path.starts_with("/api/auth/") {
-        return match (method, path) {
-            (&Method::POST, "/api/auth/pair") => Need::Public,
-            (&Method::GET, "/api/auth/me") | (&Method::POST, "/api/auth/logout") => {
-                Need::Scope(Scope::Read)
-            }
-            _ => Need::Scope(Scope::Admin),
-        };
-    }
-    // A runner's own routes: registering, beating, claiming spawns, reporting launches and
-    // hosting its agents' terminals. A `runner` token can do these and nothing else.
-    if is_runner_route(method, path, websocket) {
-        return Need::Scope(Scope::Runner);
-    }
-    // A device may ask to be notified of what it can read: subscribing and unsubscribing
-    // change only its own subscriptions.
-    if !is_write(method) || path == "/api/push/subscriptions" {
-        return Need::Scope(Scope::Read);
-    }
-    if *method == Method::DELETE || path == "/api/projects" || path.starts_with("/api/projects/") {
-        return Need::Scope(Scope::Admin);
-    }
-    let respond = path == "/api/mail"
-        || (path.starts_with("/api/approvals/") && path.ends_with("/decision"))
-        || (path.starts_with("/api/mail/inbox/") && path.ends_with("/ack"))
-        || path.starts_with("/api/mail/wait/")
-        || (path.starts_with("/api/sessions/")
-            && path.contains("/modal/")
-            && (path.ends_with("/actions") || path.ends_with("/close")));
-    Need::Scope(if respond {
-        Scope::Respond
+    Need::Scope(if is_write(method) {
+        Scope::Admin
     } else {
-        Scope::Operate
+        Scope::Read
     })
-}
-
-/// `POST /api/runners`, `POST /api/runners/:id/{heartbeat,claim,launched}` and the terminal
-/// host's WebSocket `/api/sessions/:id/terminal/host`.
-fn is_runner_route(method: &Method, path: &str, websocket: bool) -> bool {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["", "api", "runners"] => *method == Method::POST,
-        ["", "api", "runners", _, "heartbeat" | "claim" | "launched"] => *method == Method::POST,
-        ["", "api", "sessions", _, "terminal", "host"] => websocket || *method == Method::GET,
-        _ => false,
-    }
-}
-
-/// The scope a Socket.IO client action needs (see `realtime::socketio`).
-pub fn socket_action_scope(event: &str) -> Scope {
-    match event {
-        "mail:send" | "session:reply-input" | "approval:decide" => Scope::Respond,
-        "session:spawn" | "session:stop" => Scope::Operate,
-        _ => Scope::Read,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gate's rule with this server's real route table.
+    fn need(method: &Method, path: &str, websocket: bool) -> Need {
+        static ROUTES: std::sync::LazyLock<RouteScopes> =
+            std::sync::LazyLock::new(|| crate::http::route_scopes().unwrap());
+        super::need(&ROUTES, method, path, websocket)
+    }
 
     fn config() -> Config {
         let mut c = Config::for_dir(std::path::Path::new("/tmp"));
@@ -466,7 +426,7 @@ mod tests {
         );
         assert_eq!(
             need(&Method::POST, "/api/push/other", false),
-            Need::Scope(S::Operate)
+            Need::Scope(S::Admin)
         );
     }
 }

@@ -17,7 +17,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use maestro_protocol::{
     Approval, ApprovalDecision, ApprovalStatus, CreateApproval, DecideApproval, SUMMARY_MAX,
@@ -427,7 +426,7 @@ impl Domain {
                 "timeout must be at most {MAX_WAIT_MS} ms"
             )));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let deadline = self.long_poll_deadline(timeout_ms);
         self.approval_waiters.fetch_add(1, Ordering::Relaxed);
         let _parked = Parked(self.approval_waiters.clone());
         // Subscribe first: a decision stored after this point wakes us.

@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use maestro_protocol::EventRecord;
 use maestro_protocol::ids::prefix;
@@ -443,7 +442,7 @@ impl Domain {
         let project = self.mailbox_project(session, q.project_id.as_deref())?;
         self.mail_metrics.waiters.fetch_add(1, Ordering::Relaxed);
         let _guard = WaiterGuard(self.mail_metrics.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(q.timeout_ms);
+        let deadline = self.long_poll_deadline(q.timeout_ms);
         // Subscribe first: anything stored after this point wakes us.
         let mut events = self.store.subscribe();
         loop {

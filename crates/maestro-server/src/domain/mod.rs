@@ -50,6 +50,8 @@ pub struct ServerInfo {
     pub spawn_launcher: String,
     /// `STOP_GRACE_MS`: time between the steps of Stop's signal ladder.
     pub stop_grace_ms: u64,
+    /// `LONG_POLL_MAX_MS`: no long-poll holds a request longer.
+    pub long_poll_max_ms: u64,
 }
 
 /// Entry point to every domain operation; cheap to clone.
@@ -68,6 +70,12 @@ pub struct Domain {
 }
 
 impl Domain {
+    /// When a long-poll asking for `timeout_ms` answers: then, or at `LONG_POLL_MAX_MS`.
+    pub(crate) fn long_poll_deadline(&self, timeout_ms: u64) -> tokio::time::Instant {
+        let ms = timeout_ms.min(self.info.long_poll_max_ms);
+        tokio::time::Instant::now() + std::time::Duration::from_millis(ms)
+    }
+
     pub fn new(store: Arc<dyn Store>, info: ServerInfo) -> Self {
         Self {
             store,

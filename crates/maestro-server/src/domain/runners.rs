@@ -16,8 +16,6 @@
 //! terminal hub of the server holding the host's connection forwards); a session that nothing
 //! hosts is stopped at once.
 
-use std::time::Duration;
-
 use maestro_protocol::{
     Claimed, Launch, LaunchReport, RegisterRunner, Runner, Session, StopRequested,
 };
@@ -322,7 +320,7 @@ impl Domain {
                 "timeout must be at most {MAX_CLAIM_WAIT_MS} ms"
             )));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let deadline = self.long_poll_deadline(timeout_ms);
         // Subscribe first: a spawn queued after this point wakes us.
         let mut events = self.store.subscribe();
         loop {

@@ -46,6 +46,7 @@ fn status_param(q: &HashMap<String, String>) -> Result<Option<ApprovalStatus>> {
     description = "Creates a pending approval and sends `approval:requested`, or, when an earlier `allow_session` decision of this session matches the same tool and input, answers at once (status `allowed`). The same `requestId` returns the approval it created (200).",
     params(("id" = String, Path)),
     request_body = CreateApproval,
+    security(("maestro" = ["operate"])),
     responses((status = 201, body = Approval), (status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
 )]
 async fn create(
@@ -68,6 +69,7 @@ async fn create(
     tag = "approvals",
     summary = "A session's approvals, oldest first",
     params(("id" = String, Path), ("status" = Option<String>, Query, description = "pending, allowed, denied or cancelled")),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Approval>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn session_list(
@@ -85,6 +87,7 @@ async fn session_list(
     tag = "approvals",
     summary = "Every pending approval (of one project with projectId), oldest first",
     params(("projectId" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Approval>), (status = 400, body = ErrorBody)),
 )]
 async fn pending(
@@ -103,6 +106,7 @@ async fn pending(
     tag = "approvals",
     summary = "One approval",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Approval>> {
@@ -115,6 +119,7 @@ async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Resul
     tag = "approvals",
     summary = "Long-poll: the approval as soon as it is decided or cancelled, or as it is at the timeout",
     params(("id" = String, Path), ("timeout" = Option<u64>, Query, description = "milliseconds, 0-120000 (default 30000)")),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn wait(
@@ -140,6 +145,7 @@ async fn wait(
     description = "409 `APPROVAL_DECIDED` (with the approval as it was decided in `details`) when it was already decided or cancelled, unless the request repeats the winning decision's `requestId`.",
     params(("id" = String, Path)),
     request_body = DecideApproval,
+    security(("maestro" = ["respond"])),
     responses((status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn decide(
@@ -169,6 +175,7 @@ pub struct CancelApproval {
     summary = "Withdraw a pending approval (the agent stopped waiting); an ended one is returned as it is",
     params(("id" = String, Path)),
     request_body = CancelApproval,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Approval), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn cancel(

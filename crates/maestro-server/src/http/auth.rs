@@ -116,6 +116,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     path = "/auth/tokens",
     tag = "auth",
     summary = "API tokens (no secrets)",
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Vec<TokenInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
 async fn list_tokens(State(s): State<AppState>) -> Result<Json<Vec<TokenInfo>>> {
@@ -128,6 +129,7 @@ async fn list_tokens(State(s): State<AppState>) -> Result<Json<Vec<TokenInfo>>> 
     tag = "auth",
     summary = "Create an API token; its secret is shown only in this answer",
     request_body = CreateToken,
+    security(("maestro" = ["admin"])),
     responses((status = 201, body = TokenCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
 async fn create_token(
@@ -145,6 +147,7 @@ async fn create_token(
     tag = "auth",
     summary = "Revoke a token: it fails on its next request, on every server",
     params(("id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)),
 )]
 async fn revoke_token(
@@ -164,6 +167,7 @@ async fn revoke_token(
     path = "/auth/devices",
     tag = "auth",
     summary = "Paired devices",
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Vec<DeviceInfo>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
 async fn list_devices(State(s): State<AppState>) -> Result<Json<Vec<DeviceInfo>>> {
@@ -176,6 +180,7 @@ async fn list_devices(State(s): State<AppState>) -> Result<Json<Vec<DeviceInfo>>
     tag = "auth",
     summary = "Revoke a device: its requests fail and its open sockets close at once",
     params(("id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Revoked), (status = 404, body = ErrorBody)),
 )]
 async fn revoke_device(
@@ -196,6 +201,7 @@ async fn revoke_device(
     tag = "auth",
     summary = "Make a single-use pairing code for a phone (valid PAIRING_TTL_SECS, 2 minutes by default)",
     request_body = CreatePairing,
+    security(("maestro" = ["admin"])),
     responses((status = 201, body = PairingCreated), (status = 403, body = ErrorBody)),
 )]
 async fn create_pairing(
@@ -219,6 +225,7 @@ async fn create_pairing(
     tag = "auth",
     summary = "Exchange a pairing code for this device's credential (also set as a cookie)",
     request_body = PairRequest,
+    security(()),
     responses((status = 200, body = Paired), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
 )]
 async fn pair(State(s): State<AppState>, req: Request) -> Response {
@@ -305,6 +312,7 @@ fn clear_cookies() -> [HeaderValue; 2] {
     path = "/auth/me",
     tag = "auth",
     summary = "Who the server takes the caller for, and its scope",
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody)),
 )]
 async fn me(Caller(p): Caller) -> Json<Me> {
@@ -322,6 +330,7 @@ async fn me(Caller(p): Caller) -> Json<Me> {
     path = "/auth/logout",
     tag = "auth",
     summary = "Sign this device out: revokes its credential and clears its cookies",
+    security(("maestro" = ["read"])),
     responses((status = 200), (status = 401, body = ErrorBody)),
 )]
 async fn logout(State(s): State<AppState>, Caller(p): Caller) -> Result<Response> {
@@ -353,6 +362,7 @@ async fn logout(State(s): State<AppState>, Caller(p): Caller) -> Result<Response
     summary = "Announce the public URL this server is reached at (maestro tunnel does, when it attaches to a running server)",
     description = "While set, the URL's host and origin are allowed like EXTERNAL_URL's, and pairing links point at it. Kept in memory by this server only; cleared by DELETE or a restart.",
     request_body = PublicUrl,
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = PublicUrl), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
 async fn set_public_url(
@@ -385,6 +395,7 @@ async fn set_public_url(
     path = "/auth/public-url",
     tag = "auth",
     summary = "Forget the announced public URL (the tunnel stopped)",
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = PublicUrl)),
 )]
 async fn clear_public_url(State(s): State<AppState>) -> Json<PublicUrl> {

@@ -56,6 +56,7 @@ fn flag(q: &HashMap<String, String>, key: &str) -> Result<bool> {
     tag = "mail",
     summary = "Send mail (direct, broadcast or to a team member)",
     request_body = SendMail,
+    security(("maestro" = ["respond"])),
     responses((status = 201, body = SentMail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn send(
@@ -71,6 +72,7 @@ async fn send(
     tag = "mail",
     summary = "A session's inbox",
     params(("id" = String, Path), ("projectId" = Option<String>, Query), ("type" = Option<String>, Query), ("since" = Option<String>, Query), ("unread" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn inbox(
@@ -108,6 +110,7 @@ fn refuse_ack_on_get(q: &HashMap<String, String>) -> Result<()> {
     tag = "mail",
     summary = "Long-poll for mail (never acknowledges: `ack=true` is 400, see the POST)",
     params(("id" = String, Path), ("projectId" = Option<String>, Query), ("timeout" = Option<String>, Query), ("since" = Option<String>, Query), ("ack" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn wait(
@@ -133,6 +136,7 @@ async fn wait(
     summary = "Long-poll for unread mail and move the read cursor past it (each message once)",
     params(("id" = String, Path)),
     request_body = WaitMail,
+    security(("maestro" = ["respond"])),
     responses((status = 200, body = Vec<MailMessage>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn wait_and_ack(
@@ -156,6 +160,7 @@ async fn wait_and_ack(
     summary = "Move a session's read cursor",
     params(("id" = String, Path)),
     request_body = AckMail,
+    security(("maestro" = ["respond"])),
     responses((status = 200, body = MailCursor), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn ack(
@@ -172,6 +177,7 @@ async fn ack(
     tag = "mail",
     summary = "Get a message",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = MailMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(
@@ -187,6 +193,7 @@ async fn get_one(
     tag = "mail",
     summary = "Delete a message",
     params(("id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = MailDeleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn delete(

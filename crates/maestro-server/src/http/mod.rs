@@ -7,6 +7,7 @@
 mod approvals;
 pub mod auth;
 mod extract;
+mod identity;
 mod mail;
 mod ops;
 mod ordering;
@@ -37,9 +38,12 @@ use utoipa_axum::router::OpenApiRouter;
 pub use crate::auth::trust::origin_allowed;
 pub use extract::{Body, IdPath, only};
 
+use crate::auth::routes::{Declared, RouteScopes};
+use crate::auth::trust::Need;
 use crate::config::Config;
 use crate::domain::Domain;
 use crate::error::Error;
+use maestro_protocol::Scope;
 
 /// Everything handlers share; cheap to clone.
 #[derive(Clone)]
@@ -76,6 +80,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(skills::router())
         .merge(templates::router())
         .merge(auth::router())
+        .merge(identity::router())
         .merge(push::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api", api)
@@ -84,6 +89,7 @@ fn documented() -> OpenApiRouter<AppState> {
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&CredentialScheme),
     info(
         title = "Maestro",
         description = "Coordination server for fleets of AI coding agents. A drop-in replacement for the upstream maestro-server API; see docs/compatibility.md for deliberate differences."
@@ -96,9 +102,55 @@ fn documented() -> OpenApiRouter<AppState> {
 )]
 struct ApiDoc;
 
+/// The `maestro` security scheme every route's `security` names with the scope it needs.
+struct CredentialScheme;
+
+impl utoipa::Modify for CredentialScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token (`maestro token create`) or a paired device's cookie. Each operation's \
+                 requirement names the scope it needs: read < respond < operate < admin; runner \
+                 stands apart. Requests from this machine need none (AUTH=local).",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(crate::auth::routes::SCHEME, SecurityScheme::Http(scheme));
+    }
+}
+
 /// The OpenAPI 3.1 description of every route the router serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     documented().split_for_parts().1
+}
+
+/// Routes outside the OpenAPI document, with what they need (the documented ones declare it in
+/// their entry).
+const UNDOCUMENTED: &[Declared] = &[
+    Declared {
+        path: "/api/openapi.json",
+        method: Method::GET,
+        need: Need::Scope(Scope::Read),
+    },
+    Declared {
+        path: "/api/docs",
+        method: Method::GET,
+        need: Need::Scope(Scope::Read),
+    },
+];
+
+/// The scope of every route, as the gate reads it: fails when one declares none.
+pub fn route_scopes() -> Result<RouteScopes, String> {
+    let declared: Vec<Declared> = UNDOCUMENTED
+        .iter()
+        .chain(terminal::DECLARED)
+        .cloned()
+        .collect();
+    RouteScopes::new(&openapi(), &declared)
 }
 
 /// The complete application router.

@@ -23,7 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Liveness: the process answers. Same shape as upstream.
-#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, body = Health)))]
 async fn health(State(s): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -33,7 +33,7 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
 }
 
 /// Readiness: the backend can serve; 503 with `degraded` when it cannot.
-#[utoipa::path(get, path = "/ready", tag = "operations", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
+#[utoipa::path(get, path = "/ready", tag = "operations", security(("maestro" = ["read"])), responses((status = 200, body = Ready), (status = 503, body = Ready)))]
 async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Ready>) {
     let ok = s.domain.store.ready().await;
     let body = Ready {
@@ -49,7 +49,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Ready>) {
 }
 
 /// Open legacy WebSocket connections, in upstream's shape.
-#[utoipa::path(get, path = "/ws-status", tag = "operations", responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/ws-status", tag = "operations", security(("maestro" = ["read"])), responses((status = 200, body = Object)))]
 async fn ws_status(State(s): State<AppState>) -> Json<Value> {
     let n = s.ws_clients.load(Ordering::Relaxed);
     let clients: Vec<Value> = (0..n)
@@ -59,7 +59,7 @@ async fn ws_status(State(s): State<AppState>) -> Json<Value> {
 }
 
 /// Prometheus text exposition of the server's gauges.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("maestro" = ["read"])), responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
     let waiters = s.domain.mail_metrics.waiters.load(Ordering::Relaxed);
     let approval_waiters = s.domain.approval_waiters.load(Ordering::Relaxed);

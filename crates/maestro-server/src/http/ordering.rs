@@ -20,6 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "ordering",
     summary = "Display order of tasks or sessions",
     params(("entity_type" = String, Path), ("project_id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Ordering), (status = 400, body = ErrorBody)),
 )]
 async fn get_one(
@@ -36,6 +37,7 @@ async fn get_one(
     summary = "Save a display order",
     params(("entity_type" = String, Path), ("project_id" = String, Path)),
     request_body = UpdateOrdering,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Ordering), (status = 400, body = ErrorBody)),
 )]
 async fn update(

@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/projects",
     tag = "projects",
     summary = "List projects",
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Project>)),
 )]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<Project>>> {
@@ -34,6 +35,7 @@ async fn list(State(s): State<AppState>) -> Result<Json<Vec<Project>>> {
     tag = "projects",
     summary = "Create a project",
     request_body = CreateProject,
+    security(("maestro" = ["admin"])),
     responses((status = 201, body = Project), (status = 400, body = ErrorBody)),
 )]
 async fn create(
@@ -52,6 +54,7 @@ async fn create(
     tag = "projects",
     summary = "Get a project",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Project), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Project>> {
@@ -65,6 +68,7 @@ async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Resul
     summary = "Update a project",
     params(("id" = String, Path)),
     request_body = UpdateProject,
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Project), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn update(
@@ -81,6 +85,7 @@ async fn update(
     tag = "projects",
     summary = "Delete an empty project",
     params(("id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
 )]
 async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Deleted>> {

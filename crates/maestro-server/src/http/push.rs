@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/push/vapid-public-key",
     tag = "push",
     summary = "The server's VAPID public key: the applicationServerKey of pushManager.subscribe()",
+    security(("maestro" = ["read"])),
     responses((status = 200, body = VapidPublicKey), (status = 401, body = ErrorBody)),
 )]
 async fn vapid_public_key(State(s): State<AppState>) -> Json<VapidPublicKey> {
@@ -45,6 +46,7 @@ async fn vapid_public_key(State(s): State<AppState>) -> Json<VapidPublicKey> {
     summary = "Subscribe this device to notifications (a session needs input, fails or completes)",
     description = "The body is PushSubscription.toJSON(). The subscription belongs to the calling device or token (deleted when it is revoked); at most 10 per device, the oldest is replaced. Needs scope read.",
     request_body = PushSubscribe,
+    security(("maestro" = ["read"])),
     responses((status = 201, body = PushSubscriptionInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn subscribe(
@@ -63,6 +65,7 @@ async fn subscribe(
     tag = "push",
     summary = "Unsubscribe this device's subscription of an endpoint",
     request_body = PushUnsubscribe,
+    security(("maestro" = ["read"])),
     responses((status = 200, body = PushUnsubscribed), (status = 401, body = ErrorBody)),
 )]
 async fn unsubscribe(

@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/runners",
     tag = "runners",
     summary = "The runners (machines that run agents), online or not",
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Runner>)),
 )]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<Runner>>> {
@@ -46,6 +47,7 @@ async fn list(State(s): State<AppState>) -> Result<Json<Vec<Runner>>> {
     tag = "runners",
     summary = "Register a runner (scope runner); again after every restart",
     request_body = RegisterRunner,
+    security(("maestro" = ["runner"])),
     responses((status = 201, body = Runner), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)),
 )]
 async fn register(
@@ -64,6 +66,7 @@ async fn register(
     tag = "runners",
     summary = "One runner",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Runner), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Runner>> {
@@ -77,6 +80,7 @@ async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Resul
     summary = "One beat for the runner and every session it hosts (scope runner)",
     params(("id" = String, Path)),
     request_body = RunnerHeartbeat,
+    security(("maestro" = ["runner"])),
     responses((status = 200, body = Runner), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)),
 )]
 async fn heartbeat(
@@ -101,6 +105,7 @@ async fn heartbeat(
     summary = "Long-poll: claim the spawns waiting for this runner's machine (scope runner)",
     description = "Answers as soon as the runner wins at least one launch, or with none at the timeout. Each launch is won by exactly one runner.",
     params(("id" = String, Path), ("timeout" = Option<u64>, Query, description = "milliseconds, 0-60000 (default 25000)")),
+    security(("maestro" = ["runner"])),
     responses((status = 200, body = Claimed), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn claim(
@@ -130,6 +135,7 @@ async fn claim(
     summary = "Report a claimed launch: started, could not start, or exited (scope runner)",
     params(("id" = String, Path)),
     request_body = LaunchReport,
+    security(("maestro" = ["runner"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn launched(
@@ -148,6 +154,7 @@ async fn launched(
     description = "When a host (a runner or `maestro run`) holds the agent, it is asked to stop it and ends the session `stopped`; the answer is the session as it is now. A session nothing hosts is `stopped` at once. Stopping an ended session changes nothing.",
     params(("id" = String, Path)),
     request_body = StopRequest,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn stop(
@@ -164,6 +171,7 @@ async fn stop(
     tag = "sessions",
     summary = "Start a finished session's agent again, on the machine that ran it",
     params(("id" = String, Path)),
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn resume(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Session>> {

@@ -39,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "sessions",
     summary = "List sessions (active=true: spawning, idle, working)",
     params(("projectId" = Option<String>, Query), ("taskId" = Option<String>, Query), ("status" = Option<String>, Query), ("active" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Session>), (status = 400, body = ErrorBody)),
 )]
 async fn list(
@@ -69,6 +70,7 @@ async fn list(
     tag = "sessions",
     summary = "Create a session",
     request_body = CreateSession,
+    security(("maestro" = ["operate"])),
     responses((status = 201, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn create(
@@ -87,6 +89,7 @@ async fn create(
     tag = "sessions",
     summary = "Spawn an agent session (Idempotency-Key header supported)",
     request_body = SpawnRequest,
+    security(("maestro" = ["operate"])),
     responses((status = 201, body = SpawnResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 500, body = ErrorBody)),
 )]
 async fn spawn(
@@ -114,6 +117,7 @@ async fn spawn(
     tag = "sessions",
     summary = "Get a session",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Session>> {
@@ -127,6 +131,7 @@ async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Resul
     summary = "Update a session",
     params(("id" = String, Path)),
     request_body = UpdateSession,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn update(
@@ -143,6 +148,7 @@ async fn update(
     tag = "sessions",
     summary = "Delete a session",
     params(("id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Deleted>> {
@@ -156,6 +162,7 @@ async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result
     summary = "Append a raw activity event",
     params(("id" = String, Path)),
     request_body = AppendSessionEvent,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn events(
@@ -173,6 +180,7 @@ async fn events(
     summary = "Append a timeline entry",
     params(("id" = String, Path)),
     request_body = AppendTimeline,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn timeline(
@@ -193,6 +201,7 @@ async fn timeline(
         ("before" = Option<u64>, Query, description = "Index to page back from (default: the timeline's length)"),
         ("limit" = Option<u64>, Query, description = "At most this many entries (default 100, at most 500)"),
     ),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = TimelinePage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn timeline_page(
@@ -219,6 +228,7 @@ async fn timeline_page(
     tag = "sessions",
     summary = "A session's docs",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<DocEntry>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn docs(
@@ -235,6 +245,7 @@ async fn docs(
     summary = "Attach a doc",
     params(("id" = String, Path)),
     request_body = AddDoc,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn add_doc(
@@ -251,6 +262,7 @@ async fn add_doc(
     tag = "sessions",
     summary = "Link a task to a session",
     params(("id" = String, Path), ("task_id" = String, Path)),
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn link(
@@ -266,6 +278,7 @@ async fn link(
     tag = "sessions",
     summary = "Unlink a task from a session",
     params(("id" = String, Path), ("task_id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Session), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn unlink(
@@ -282,6 +295,7 @@ async fn unlink(
     summary = "Show an HTML modal in the UI",
     params(("id" = String, Path)),
     request_body = ShowModal,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = ModalShown), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn modal(
@@ -299,6 +313,7 @@ async fn modal(
     summary = "Report a modal action",
     params(("id" = String, Path), ("modal_id" = String, Path)),
     request_body = ModalAction,
+    security(("maestro" = ["respond"])),
     responses((status = 200, body = ModalAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn modal_action(
@@ -315,6 +330,7 @@ async fn modal_action(
     tag = "sessions",
     summary = "Report a modal closed",
     params(("id" = String, Path), ("modal_id" = String, Path)),
+    security(("maestro" = ["respond"])),
     responses((status = 200, body = ModalAck), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn modal_close(
@@ -331,6 +347,7 @@ async fn modal_close(
     summary = "Heartbeat: the agent of this session is alive (progress=true: and moving)",
     params(("id" = String, Path)),
     request_body = Heartbeat,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Presence), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn heartbeat(

@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     path = "/skills",
     tag = "skills",
     summary = "Skills found in SKILLS_DIR",
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Skill>)),
 )]
 async fn list(State(s): State<AppState>) -> Result<Json<Vec<Skill>>> {
@@ -35,6 +36,7 @@ async fn list(State(s): State<AppState>) -> Result<Json<Vec<Skill>>> {
     tag = "skills",
     summary = "Get a skill",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = SkillDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(
@@ -50,6 +52,7 @@ async fn get_one(
     tag = "skills",
     summary = "Skills for a session mode",
     params(("mode" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<SkillSummary>), (status = 400, body = ErrorBody)),
 )]
 async fn by_mode(
@@ -65,6 +68,7 @@ async fn by_mode(
     tag = "skills",
     summary = "Re-read a skill from disk",
     params(("id" = String, Path)),
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = SkillReloaded), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn reload(

@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "tasks",
     summary = "List tasks (parentId=null: root tasks)",
     params(("projectId" = Option<String>, Query), ("status" = Option<String>, Query), ("parentId" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Task>), (status = 400, body = ErrorBody)),
 )]
 async fn list(
@@ -61,6 +62,7 @@ async fn list(
     tag = "tasks",
     summary = "Create a task",
     request_body = CreateTask,
+    security(("maestro" = ["operate"])),
     responses((status = 201, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn create(
@@ -76,6 +78,7 @@ async fn create(
     tag = "tasks",
     summary = "Get a task",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Task>> {
@@ -89,6 +92,7 @@ async fn get_one(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Resul
     summary = "Update a task (user mode, or session mode with updateSource=session)",
     params(("id" = String, Path)),
     request_body = UpdateTask,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Task), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn update(
@@ -105,6 +109,7 @@ async fn update(
     tag = "tasks",
     summary = "Delete a task and its descendants",
     params(("id" = String, Path)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result<Json<Deleted>> {
@@ -117,6 +122,7 @@ async fn delete(State(s): State<AppState>, IdPath(id): IdPath<String>) -> Result
     tag = "tasks",
     summary = "Direct children of a task",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<Task>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn children(
@@ -133,6 +139,7 @@ async fn children(
     summary = "Add an entry about this task to a session's timeline",
     params(("id" = String, Path)),
     request_body = TaskTimelineRequest,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = TaskTimelineResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn timeline(
@@ -149,6 +156,7 @@ async fn timeline(
     tag = "tasks",
     summary = "Docs about this task from its sessions",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<TaskDocEntry>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn docs(
@@ -165,6 +173,7 @@ async fn docs(
     summary = "Claim a task for a session: a lease with a fencing token, or 409 with the holder",
     params(("id" = String, Path)),
     request_body = ClaimRequest,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Claim), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn claim(
@@ -181,6 +190,7 @@ async fn claim(
     tag = "tasks",
     summary = "The task's current lease (null when unclaimed)",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Option<Claim>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_claim(
@@ -197,6 +207,7 @@ async fn get_claim(
     summary = "Extend the caller's lease",
     params(("id" = String, Path)),
     request_body = LeaseRequest,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Claim), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn renew(
@@ -214,6 +225,7 @@ async fn renew(
     summary = "Give the caller's lease up",
     params(("id" = String, Path)),
     request_body = LeaseRequest,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = Released), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
 )]
 async fn release(

@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "team-members",
     summary = "Built-in and custom members of a project",
     params(("projectId" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<TeamMember>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn list(State(s): State<AppState>, Query(q): Q) -> Result<Json<Vec<TeamMember>>> {
@@ -46,6 +47,7 @@ async fn list(State(s): State<AppState>, Query(q): Q) -> Result<Json<Vec<TeamMem
     tag = "team-members",
     summary = "Create a custom member",
     request_body = CreateTeamMember,
+    security(("maestro" = ["operate"])),
     responses((status = 201, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn create(
@@ -64,6 +66,7 @@ async fn create(
     tag = "team-members",
     summary = "Get a member",
     params(("id" = String, Path), ("projectId" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(
@@ -84,6 +87,7 @@ async fn get_one(
     summary = "Edit a member (built-ins get an override)",
     params(("id" = String, Path)),
     request_body = UpdateTeamMember,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn update(
@@ -100,6 +104,7 @@ async fn update(
     tag = "team-members",
     summary = "Delete an archived custom member",
     params(("id" = String, Path), ("projectId" = Option<String>, Query)),
+    security(("maestro" = ["admin"])),
     responses((status = 200, body = Deleted), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
 )]
 async fn delete(
@@ -121,6 +126,7 @@ async fn delete(
     summary = "Archive a custom member",
     params(("id" = String, Path)),
     request_body = ProjectRef,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn archive(
@@ -142,6 +148,7 @@ async fn archive(
     summary = "Restore an archived member",
     params(("id" = String, Path)),
     request_body = ProjectRef,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn unarchive(
@@ -163,6 +170,7 @@ async fn unarchive(
     summary = "Restore a built-in as shipped",
     params(("id" = String, Path)),
     request_body = ProjectRef,
+    security(("maestro" = ["operate"])),
     responses((status = 200, body = TeamMember), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn reset(

@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     tag = "templates",
     summary = "Built-in workflow templates",
     params(("mode" = Option<String>, Query)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = Vec<WorkflowTemplate>)),
 )]
 async fn list(
@@ -40,6 +41,7 @@ async fn list(
     tag = "templates",
     summary = "Get a workflow template",
     params(("id" = String, Path)),
+    security(("maestro" = ["read"])),
     responses((status = 200, body = WorkflowTemplate), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
 )]
 async fn get_one(

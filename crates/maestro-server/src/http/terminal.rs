@@ -7,19 +7,38 @@
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Path, Request, State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maestro_protocol::Scope;
 
 use super::AppState;
 use crate::auth::Principal;
+use crate::auth::routes::Declared;
+use crate::auth::trust::Need;
 use crate::error::Error;
 use crate::terminal::Access;
 
+const VIEWER: &str = "/api/sessions/{id}/terminal";
+const HOST: &str = "/api/sessions/{id}/terminal/host";
+
+/// Watching needs `read` (typing is checked per message: `operate`); hosting is a runner's.
+pub const DECLARED: &[Declared] = &[
+    Declared {
+        path: VIEWER,
+        method: Method::GET,
+        need: Need::Scope(Scope::Read),
+    },
+    Declared {
+        path: HOST,
+        method: Method::GET,
+        need: Need::Scope(Scope::Runner),
+    },
+];
+
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/sessions/{id}/terminal", axum::routing::get(viewer))
-        .route("/api/sessions/{id}/terminal/host", axum::routing::get(host))
+        .route(VIEWER, axum::routing::get(viewer))
+        .route(HOST, axum::routing::get(host))
 }
 
 #[derive(Clone, Copy)]

@@ -156,28 +156,27 @@ impl Context {
         {
             return url.trim().to_owned();
         }
-        let base = self.server.trim_end_matches('/');
-        match base.strip_prefix("https://") {
-            Some(rest) => format!("wss://{rest}/"),
-            None => format!("ws://{}/", base.trim_start_matches("http://")),
-        }
+        format!("{}/", maestro_client::websocket_base(&self.server))
     }
 }
 
 /// The server's owner token (`$DATA_DIR/owner-token`, written by `maestro serve` for this
 /// machine's user), for a server on this machine only: it is an admin credential and never
 /// leaves the machine. It matters when the server runs with `AUTH=required`.
+///
+/// The client sends it only after the server proves it holds it (see
+/// `maestro_client::Client::with_fallback_token`).
 fn owner_token(server: &str, var: impl Fn(&str) -> Option<String>) -> Option<String> {
-    let host = server
-        .split_once("://")
-        .map_or(server, |(_, rest)| rest)
-        .split(['/', '?'])
-        .next()?;
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    let url = url::Url::parse(server).ok()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return None;
+    }
+    let local = match url.host()? {
+        url::Host::Domain(name) => name == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
     };
-    if !matches!(host, "localhost" | "127.0.0.1" | "::1") {
+    if !local {
         return None;
     }
     let dir = expand_home(&var("DATA_DIR").unwrap_or_else(|| "~/.maestro/data".into()));

@@ -331,15 +331,8 @@ pub async fn run_uplink(
         if stop.is_cancelled() {
             return;
         }
-        let request = match url.as_str().into_client_request() {
-            Ok(mut req) => {
-                if let Some(token) = &up.token
-                    && let Ok(value) = format!("Bearer {token}").parse()
-                {
-                    req.headers_mut().insert("authorization", value);
-                }
-                req
-            }
+        let request = match ws_request(&url, up.token.as_deref()) {
+            Ok(req) => req,
             Err(e) => {
                 desk_note(&format!("cannot stream the terminal to {url}: {e}"));
                 return;
@@ -592,11 +585,7 @@ pub fn signal_group(pgid: Option<i32>, sig: rustix::process::Signal) {
 
 /// `http(s)://host:port` → `ws(s)://host:port`.
 pub fn ws_base(server: &str) -> String {
-    let base = server.trim_end_matches('/');
-    match base.strip_prefix("https://") {
-        Some(rest) => format!("wss://{rest}"),
-        None => format!("ws://{}", base.trim_start_matches("http://")),
-    }
+    maestro_client::websocket_base(server)
 }
 
 #[cfg(test)]
@@ -683,4 +672,21 @@ mod tests {
         assert!(!exit.success());
         assert!(agent.stop_requested());
     }
+}
+
+/// A WebSocket request for `url` that carries `token` as `Authorization: Bearer`.
+pub fn ws_request(
+    url: &str,
+    token: Option<&str>,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::client::Request,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = url.into_client_request()?;
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        req.headers_mut().insert("authorization", value);
+    }
+    Ok(req)
 }

@@ -132,9 +132,13 @@ impl CliError {
                      MAESTRO_SERVER_URL.",
                 )
             }
-            ClientError::BadUrl(url) => Self::usage(format!(
-                "Invalid server URL {url:?}: it must start with http:// or https://"
-            )),
+            ClientError::BadUrl(why) => Self::usage(format!("Invalid server URL {why}")),
+            e @ ClientError::NotOurServer(_) => {
+                Self::new("not_our_server", exit::FAILED, e.to_string()).with_hint(
+                    "Check --server / MAESTRO_SERVER_URL, or set MAESTRO_TOKEN to a token of that \
+                     server.",
+                )
+            }
             ClientError::Api { status, body } => {
                 let mut e = Self::for_status(status.as_u16(), body.message);
                 e.details = body.details;

@@ -150,12 +150,20 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
 
     let stop = tokio_util::sync::CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat(client.clone(), sid.clone(), log));
-    let replies = tokio::spawn(relay_replies(ctx.ws_url(), sid.clone(), agent.clone(), log));
+    // Sockets cannot retry after a 401: they carry the credential from the start.
+    let credential = client.socket_credential().await;
+    let replies = tokio::spawn(relay_replies(
+        ctx.ws_url(),
+        credential.clone(),
+        sid.clone(),
+        agent.clone(),
+        log,
+    ));
     let uplink = tokio::spawn(host::run_uplink(
         agent.clone(),
         Uplink {
             ws_base: host::ws_base(&ctx.server),
-            token: client.token().map(str::to_owned),
+            token: credential,
             session_id: sid.clone(),
             replies: false,
         },
@@ -322,11 +330,21 @@ async fn heartbeat(client: Client, sid: String, log: Log) {
 
 /// Types `session:input` replies for `sid` into the agent's terminal, reconnecting the
 /// WebSocket with back-off when it drops.
-async fn relay_replies(url: String, sid: String, agent: std::sync::Arc<Agent>, log: Log) {
+async fn relay_replies(
+    url: String,
+    token: Option<String>,
+    sid: String,
+    agent: std::sync::Arc<Agent>,
+    log: Log,
+) {
     let mut backoff = Duration::from_secs(1);
     let mut warned = false;
     loop {
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        let connected = match super::host::ws_request(&url, token.as_deref()) {
+            Ok(request) => tokio_tungstenite::connect_async(request).await,
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok((mut ws, _)) => {
                 backoff = Duration::from_secs(1);
                 let sub = json!({ "type": "subscribe", "sessionIds": [sid] });

@@ -278,6 +278,7 @@ impl Origin {
                 .send()
                 .await;
             if health.is_ok_and(|r| r.status().is_success()) {
+                check_identity(&url).await?;
                 println!("Using the Maestro server already running at {url}.");
                 return Ok(Self {
                     local_url: url,
@@ -314,9 +315,11 @@ impl Origin {
             shutdown,
         } = &mut self.inner
         else {
+            // Nothing is announced for a server that would let the tunnel's traffic in.
+            check_gate(&self.http, &self.local_url).await?;
             self.announce_public_url(external_url).await;
             warn_if_host_refused(&self.http, &self.local_url, external_url).await;
-            return check_gate(&self.http, &self.local_url).await;
+            return Ok(());
         };
         if running
             .as_ref()
@@ -490,6 +493,33 @@ async fn stop_server(running: Running) {
         Ok(Err(e)) => tracing::warn!(error = %e, "the server task failed"),
         Err(_) => tracing::warn!("the server did not stop in time"),
     }
+}
+
+/// Before the owner token in `DATA_DIR` is sent to the server found at `url`, that server
+/// proves it wrote it (see `POST /api/auth/identity`); something else on the port is refused.
+/// `MAESTRO_TOKEN`, when set, is what is sent instead, and needs no such proof.
+async fn check_identity(url: &str) -> anyhow::Result<()> {
+    if std::env::var("MAESTRO_TOKEN").is_ok_and(|t| !t.trim().is_empty()) {
+        return Ok(());
+    }
+    let file = data_dir_from_env().join("owner-token");
+    let Some(token) = std::fs::read_to_string(&file)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(());
+    };
+    let client = maestro_client::Client::new(url)?;
+    if client.proves_owner_token(&token).await {
+        return Ok(());
+    }
+    bail!(
+        "the server at {url} cannot prove it is the one whose owner token is in {}: refusing to \
+         send it that token or expose it (is another program on the port, or a server with \
+         another DATA_DIR? set DATA_DIR or MAESTRO_TOKEN)",
+        file.display()
+    )
 }
 
 /// Refuses to expose a server that answers a proxied request without a credential: that is

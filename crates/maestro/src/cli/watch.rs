@@ -33,7 +33,10 @@ pub async fn watch(ctx: &Context, c: &Client, ids: &str, timeout_ms: u64) -> Cmd
         );
         say!("[session:watch] Connecting to {url} ...");
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+    // With AUTH=required the event stream needs the credential too.
+    let request = super::host::ws_request(&url, c.socket_credential().await.as_deref())
+        .map_err(|e| CliError::usage(format!("Invalid WebSocket URL {url}: {e}")))?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| {
             CliError::new(

@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use maestro_protocol::{
-    ApprovalDecideAction, DecideApproval, ReplyInput, SendMail, SessionSubscription, SpawnRequest,
-    StopSession,
+    ApprovalDecideAction, DecideApproval, ReplyInput, Scope, SendMail, SessionSubscription,
+    SpawnRequest, StopSession,
 };
 use serde_json::{Value, json};
 
@@ -15,13 +15,72 @@ use super::Kind;
 use super::codec::{ack_packet, parse, to_object};
 use super::hub::{Conn, Hub};
 use super::replay::{events_replay, state_sync};
-use crate::auth::trust;
 use crate::domain::check_id;
 use crate::error::{Error, Result};
 use crate::realtime::engine::Frame;
 
 /// Most session ids one `subscribe` may name.
 const MAX_SUBSCRIBE: usize = 1_000;
+
+/// Every client event and the scope it needs, declared together: an event without a scope
+/// does not compile, and a name that is not here is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Subscribe,
+    Unsubscribe,
+    StateSync,
+    EventsReplay,
+    MailSend,
+    ReplyInput,
+    ApprovalDecide,
+    Spawn,
+    Stop,
+}
+
+impl Action {
+    pub const ALL: [Action; 9] = [
+        Self::Subscribe,
+        Self::Unsubscribe,
+        Self::StateSync,
+        Self::EventsReplay,
+        Self::MailSend,
+        Self::ReplyInput,
+        Self::ApprovalDecide,
+        Self::Spawn,
+        Self::Stop,
+    ];
+
+    /// The event's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Subscribe => "subscribe",
+            Self::Unsubscribe => "unsubscribe",
+            Self::StateSync => "state:sync",
+            Self::EventsReplay => "events:replay",
+            Self::MailSend => "mail:send",
+            Self::ReplyInput => "session:reply-input",
+            Self::ApprovalDecide => "approval:decide",
+            Self::Spawn => "session:spawn",
+            Self::Stop => "session:stop",
+        }
+    }
+
+    /// What the connection's credential must allow: reading and choosing what to receive
+    /// need `read`; answering agents and mail `respond`; starting and stopping them `operate`.
+    pub fn scope(self) -> Scope {
+        match self {
+            Self::Subscribe | Self::Unsubscribe | Self::StateSync | Self::EventsReplay => {
+                Scope::Read
+            }
+            Self::MailSend | Self::ReplyInput | Self::ApprovalDecide => Scope::Respond,
+            Self::Spawn | Self::Stop => Scope::Operate,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
 
 impl Hub {
     /// `2<ns>,[<id>]["event", payload]`: runs the client event and acks its result.
@@ -53,33 +112,36 @@ impl Hub {
     }
 
     async fn run_event(&self, conn: &Arc<Conn>, name: &str, data: Value) -> Result<Value> {
-        let need = trust::socket_action_scope(name);
+        let Some(action) = Action::parse(name) else {
+            return Err(Error::not_found("Event", name));
+        };
+        let need = action.scope();
         if !conn.principal.allows(need) {
             return Err(Error::Forbidden(format!(
                 "{name} needs scope '{need}'; this connection has '{}'",
                 conn.principal.scope
             )));
         }
-        match name {
-            "subscribe" => subscribe(conn, data),
-            "unsubscribe" => unsubscribe(conn, data),
-            "state:sync" => state_sync(self, conn, data),
-            "events:replay" => events_replay(self, conn, data).await,
-            "mail:send" => {
+        match action {
+            Action::Subscribe => subscribe(conn, data),
+            Action::Unsubscribe => unsubscribe(conn, data),
+            Action::StateSync => state_sync(self, conn, data),
+            Action::EventsReplay => events_replay(self, conn, data).await,
+            Action::MailSend => {
                 let req: SendMail = parse(data)?;
                 conn.check_project(&req.project_id)?;
                 let sent = self.domain.send_mail(req).await?;
                 Ok(json!({ "mail": sent }))
             }
-            "session:reply-input" => {
+            Action::ReplyInput => {
                 let req: ReplyInput = parse(data)?;
                 if let Some(id) = &req.session_id {
                     check_session_project(self, conn, id)?;
                 }
                 to_object(&self.domain.reply_input(req).await?)
             }
-            "session:spawn" => session_spawn(self, conn, data).await,
-            "approval:decide" => {
+            Action::Spawn => session_spawn(self, conn, data).await,
+            Action::ApprovalDecide => {
                 let req: ApprovalDecideAction = parse(data)?;
                 let approval = self.domain.get_approval(&req.approval_id)?;
                 conn.check_project(&approval.project_id)?;
@@ -94,7 +156,7 @@ impl Hub {
                     .await?;
                 Ok(json!({ "approval": decided }))
             }
-            "session:stop" => {
+            Action::Stop => {
                 let req: StopSession = parse(data)?;
                 let Some(id) = req.session_id else {
                     return Err(Error::validation("sessionId is required"));
@@ -103,7 +165,6 @@ impl Hub {
                 let session = self.domain.stop_session(id, None).await?;
                 Ok(json!({ "session": session }))
             }
-            other => Err(Error::not_found("Event", other)),
         }
     }
 }
@@ -217,4 +278,20 @@ async fn session_spawn(hub: &Hub, conn: &Conn, data: Value) -> Result<Value> {
         None => {}
     }
     to_object(&hub.domain.spawn_session(req, key).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Action;
+
+    #[test]
+    fn every_action_has_one_name_and_a_scope() {
+        let mut names = std::collections::HashSet::new();
+        for action in Action::ALL {
+            assert!(names.insert(action.name()), "{} twice", action.name());
+            assert_eq!(Action::parse(action.name()), Some(action));
+            let _ = action.scope();
+        }
+        assert_eq!(Action::parse("session:delete"), None);
+    }
 }

@@ -32,7 +32,11 @@ pub(super) fn store_with(dir: &std::path::Path, capacity: u64) -> (Arc<Hub>, Arc
     let domain = crate::open(&config, "http://localhost".into()).unwrap();
     let store = domain.store.clone();
     let config = Arc::new(config);
-    let gate = Gate::new(config.clone(), domain.clone());
+    let gate = Gate::new(
+        config.clone(),
+        domain.clone(),
+        crate::http::route_scopes().unwrap(),
+    );
     let hub = Arc::new(Hub::new(
         domain,
         config,
