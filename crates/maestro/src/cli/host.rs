@@ -588,6 +588,21 @@ pub fn ws_base(server: &str) -> String {
     maestro_client::websocket_base(server)
 }
 
+/// A WebSocket request for `url` that carries `token` as `Authorization: Bearer`; the error
+/// says why the URL is unusable.
+pub fn ws_request(
+    url: &str,
+    token: Option<&str>,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        req.headers_mut().insert("authorization", value);
+    }
+    Ok(req)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,21 +687,4 @@ mod tests {
         assert!(!exit.success());
         assert!(agent.stop_requested());
     }
-}
-
-/// A WebSocket request for `url` that carries `token` as `Authorization: Bearer`.
-pub fn ws_request(
-    url: &str,
-    token: Option<&str>,
-) -> Result<
-    tokio_tungstenite::tungstenite::handshake::client::Request,
-    tokio_tungstenite::tungstenite::Error,
-> {
-    let mut req = url.into_client_request()?;
-    if let Some(token) = token
-        && let Ok(value) = format!("Bearer {token}").parse()
-    {
-        req.headers_mut().insert("authorization", value);
-    }
-    Ok(req)
 }

@@ -341,7 +341,9 @@ async fn relay_replies(
     let mut warned = false;
     loop {
         let connected = match super::host::ws_request(&url, token.as_deref()) {
-            Ok(request) => tokio_tungstenite::connect_async(request).await,
+            Ok(request) => tokio_tungstenite::connect_async(request)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
         match connected {
