@@ -62,6 +62,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Creates `path` with `bytes` and mode `mode` unless it exists, atomically: the bytes are
+/// written to a 0600 temp file and fsynced, then hard-linked to `path`, which fails when
+/// another writer got there first. Returns whether this call created it; when it did not, the
+/// file that won is left as it was. Nobody ever sees `path` empty or half written.
+pub fn create_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
+        .to_string_lossy();
+    let (tmp, mut file) = create_temp(dir, &name)?;
+    let result = (|| {
+        file.write_all(bytes)?;
+        set_mode(&file, mode)?;
+        file.sync_all()?;
+        drop(file);
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => sync_dir(dir).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 /// [`write_atomic`] off the async runtime's threads (it fsyncs twice).
 pub async fn write_atomic_async(path: PathBuf, bytes: Vec<u8>, mode: u32) -> io::Result<()> {
     tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, mode))
@@ -177,6 +206,17 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"token");
         assert_eq!(mode_of(&path), 0o600);
         assert_eq!(entries(dir.path()), ["secret"], "no temp file is left");
+    }
+
+    #[test]
+    fn create_new_never_replaces_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        assert!(create_new_atomic(&path, b"first", PRIVATE_FILE).unwrap());
+        assert_eq!(mode_of(&path), 0o600);
+        assert!(!create_new_atomic(&path, b"second", PRIVATE_FILE).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert_eq!(entries(dir.path()), ["key"], "no temp file is left");
     }
 
     #[test]
