@@ -171,7 +171,7 @@ pub struct PairRequest {
     pub return_token: Option<bool>,
 }
 
-/// A paired device's credential: also set as the device cookie.
+/// A paired device's credential, which the device cookie carries.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]

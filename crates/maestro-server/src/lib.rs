@@ -57,9 +57,11 @@ pub async fn run(
     // `shutdown`, awaited below.
     let tasks = TaskTracker::new();
     let gate = auth::Gate::new(config_arc.clone(), domain.clone());
-    auth::credentials::check_hash_key(&domain, &config.hash_key_path())
-        .await
-        .context("checking the hash key")?;
+    if let Err(e) = auth::credentials::check_hash_key(&domain, &config.hash_key_path()).await {
+        // Refusing to start: let the next start (with the right key) open the database.
+        store.close().await;
+        return Err(anyhow::Error::new(e).context("checking the hash key"));
+    }
     auth::credentials::rotate_owner_token(&domain, &config.data_dir)
         .await
         .context("writing the owner token")?;

@@ -1132,9 +1132,27 @@ async fn engine_io_sessions_are_capped_per_address_with_room_kept_for_the_owner(
     );
     // ... for this machine and for a credential holder.
     assert_eq!(engine_handshake(addr, &[]).await, 200, "local");
-    let h = remote(Some(&token));
-    assert_eq!(engine_handshake(addr, &refs(&h)).await, 200, "a credential");
+    let bearer = format!("Bearer {token}");
+    let holder = [
+        ("cf-connecting-ip", "198.51.100.250"),
+        ("authorization", bearer.as_str()),
+    ];
+    assert_eq!(engine_handshake(addr, &holder).await, 200, "a credential");
     assert_eq!(engine_handshake(addr, &[]).await, 503, "all 16 are open");
+}
+
+/// The stored record of credential `id`, read from a store no server holds.
+fn stored_credential(
+    domain: &maestro_server::domain::Domain,
+    id: &str,
+) -> maestro_server::auth::credentials::Credential {
+    use maestro_server::ports::{Collection, ReaderExt as _};
+    domain
+        .reader()
+        .unwrap()
+        .get(Collection::Credentials, id)
+        .unwrap()
+        .expect("the credential is stored")
 }
 
 /// Token and pairing-code hashes in the store are keyed with the server's key (kept in
@@ -1157,12 +1175,7 @@ async fn stored_hashes_are_keyed_and_hashes_from_before_the_key_are_upgraded() {
 
     let config = common::config_for(dir.path()).expand_paths();
     let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
-    let stored: Credential = domain
-        .reader()
-        .unwrap()
-        .get(Collection::Credentials, &token_id)
-        .unwrap()
-        .unwrap();
+    let stored = stored_credential(&domain, &token_id);
     assert!(stored.hash.starts_with("k1:"), "{}", stored.hash);
     assert_ne!(stored.hash, sha256_hex(token.as_bytes()));
     let pairings: Vec<Value> = domain
@@ -1204,12 +1217,7 @@ async fn stored_hashes_are_keyed_and_hashes_from_before_the_key_are_upgraded() {
     assert_eq!(status, 401, "still only its own secret");
     server.stop().await;
     let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
-    let upgraded: Credential = domain
-        .reader()
-        .unwrap()
-        .get(Collection::Credentials, &legacy_id)
-        .unwrap()
-        .unwrap();
+    let upgraded = stored_credential(&domain, &legacy_id);
     assert!(
         upgraded.hash.starts_with("k1:"),
         "rehashed: {}",
@@ -1269,17 +1277,26 @@ fn push_subscription(endpoint: &str) -> Value {
     })
 }
 
-async fn push_subscriptions(addr: SocketAddr) -> Value {
-    let (status, _, list) = call(addr, Method::GET, "/api/push/subscriptions", &[], None).await;
-    assert_eq!(status, 200, "{list}");
-    list
+/// The push subscriptions stored in `dir`'s store, read while no server holds it.
+async fn stored_push_subscriptions(dir: &std::path::Path) -> Vec<Value> {
+    use maestro_server::ports::{Collection, ReaderExt as _};
+    let config = common::config_for(dir).expand_paths();
+    let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
+    let stored: Vec<Value> = domain
+        .reader()
+        .unwrap()
+        .list(Collection::PushSubscriptions, None)
+        .unwrap();
+    domain.store.close().await;
+    stored
 }
 
 /// A push endpoint is where the server will POST: one on this machine or its network is
 /// refused at subscribe time, however it is spelled.
 #[tokio::test]
 async fn push_endpoints_on_this_machine_or_network_are_refused() {
-    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
     let addr = server.addr();
     for endpoint in [
         "https://127.1/push",
@@ -1304,7 +1321,11 @@ async fn push_endpoints_on_this_machine_or_network_are_refused() {
         .await;
         assert_eq!(status, 400, "{endpoint}: {body}");
     }
-    assert_eq!(push_subscriptions(addr).await, json!([]), "nothing stored");
+    server.stop().await;
+    assert!(
+        stored_push_subscriptions(dir.path()).await.is_empty(),
+        "nothing stored"
+    );
 }
 
 /// The sender checks again when it connects: a subscription stored when local endpoints were
@@ -1335,10 +1356,10 @@ async fn the_push_sender_never_connects_to_this_machine() {
     .await;
     assert_eq!(status, 201, "{body}");
     server.stop().await;
+    assert_eq!(stored_push_subscriptions(dir.path()).await.len(), 1);
 
     let server = TestServer::start_in(dir.path()).await;
     let addr = server.addr();
-    assert_eq!(push_subscriptions(addr).await.as_array().unwrap().len(), 1);
     let (_, _, project) = call(
         addr,
         Method::POST,
