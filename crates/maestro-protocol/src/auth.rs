@@ -164,14 +164,22 @@ pub struct PairRequest {
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,
+    /// Put the device's token in the answer too (for a client that is not a browser, such as
+    /// a script on another machine). Without it the token is only set as an HttpOnly cookie,
+    /// so no page script ever sees it; a request carrying an `Origin` (a browser's) cannot ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_token: Option<bool>,
 }
 
-/// A paired device's credential: also set as the device cookie.
+/// A paired device's credential, which the device cookie carries.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 #[serde(rename_all = "camelCase")]
 pub struct Paired {
-    pub token: String,
+    /// The device's token, only when the request asked for it (`returnToken`); browsers get
+    /// it as the HttpOnly device cookie only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     pub device_id: String,
     pub device_name: String,
     pub scope: Scope,

@@ -91,6 +91,7 @@ async fn main() -> Result<()> {
         ping_timeout: PING_TIMEOUT,
         max_payload: MAX_PAYLOAD,
         max_sessions: 10_000,
+        max_sessions_per_address: 10_000,
         connect_timeout: None,
     };
     let engines = Arc::new(Engines {

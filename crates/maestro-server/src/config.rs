@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "~/.maestro/data")]
     pub data_dir: PathBuf,
 
+    /// The key token and pairing-code hashes are made with (HMAC), made on first start.
+    /// Default `$DATA_DIR/hash-key`. Servers sharing one Redis must share this file.
+    #[arg(long, env = "HASH_KEY_FILE")]
+    pub hash_key_file: Option<PathBuf>,
+
     /// Where spawn manifests are written (`<SESSION_DIR>/<sessionId>/manifest.json`).
     #[arg(long, env = "SESSION_DIR", default_value = "~/.maestro/sessions")]
     pub session_dir: PathBuf,
@@ -91,18 +96,37 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
 
     /// Most open connections at once; more wait in the listen backlog until one closes.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: u64,
+    /// Default: three quarters of the open-files limit (`ulimit -n`), so the database, Redis
+    /// and agents' terminals keep descriptors; the value in force is logged at start.
+    #[arg(long, env = "MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Most open connections one address other than this machine may hold; more are closed
+    /// at once. An eighth of `MAX_CONNECTIONS` is kept for connections from this machine
+    /// (where the tunnel's traffic also comes from).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_address: u64,
 
     /// Most Socket.IO (Engine.IO) connections open at once, polling or WebSocket; a handshake
     /// beyond it gets 503.
     #[arg(long, env = "MAX_SOCKETIO_SESSIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_socketio_sessions: u64,
 
+    /// Most Socket.IO connections one client address (not this machine) may hold open; more
+    /// get 429. Connections without a credential also leave an eighth of
+    /// `MAX_SOCKETIO_SESSIONS` to those with one.
+    #[arg(long, env = "MAX_SOCKETIO_SESSIONS_PER_ADDRESS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_socketio_sessions_per_address: u64,
+
     /// A client must send a request's headers within this many seconds (slow clients that
     /// trickle headers to hold connections open are cut off).
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
+
+    /// A client must send a request's whole body within this many seconds once its headers
+    /// are in; a slower one gets 408 and nothing is done.
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_secs: u64,
 
     /// How long a pairing code (`maestro pair`) works, in seconds.
     #[arg(long, env = "PAIRING_TTL_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -214,6 +238,7 @@ impl Config {
             port: 0,
             host: IpAddr::from([127, 0, 0, 1]),
             data_dir: dir.join("data"),
+            hash_key_file: None,
             session_dir: dir.join("sessions"),
             skills_dir: dir.join("skills"),
             server_url: None,
@@ -229,9 +254,12 @@ impl Config {
             auth: AuthMode::Local,
             allowed_hosts: Vec::new(),
             pairing_ttl_secs: 120,
-            max_connections: 20_000,
+            max_connections: None,
+            max_connections_per_address: 64,
             max_socketio_sessions: 20_000,
+            max_socketio_sessions_per_address: 16,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 10,
             shutdown_grace_secs: 5,
             heartbeat_ttl_ms: 15_000,
             heartbeat_grace_ms: 500,
@@ -269,6 +297,13 @@ impl Config {
         self.public_urls().pop()
     }
 
+    /// Where the hash key lives: `HASH_KEY_FILE`, else `$DATA_DIR/hash-key`.
+    pub fn hash_key_path(&self) -> PathBuf {
+        self.hash_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::util::hash::HASH_KEY_FILE))
+    }
+
     /// The Redis URL to use, if the Redis backend is selected.
     pub fn redis(&self) -> Option<&str> {
         self.redis_url
@@ -283,6 +318,9 @@ impl Config {
             &mut self.session_dir,
             &mut self.skills_dir,
         ] {
+            *p = expand_tilde(p);
+        }
+        if let Some(p) = &mut self.hash_key_file {
             *p = expand_tilde(p);
         }
         self

@@ -61,6 +61,11 @@ pub async fn run(
         domain.clone(),
         http::route_scopes().map_err(anyhow::Error::msg)?,
     );
+    if let Err(e) = auth::credentials::check_hash_key(&domain, &config.hash_key_path()).await {
+        // Refusing to start: let the next start (with the right key) open the database.
+        store.close().await;
+        return Err(anyhow::Error::new(e).context("checking the hash key"));
+    }
     let owner_token = auth::credentials::rotate_owner_token(&domain, &config.data_dir)
         .await
         .context("writing the owner token")?;
@@ -119,10 +124,15 @@ pub async fn run(
         );
     }
 
-    let limits = ConnectionLimits {
-        max_connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
-        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
-    };
+    let limits = ConnectionLimits::new(&config);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        kept_for_this_machine = limits.reserved_for_local,
+        per_address = limits.per_address.limit(),
+        open_files_limit = ?open_files_limit(),
+        source = if config.max_connections.is_some() { "MAX_CONNECTIONS" } else { "open-files limit" },
+        "connection cap"
+    );
     let server = tokio::spawn(serve_http(listener, app, limits, shutdown.clone()));
     shutdown.cancelled().await;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
@@ -187,6 +197,16 @@ async fn serve_http(
                 }
             },
         };
+        // A connection from elsewhere must leave the reserve to this machine (the owner's CLI,
+        // the desktop app, the tunnel) and stay within its address's share; else it is closed
+        // at once rather than queued, so the backlog holds nobody else up.
+        let hold = match limits.admit(peer.ip(), permits.available_permits()) {
+            Ok(hold) => hold,
+            Err(why) => {
+                tracing::debug!(%peer, why, "connection refused");
+                continue;
+            }
+        };
         // Small frames (events, acks) go out at once instead of waiting on Nagle's algorithm.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -196,6 +216,7 @@ async fn serve_http(
         connections.spawn(async move {
             // Held for the connection's life, upgraded WebSockets included.
             let _permit = permit;
+            let _hold = hold;
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let mut req = req.map(axum::body::Body::new);
@@ -227,10 +248,76 @@ async fn serve_http(
 }
 
 /// Bounds on what clients can hold open.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ConnectionLimits {
     max_connections: usize,
+    /// Connections only peers on this machine may use.
+    reserved_for_local: usize,
+    /// Connections per peer address other than this machine's.
+    per_address: auth::per_address::PerAddress,
     header_read_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    fn new(config: &Config) -> Self {
+        let max = config
+            .max_connections
+            .unwrap_or_else(|| connections_for(open_files_limit()));
+        let max_connections = usize::try_from(max).unwrap_or(usize::MAX);
+        Self {
+            max_connections,
+            reserved_for_local: max_connections / 8,
+            per_address: auth::per_address::PerAddress::new(
+                usize::try_from(config.max_connections_per_address).unwrap_or(usize::MAX),
+            ),
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// Whether a connection from `peer` is served, with `available` connections left besides
+    /// its own: `Ok` with its share of its address (none for a peer on this machine, which
+    /// the reserve is for), or why not.
+    fn admit(
+        &self,
+        peer: std::net::IpAddr,
+        available: usize,
+    ) -> Result<Option<auth::per_address::Hold>, &'static str> {
+        if peer.is_loopback() {
+            return Ok(None);
+        }
+        if available < self.reserved_for_local {
+            return Err("the rest is kept for this machine");
+        }
+        self.per_address
+            .try_hold(peer)
+            .map(Some)
+            .ok_or("its address holds its share")
+    }
+}
+
+/// The default connection cap for an open-files limit: three quarters of it, leaving the
+/// rest to the database, Redis connections, agents' terminals and files being written; at
+/// least 16 (a limit that low leaves little to share anyway).
+fn connections_for(open_files: Option<u64>) -> u64 {
+    match open_files {
+        Some(n) => (n / 4 * 3).max(16),
+        // No limit reported (unlimited, or not a Unix): the historical default.
+        None => 20_000,
+    }
+}
+
+/// The process's open-files limit (`RLIMIT_NOFILE`, soft), if it has one.
+fn open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
 }
 
 /// Opens the configured backend and the domain on top of it, without serving anything (used
@@ -257,6 +344,9 @@ pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
     };
     util::files::create_private_dir(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let key_path = config.hash_key_path();
+    let hash_key = util::hash::HashKey::load_or_create(&key_path)
+        .with_context(|| format!("reading or making the hash key {}", key_path.display()))?;
     Ok(Domain::new(
         store,
         ServerInfo {
@@ -277,6 +367,7 @@ pub fn open(config: &Config, server_url: String) -> anyhow::Result<Domain> {
             stop_grace_ms: config.stop_grace_ms.clamp(10, 60_000),
             long_poll_max_ms: config.long_poll_max_ms,
         },
+        hash_key,
     ))
 }
 
@@ -294,4 +385,39 @@ async fn write_server_url(config: &Config, addr: SocketAddr) -> anyhow::Result<(
     let path = config.data_dir.join("server-url");
     util::files::write_atomic_async(path, url.into_bytes(), util::files::PRIVATE_FILE).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strangers_leave_the_reserve_to_this_machine_and_hold_a_share_each() {
+        let mut config = Config::for_dir(std::path::Path::new("/nonexistent"));
+        config.max_connections = Some(80);
+        config.max_connections_per_address = 2;
+        let limits = ConnectionLimits::new(&config);
+        assert_eq!(limits.reserved_for_local, 10);
+        let stranger: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        let other: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let first = limits.admit(stranger, 50).unwrap().expect("a share");
+        let _second = limits.admit(stranger, 49).unwrap().expect("a share");
+        assert!(limits.admit(stranger, 48).is_err(), "its share is used");
+        assert!(limits.admit(other, 48).unwrap().is_some());
+        drop(first);
+        assert!(limits.admit(stranger, 47).unwrap().is_some(), "given back");
+        // Only this machine gets the last connections.
+        assert!(limits.admit(other, 9).is_err());
+        assert!(limits.admit(local, 9).unwrap().is_none());
+        assert!(limits.admit(local, 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_connection_cap_follows_the_open_files_limit() {
+        assert_eq!(connections_for(Some(1024)), 768);
+        assert_eq!(connections_for(Some(1_048_576)), 786_432);
+        assert_eq!(connections_for(Some(8)), 16);
+        assert_eq!(connections_for(None), 20_000);
+    }
 }

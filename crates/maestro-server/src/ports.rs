@@ -63,11 +63,14 @@ pub enum Collection {
     Runners,
     /// Spawns waiting for a runner, one per session, owned by the machine that must run them.
     LaunchQueue,
+    /// The fingerprint of the key credential hashes are made with (one record; the key itself
+    /// stays in `DATA_DIR`).
+    HashKey,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 20] = [
+    pub const ALL: [Collection; 21] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -88,6 +91,7 @@ impl Collection {
         Self::ApprovalRules,
         Self::Runners,
         Self::LaunchQueue,
+        Self::HashKey,
     ];
 
     /// Stable name used in storage keys.
@@ -113,6 +117,7 @@ impl Collection {
             Self::ApprovalRules => "approval_rules",
             Self::Runners => "runners",
             Self::LaunchQueue => "launch_queue",
+            Self::HashKey => "hash_key",
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Small helpers: clock, id generation, and (in [`files`]) the one atomic, private file write
-//! the server and the CLI share.
+//! Small helpers: clock, id generation, (in [`files`]) the one atomic, private file write
+//! the server and the CLI share, and (in [`hash`]) the hashing every layer shares.
 
 pub mod files;
+pub mod hash;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

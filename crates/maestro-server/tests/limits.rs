@@ -56,7 +56,7 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_until_one_closes() {
-    let server = TestServer::start_with(|c| c.max_connections = 2).await;
+    let server = TestServer::start_with(|c| c.max_connections = Some(2)).await;
     // The test server's own client (keep-alive) may hold one of the two permits; hold the
     // other with a raw connection, then one more.
     let idle_a = TcpStream::connect(server.addr()).await.unwrap();

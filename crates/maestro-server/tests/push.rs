@@ -196,7 +196,7 @@ async fn pair(addr: SocketAddr, scope: &str) -> (String, String) {
         Method::POST,
         "/api/auth/pair",
         None,
-        Some(json!({"code": pairing["code"], "deviceName": "phone"})),
+        Some(json!({"code": pairing["code"], "deviceName": "phone", "returnToken": true})),
     )
     .await;
     assert_eq!(status, 200, "{paired}");
@@ -593,8 +593,11 @@ async fn two_servers_on_one_redis_push_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
     let url = redis.url();
+    // Servers sharing a store share its hash key.
+    let key = dir.path().join("hash-key");
     let on_redis = |c: &mut maestro_server::Config| {
         c.redis_url = Some(url.clone());
+        c.hash_key_file = Some(key.clone());
         c.push_allow_local_endpoints = true;
     };
     let a = TestServer::start_with(on_redis).await;

@@ -639,7 +639,7 @@ fn assert_data_dir_private(data: &std::path::Path) {
             files.push(name);
         }
     }
-    for expected in ["owner-token", "server-url"] {
+    for expected in ["owner-token", "server-url", "hash-key"] {
         assert!(
             files.iter().any(|f| f == expected),
             "{expected} in {files:?}"
@@ -753,6 +753,7 @@ async fn a_pairing_code_pairs_one_device_once() {
 
     let (status, headers, paired) = pair(addr, code).await;
     assert_eq!(status, 200, "{paired}");
+    assert!(paired.get("token").is_none(), "the token is a cookie only");
     assert_eq!(paired["scope"], "respond");
     assert_eq!(paired["deviceName"], "Pixel 8");
     let (device_cookie, csrf) = cookie_header(&headers);
@@ -903,19 +904,511 @@ async fn the_short_code_pairs_and_expired_or_wrong_codes_do_not() {
     assert_eq!(status, 401);
 }
 
+/// Wrong codes may burn the short code (its ~40 bits need it), never the 256-bit code of the
+/// QR code and link: a stranger sending wrong codes cannot keep the owner from pairing.
 #[tokio::test]
-async fn five_wrong_codes_burn_the_pending_pairing() {
+async fn wrong_codes_burn_the_short_code_never_the_long_one() {
     let server = TestServer::start().await;
     let addr = server.addr();
     let pairing = new_pairing(&server, json!({})).await;
-    for _ in 0..5 {
+    for _ in 0..maestro_server::auth::credentials::PAIRING_MAX_FAILURES {
         let (status, _, body) = pair(addr, "WRONG-CODE").await;
         assert_eq!(status, 401, "{body}");
     }
-    let (status, _, _) = pair(addr, pairing["code"].as_str().unwrap()).await;
-    assert_eq!(status, 401, "burned");
+    let (status, _, _) = pair(addr, pairing["shortCode"].as_str().unwrap()).await;
+    assert_eq!(status, 401, "the short code is burned");
+    let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
+    assert_eq!(devices, json!([]), "nothing was paired");
+    let (status, _, paired) = pair(addr, pairing["code"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "the long code still pairs: {paired}");
+    let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
+    assert_eq!(devices.as_array().unwrap().len(), 1);
+}
+
+/// A browser gets its token as an HttpOnly cookie only; a client that asks (and is not a web
+/// page: no `Origin`) gets it in the body too.
+#[tokio::test]
+async fn the_pairing_answer_gives_the_token_only_to_clients_that_ask() {
+    let server = TestServer::start().await;
+    let addr = server.addr();
+    let own_origin = format!("http://{addr}");
+
+    // The web app pairing: no token in the body, the cookie signs it in.
+    let pairing = new_pairing(&server, json!({})).await;
+    let (status, headers, paired) = call(
+        addr,
+        Method::POST,
+        "/api/auth/pair",
+        &[("cf-connecting-ip", PHONE_IP), ("origin", &own_origin)],
+        Some(json!({ "code": pairing["code"], "deviceName": "Pixel 8" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{paired}");
+    assert!(
+        paired.get("token").is_none(),
+        "no token for a page: {paired}"
+    );
+    let (device_cookie, _) = cookie_header(&headers);
+    let with_cookie = [
+        ("cf-connecting-ip", PHONE_IP),
+        ("cookie", device_cookie.as_str()),
+    ];
+    let (status, _, me) = call(addr, Method::GET, "/api/auth/me", &with_cookie, None).await;
+    assert_eq!(status, 200, "{me}");
+
+    // A page cannot ask for it: refused before the code is spent.
+    let pairing = new_pairing(&server, json!({})).await;
+    let (status, _, body) = call(
+        addr,
+        Method::POST,
+        "/api/auth/pair",
+        &[("cf-connecting-ip", PHONE_IP), ("origin", &own_origin)],
+        Some(json!({ "code": pairing["code"], "returnToken": true })),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
+    assert_eq!(devices.as_array().unwrap().len(), 1, "no device was made");
+
+    // A client that is not a browser asks and gets it; it works as a bearer token.
+    let (status, _, paired) = call(
+        addr,
+        Method::POST,
+        "/api/auth/pair",
+        &[("cf-connecting-ip", PHONE_IP)],
+        Some(json!({ "code": pairing["code"], "returnToken": true })),
+    )
+    .await;
+    assert_eq!(status, 200, "the code was still good: {paired}");
+    let token = paired["token"].as_str().expect("the token, asked for");
+    let h = remote(Some(token));
+    let (status, _, me) = call(addr, Method::GET, "/api/auth/me", &refs(&h), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["kind"], "device");
+}
+
+/// Sends the headers of a `POST /api/auth/pair` from `ip` (as through the tunnel) that
+/// announces a body, and a first slice of it; the rest never comes.
+async fn trickle_pair(addr: SocketAddr, ip: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/auth/pair HTTP/1.1\r\nhost: {addr}\r\ncf-connecting-ip: {ip}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"code\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// A body trickled to the public pairing route is cut off with 408, and nothing is made.
+#[tokio::test]
+async fn a_trickled_pairing_body_is_cut_off_and_creates_nothing() {
+    use tokio::io::AsyncReadExt as _;
+    let server = TestServer::start_with(|c| c.body_read_timeout_secs = 1).await;
+    let addr = server.addr();
+    let pairing = new_pairing(&server, json!({})).await;
+    let mut tcp = trickle_pair(addr, PHONE_IP).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server ends the request in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
+    assert_eq!(devices, json!([]), "nothing was paired");
+    let (status, _, paired) = pair(addr, pairing["code"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "the pairing is untouched: {paired}");
+}
+
+/// One address can have only a few pairing attempts in flight; others are not affected, and
+/// the share comes back when an attempt ends.
+#[tokio::test]
+async fn pairing_attempts_in_flight_are_capped_per_address() {
+    let server = TestServer::start_with(|c| c.body_read_timeout_secs = 600).await;
+    let addr = server.addr();
+    let mut held = Vec::new();
+    for _ in 0..maestro_server::auth::PAIRING_ATTEMPTS_PER_ADDRESS {
+        held.push(trickle_pair(addr, PHONE_IP).await);
+    }
+    // `{}` is answered 400 (no code, no failure counted) while the address has room, 429 once
+    // the trickled attempts hold its share: wait for the server to have taken them all.
+    let attempt = |ip: &'static str| async move {
+        call(
+            addr,
+            Method::POST,
+            "/api/auth/pair",
+            &[("cf-connecting-ip", ip)],
+            Some(json!({})),
+        )
+        .await
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (headers, body) = loop {
+        let (status, headers, body) = attempt(PHONE_IP).await;
+        if status == 429 {
+            break (headers, body);
+        }
+        assert_eq!(status, 400, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "never capped");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("pairing attempts"),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, _) = attempt("198.51.100.20").await;
+    assert_eq!(status, 400, "another address is not affected");
     let (_, _, devices) = call(addr, Method::GET, "/api/auth/devices", &[], None).await;
     assert_eq!(devices, json!([]));
+    // The attempts end (the client hangs up): the address has room again.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, body) = attempt(PHONE_IP).await;
+        if status == 400 {
+            break;
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "never released");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An Engine.IO handshake (`/socket.io/`, polling) with these headers; its status.
+async fn engine_handshake(addr: SocketAddr, headers: &[(&str, &str)]) -> u16 {
+    let (status, _, _) = call(
+        addr,
+        Method::GET,
+        "/socket.io/?EIO=4&transport=polling",
+        headers,
+        None,
+    )
+    .await;
+    status
+}
+
+/// Engine.IO sessions: one address holds at most its share, and clients without a
+/// credential leave the last eighth of all sessions to this machine and credential holders.
+#[tokio::test]
+async fn engine_io_sessions_are_capped_per_address_with_room_kept_for_the_owner() {
+    let server = TestServer::start_with(|c| {
+        c.max_socketio_sessions = 16;
+        c.max_socketio_sessions_per_address = 2;
+    })
+    .await;
+    let addr = server.addr();
+    let (_, token) = create_token(&server, "read").await;
+    let phone = [("cf-connecting-ip", PHONE_IP)];
+    assert_eq!(engine_handshake(addr, &phone).await, 200);
+    assert_eq!(engine_handshake(addr, &phone).await, 200);
+    assert_eq!(
+        engine_handshake(addr, &phone).await,
+        429,
+        "the address's share is used"
+    );
+    // Strangers from many addresses fill the sessions anonymous clients may use (16 - 2).
+    let mut open = 2;
+    let mut i = 0;
+    while open < 14 {
+        let ip = format!("198.51.100.{i}");
+        i += 1;
+        assert_eq!(
+            engine_handshake(addr, &[("cf-connecting-ip", &ip)]).await,
+            200
+        );
+        open += 1;
+    }
+    assert_eq!(
+        engine_handshake(addr, &[("cf-connecting-ip", "198.51.100.200")]).await,
+        503,
+        "the rest is kept"
+    );
+    // ... for this machine and for a credential holder.
+    assert_eq!(engine_handshake(addr, &[]).await, 200, "local");
+    let bearer = format!("Bearer {token}");
+    let holder = [
+        ("cf-connecting-ip", "198.51.100.250"),
+        ("authorization", bearer.as_str()),
+    ];
+    assert_eq!(engine_handshake(addr, &holder).await, 200, "a credential");
+    assert_eq!(engine_handshake(addr, &[]).await, 503, "all 16 are open");
+}
+
+/// The stored record of credential `id`, read from a store no server holds.
+fn stored_credential(
+    domain: &maestro_server::domain::Domain,
+    id: &str,
+) -> maestro_server::auth::credentials::Credential {
+    use maestro_server::ports::{Collection, ReaderExt as _};
+    domain
+        .reader()
+        .unwrap()
+        .get(Collection::Credentials, id)
+        .unwrap()
+        .expect("the credential is stored")
+}
+
+/// Token and pairing-code hashes in the store are keyed with the server's key (kept in
+/// `DATA_DIR`, not in the store): a copy of the database alone does not let anyone test
+/// guesses at a short code. A token stored before the key (a plain SHA-256) still works, and
+/// is rehashed on that use.
+#[tokio::test]
+async fn stored_hashes_are_keyed_and_hashes_from_before_the_key_are_upgraded() {
+    use maestro_server::auth::credentials::Credential;
+    use maestro_server::ports::{Collection, ReaderExt as _, TxnExt as _, transact};
+    use maestro_server::util::hash::sha256_hex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let (token_id, token) = create_token(&server, "read").await;
+    let pairing = new_pairing(&server, json!({})).await;
+    let short = pairing["shortCode"].as_str().unwrap().replace('-', "");
+    let code = pairing["code"].as_str().unwrap().to_owned();
+    server.stop().await;
+
+    let config = common::config_for(dir.path()).expand_paths();
+    let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
+    let stored = stored_credential(&domain, &token_id);
+    assert!(stored.hash.starts_with("k1:"), "{}", stored.hash);
+    assert_ne!(stored.hash, sha256_hex(token.as_bytes()));
+    let pairings: Vec<Value> = domain
+        .reader()
+        .unwrap()
+        .list(Collection::Pairings, None)
+        .unwrap();
+    assert_eq!(pairings.len(), 1);
+    for (field, secret) in [("codeHash", &code), ("shortHash", &short)] {
+        let hash = pairings[0][field].as_str().unwrap();
+        assert!(hash.starts_with("k1:"), "{field}: {hash}");
+        assert_ne!(hash, sha256_hex(secret.as_bytes()), "{field}");
+    }
+    // A token as an older version stored it.
+    let legacy_id = "tok_1_legacy0001".to_owned();
+    let legacy = format!("{legacy_id}.old-secret-from-before-the-key");
+    let record = Credential {
+        id: legacy_id.clone(),
+        hash: sha256_hex(legacy.as_bytes()),
+        ..stored.clone()
+    };
+    transact(&*domain.store, move |tx| {
+        tx.put(Collection::Credentials, &record.id, None, &record);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    domain.store.close().await;
+    drop(domain);
+
+    let server = TestServer::start_in(dir.path()).await;
+    let h = remote(Some(&legacy));
+    let (status, _, me) = call(server.addr(), Method::GET, "/api/auth/me", &refs(&h), None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["id"], legacy_id.as_str());
+    let wrong = format!("{legacy_id}.another-secret");
+    let h = remote(Some(&wrong));
+    let (status, _, _) = call(server.addr(), Method::GET, "/api/auth/me", &refs(&h), None).await;
+    assert_eq!(status, 401, "still only its own secret");
+    server.stop().await;
+    let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
+    let upgraded = stored_credential(&domain, &legacy_id);
+    assert!(
+        upgraded.hash.starts_with("k1:"),
+        "rehashed: {}",
+        upgraded.hash
+    );
+    domain.store.close().await;
+}
+
+/// A server whose hash key is not the one the store's credentials were hashed with (a lost
+/// key file, a second server on a shared Redis without a copy) refuses to start, rather than
+/// refusing every credential; with the right key back, everything works as before.
+#[tokio::test]
+async fn a_server_with_another_hash_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let (_, token) = create_token(&server, "read").await;
+    server.stop().await;
+    let key_file = dir.path().join("data").join("hash-key");
+    let original = std::fs::read(&key_file).unwrap();
+    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let run = maestro_server::run(
+        common::config_for(dir.path()),
+        listener,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let error = tokio::time::timeout(WAIT * 2, run)
+        .await
+        .expect("start-up ends in time")
+        .expect_err("another key is refused");
+    assert!(format!("{error:#}").contains("another key"), "{error:#}");
+
+    std::fs::write(&key_file, original).unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let h = remote(Some(&token));
+    let (status, _, _) = call(server.addr(), Method::GET, "/api/auth/me", &refs(&h), None).await;
+    assert_eq!(status, 200, "the token works as before");
+}
+
+/// `PushSubscription.toJSON()` for `endpoint`, with a valid browser key.
+fn push_subscription(endpoint: &str) -> Value {
+    use base64::Engine as _;
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let secret = loop {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).unwrap();
+        if let Ok(k) = p256::SecretKey::from_slice(&bytes) {
+            break k;
+        }
+    };
+    let point = secret.public_key().to_encoded_point(false);
+    json!({
+        "endpoint": endpoint,
+        "keys": { "p256dh": b64.encode(point.as_bytes()), "auth": b64.encode([7u8; 16]) },
+    })
+}
+
+/// The push subscriptions stored in `dir`'s store, read while no server holds it.
+async fn stored_push_subscriptions(dir: &std::path::Path) -> Vec<Value> {
+    use maestro_server::ports::{Collection, ReaderExt as _};
+    let config = common::config_for(dir).expand_paths();
+    let domain = maestro_server::open(&config, "http://localhost:0".into()).unwrap();
+    let stored: Vec<Value> = domain
+        .reader()
+        .unwrap()
+        .list(Collection::PushSubscriptions, None)
+        .unwrap();
+    domain.store.close().await;
+    stored
+}
+
+/// A push endpoint is where the server will POST: one on this machine or its network is
+/// refused at subscribe time, however it is spelled.
+#[tokio::test]
+async fn push_endpoints_on_this_machine_or_network_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir.path()).await;
+    let addr = server.addr();
+    for endpoint in [
+        "https://127.1/push",
+        "https://0x7f.1/push",
+        "https://2130706433/push",
+        "https://localhost./push",
+        "https://[::1]/push",
+        "https://[::ffff:127.0.0.1]/push",
+        "https://10.0.0.8/push",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[fd00::1]/push",
+        "https://push.example.net:8443/push",
+        "http://push.example.net/push",
+    ] {
+        let (status, _, body) = call(
+            addr,
+            Method::POST,
+            "/api/push/subscriptions",
+            &[],
+            Some(push_subscription(endpoint)),
+        )
+        .await;
+        assert_eq!(status, 400, "{endpoint}: {body}");
+    }
+    server.stop().await;
+    assert!(
+        stored_push_subscriptions(dir.path()).await.is_empty(),
+        "nothing stored"
+    );
+}
+
+/// The sender checks again when it connects: a subscription stored when local endpoints were
+/// allowed (or a name that now resolves to this machine) never reaches the local service.
+#[tokio::test]
+async fn the_push_sender_never_connects_to_this_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    // The "internal service" a subscriber would like the server to reach.
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal_addr = internal.local_addr().unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = internal.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let server =
+        TestServer::start_in_with(dir.path(), |c| c.push_allow_local_endpoints = true).await;
+    let (status, _, body) = call(
+        server.addr(),
+        Method::POST,
+        "/api/push/subscriptions",
+        &[],
+        Some(push_subscription(&format!("http://{internal_addr}/admin"))),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    server.stop().await;
+    assert_eq!(stored_push_subscriptions(dir.path()).await.len(), 1);
+
+    let server = TestServer::start_in(dir.path()).await;
+    let addr = server.addr();
+    let (_, _, project) = call(
+        addr,
+        Method::POST,
+        "/api/projects",
+        &[],
+        Some(json!({ "name": "p", "workingDir": "/tmp" })),
+    )
+    .await;
+    let (status, _, session) = call(
+        addr,
+        Method::POST,
+        "/api/sessions",
+        &[],
+        Some(
+            json!({ "projectId": project["id"], "taskIds": [], "name": "s", "status": "working" }),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{session}");
+    let (status, _, _) = call(
+        addr,
+        Method::PATCH,
+        &format!("/api/sessions/{}", session["id"].as_str().unwrap()),
+        &[],
+        Some(json!({ "needsInput": { "active": true, "message": "?" } })),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The positive signal: the sender handled the notification, and counted it failed.
+    let failed = "maestro_push_requests_total{result=\"failed\"} 1";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(failed) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the internal service was never reached"
+    );
 }
 
 #[tokio::test]

@@ -411,11 +411,12 @@ impl CustomServer {
         Self::start_with(dir, config).await
     }
 
-    /// On the Redis at `url` (shared with other servers).
-    async fn on_redis(url: &str) -> Self {
+    /// On the Redis at `url`, shared with other servers, and so with their hash key `key`.
+    async fn on_redis(url: &str, key: &std::path::Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_dir(dir.path());
         config.redis_url = Some(url.to_owned());
+        config.hash_key_file = Some(key.to_owned());
         Self::start_with(dir, config).await
     }
 
@@ -1088,8 +1089,9 @@ async fn two_instances_on_one_redis() {
     let redis_dir = tempfile::tempdir().unwrap();
     let redis = common::redis::RedisServer::start(redis_dir.path());
     let url = redis.url();
-    let a = CustomServer::on_redis(&url).await;
-    let b = CustomServer::on_redis(&url).await;
+    let key = redis_dir.path().join("hash-key");
+    let a = CustomServer::on_redis(&url, &key).await;
+    let b = CustomServer::on_redis(&url, &key).await;
     let (api_a, api_b) = (a.api(), b.api());
     let p = project(&api_a, "shared").await;
     assert_eq!(api_b.get_project(&p.id).await.unwrap(), p);

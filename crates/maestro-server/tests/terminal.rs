@@ -585,7 +585,12 @@ async fn across_two_servers_on_one_redis() {
     let dir = tempfile::tempdir().unwrap();
     let redis = common::redis::RedisServer::start(&dir.path().join("redis"));
     let url = redis.url();
-    let on_redis = |c: &mut maestro_server::Config| c.redis_url = Some(url.clone());
+    // Servers sharing a store share its hash key.
+    let key = dir.path().join("hash-key");
+    let on_redis = |c: &mut maestro_server::Config| {
+        c.redis_url = Some(url.clone());
+        c.hash_key_file = Some(key.clone());
+    };
     let a = TestServer::start_with(on_redis).await;
     let b = TestServer::start_with(on_redis).await;
     let s = session(a.api()).await;
@@ -678,7 +683,12 @@ async fn the_mirror_recovers_after_redis_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let redis = common::redis::RedisServer::start(&dir.path().join("redis"));
     let url = redis.url();
-    let on_redis = |c: &mut maestro_server::Config| c.redis_url = Some(url.clone());
+    // Servers sharing a store share its hash key.
+    let key = dir.path().join("hash-key");
+    let on_redis = |c: &mut maestro_server::Config| {
+        c.redis_url = Some(url.clone());
+        c.hash_key_file = Some(key.clone());
+    };
     let a = TestServer::start_with(on_redis).await;
     let b = TestServer::start_with(on_redis).await;
     let s = session(a.api()).await;

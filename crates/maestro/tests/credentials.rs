@@ -87,7 +87,7 @@ async fn pair_prints_a_url_a_qr_code_and_a_short_code() {
     let short = pairing["shortCode"].as_str().unwrap();
     let paired: Value = reqwest::Client::new()
         .post(format!("{}/api/auth/pair", server.url))
-        .json(&serde_json::json!({ "code": short, "deviceName": "Tablet" }))
+        .json(&serde_json::json!({ "code": short, "deviceName": "Tablet", "returnToken": true }))
         .send()
         .await
         .unwrap()

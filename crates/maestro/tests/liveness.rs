@@ -204,8 +204,17 @@ async fn killed_agent_is_noticed_once_across_two_redis_instances() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
     let url = redis.url();
-    let a = serve(&dir.path().join("a"), &[("REDIS_URL", &url)]);
-    let b = serve(&dir.path().join("b"), &[("REDIS_URL", &url)]);
+    // Servers sharing a store share its hash key.
+    let key = dir.path().join("hash-key");
+    let key = key.to_str().unwrap();
+    let a = serve(
+        &dir.path().join("a"),
+        &[("REDIS_URL", &url), ("HASH_KEY_FILE", key)],
+    );
+    let b = serve(
+        &dir.path().join("b"),
+        &[("REDIS_URL", &url), ("HASH_KEY_FILE", key)],
+    );
     let (ca, cb) = (Client::new(a.url()).unwrap(), Client::new(b.url()).unwrap());
     let (_, t, s) = working_session(&ca).await;
     let mut agent = Agent::start(a.url(), &s);

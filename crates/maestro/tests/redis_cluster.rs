@@ -21,11 +21,16 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// A server on `redis`; every instance in `dir` shares the store and so its hash key.
 fn instance(dir: &Path, name: &str, redis: &RedisServer) -> MaestroProcess {
+    let key = dir.join("hash-key");
     MaestroProcess::start(
         Path::new(env!("CARGO_BIN_EXE_maestro")),
         &dir.join(name),
-        &[("REDIS_URL", &redis.url())],
+        &[
+            ("REDIS_URL", &redis.url()),
+            ("HASH_KEY_FILE", key.to_str().unwrap()),
+        ],
     )
 }
 

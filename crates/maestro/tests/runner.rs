@@ -658,8 +658,11 @@ async fn two_servers_on_one_redis_start_one_agent_per_spawn_and_share_its_termin
     let agents = agents_file(dir.path(), marks.path());
     let redis = RedisServer::start(&dir.path().join("redis"));
     let url = redis.url();
+    // Servers sharing a store share its hash key.
+    let key = dir.path().join("hash-key");
     let env = [
         ("REDIS_URL", url.as_str()),
+        ("HASH_KEY_FILE", key.to_str().unwrap()),
         ("RUNNER", "on"),
         ("AGENTS_FILE", agents.to_str().unwrap()),
         ("MAESTRO_MACHINE_ID", "shared-machine"),

@@ -227,7 +227,7 @@ async fn a_quick_tunnel_prints_its_url_and_a_pairing_and_the_edge_needs_a_creden
     // The phone pairs through the tunnel with the printed code, then is let in.
     let paired = http
         .post(format!("{edge}/api/auth/pair"))
-        .json(&json!({ "code": code, "deviceName": "test phone" }))
+        .json(&json!({ "code": code, "deviceName": "test phone", "returnToken": true }))
         .send()
         .await
         .unwrap();

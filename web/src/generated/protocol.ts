@@ -113,13 +113,23 @@ export type PairRequest = {
    */
   code: string | null;
   deviceName?: string | null;
+  /**
+   * Put the device's token in the answer too (for a client that is not a browser, such as
+   * a script on another machine). Without it the token is only set as an HttpOnly cookie,
+   * so no page script ever sees it; a request carrying an `Origin` (a browser's) cannot ask.
+   */
+  returnToken?: boolean | null;
 };
 
 /**
- * A paired device's credential: also set as the device cookie.
+ * A paired device's credential, which the device cookie carries.
  */
 export type Paired = {
-  token: string;
+  /**
+   * The device's token, only when the request asked for it (`returnToken`); browsers get
+   * it as the HttpOnly device cookie only.
+   */
+  token?: string | null;
   deviceId: string;
   deviceName: string;
   scope: Scope;

@@ -1,32 +1,41 @@
 //! Credentials in the store: API tokens, paired devices and pairing codes.
 //!
 //! A token is `<id>.<secret>`: the id (`tok_…` or `dev_…`) finds the record in one read, and
-//! the record holds only the SHA-256 of the whole token, compared in constant time. The
-//! secret is 256 random bits, so a hash without salt or stretching is enough: there is nothing
-//! to guess. Records live in the store like every entity, so every server sharing a Redis
-//! sees a revocation on its very next request.
+//! the record holds only a keyed hash of the whole token (HMAC-SHA256 under the server's
+//! [`HashKey`], kept in `DATA_DIR`, not in the store), compared in constant time. The secret
+//! is 256 random bits, so no salt or stretching is needed: there is nothing to guess. Records
+//! live in the store like every entity, so every server sharing a Redis sees a revocation on
+//! its very next request. A record from before the key (a plain SHA-256) is still accepted,
+//! and its hash is replaced by the keyed one on that use ([`touch`]).
 //!
-//! Pairing: `create_pairing` stores the hashes of a long code (for the URL) and a short one
-//! (for typing); `pair` exchanges either for a new device credential, once, in one
+//! Pairing: `create_pairing` stores the keyed hashes of a long code (for the URL) and a short
+//! one (for typing); `pair` exchanges either for a new device credential, once, in one
 //! transaction, so two phones racing with the same code get one device between them. A wrong
-//! code counts against every pending pairing, and five wrong tries burn them: the short code's
-//! 40 bits are safe because nobody gets more than five guesses at it.
+//! code counts against every pending pairing, and five wrong tries burn their short codes:
+//! the short code's ~40 bits are safe because nobody gets more than five guesses at it. The
+//! long code (256 bits) cannot be guessed, so misses never burn it: a stranger sending wrong
+//! codes cannot keep the owner from pairing by the QR code or the link.
 
 use maestro_protocol::{
     CREDENTIAL_REVOKED, CallerKind, CreatePairing, CreateToken, CredentialRevoked, DeviceInfo,
     GLOBAL_SCOPE, Millis, Paired, PairingCreated, Scope, TokenCreated, TokenInfo,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, TxnExt, transact};
+use crate::util::hash::{HashKey, Match, sha256_hex};
 use crate::util::{files, new_id, now_ms};
 
-/// Wrong codes that burn the pending pairings.
+/// Wrong codes that burn the pending pairings' short codes.
 pub const PAIRING_MAX_FAILURES: u32 = 5;
+/// What token hashes are keyed for ([`HashKey::digest`]'s purpose).
+const TOKEN_PURPOSE: &str = "token";
+/// What pairing-code hashes are keyed for.
+const PAIRING_PURPOSE: &str = "pairing";
+/// The id of the one record in [`Collection::HashKey`].
+const HASH_KEY_RECORD: &str = "current";
 /// Characters of a short pairing code: no 0/O, 1/I/L look-alikes.
 const SHORT_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 /// Length of a short pairing code.
@@ -44,7 +53,7 @@ pub struct Credential {
     pub kind: CallerKind,
     pub name: String,
     pub scope: Scope,
-    /// Hex SHA-256 of the whole token.
+    /// Keyed hash of the whole token (`k1:<hex>`; a plain hex SHA-256 before the key).
     pub hash: String,
     pub created_at: Millis,
     pub expires_at: Option<Millis>,
@@ -83,7 +92,8 @@ impl Credential {
 struct Pairing {
     id: String,
     code_hash: String,
-    short_hash: String,
+    /// `None` once wrong codes burned the short code.
+    short_hash: Option<String>,
     scope: Scope,
     name: Option<String>,
     created_at: Millis,
@@ -107,16 +117,6 @@ impl Rejected {
             Self::Expired => "expired_token",
         }
     }
-}
-
-/// Hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
 }
 
 /// 32 random bytes as unpadded base64url (43 characters).
@@ -180,6 +180,7 @@ fn clean_name(name: Option<&str>, default: &str) -> Result<String> {
 
 /// Makes a credential and its token; the record is inserted by the caller's transaction.
 fn mint(
+    key: &HashKey,
     kind: CallerKind,
     name: String,
     scope: Scope,
@@ -196,7 +197,7 @@ fn mint(
         kind,
         name,
         scope,
-        hash: sha256_hex(token.as_bytes()),
+        hash: key.digest(TOKEN_PURPOSE, token.as_bytes()),
         created_at: now_ms(),
         expires_at,
         last_used_at: None,
@@ -222,7 +223,7 @@ pub async fn create_token(domain: &Domain, req: CreateToken) -> Result<TokenCrea
         Some(days) => Some(now_ms() + Millis::from(days) * 86_400_000),
         None => None,
     };
-    let (credential, token) = mint(CallerKind::Token, name, scope, expires_at)?;
+    let (credential, token) = mint(&domain.hash_key, CallerKind::Token, name, scope, expires_at)?;
     let stored = credential.clone();
     transact(&*domain.store, move |tx| {
         tx.insert(Collection::Credentials, &stored.id, None, &stored);
@@ -302,8 +303,11 @@ pub fn verify(domain: &Domain, token: &str) -> Result<Credential, VerifyError> {
         .and_then(|mut r| r.get(Collection::Credentials, id))
         .map_err(VerifyError::Store)?
         .ok_or(Rejected::Unknown)?;
-    let presented = sha256_hex(token.as_bytes());
-    if !bool::from(presented.as_bytes().ct_eq(credential.hash.as_bytes())) {
+    if !domain
+        .hash_key
+        .check(&credential.hash, TOKEN_PURPOSE, token.as_bytes())
+        .ok()
+    {
         return Err(Rejected::Unknown.into());
     }
     if credential.expires_at.is_some_and(|at| at <= now_ms()) {
@@ -328,21 +332,31 @@ impl From<Rejected> for VerifyError {
 }
 
 /// Records that `credential` was just used from `address`, at most once a minute per
-/// credential unless the address changed. A failure is logged, never fails the request.
-pub async fn touch(domain: &Domain, credential: &Credential, address: Option<String>) {
+/// credential unless the address changed, and replaces a hash from before the key with the
+/// keyed hash of `token` (which [`verify`] just accepted). A failure is logged, never fails
+/// the request.
+pub async fn touch(domain: &Domain, credential: &Credential, token: &str, address: Option<String>) {
     let now = now_ms();
     let fresh = credential
         .last_used_at
         .is_some_and(|at| now - at < TOUCH_EVERY_MS);
-    if fresh && credential.last_address == address {
+    let rehash = (!HashKey::is_keyed(&credential.hash))
+        .then(|| domain.hash_key.digest(TOKEN_PURPOSE, token.as_bytes()));
+    if fresh && credential.last_address == address && rehash.is_none() {
         return;
     }
     let id = credential.id.clone();
+    let old_hash = credential.hash.clone();
     let result = transact(&*domain.store, move |tx| {
         // Revoked meanwhile: nothing to record.
         if let Some(mut c) = tx.get::<Credential>(Collection::Credentials, &id)? {
             c.last_used_at = Some(now);
             c.last_address = address.clone();
+            if let Some(keyed) = &rehash
+                && c.hash == old_hash
+            {
+                c.hash = keyed.clone();
+            }
             tx.put(Collection::Credentials, &id, None, &c);
         }
         Ok(())
@@ -381,10 +395,11 @@ pub async fn create_pairing(
     let code = random_secret()?;
     let short = random_short_code()?;
     let now = now_ms();
+    let key = &domain.hash_key;
     let pairing = Pairing {
         id: new_id("pair"),
-        code_hash: sha256_hex(code.as_bytes()),
-        short_hash: sha256_hex(short.as_bytes()),
+        code_hash: key.digest(PAIRING_PURPOSE, code.as_bytes()),
+        short_hash: Some(key.digest(PAIRING_PURPOSE, short.as_bytes())),
         scope,
         name,
         created_at: now,
@@ -417,7 +432,7 @@ pub async fn create_pairing(
 /// What a pairing attempt came to.
 pub enum PairOutcome {
     Paired(Paired),
-    /// Wrong, used or expired code; `burned` pairings were cancelled by this failure.
+    /// Wrong, used or expired code; `burned` pairings lost their short code by this failure.
     Refused {
         burned: usize,
     },
@@ -433,10 +448,10 @@ pub async fn pair(domain: &Domain, code: &str, device_name: Option<&str>) -> Res
         Some(n) => Some(clean_name(Some(n), "")?).filter(|n| !n.is_empty()),
         None => None,
     };
-    let long_hash = sha256_hex(code.as_bytes());
-    let short_hash = sha256_hex(normalize_short(&code).as_bytes());
+    let short_code = normalize_short(&code);
+    let key = domain.hash_key.clone();
     // Minted outside the body (which may run more than once): one device per exchange.
-    let secret_device = mint(CallerKind::Device, String::new(), Scope::Read, None)?;
+    let secret_device = mint(&key, CallerKind::Device, String::new(), Scope::Read, None)?;
     let outcome = transact(&*domain.store, move |tx| {
         let now = now_ms();
         let mut found = None;
@@ -446,24 +461,26 @@ pub async fn pair(domain: &Domain, code: &str, device_name: Option<&str>) -> Res
                 tx.delete(Collection::Pairings, &p.id);
                 continue;
             }
-            let long = bool::from(p.code_hash.as_bytes().ct_eq(long_hash.as_bytes()));
-            let short = bool::from(p.short_hash.as_bytes().ct_eq(short_hash.as_bytes()));
-            if long || short {
+            let long = key.check(&p.code_hash, PAIRING_PURPOSE, code.as_bytes());
+            let short = p.short_hash.as_deref().map_or(Match::No, |h| {
+                key.check(h, PAIRING_PURPOSE, short_code.as_bytes())
+            });
+            if long.ok() || short.ok() {
                 found = Some(p);
             } else {
                 pending.push(p);
             }
         }
         let Some(pairing) = found else {
+            // A miss counts against every short code still usable; the long codes stay.
             let mut burned = 0;
-            for mut p in pending {
+            for mut p in pending.into_iter().filter(|p| p.short_hash.is_some()) {
                 p.failures += 1;
                 if p.failures >= PAIRING_MAX_FAILURES {
-                    tx.delete(Collection::Pairings, &p.id);
+                    p.short_hash = None;
                     burned += 1;
-                } else {
-                    tx.put(Collection::Pairings, &p.id, None, &p);
                 }
+                tx.put(Collection::Pairings, &p.id, None, &p);
             }
             return Ok((None, burned));
         };
@@ -483,7 +500,7 @@ pub async fn pair(domain: &Domain, code: &str, device_name: Option<&str>) -> Res
             tracing::info!(target: "maestro::audit", event = "device_paired", device.id = %device.id, name = %device.name, scope = %device.scope);
             PairOutcome::Paired(Paired {
                 csrf: csrf_for(&token),
-                token,
+                token: Some(token),
                 device_id: device.id,
                 device_name: device.name,
                 scope: device.scope,
@@ -507,7 +524,13 @@ pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> 
         .and_then(|t| t.trim().split_once('.').map(|(id, _)| id.to_owned()))
         .filter(|id| maestro_protocol::ids::is_valid_id(id));
     let name = format!("owner ({})", domain.info.hostname);
-    let (credential, token) = mint(CallerKind::Token, name, Scope::Admin, None)?;
+    let (credential, token) = mint(
+        &domain.hash_key,
+        CallerKind::Token,
+        name,
+        Scope::Admin,
+        None,
+    )?;
     transact(&*domain.store, move |tx| {
         if let Some(id) = &previous {
             tx.delete(Collection::Credentials, id);
@@ -522,6 +545,49 @@ pub async fn rotate_owner_token(domain: &Domain, data_dir: &std::path::Path) -> 
         .await
         .map_err(|e| Error::Internal(format!("cannot write {shown}: {e}")))?;
     Ok(token)
+}
+
+/// Makes sure this server hashes with the key the store's credentials were hashed with.
+/// The store keeps the key's fingerprint (never the key); a server started with another key
+/// (a second server on a shared Redis without a copy of `HASH_KEY_FILE`) would refuse every
+/// credential, so it refuses to start instead and says what to copy.
+pub async fn check_hash_key(domain: &Domain, key_path: &std::path::Path) -> Result<()> {
+    let mine = domain.hash_key.fingerprint();
+    let theirs = {
+        let fingerprint = mine.clone();
+        transact(&*domain.store, move |tx| {
+            match tx.get::<KeyFingerprint>(Collection::HashKey, HASH_KEY_RECORD)? {
+                Some(stored) => Ok(stored.fingerprint),
+                None => {
+                    tx.insert(
+                        Collection::HashKey,
+                        HASH_KEY_RECORD,
+                        None,
+                        &KeyFingerprint {
+                            fingerprint: fingerprint.clone(),
+                        },
+                    );
+                    Ok(fingerprint.clone())
+                }
+            }
+        })
+        .await?
+    };
+    if theirs != mine {
+        return Err(Error::Internal(format!(
+            "the credentials in this store were hashed with another key than {}: servers \
+             sharing a store must share the key file (copy it from a server already using \
+             this store, or point HASH_KEY_FILE at a shared copy)",
+            key_path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The stored fingerprint of the hash key ([`check_hash_key`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyFingerprint {
+    fingerprint: String,
 }
 
 #[cfg(test)]

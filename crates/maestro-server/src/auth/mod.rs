@@ -24,6 +24,7 @@
 pub mod access;
 pub mod credentials;
 pub mod limiter;
+pub mod per_address;
 pub mod routes;
 pub mod trust;
 
@@ -40,7 +41,11 @@ use crate::domain::Domain;
 use access::AccessVerifier;
 use credentials::{Credential, VerifyError};
 use limiter::FailureLimiter;
+use per_address::PerAddress;
 use trust::Need;
+
+/// Pairing attempts (`POST /api/auth/pair`) one client address may have in flight at once.
+pub const PAIRING_ATTEMPTS_PER_ADDRESS: usize = 4;
 
 /// Name of the device cookie (HttpOnly).
 pub const DEVICE_COOKIE: &str = "maestro_device";
@@ -118,6 +123,8 @@ pub enum Refusal {
     Scope { need: Scope, have: Scope },
     /// 429: too many failed credentials from this address.
     RateLimited(Duration),
+    /// 429: this address already holds its share of a resource (pairing attempts in flight).
+    Busy(&'static str),
     /// 503: the credential store cannot be read.
     Unavailable,
 }
@@ -131,7 +138,7 @@ impl Refusal {
             }
             Self::MediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -143,7 +150,7 @@ impl Refusal {
             Self::Origin(_) | Self::Access(_) | Self::Csrf | Self::Scope { .. } => "FORBIDDEN",
             Self::MediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::Unauthenticated(_) => "UNAUTHORIZED",
-            Self::RateLimited(_) => "RATE_LIMITED",
+            Self::RateLimited(_) | Self::Busy(_) => "RATE_LIMITED",
             Self::Unavailable => "UNAVAILABLE",
         }
     }
@@ -172,6 +179,7 @@ impl Refusal {
                 "too many failed credentials from this address; try again in {} s",
                 wait.as_secs().max(1)
             ),
+            Self::Busy(what) => format!("too many {what} in progress from this address"),
             Self::Unavailable => "the credential store is unavailable".into(),
         }
     }
@@ -186,6 +194,7 @@ impl Refusal {
             Self::Csrf => "missing_csrf",
             Self::Scope { .. } => "insufficient_scope",
             Self::RateLimited(_) => "rate_limited",
+            Self::Busy(_) => "address_busy",
             Self::Unavailable => "store_unavailable",
         }
     }
@@ -218,7 +227,7 @@ pub const AUDIT_EVENTS: [&str; 5] = [
 ];
 
 /// The reasons counted in `maestro_auth_refusals_total`.
-pub const REFUSAL_REASONS: [&str; 14] = [
+pub const REFUSAL_REASONS: [&str; 15] = [
     "foreign_host",
     "foreign_origin",
     "not_json",
@@ -232,6 +241,7 @@ pub const REFUSAL_REASONS: [&str; 14] = [
     "store_unavailable",
     "access_denied",
     "bad_pairing_code",
+    "address_busy",
     "other",
 ];
 
@@ -293,6 +303,8 @@ struct Inner {
     config: Arc<Config>,
     domain: Domain,
     limiter: FailureLimiter,
+    /// Pairing attempts in flight per client address.
+    pairing_attempts: PerAddress,
     access: Option<AccessVerifier>,
     metrics: AuthMetrics,
     routes: routes::RouteScopes,
@@ -315,6 +327,7 @@ impl Gate {
                 config,
                 domain,
                 limiter: FailureLimiter::default(),
+                pairing_attempts: PerAddress::new(PAIRING_ATTEMPTS_PER_ADDRESS),
                 access,
                 metrics: AuthMetrics::default(),
                 routes,
@@ -337,6 +350,15 @@ impl Gate {
 
     pub fn metrics(&self) -> &AuthMetrics {
         &self.inner.metrics
+    }
+
+    /// A pairing attempt in flight from `addr`, given back when the hold drops; 429 when the
+    /// address already has [`PAIRING_ATTEMPTS_PER_ADDRESS`] in flight.
+    pub fn hold_pairing_attempt(&self, addr: IpAddr) -> Result<per_address::Hold, Refusal> {
+        self.inner
+            .pairing_attempts
+            .try_hold(addr)
+            .ok_or(Refusal::Busy("pairing attempts"))
     }
 
     /// How long `addr` must still wait after too many failed credentials, if it must.
@@ -412,6 +434,7 @@ impl Gate {
                 credentials::touch(
                     &self.inner.domain,
                     &credential,
+                    token,
                     address.map(|a| a.to_string()),
                 )
                 .await;

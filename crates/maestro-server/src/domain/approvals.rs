@@ -27,9 +27,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Domain, check_id, load_session};
-use crate::auth::credentials::sha256_hex;
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
+use crate::util::hash::sha256_hex;
 use crate::util::{new_id, now_ms, one_line as cut};
 
 /// Largest tool input, serialised.

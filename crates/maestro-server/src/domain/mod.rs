@@ -28,6 +28,7 @@ use maestro_protocol::{GLOBAL_SCOPE, Project, Session, Task};
 
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Reader, ReaderExt, Store};
+use crate::util::hash::HashKey;
 
 /// Facts about this server that operations record (sessions carry the host they run on) or
 /// read from (skills live in `skills_dir`).
@@ -67,6 +68,9 @@ pub struct Domain {
     /// Desktop apps connected to this server (legacy WebSocket clients that sent an
     /// `Origin`): with `SPAWN_LAUNCHER=auto` they launch spawns instead of the runners.
     pub desktop_clients: Arc<std::sync::atomic::AtomicI64>,
+    /// The key token and pairing-code hashes are made with (kept in `DATA_DIR`, never in the
+    /// store).
+    pub hash_key: Arc<HashKey>,
 }
 
 impl Domain {
@@ -76,9 +80,10 @@ impl Domain {
         tokio::time::Instant::now() + std::time::Duration::from_millis(ms)
     }
 
-    pub fn new(store: Arc<dyn Store>, info: ServerInfo) -> Self {
+    pub fn new(store: Arc<dyn Store>, info: ServerInfo, hash_key: HashKey) -> Self {
         Self {
             store,
+            hash_key: Arc::new(hash_key),
             info: Arc::new(info),
             mail_metrics: Arc::default(),
             approval_waiters: Arc::default(),

@@ -84,6 +84,9 @@ pub fn refusal_response(refusal: &Refusal) -> Response {
                 HeaderValue::from(wait.as_secs().max(1)),
             );
         }
+        Refusal::Busy(_) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
         Refusal::Unauthenticated(_) => {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -223,37 +226,59 @@ async fn create_pairing(
     post,
     path = "/auth/pair",
     tag = "auth",
-    summary = "Exchange a pairing code for this device's credential (also set as a cookie)",
+    summary = "Exchange a pairing code for this device's credential, set as an HttpOnly cookie",
+    description = "The token is in the answer only when the request asks (`returnToken: true`) and carries no `Origin`: a web page never sees it.",
     request_body = PairRequest,
     security(()),
-    responses((status = 200, body = Paired), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)),
+    responses((status = 200, body = Paired), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 408, body = ErrorBody), (status = 429, body = ErrorBody)),
 )]
 async fn pair(State(s): State<AppState>, req: Request) -> Response {
     let peer = peer(&req);
     let headers = req.headers().clone();
     let address = trust::client_address(peer, &headers);
-    let body = match Body::<PairRequest>::from_request(req, &s).await {
-        Ok(Body(body)) => body,
-        Err(e) => return e.into_response(),
-    };
     let refuse = |refusal: Refusal| {
         s.gate
             .audit_refusal(&refusal, peer, &headers, "/api/auth/pair");
         refusal_response(&refusal)
     };
+    // Held until the answer: an address has few attempts in flight, so slow bodies from one
+    // place cannot pile up (each is also cut off after BODY_READ_TIMEOUT_SECS).
+    let _attempt = match address.map(|a| s.gate.hold_pairing_attempt(a)) {
+        Some(Err(refusal)) => return refuse(refusal),
+        Some(Ok(hold)) => Some(hold),
+        None => None,
+    };
     if let Some(wait) = address.and_then(|a| s.gate.blocked_for(a)) {
         return refuse(Refusal::RateLimited(wait));
     }
+    let body = match Body::<PairRequest>::from_request(req, &s).await {
+        Ok(Body(body)) => body,
+        Err(e) => return e.into_response(),
+    };
     let Some(code) = body.code.as_deref() else {
         return Error::validation("code is required").into_response();
     };
+    let return_token = body.return_token == Some(true);
+    if return_token && headers.contains_key(header::ORIGIN) {
+        return Error::validation(
+            "returnToken is for clients that are not browsers: a web page gets the device \
+             cookie only",
+        )
+        .into_response();
+    }
     match credentials::pair(&s.domain, code, body.device_name.as_deref()).await {
-        Ok(PairOutcome::Paired(paired)) => {
+        Ok(PairOutcome::Paired(mut paired)) => {
             s.gate.metrics().record("device_paired");
             let secure = is_https(&headers, &s);
+            let token = if return_token {
+                paired.token.clone()
+            } else {
+                paired.token.take()
+            }
+            .expect("a new device has its token");
             let mut response = Json(&paired).into_response();
             let cookies = response.headers_mut();
-            for cookie in device_cookies(&paired, secure) {
+            for cookie in device_cookies(&token, &paired.csrf, secure) {
                 cookies.append(header::SET_COOKIE, cookie);
             }
             cookies.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -283,17 +308,13 @@ fn is_https(headers: &HeaderMap, s: &AppState) -> bool {
 
 /// The device cookie (HttpOnly: scripts never see the token) and the CSRF cookie (readable by
 /// the app, which echoes it in `X-Maestro-CSRF`). Both SameSite=Strict.
-fn device_cookies(paired: &Paired, secure: bool) -> [HeaderValue; 2] {
+fn device_cookies(token: &str, csrf: &str, secure: bool) -> [HeaderValue; 2] {
     let secure = if secure { "; Secure" } else { "" };
     let year = 365 * 24 * 3600;
     let device = format!(
-        "{DEVICE_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={year}{secure}",
-        paired.token
+        "{DEVICE_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={year}{secure}"
     );
-    let csrf = format!(
-        "{CSRF_COOKIE}={}; Path=/; SameSite=Strict; Max-Age={year}{secure}",
-        paired.csrf
-    );
+    let csrf = format!("{CSRF_COOKIE}={csrf}; Path=/; SameSite=Strict; Max-Age={year}{secure}");
     [
         HeaderValue::from_str(&device).expect("tokens are header-safe"),
         HeaderValue::from_str(&csrf).expect("hex is header-safe"),

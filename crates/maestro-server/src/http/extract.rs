@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::AppState;
 use crate::error::Error;
@@ -19,7 +20,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+        // A body trickled in to hold the request open is cut off: 408, and nothing is done.
+        let limit = Duration::from_secs(state.config.body_read_timeout_secs);
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| Error::Coded {
+                status: StatusCode::REQUEST_TIMEOUT,
+                code: "REQUEST_TIMEOUT",
+                message: format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs()
+                ),
+                details: None,
+            })?;
+        let bytes = read.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Error::PayloadTooLarge {
                     limit: state.config.max_body_bytes,

@@ -7,11 +7,14 @@
 //!   deleted with it;
 //! - [`notification`]: which events notify, what the notification says, and the exactly-once
 //!   claim that picks the one server that sends it;
-//! - [`sender`]: the background task (event stream → bounded queue → push services).
+//! - [`sender`]: the background task (event stream → bounded queue → push services);
+//! - [`guard`]: where the push client may connect (public addresses, port 443), checked at
+//!   connect time against DNS rebinding.
 //!
 //! Payloads are encrypted to each browser's keys (RFC 8291, `aes128gcm`) by `web-push-native`;
 //! push services see only ciphertext, its size and the endpoint.
 
+pub mod guard;
 pub mod notification;
 pub mod sender;
 pub mod subscriptions;
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Config;
 use crate::domain::Domain;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Web Push for one server; cheap to clone.
 #[derive(Clone)]
@@ -86,12 +89,7 @@ impl Push {
     /// Loads (or makes) the VAPID key; the sender runs once [`Push::run`] is spawned.
     pub async fn start(domain: Domain, config: Arc<Config>) -> Result<Self> {
         let vapid = vapid::ensure(&domain).await?;
-        let client = reqwest::Client::builder()
-            // An endpoint is a subscriber's choice: never follow it somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(sender::REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build the push client: {e}")))?;
+        let client = guard::client(config.push_allow_local_endpoints, sender::REQUEST_TIMEOUT)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 domain,

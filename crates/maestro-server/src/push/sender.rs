@@ -206,6 +206,10 @@ impl Push {
         urgent: bool,
     ) -> Result<reqwest::StatusCode> {
         let corrupt = |what: &str| Error::Storage(format!("push subscription {}: {what}", s.id));
+        // Checked again at every send (a subscription may predate the rules); the client's
+        // resolver checks the addresses a name resolves to when it connects.
+        super::guard::check_target(&s.endpoint, self.inner.config.push_allow_local_endpoints)
+            .map_err(|e| Error::Forbidden(format!("push subscription {}: {e}", s.id)))?;
         let uri: axum::http::Uri = s.endpoint.parse().map_err(|_| corrupt("endpoint"))?;
         let origin = match (uri.scheme_str(), uri.authority()) {
             (Some(scheme), Some(authority)) => format!("{scheme}://{authority}"),

@@ -9,19 +9,21 @@
 //! [`MAX_TOTAL`] in all.
 //!
 //! Endpoints are where the server will POST, so a subscriber must not choose just any URL:
-//! only `https://` URLs with a host name (no IP literal, no `localhost`) are taken, as every
-//! browser's push service has, unless `PUSH_ALLOW_LOCAL_ENDPOINTS` (tests with a local push
-//! endpoint).
+//! only `https://` URLs on port 443 with a host name (no IP literal, no `localhost`) that
+//! does not resolve to a local address are taken, as every browser's push service has,
+//! unless `PUSH_ALLOW_LOCAL_ENDPOINTS` (tests with a local push endpoint). The sender checks
+//! again when it connects ([`super::guard`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use maestro_protocol::{Millis, PushSubscribe, PushSubscriptionInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::credentials::sha256_hex;
+use super::guard;
 use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
+use crate::util::hash::sha256_hex;
 use crate::util::now_ms;
 
 /// Subscriptions one device (or token, or the local caller) may hold.
@@ -30,6 +32,8 @@ pub const MAX_PER_OWNER: usize = 10;
 pub const MAX_TOTAL: usize = 1000;
 /// Longest endpoint URL taken.
 const MAX_ENDPOINT: usize = 2048;
+/// Longest wait for the subscribe-time lookup of an endpoint's host.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The owner index of subscriptions made by a local caller (no credential).
 const LOCAL_OWNER: &str = "local";
 
@@ -69,6 +73,8 @@ fn record_id(owner: Option<&str>, endpoint: &str) -> String {
 }
 
 /// Checks an endpoint URL; `allow_local` also takes http and loopback / IP-literal hosts.
+/// Otherwise: `https` on port 443 with a host name (no address, no `localhost`, with or
+/// without a final dot), parsed as browsers parse URLs ([`guard::check_target`]).
 pub fn check_endpoint(endpoint: &str, allow_local: bool) -> Result<()> {
     let refuse = |why: &str| Err(Error::validation(format!("endpoint {why}")));
     if endpoint.len() > MAX_ENDPOINT || endpoint.chars().any(|c| c.is_control() || c == ' ') {
@@ -76,36 +82,40 @@ pub fn check_endpoint(endpoint: &str, allow_local: bool) -> Result<()> {
             "must be a URL of at most {MAX_ENDPOINT} characters"
         ));
     }
-    let Ok(uri) = endpoint.parse::<axum::http::Uri>() else {
-        return refuse("is not a URL");
-    };
-    let Some(host) = uri.host() else {
-        return refuse("has no host");
-    };
-    let secure = uri.scheme_str() == Some("https");
-    let plain = uri.scheme_str() == Some("http");
-    if endpoint.contains('@') {
-        return refuse("must not carry credentials");
-    }
+    let url = guard::check_target(endpoint, allow_local)?;
     if allow_local {
-        return if secure || plain {
-            Ok(())
-        } else {
-            refuse("must be an http(s) URL")
-        };
+        return Ok(());
     }
-    if !secure {
-        return refuse("must be an https:// URL");
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let named = host.parse::<std::net::IpAddr>().is_err()
-        && host.contains('.')
-        && !host.eq_ignore_ascii_case("localhost")
-        && !host.to_ascii_lowercase().ends_with(".localhost");
+    let named = match url.host() {
+        Some(url::Host::Domain(host)) => {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            host.contains('.') && host != "localhost" && !host.ends_with(".localhost")
+        }
+        _ => false,
+    };
     if !named {
         return refuse("must name a push service host, not an address");
     }
     Ok(())
+}
+
+/// Refuses an endpoint whose host resolves, now, to no public address (a name pointing at
+/// this machine or its network), for a clear answer at subscribe time. Only a refusal: when
+/// the lookup fails or takes over [`RESOLVE_TIMEOUT`], the subscription is taken, since every
+/// send checks the addresses again as it connects ([`guard::PublicOnly`]).
+async fn check_resolves(endpoint: &str) -> Result<()> {
+    let Some(host) = url::Url::parse(endpoint)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+    else {
+        return Ok(());
+    };
+    match tokio::time::timeout(RESOLVE_TIMEOUT, guard::resolve_public(&host)).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Error::validation(
+            format!("endpoint {host} resolves to no public address"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the browser's keys: a P-256 point and a 16-byte secret.
@@ -136,6 +146,9 @@ pub async fn subscribe(
 ) -> Result<PushSubscriptionInfo> {
     let endpoint = req.endpoint.trim().to_owned();
     check_endpoint(&endpoint, allow_local)?;
+    if !allow_local {
+        check_resolves(&endpoint).await?;
+    }
     check_keys(&req.keys.p256dh, &req.keys.auth)?;
     let id = record_id(owner.as_deref(), &endpoint);
     let now = now_ms();
@@ -245,6 +258,9 @@ mod tests {
             "https://localhost/x",
             "https://a.localhost/x",
             "https://intranet/x",
+            "https://localhost./x",
+            "https://A.LOCALHOST./x",
+            "https://142.250.74.10/x",
             "https://user@push.example.net/x",
             "ftp://push.example.net/x",
             "not a url",

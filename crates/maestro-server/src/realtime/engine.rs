@@ -52,7 +52,9 @@ use tokio_util::task::TaskTracker;
 
 use super::socketio::Conn;
 use super::ws::{self, Incoming};
-use crate::auth::Principal;
+use crate::auth::per_address::{Hold, PerAddress};
+use crate::auth::{Principal, trust};
+use maestro_protocol::CallerKind;
 
 /// Frames (WebSocket) or packets (polling) a session may have waiting before the client
 /// counts as gone: it is disconnected and recovers with `lastSeq` when it reconnects.
@@ -84,6 +86,10 @@ pub struct EngineConfig {
     pub max_payload: usize,
     /// Most sessions open at once; a handshake beyond it gets 503.
     pub max_sessions: usize,
+    /// Most sessions one client address other than this machine may hold; a handshake
+    /// beyond it gets 429. Sessions without a credential also leave the last eighth of
+    /// `max_sessions` to those with one (see [`Engine::admit_new`]).
+    pub max_sessions_per_address: usize,
     /// A session that has not been [joined](Session::mark_joined) this long after it opened
     /// is closed (Socket.IO's `connectTimeout`: a client that never connects a namespace).
     /// `None`: no deadline.
@@ -179,6 +185,8 @@ pub struct Engine {
     epoch: Instant,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Sessions held per client address ([`EngineConfig::max_sessions_per_address`]).
+    per_address: PerAddress,
 }
 
 /// One client's connection, whichever transport carries it.
@@ -205,6 +213,8 @@ pub struct Session {
     opened: u64,
     /// The handler took the session on (see [`EngineConfig::connect_timeout`]).
     joined: AtomicBool,
+    /// The session's share of its client address's sessions; given back when it finishes.
+    hold: Mutex<Option<Hold>>,
     /// Where flushers run, so that shutdown waits for them.
     tasks: TaskTracker,
 }
@@ -279,6 +289,7 @@ impl Session {
             principal: std::sync::OnceLock::new(),
             opened,
             joined: AtomicBool::new(false),
+            hold: Mutex::new(None),
             tasks,
         })
     }
@@ -667,6 +678,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
+            per_address: PerAddress::new(config.max_sessions_per_address),
             config,
             handler,
             sessions: Mutex::new(HashMap::new()),
@@ -730,15 +742,45 @@ impl Engine {
         Some(session)
     }
 
-    /// Whether the session cap is reached.
-    fn full(&self) -> bool {
-        self.sessions.lock().expect("engine lock").len() >= self.config.max_sessions
+    /// Whether a new session may open for this client; `Ok` carries the share of its address
+    /// it then holds. A client on this machine (admitted as local) is bounded by the total
+    /// only. Any other is bounded by its address's share too, and one without a credential
+    /// also leaves the last eighth of the total to clients with one, so strangers cannot
+    /// take every session from the owner's phone.
+    fn admit_new(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &HeaderMap,
+        principal: Option<&Principal>,
+    ) -> Result<Option<Hold>, (StatusCode, &'static str)> {
+        let open = self.sessions.lock().expect("engine lock").len();
+        let max = self.config.max_sessions;
+        if open >= max {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "Too many sessions"));
+        }
+        if principal.is_some_and(|p| p.kind == CallerKind::Local) {
+            return Ok(None);
+        }
+        if principal.is_none() && open + max / 8 >= max {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "Too many sessions"));
+        }
+        let Some(addr) = trust::client_address(peer, headers) else {
+            return Ok(None);
+        };
+        match self.per_address.try_hold(addr) {
+            Some(hold) => Ok(Some(hold)),
+            None => Err((
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many sessions from this address",
+            )),
+        }
     }
 
     fn open_session(
         &self,
         peer: Option<SocketAddr>,
         principal: Option<Principal>,
+        hold: Option<Hold>,
         headers: HeaderMap,
         transport: Transport,
     ) -> Arc<Session> {
@@ -761,6 +803,7 @@ impl Engine {
         if let Some(p) = principal {
             let _ = session.principal.set(p);
         }
+        *session.hold.lock().expect("session lock") = hold;
         self.sessions
             .lock()
             .expect("engine lock")
@@ -812,6 +855,7 @@ impl Engine {
             .lock()
             .expect("engine lock")
             .remove(&session.id);
+        session.hold.lock().expect("session lock").take();
         self.handler.on_close(session);
     }
 
@@ -828,13 +872,16 @@ impl Engine {
         let sid = q.sid.map(str::to_owned);
         match (q.transport, req.method()) {
             (Some("polling"), &Method::GET) => match sid {
-                None if self.full() => {
-                    refuse(StatusCode::SERVICE_UNAVAILABLE, 3, "Too many sessions")
-                }
                 None => {
+                    let principal = req.extensions().get::<Principal>().cloned();
+                    let hold = match self.admit_new(peer, req.headers(), principal.as_ref()) {
+                        Ok(hold) => hold,
+                        Err((status, why)) => return refuse(status, 3, why),
+                    };
                     let session = self.open_session(
                         peer,
-                        req.extensions().get::<Principal>().cloned(),
+                        principal,
+                        hold,
                         kept_headers(req.headers()),
                         Transport::Polling,
                     );
@@ -1011,9 +1058,14 @@ impl Engine {
         {
             return refuse(StatusCode::BAD_REQUEST, 3, "Bad request");
         }
-        if sid.is_none() && self.full() {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, 3, "Too many sessions");
-        }
+        let principal = req.extensions().get::<Principal>().cloned();
+        let hold = match sid {
+            None => match self.admit_new(peer, req.headers(), principal.as_ref()) {
+                Ok(hold) => hold,
+                Err((status, why)) => return refuse(status, 3, why),
+            },
+            Some(_) => None,
+        };
         // A WebSocket for a session that already has one, or is being taken over by one, is
         // accepted and closed at once (the client sees a close, as from the reference server).
         let mut taken = false;
@@ -1035,7 +1087,6 @@ impl Engine {
             },
         };
         let kept = kept_headers(req.headers());
-        let principal = req.extensions().get::<Principal>().cloned();
         let on_upgrade = hyper::upgrade::on(&mut req);
         let engine = self.clone();
         self.tasks.spawn(async move {
@@ -1077,6 +1128,7 @@ impl Engine {
                     let session = engine.open_session(
                         peer,
                         principal,
+                        hold,
                         kept,
                         Transport::WebSocket(stream.clone()),
                     );
@@ -1391,6 +1443,7 @@ mod tests {
             ping_timeout: Duration::from_millis(timeout_ms),
             max_payload: 1_000_000,
             max_sessions: 1_000,
+            max_sessions_per_address: 1_000,
             connect_timeout: None,
         };
         Engine::new(
@@ -1504,6 +1557,7 @@ mod tests {
                 ping_timeout: Duration::from_secs(20),
                 max_payload: 1_000_000,
                 max_sessions: 1_000,
+                max_sessions_per_address: 1_000,
                 connect_timeout: Some(Duration::from_millis(100)),
             },
             Arc::new(Echo),

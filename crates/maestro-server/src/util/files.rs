@@ -39,6 +39,17 @@ const TEMP_ATTEMPTS: usize = 8;
 /// Readers see the old content or the new one, never a mix; at no moment is the temp file
 /// readable by anyone but its owner. On error the temp file is removed and `path` is unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, tmp) = write_temp(path, bytes, mode)?;
+    let result = std::fs::rename(&tmp, path).and_then(|()| sync_dir(&dir));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `bytes` to a new private temp file next to `path`, gives it `mode` and fsyncs it;
+/// returns the directory and the temp file's path. On error nothing is left behind.
+fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(PathBuf, PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -51,14 +62,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let result = (|| {
         file.write_all(bytes)?;
         set_mode(&file, mode)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        file.sync_all()
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok((dir.to_path_buf(), tmp)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
+}
+
+/// Creates `path` with `bytes` and mode `mode` unless it exists, atomically: the bytes are
+/// written to a 0600 temp file and fsynced, then hard-linked to `path`, which fails when
+/// another writer got there first. Returns whether this call created it; when it did not, the
+/// file that won is left as it was. Nobody ever sees `path` empty or half written.
+pub fn create_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let (dir, tmp) = write_temp(path, bytes, mode)?;
+    let result = match std::fs::hard_link(&tmp, path) {
+        Ok(()) => sync_dir(&dir).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&tmp);
     result
 }
 
@@ -177,6 +203,17 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"token");
         assert_eq!(mode_of(&path), 0o600);
         assert_eq!(entries(dir.path()), ["secret"], "no temp file is left");
+    }
+
+    #[test]
+    fn create_new_never_replaces_what_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        assert!(create_new_atomic(&path, b"first", PRIVATE_FILE).unwrap());
+        assert_eq!(mode_of(&path), 0o600);
+        assert!(!create_new_atomic(&path, b"second", PRIVATE_FILE).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        assert_eq!(entries(dir.path()), ["key"], "no temp file is left");
     }
 
     #[test]

@@ -76,6 +76,14 @@ impl TestServer {
         Self::start_configured(dir, config_for(dir)).await
     }
 
+    /// Starts a server on `dir` with an adjusted configuration; the caller keeps the directory
+    /// alive.
+    pub async fn start_in_with(dir: &Path, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = config_for(dir);
+        adjust(&mut config);
+        Self::start_configured(dir, config).await
+    }
+
     /// Starts a server on a fresh temporary directory with an adjusted configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let tempdir = tempfile::tempdir().expect("create a temp dir");

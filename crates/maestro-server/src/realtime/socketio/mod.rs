@@ -86,6 +86,8 @@ impl Realtime {
             ping_timeout: Duration::from_millis(config.socketio_ping_timeout_ms),
             max_payload: config.max_body_bytes,
             max_sessions: usize::try_from(config.max_socketio_sessions).unwrap_or(usize::MAX),
+            max_sessions_per_address: usize::try_from(config.max_socketio_sessions_per_address)
+                .unwrap_or(usize::MAX),
             connect_timeout: Some(Duration::from_millis(config.socketio_connect_timeout_ms)),
         };
         let hub = Arc::new(Hub::new(
