@@ -63,11 +63,17 @@ pub enum Collection {
     Runners,
     /// Spawns waiting for a runner, one per session, owned by the machine that must run them.
     LaunchQueue,
+    /// The latest changes summary of a session's work tree, owned by its project.
+    Changes,
+    /// Diffs reported by the host of a session on another machine, owned by the session.
+    ChangeDiffs,
+    /// Review comments on a session's diffs, owned by the session.
+    ReviewComments,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 20] = [
+    pub const ALL: [Collection; 23] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -88,6 +94,9 @@ impl Collection {
         Self::ApprovalRules,
         Self::Runners,
         Self::LaunchQueue,
+        Self::Changes,
+        Self::ChangeDiffs,
+        Self::ReviewComments,
     ];
 
     /// Stable name used in storage keys.
@@ -113,6 +122,9 @@ impl Collection {
             Self::ApprovalRules => "approval_rules",
             Self::Runners => "runners",
             Self::LaunchQueue => "launch_queue",
+            Self::Changes => "changes",
+            Self::ChangeDiffs => "change_diffs",
+            Self::ReviewComments => "review_comments",
         }
     }
 }

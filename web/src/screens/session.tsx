@@ -15,9 +15,10 @@ import { isTerminal, needsInput, pendingApprovals, question, sessionTitle } from
 import type { DocEntry, MailMessage, ReplyInput, SendMail, Session, StopRequest, TimelinePage } from "../types";
 import { Empty, Presence, Section, StatusBadge } from "../ui";
 import { ApprovalCard, settled } from "../ui-approval";
+import { ChangesTab } from "../review/tab";
 
-type Tab = "timeline" | "terminal" | "docs" | "mail";
-const TABS: Tab[] = ["timeline", "terminal", "docs", "mail"];
+type Tab = "timeline" | "terminal" | "changes" | "docs" | "mail";
+const TABS: Tab[] = ["timeline", "terminal", "changes", "docs", "mail"];
 
 function findSession(id: string): Session | undefined {
   for (const st of allStates()) {
@@ -92,7 +93,9 @@ export function SessionScreen({ id }: { id: string }) {
               ? "Timeline"
               : t === "terminal"
                 ? "Terminal"
-                : t === "docs"
+                : t === "changes"
+                  ? "Changes"
+                  : t === "docs"
                   ? `Docs (${s.docs?.length ?? 0})`
                   : "Mail"}
           </button>
@@ -101,6 +104,7 @@ export function SessionScreen({ id }: { id: string }) {
       <div role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`}>
         {tab === "timeline" && <Timeline s={s} />}
         {tab === "terminal" && <TerminalTab s={s} />}
+        {tab === "changes" && <ChangesTab s={s} />}
         {tab === "docs" && <Docs s={s} />}
         {tab === "mail" && <Mail s={s} />}
       </div>

@@ -216,6 +216,10 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     if !is_write(method) || path == "/api/push/subscriptions" {
         return Need::Scope(Scope::Read);
     }
+    // Review comments are answers to an agent: adding, deleting (an unsent one) and sending.
+    if is_review_route(path) {
+        return Need::Scope(Scope::Respond);
+    }
     if *method == Method::DELETE || path == "/api/projects" || path.starts_with("/api/projects/") {
         return Need::Scope(Scope::Admin);
     }
@@ -233,16 +237,28 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     })
 }
 
-/// `POST /api/runners`, `POST /api/runners/:id/{heartbeat,claim,launched}` and the terminal
-/// host's WebSocket `/api/sessions/:id/terminal/host`.
+/// `POST /api/runners`, `POST /api/runners/:id/{heartbeat,claim,launched}`, the terminal
+/// host's WebSocket `/api/sessions/:id/terminal/host` and `PUT /api/sessions/:id/changes`.
 fn is_runner_route(method: &Method, path: &str, websocket: bool) -> bool {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match segments.as_slice() {
         ["", "api", "runners"] => *method == Method::POST,
         ["", "api", "runners", _, "heartbeat" | "claim" | "launched"] => *method == Method::POST,
         ["", "api", "sessions", _, "terminal", "host"] => websocket || *method == Method::GET,
+        // A host reports the work tree of the session it runs (docs/review.md).
+        ["", "api", "sessions", _, "changes"] => *method == Method::PUT,
         _ => false,
     }
+}
+
+/// `/api/sessions/:id/review/comments[/:commentId]` and `/api/sessions/:id/review/send`.
+fn is_review_route(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "api", "sessions", _, "review", "comments" | "send"]
+            | ["", "api", "sessions", _, "review", "comments", _]
+    )
 }
 
 /// The scope a Socket.IO client action needs (see `realtime::socketio`).
@@ -442,6 +458,44 @@ mod tests {
         assert_eq!(
             need(&get, "/api/sessions/a/b/terminal/host", true),
             Need::Scope(S::Read)
+        );
+    }
+
+    #[test]
+    fn review_reads_need_read_comments_respond_and_reports_the_runner_scope() {
+        use maestro_protocol::Scope as S;
+        let get = Method::GET;
+        for path in [
+            "/api/sessions/s1/changes",
+            "/api/sessions/s1/diff",
+            "/api/sessions/s1/review/comments",
+        ] {
+            assert_eq!(need(&get, path, false), Need::Scope(S::Read), "{path}");
+        }
+        assert_eq!(
+            need(&Method::POST, "/api/sessions/s1/review/comments", false),
+            Need::Scope(S::Respond)
+        );
+        assert_eq!(
+            need(
+                &Method::DELETE,
+                "/api/sessions/s1/review/comments/rvc_1",
+                false
+            ),
+            Need::Scope(S::Respond)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/sessions/s1/review/send", false),
+            Need::Scope(S::Respond)
+        );
+        assert_eq!(
+            need(&Method::PUT, "/api/sessions/s1/changes", false),
+            Need::Scope(S::Runner)
+        );
+        // Deleting anything else still needs admin.
+        assert_eq!(
+            need(&Method::DELETE, "/api/sessions/s1/review", false),
+            Need::Scope(S::Admin)
         );
     }
 

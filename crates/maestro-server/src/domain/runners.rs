@@ -492,6 +492,9 @@ impl Domain {
             if let Some(dir) = &report.worktree {
                 set_meta(&mut session, "worktree", json!(dir));
             }
+            if let Some(base) = &report.base_branch {
+                set_meta(&mut session, "baseBranch", json!(base));
+            }
             if session.status == "spawning" {
                 session.status = "working".into();
             }
