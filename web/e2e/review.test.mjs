@@ -45,6 +45,7 @@ before(async () => {
   project = await server.ok("POST", "/api/projects", { name: "review", workingDir: dir });
   session = await server.ok("POST", "/api/sessions", {
     projectId: project.id,
+    taskIds: [],
     name: "refactor agent",
     status: "working",
   });

@@ -226,9 +226,9 @@ function DiffView({
                   type="button"
                   class={`rv-line rv-line-${l.kind}${target?.key === key ? " rv-line-on" : ""}`}
                   disabled={!responder}
-                  aria-label={`${l.kind === "add" ? "Added" : l.kind === "del" ? "Removed" : "Unchanged"} line ${num}: comment`}
                   onClick={() => setTarget({ line: num, side, context: contextOf(h, i), key })}
                 >
+                  <span class="sr-only">{l.kind === "add" ? "Added" : l.kind === "del" ? "Removed" : "Unchanged"} line: </span>
                   <span class="rv-ln">{l.old ?? ""}</span>
                   <span class="rv-ln">{l.new ?? ""}</span>
                   <span class="rv-mk">{marker(l)}</span>
