@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{TestServer, WAIT, api_err};
+use common::{TestServer, WAIT, api_err, token};
 use maestro_client::Client;
 use maestro_protocol::{
     AddReviewComment, CreateProject, CreateSession, FileStatus, LineKind, SendReview,
@@ -372,22 +372,6 @@ async fn a_session_on_another_machine_is_answered_from_its_hosts_reports() {
         "PATH_OUTSIDE_WORK_TREE",
     );
     drop(repo);
-}
-
-/// A token of `scope`, made with the owner token of an `AUTH=required` server.
-async fn token(server: &TestServer, scope: &str) -> String {
-    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
-    let admin = server.client().with_token(owner.trim());
-    let made = admin
-        .raw(
-            maestro_client::Method::POST,
-            "/api/auth/tokens",
-            Some(&json!({ "scope": scope, "name": format!("{scope} test") })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
-    made.body["token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

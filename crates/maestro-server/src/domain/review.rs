@@ -25,7 +25,7 @@ use maestro_protocol::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::runners::meta_str;
+use super::runners::{coded, meta_str};
 use super::{Domain, check_id, load_project, load_session};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, ReaderExt, Txn, TxnExt, transact};
@@ -58,15 +58,6 @@ struct StoredChanges {
 impl StoredChanges {
     fn diff_bytes(&self) -> usize {
         self.diffs.values().map(|(_, n)| n).sum()
-    }
-}
-
-fn coded(status: axum::http::StatusCode, code: &'static str, message: impl Into<String>) -> Error {
-    Error::Coded {
-        status,
-        code,
-        message: message.into(),
-        details: None,
     }
 }
 

@@ -84,7 +84,12 @@ fn set_meta(session: &mut Session, key: &str, value: Value) {
     meta[key] = value;
 }
 
-fn coded(status: axum::http::StatusCode, code: &'static str, message: impl Into<String>) -> Error {
+/// An error with its own status and code.
+pub(crate) fn coded(
+    status: axum::http::StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Error {
     Error::Coded {
         status,
         code,
