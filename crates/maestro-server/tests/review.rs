@@ -541,3 +541,31 @@ async fn comments_go_to_the_agent_as_one_directive_and_are_marked_sent() {
     assert_eq!(inbox[1].subject, "Review: looks good");
     assert_eq!(inbox[1].kind, "directive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_cannot_point_the_server_at_another_directory_of_its_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, _wt) = repo_with_changes(tmp.path());
+    // Another repository on the server's machine, which the session has nothing to do with.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    git(&other, &["init", "-q", "-b", "main"]);
+    write(&other, "private.txt", "x\n");
+    let server = server().await;
+    let c = server.api();
+    let p = project(c, &repo).await;
+    let sid = session(c, &p, json!({})).await;
+    // A host (a runner token could say anything) reports that other directory as the work
+    // tree, on the server's machine.
+    let mut reporter = Reporter::new(other.clone(), None, sid.clone(), SERVER_MACHINE.into());
+    for r in reporter.poll(1).unwrap() {
+        c.report_changes(&sid, &r).await.unwrap();
+    }
+    // The server answers from the report; it does not read that directory itself: a file added
+    // there since is not seen.
+    write(&other, "later.txt", "y\n");
+    let changes = c.session_changes(&sid).await.unwrap();
+    let paths: Vec<&str> = changes.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, vec!["private.txt"]);
+    api_err(c.session_diff(&sid, "later.txt").await, 404, "NOT_CHANGED");
+}

@@ -3,8 +3,9 @@
 //!
 //! Where the files are decides who reads them. A session's work tree is on the machine that
 //! runs it. When that is this server's machine, the server reads it itself (with
-//! [`crate::review::git`]) on every request; when it is another machine, the session's host
-//! there reads it with the same code and reports it (`PUT /api/sessions/:id/changes`), and the
+//! [`crate::review::git`]) on every request; when it is another machine (or a directory other
+//! than the session's worktree or project directory), the session's host there reads it with
+//! the same code and reports it (`PUT /api/sessions/:id/changes`), and the
 //! server answers from what was reported: the summary in [`Collection::Changes`] (one record
 //! per session, so every server sharing the store answers alike) and each file's diff text in
 //! [`Collection::ChangeDiffs`], parsed when asked for.
@@ -184,30 +185,37 @@ pub(crate) fn delete_all(tx: &mut dyn Txn, session_id: &str) -> Result<()> {
 
 /// Where a session's files are, as far as this server can tell.
 enum Place {
-    /// On this machine, in this directory.
+    /// On this machine, in this directory: the server reads it.
     Here { dir: PathBuf, base: Option<String> },
-    /// On another machine: only its host's reports tell.
-    Elsewhere,
+    /// On another machine, or in a directory the server does not know as the session's: only
+    /// its host's reports tell.
+    Reported,
 }
 
 impl Domain {
-    /// Where the session's work tree is: its worktree, else the directory its host reported,
-    /// else the project's; on this machine unless the session (or its host's report) names
-    /// another.
+    /// Where the session's work tree is: its worktree, else the project's directory, on this
+    /// machine unless the session (or its host's report) names another. A directory a host
+    /// reported is never read by the server (a `runner` token must not be able to point the
+    /// server at any repository of its machine): when the host reports a work tree other than
+    /// the one the server would read (`maestro run` in another directory), its reports answer.
     fn place(&self, session: &Session, stored: Option<&StoredChanges>) -> Result<Place> {
         let machine = meta_str(session, "machineId")
             .map(str::to_owned)
             .or_else(|| stored.map(|s| s.changes.machine_id.clone()));
         if machine.is_some_and(|m| m != self.info.machine_id) {
-            return Ok(Place::Elsewhere);
+            return Ok(Place::Reported);
         }
         let dir = match meta_str(session, "worktree") {
             Some(dir) => dir.to_owned(),
-            None => match stored {
-                Some(s) => s.changes.work_tree.clone(),
-                None => load_project(&mut *self.reader()?, &session.project_id)?.working_dir,
-            },
+            None => load_project(&mut *self.reader()?, &session.project_id)?.working_dir,
         };
+        if let Some(s) = stored {
+            let known = std::fs::canonicalize(&dir)
+                .is_ok_and(|d| d.starts_with(&s.changes.work_tree));
+            if !known {
+                return Ok(Place::Reported);
+            }
+        }
         Ok(Place::Here {
             dir: PathBuf::from(dir),
             base: meta_str(session, "baseBranch").map(str::to_owned),
@@ -224,7 +232,7 @@ impl Domain {
         let session = load_session(&mut *self.reader()?, &id)?;
         let stored = self.stored_changes(&id)?;
         match self.place(&session, stored.as_ref())? {
-            Place::Elsewhere => stored.map(|s| s.changes).ok_or_else(not_reported),
+            Place::Reported => stored.map(|s| s.changes).ok_or_else(not_reported),
             Place::Here { dir, base } => {
                 let machine = self.info.machine_id.clone();
                 let sid = id.clone();
@@ -257,7 +265,7 @@ impl Domain {
         let session = load_session(&mut *self.reader()?, &id)?;
         let stored = self.stored_changes(&id)?;
         match self.place(&session, stored.as_ref())? {
-            Place::Elsewhere => {
+            Place::Reported => {
                 // Checked as on the host: the path must be one the host reported.
                 git::check_path(std::path::Path::new("/nonexistent"), &path)?;
                 let stored = stored.ok_or_else(not_reported)?;
