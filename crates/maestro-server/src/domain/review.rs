@@ -210,8 +210,8 @@ impl Domain {
             None => load_project(&mut *self.reader()?, &session.project_id)?.working_dir,
         };
         if let Some(s) = stored {
-            let known = std::fs::canonicalize(&dir)
-                .is_ok_and(|d| d.starts_with(&s.changes.work_tree));
+            let known =
+                std::fs::canonicalize(&dir).is_ok_and(|d| d.starts_with(&s.changes.work_tree));
             if !known {
                 return Ok(Place::Reported);
             }

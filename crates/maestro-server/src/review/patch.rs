@@ -48,16 +48,14 @@ pub fn parse(text: &str) -> (Vec<Hunk>, bool) {
     let mut binary = false;
     let (mut old, mut new) = (0u64, 0u64);
     for line in text.lines() {
-        if let Some(header) = line.strip_prefix("@@ ") {
-            if let Some(h) = hunk_header(header) {
-                old = h.old_start;
-                new = h.new_start;
-                hunks.push(Hunk {
-                    header: line.to_owned(),
-                    ..h
-                });
-                continue;
-            }
+        if let Some(h) = line.strip_prefix("@@ ").and_then(hunk_header) {
+            old = h.old_start;
+            new = h.new_start;
+            hunks.push(Hunk {
+                header: line.to_owned(),
+                ..h
+            });
+            continue;
         }
         let Some(hunk) = hunks.last_mut() else {
             if line.starts_with("Binary files ") || line == "GIT binary patch" {
