@@ -10,6 +10,7 @@ import {
   pendingApprovals,
   sessionTitle,
 } from "./store";
+import { changeCount } from "./review/tab";
 import type { Approval, Envelope, Session, Snapshot, Task } from "./types";
 
 const P = "proj_1";
@@ -153,6 +154,19 @@ describe("ProjectState", () => {
     // Heartbeats advance the seq but are not activity lines.
     expect(st.seq).toBe(2);
     expect(st.activity.map((a) => a.event)).toEqual(["session:updated"]);
+  });
+
+  it("keeps a session's change stats from session:changes (Fleet's count)", () => {
+    const st = new ProjectState(P);
+    st.replace(snapshot(0, [], [session("s1", { metadata: { launcher: "runner" } })]));
+    const stats = { sessionId: "s1", projectId: P, files: 12, additions: 340, deletions: 51, ahead: 1, behind: 0, computedAt: 9 };
+    st.apply(ev(1, "session:changes", stats));
+    expect(st.sessions.get("s1")?.metadata).toEqual({ launcher: "runner", changes: stats });
+    expect(changeCount(st.sessions.get("s1")!)).toBe("12 files +340 −51");
+    // Not an activity line; an unknown session is ignored.
+    st.apply(ev(2, "session:changes", { ...stats, sessionId: "nope" }));
+    expect(st.activity).toEqual([]);
+    expect(st.seq).toBe(2);
   });
 
   it("marks what is worth a notification", () => {

@@ -8,6 +8,7 @@
 
 import type {
   Approval,
+  ChangeStats,
   Envelope,
   MailMessage,
   Presence,
@@ -233,6 +234,19 @@ export class ProjectState {
         }
         return; // heartbeats are not activity worth a line
       }
+      case "session:changes": {
+        // What Fleet shows ("12 files +340 −51"); the server keeps it in `metadata.changes`.
+        const c = d as ChangeStats;
+        const s = this.sessions.get(c.sessionId);
+        if (s) {
+          const meta = s.metadata && typeof s.metadata === "object" && !Array.isArray(s.metadata) ? s.metadata : {};
+          this.sessions.set(c.sessionId, { ...s, metadata: { ...meta, changes: c } as Session["metadata"] });
+        }
+        return; // not activity worth a line
+      }
+      case "review:comment":
+      case "review:comment_deleted":
+        return; // the Changes tab reads the comments itself
       case "team_member:created":
       case "team_member:updated":
       case "team_member:archived":

@@ -5,6 +5,16 @@
 import type { EventEnvelope, StateSnapshot } from "./generated/protocol";
 
 export type {
+  AddReviewComment,
+  ChangedFile,
+  Changes,
+  ChangeStats,
+  DiffLine,
+  FileDiff,
+  Hunk,
+  ReviewComment,
+  ReviewSent,
+  SendReview,
   Approval,
   ApprovalDecideAction,
   ApprovalDecision,

@@ -53,6 +53,8 @@ pub struct Plan {
     pub line_rate: u64,
     /// ...for this many seconds.
     pub terminal_secs: u64,
+    /// Requests timed for each review figure.
+    pub review_trials: usize,
 }
 
 impl Plan {
@@ -76,6 +78,7 @@ impl Plan {
             terminals: 100,
             line_rate: 100,
             terminal_secs: 10,
+            review_trials: 100,
         }
     }
 
@@ -93,6 +96,7 @@ impl Plan {
             cli_runs: 20,
             echo_keys: 200,
             spawn_trials: 10,
+            review_trials: 20,
             flood_bytes: 2_000_000,
             terminal_secs: 3,
             ..Self::full()
@@ -117,6 +121,8 @@ pub const FIGURES: &[&str] = &[
     "spawn-first-output",
     "terminal-10mb",
     "terminals-100",
+    "review-changes",
+    "review-diff",
 ];
 
 /// What one backend's run shares.
@@ -225,6 +231,7 @@ impl Bench {
             rows.push(self.or_error("start-up (10,000 tasks)", "<= 100 ms", row));
         }
         rows.extend(crate::terminal::run(self).await);
+        rows.extend(crate::review::run(self).await);
         Ok(rows)
     }
 

@@ -11,7 +11,7 @@
 //! measured by the code here.
 //!
 //! Layout: [`figures`] measures, [`terminal`] measures the runner and live-terminal figures
-//! (and is the fake agents they run), [`server`] runs the processes under test, [`api`] and
+//! (and is the fake agents they run), [`review`] the changes and diff figures, [`server`] runs the processes under test, [`api`] and
 //! [`sio`] are the HTTP and Socket.IO clients, [`crowd`] holds the fan-out's thousands of
 //! sockets, [`wrk`] drives and reads wrk, [`report`] makes the table and the JSON.
 
@@ -19,6 +19,7 @@ mod api;
 mod crowd;
 mod figures;
 mod report;
+mod review;
 mod server;
 mod sio;
 mod terminal;

@@ -896,6 +896,50 @@ impl Client {
         let path = format!("/api/sessions/{}/resume", enc(id));
         self.send(Method::POST, &path, &serde_json::json!({})).await
     }
+
+    /// `GET /api/sessions/:id/changes`.
+    pub async fn session_changes(&self, id: &str) -> Result<Changes> {
+        self.get(&format!("/api/sessions/{}/changes", enc(id)))
+            .await
+    }
+
+    /// `GET /api/sessions/:id/diff?path=`.
+    pub async fn session_diff(&self, id: &str, path: &str) -> Result<FileDiff> {
+        self.get(&format!(
+            "/api/sessions/{}/diff?path={}",
+            enc(id),
+            enc(path)
+        ))
+        .await
+    }
+
+    /// `PUT /api/sessions/:id/changes`: a host reports the session's work tree.
+    pub async fn report_changes(&self, id: &str, report: &ChangesReport) -> Result<ChangeStats> {
+        let path = format!("/api/sessions/{}/changes", enc(id));
+        self.send(Method::PUT, &path, report).await
+    }
+
+    /// `GET /api/sessions/:id/review/comments`.
+    pub async fn review_comments(&self, id: &str) -> Result<Vec<ReviewComment>> {
+        self.get(&format!("/api/sessions/{}/review/comments", enc(id)))
+            .await
+    }
+
+    /// `POST /api/sessions/:id/review/comments`.
+    pub async fn add_review_comment(
+        &self,
+        id: &str,
+        req: &AddReviewComment,
+    ) -> Result<ReviewComment> {
+        let path = format!("/api/sessions/{}/review/comments", enc(id));
+        self.send(Method::POST, &path, req).await
+    }
+
+    /// `POST /api/sessions/:id/review/send`.
+    pub async fn send_review(&self, id: &str, req: &SendReview) -> Result<ReviewSent> {
+        let path = format!("/api/sessions/{}/review/send", enc(id));
+        self.send(Method::POST, &path, req).await
+    }
 }
 
 /// The typed body of a success, or the server's error.

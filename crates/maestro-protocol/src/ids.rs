@@ -26,6 +26,7 @@ pub mod prefix {
     pub const DOC: &str = "doc";
     pub const MAIL: &str = "mail";
     pub const TEAM_MEMBER: &str = "tm";
+    pub const REVIEW_COMMENT: &str = "rvc";
 }
 
 #[cfg(test)]

@@ -107,6 +107,9 @@ pub struct LaunchReport {
     /// The worktree it runs in, when one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<String>,
+    /// The branch the worktree was made from: what its changes are compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
     /// The agent has exited: `completed` for status 0, `stopped` when Stop ended it, else
     /// `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -164,6 +164,10 @@ fn generated() -> (String, Vec<String>) {
         p::TaskTimelineResponse, p::CreateSession, p::UpdateSession, p::AppendSessionEvent,
         p::AppendTimeline, p::TimelinePage, p::AddDoc, p::ShowModal, p::ModalShown, p::ModalAction,
         p::ModalAck,
+        // review.rs
+        p::FileStatus, p::ChangedFile, p::Changes, p::LineKind, p::DiffLine, p::Hunk, p::FileDiff,
+        p::RawDiff, p::ChangesReport, p::ChangeStats, p::ReviewComment, p::AddReviewComment,
+        p::SendReview, p::ReviewSent,
         // runner.rs
         p::Runner, p::RegisterRunner, p::RunnerHeartbeat, p::Launch, p::Claimed, p::LaunchReport,
         p::AgentExited,

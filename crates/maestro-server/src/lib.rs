@@ -7,7 +7,8 @@
 //! - [`domain`]: business rules, one module per feature;
 //! - [`ports`]: the traits a storage backend implements; [`backends`]: the implementations;
 //! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets;
-//! - [`terminal`]: agents' live terminals, streamed from their hosts to viewers.
+//! - [`terminal`]: agents' live terminals, streamed from their hosts to viewers;
+//! - [`review`]: reading a session's work tree (changes, diffs), shared with the CLI.
 
 pub mod auth;
 pub mod backends;
@@ -20,6 +21,7 @@ pub mod ports;
 pub mod push;
 pub mod queue;
 pub mod realtime;
+pub mod review;
 pub mod terminal;
 pub mod util;
 

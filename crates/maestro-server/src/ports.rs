@@ -66,11 +66,17 @@ pub enum Collection {
     /// The fingerprint of the key credential hashes are made with (one record; the key itself
     /// stays in `DATA_DIR`).
     HashKey,
+    /// The latest changes summary of a session's work tree, owned by its project.
+    Changes,
+    /// Diffs reported by the host of a session on another machine, owned by the session.
+    ChangeDiffs,
+    /// Review comments on a session's diffs, owned by the session.
+    ReviewComments,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 21] = [
+    pub const ALL: [Collection; 24] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -92,6 +98,9 @@ impl Collection {
         Self::Runners,
         Self::LaunchQueue,
         Self::HashKey,
+        Self::Changes,
+        Self::ChangeDiffs,
+        Self::ReviewComments,
     ];
 
     /// Stable name used in storage keys.
@@ -118,6 +127,9 @@ impl Collection {
             Self::Runners => "runners",
             Self::LaunchQueue => "launch_queue",
             Self::HashKey => "hash_key",
+            Self::Changes => "changes",
+            Self::ChangeDiffs => "change_diffs",
+            Self::ReviewComments => "review_comments",
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, WAIT};
+use common::{TestServer, WAIT, token};
 use maestro_client::Client;
 use maestro_protocol::{
     AgentExited, CreateProject, CreateTask, LaunchReport, RegisterRunner, Runner, SpawnRequest,
@@ -509,22 +509,6 @@ async fn a_connected_desktop_app_launches_spawns_itself() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("invalid_launcher"));
-}
-
-/// A token of `scope`, made with the owner token of an `AUTH=required` server.
-async fn token(server: &TestServer, scope: &str) -> String {
-    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
-    let admin = server.client().with_token(owner.trim());
-    let made = admin
-        .raw(
-            maestro_client::Method::POST,
-            "/api/auth/tokens",
-            Some(&serde_json::json!({ "scope": scope, "name": format!("{scope} test") })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
-    made.body["token"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

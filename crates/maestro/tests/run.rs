@@ -67,7 +67,20 @@ impl std::ops::DerefMut for Running {
 
 /// `maestro run` with piped stdin/stdout and a clean environment.
 fn maestro_run(server: &Server, env: &[(&str, &str)], args: &[&str]) -> Running {
+    maestro_run_in(server, None, env, args)
+}
+
+/// [`maestro_run`] in the directory `cwd`.
+fn maestro_run_in(
+    server: &Server,
+    cwd: Option<&std::path::Path>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Running {
     let mut cmd = Command::new(BIN);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     for v in [
         "MAESTRO_SESSION_ID",
         "MAESTRO_PROJECT_ID",
@@ -446,4 +459,82 @@ async fn reply_input_from_mobile_reaches_the_agent() {
     let s = client.get_session(&sid).await.unwrap();
     assert_eq!(s.status, "failed");
     assert!(s.timeline.iter().any(|e| e.kind == "user_reply"));
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn run_reports_its_work_tree_for_review_when_the_server_is_on_another_machine() {
+    let server = Server::start_with_env(&[("MAESTRO_MACHINE_ID", "server-machine")]).await;
+    let client = server.client();
+    let (p, t) = fixture(&client).await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.path().join("a.txt"), "one\n").unwrap();
+    git(repo.path(), &["add", "-A"]);
+    git(repo.path(), &["commit", "-q", "-m", "initial"]);
+    // The agent edits a file and adds one, then waits for a line.
+    let script =
+        r#"echo edited >> a.txt; printf 'x\ny\n' > 'b c.txt'; echo ready; read line; exit 0"#;
+    let mut child = maestro_run_in(
+        &server,
+        Some(repo.path()),
+        &[("MAESTRO_MACHINE_ID", "laptop-machine")],
+        &[
+            "run",
+            "--project",
+            &p,
+            "--task",
+            &t,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let out = lines(child.stdout.take().unwrap());
+    expect_line(&out, "ready");
+    let s = only_session(&client, &p).await;
+    // The server is not on this machine: it answers from what `maestro run` reported.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let changes = loop {
+        match client.session_changes(&s.id).await {
+            Ok(c) if c.total_files == 2 => break c,
+            other => {
+                assert!(Instant::now() < deadline, "no report of 2 files: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(changes.machine_id, "laptop-machine");
+    assert_eq!(changes.branch.as_deref(), Some("main"));
+    assert_eq!((changes.additions, changes.deletions), (3, 0));
+    let diff = client.session_diff(&s.id, "a.txt").await.unwrap();
+    let added: Vec<&str> = diff.hunks[0]
+        .lines
+        .iter()
+        .filter(|l| l.kind == maestro_protocol::LineKind::Add)
+        .map(|l| l.text.as_str())
+        .collect();
+    assert_eq!(added, ["edited"]);
+    let new = client.session_diff(&s.id, "b c.txt").await.unwrap();
+    assert_eq!(new.hunks[0].lines.len(), 2);
+    child.stdin.as_mut().unwrap().write_all(b"done\n").unwrap();
+    let code = tokio::task::spawn_blocking(move || wait(&mut child))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
 }

@@ -1348,6 +1348,275 @@ export type ModalAck = {
 };
 
 /**
+ * How a file differs from the base.
+ */
+export type FileStatus = "added" | "modified" | "deleted" | "renamed";
+
+/**
+ * One changed file of a session's work tree.
+ */
+export type ChangedFile = {
+  /**
+   * Path relative to the work tree's root, `/`-separated.
+   */
+  path: string;
+  /**
+   * The path before a rename.
+   */
+  oldPath?: string | null;
+  status: FileStatus;
+  /**
+   * Lines added (0 for a binary file).
+   */
+  additions: number;
+  /**
+   * Lines removed (0 for a binary file).
+   */
+  deletions: number;
+  binary: boolean;
+  /**
+   * Not known to git yet (neither committed nor staged).
+   */
+  untracked: boolean;
+  /**
+   * Too large to count or diff (see `docs/review.md`).
+   */
+  tooLarge: boolean;
+};
+
+/**
+ * `GET /api/sessions/:id/changes`: what a session changed, against the branch it started from.
+ */
+export type Changes = {
+  sessionId: string;
+  /**
+   * The work tree's root on the machine that runs the session.
+   */
+  workTree: string;
+  /**
+   * The machine whose files these are.
+   */
+  machineId: string;
+  /**
+   * The checked-out branch (absent when `HEAD` is detached).
+   */
+  branch?: string | null;
+  /**
+   * The commit `HEAD` points at (absent in a repository with no commit yet).
+   */
+  head?: string | null;
+  /**
+   * The branch the work started from: the one the worktree was made from, else the
+   * repository's default branch.
+   */
+  baseBranch?: string | null;
+  /**
+   * The merge base of `HEAD` and the base branch: what the files are compared with.
+   */
+  mergeBase?: string | null;
+  /**
+   * Commits on `HEAD` that the base branch lacks.
+   */
+  ahead: number;
+  /**
+   * Commits on the base branch that `HEAD` lacks.
+   */
+  behind: number;
+  /**
+   * Changed files (committed since the merge base, staged, unstaged and untracked), by
+   * path; at most `MAX_FILES` (see `truncated`).
+   */
+  files: Array<ChangedFile>;
+  /**
+   * More files changed than are listed.
+   */
+  truncated: boolean;
+  /**
+   * Every changed file, listed or not.
+   */
+  totalFiles: number;
+  additions: number;
+  deletions: number;
+  /**
+   * When these were read from the work tree.
+   */
+  computedAt: number;
+};
+
+/**
+ * A line of a diff.
+ */
+export type LineKind = "context" | "add" | "del";
+
+/**
+ * One line of a hunk, with its numbers in the old and the new file.
+ */
+export type DiffLine = {
+  kind: LineKind;
+  old?: number | null;
+  new?: number | null;
+  text: string;
+};
+
+/**
+ * One hunk of a unified diff.
+ */
+export type Hunk = {
+  /**
+   * `@@ -1,4 +1,6 @@ fn main()`.
+   */
+  header: string;
+  oldStart: number;
+  oldLines: number;
+  newStart: number;
+  newLines: number;
+  lines: Array<DiffLine>;
+};
+
+/**
+ * `GET /api/sessions/:id/diff?path=`: one file's diff against the merge base.
+ */
+export type FileDiff = {
+  sessionId: string;
+  path: string;
+  oldPath?: string | null;
+  status: FileStatus;
+  binary: boolean;
+  tooLarge: boolean;
+  /**
+   * The diff was cut at the documented size; `note` says where.
+   */
+  truncated: boolean;
+  /**
+   * Why the diff is cut or absent, for people.
+   */
+  note?: string | null;
+  additions: number;
+  deletions: number;
+  hunks: Array<Hunk>;
+};
+
+/**
+ * A file's diff as `git diff` prints it, what a host sends for a session whose files are on
+ * its machine (the server parses it when asked).
+ */
+export type RawDiff = {
+  path: string;
+  /**
+   * Unified diff text (no headers needed; hunks from the first `@@`), empty for a binary
+   * or too large file.
+   */
+  patch: string;
+  /**
+   * The text was cut at the documented size.
+   */
+  truncated: boolean;
+};
+
+/**
+ * `PUT /api/sessions/:id/changes` (scope `runner`): the host of a session reports its work
+ * tree. `changes` replaces the summary; `diffs` replace the stored diffs of those files (a
+ * host sends only those whose diff changed since its last report, and splits a large report
+ * into several requests). Diffs of files no longer in the summary are dropped.
+ */
+export type ChangesReport = {
+  changes?: Changes | null;
+  diffs: Array<RawDiff>;
+};
+
+/**
+ * The short form of a session's changes that Fleet shows ("12 files +340 −51"): the payload of
+ * `session:changes` and the session's `metadata.changes`.
+ */
+export type ChangeStats = {
+  sessionId: string;
+  projectId: string;
+  files: number;
+  additions: number;
+  deletions: number;
+  branch?: string | null;
+  baseBranch?: string | null;
+  ahead: number;
+  behind: number;
+  computedAt: number;
+};
+
+/**
+ * A reviewer's comment on one line of a session's diff.
+ */
+export type ReviewComment = {
+  /**
+   * `rvc_…`.
+   */
+  id: string;
+  sessionId: string;
+  projectId: string;
+  path: string;
+  /**
+   * The line's number in the new file (or in the old one for a removed line, see `side`).
+   */
+  line: number;
+  /**
+   * `new` or `old`.
+   */
+  side: string;
+  /**
+   * A few lines of the hunk around the line, as the reviewer saw them.
+   */
+  context: string;
+  body: string;
+  createdAt: number;
+  /**
+   * When it went to the agent in a review (absent while it waits).
+   */
+  sentAt?: number | null;
+  /**
+   * The directive mail that carried it.
+   */
+  mailId?: string | null;
+};
+
+/**
+ * `POST /api/sessions/:id/review/comments`.
+ */
+export type AddReviewComment = {
+  path: string;
+  line: number;
+  /**
+   * `new` (default) or `old`.
+   */
+  side?: string | null;
+  /**
+   * The hunk's lines around the comment (the server keeps at most a few).
+   */
+  context?: string | null;
+  body: string;
+};
+
+/**
+ * `POST /api/sessions/:id/review/send`: every unsent comment (and `message`) as one directive;
+ * `approve` sends "Looks good" instead when there is nothing else to say.
+ */
+export type SendReview = {
+  approve: boolean;
+  /**
+   * A general remark placed before the line comments.
+   */
+  message?: string | null;
+};
+
+/**
+ * The answer to a sent review.
+ */
+export type ReviewSent = {
+  mailId: string;
+  /**
+   * The comments it carried, now marked sent.
+   */
+  comments: Array<ReviewComment>;
+};
+
+/**
  * A machine that runs agents: `maestro serve`'s own, or a `maestro runner`.
  */
 export type Runner = {
@@ -1468,6 +1737,10 @@ export type LaunchReport = {
    * The worktree it runs in, when one was made.
    */
   worktree?: string | null;
+  /**
+   * The branch the worktree was made from: what its changes are compared with.
+   */
+  baseBranch?: string | null;
   /**
    * The agent has exited: `completed` for status 0, `stopped` when Stop ended it, else
    * `failed`.

@@ -12,6 +12,7 @@ import { ago } from "../format";
 import { now } from "../clock";
 import { machineName, placement, refreshRunners, runners, runnersLoaded, runnersSupported } from "../runners";
 import type { Runner } from "../types";
+import { changeCount } from "../review/tab";
 
 const showAll = signal(localStorage.getItem("maestro.fleet.all") === "1");
 
@@ -144,6 +145,7 @@ function SessionRow({ s }: { s: Session }) {
         {member ? ` · ${member.name}` : ""}
         {machine ? ` · on ${machine}` : ""}
       </div>
+      {changeCount(s) && <div class="meta change-count">{changeCount(s)}</div>}
       <div class="meta">
         <Presence session={s} />
         {s.online === undefined && `active ${ago(s.lastActivity, now.value)}`}

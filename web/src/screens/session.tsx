@@ -1,7 +1,6 @@
 // One session: where it runs, timeline (live), terminal, docs, mail; reply, send a directive,
 // stop and resume.
 
-import type { FunctionComponent } from "preact";
 import { useEffect, useState } from "preact/hooks";
 
 import { api } from "../api";
@@ -15,9 +14,11 @@ import { isTerminal, needsInput, pendingApprovals, question, sessionTitle } from
 import type { DocEntry, MailMessage, ReplyInput, SendMail, Session, StopRequest, TimelinePage } from "../types";
 import { Empty, Presence, Section, StatusBadge } from "../ui";
 import { ApprovalCard, settled } from "../ui-approval";
+import { lazyView } from "../lazy";
+import { ChangesTab } from "../review/tab";
 
-type Tab = "timeline" | "terminal" | "docs" | "mail";
-const TABS: Tab[] = ["timeline", "terminal", "docs", "mail"];
+type Tab = "timeline" | "terminal" | "changes" | "docs" | "mail";
+const TABS: Tab[] = ["timeline", "terminal", "changes", "docs", "mail"];
 
 function findSession(id: string): Session | undefined {
   for (const st of allStates()) {
@@ -92,7 +93,9 @@ export function SessionScreen({ id }: { id: string }) {
               ? "Timeline"
               : t === "terminal"
                 ? "Terminal"
-                : t === "docs"
+                : t === "changes"
+                  ? "Changes"
+                  : t === "docs"
                   ? `Docs (${s.docs?.length ?? 0})`
                   : "Mail"}
           </button>
@@ -101,6 +104,7 @@ export function SessionScreen({ id }: { id: string }) {
       <div role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`}>
         {tab === "timeline" && <Timeline s={s} />}
         {tab === "terminal" && <TerminalTab s={s} />}
+        {tab === "changes" && <ChangesTab s={s} />}
         {tab === "docs" && <Docs s={s} />}
         {tab === "mail" && <Mail s={s} />}
       </div>
@@ -204,34 +208,14 @@ function Lifecycle({ s }: { s: Session }) {
   );
 }
 
-type TerminalViewType = FunctionComponent<{ sessionId: string; finished: boolean }>;
-let terminalView: TerminalViewType | null = null;
+/** xterm.js is its own chunk, loaded the first time a Terminal tab opens. */
+const TerminalView = lazyView<{ sessionId: string; finished: boolean }>(
+  () => import("../terminal/view").then((m) => m.TerminalView),
+  "the terminal",
+);
 
-/** Loads xterm.js (its own chunk) the first time a Terminal tab opens. */
 function TerminalTab({ s }: { s: Session }) {
-  const [View, setView] = useState<TerminalViewType | null>(() => terminalView);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    if (View) return;
-    let live = true;
-    import("../terminal/view")
-      .then((m) => {
-        terminalView = m.TerminalView;
-        if (live) setView(() => m.TerminalView);
-      })
-      .catch((err: Error) => live && setError(err.message));
-    return () => {
-      live = false;
-    };
-  }, []);
-  if (error)
-    return (
-      <p class="error" role="alert">
-        The terminal could not be loaded: {error}
-      </p>
-    );
-  if (!View) return <Empty>Loading the terminal…</Empty>;
-  return <View sessionId={s.id} finished={isTerminal(s)} />;
+  return <TerminalView sessionId={s.id} finished={isTerminal(s)} />;
 }
 
 function Approvals({ s }: { s: Session }) {

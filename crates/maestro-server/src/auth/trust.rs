@@ -406,6 +406,44 @@ mod tests {
     }
 
     #[test]
+    fn review_reads_need_read_comments_respond_and_reports_the_runner_scope() {
+        use maestro_protocol::Scope as S;
+        let get = Method::GET;
+        for path in [
+            "/api/sessions/s1/changes",
+            "/api/sessions/s1/diff",
+            "/api/sessions/s1/review/comments",
+        ] {
+            assert_eq!(need(&get, path, false), Need::Scope(S::Read), "{path}");
+        }
+        assert_eq!(
+            need(&Method::POST, "/api/sessions/s1/review/comments", false),
+            Need::Scope(S::Respond)
+        );
+        assert_eq!(
+            need(
+                &Method::DELETE,
+                "/api/sessions/s1/review/comments/rvc_1",
+                false
+            ),
+            Need::Scope(S::Respond)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/sessions/s1/review/send", false),
+            Need::Scope(S::Respond)
+        );
+        assert_eq!(
+            need(&Method::PUT, "/api/sessions/s1/changes", false),
+            Need::Scope(S::Runner)
+        );
+        // Deleting anything else still needs admin.
+        assert_eq!(
+            need(&Method::DELETE, "/api/sessions/s1/review", false),
+            Need::Scope(S::Admin)
+        );
+    }
+
+    #[test]
     fn push_subscriptions_need_only_read() {
         use maestro_protocol::Scope as S;
         for method in [Method::POST, Method::DELETE] {

@@ -11,6 +11,7 @@ pub mod liveness;
 pub mod mail;
 pub mod ordering;
 pub mod projects;
+pub mod review;
 pub mod runners;
 pub mod sessions;
 pub mod skills;

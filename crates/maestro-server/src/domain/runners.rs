@@ -82,7 +82,12 @@ fn set_meta(session: &mut Session, key: &str, value: Value) {
     meta[key] = value;
 }
 
-fn coded(status: axum::http::StatusCode, code: &'static str, message: impl Into<String>) -> Error {
+/// An error with its own status and code.
+pub(crate) fn coded(
+    status: axum::http::StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> Error {
     Error::Coded {
         status,
         code,
@@ -489,6 +494,9 @@ impl Domain {
             }
             if let Some(dir) = &report.worktree {
                 set_meta(&mut session, "worktree", json!(dir));
+            }
+            if let Some(base) = &report.base_branch {
+                set_meta(&mut session, "baseBranch", json!(base));
             }
             if session.status == "spawning" {
                 session.status = "working".into();

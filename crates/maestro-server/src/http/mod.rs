@@ -13,6 +13,7 @@ mod ops;
 mod ordering;
 mod projects;
 mod push;
+mod review;
 mod runners;
 mod sessions;
 mod skills;
@@ -76,6 +77,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(mail::router())
         .merge(approvals::router())
         .merge(runners::router())
+        .merge(review::router())
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router())
@@ -97,7 +99,8 @@ fn documented() -> OpenApiRouter<AppState> {
     tags(
         (name = "projects"), (name = "tasks"), (name = "sessions"), (name = "team-members"),
         (name = "mail"), (name = "ordering"), (name = "skills"), (name = "templates"),
-        (name = "operations"), (name = "auth"), (name = "push"), (name = "runners")
+        (name = "operations"), (name = "auth"), (name = "push"), (name = "runners"),
+        (name = "review")
     )
 )]
 struct ApiDoc;

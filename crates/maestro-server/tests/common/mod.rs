@@ -459,6 +459,22 @@ pub fn api_err<T: std::fmt::Debug>(
     }
 }
 
+/// A token of `scope`, made with the owner token of an `AUTH=required` server.
+pub async fn token(server: &TestServer, scope: &str) -> String {
+    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
+    let admin = server.client().with_token(owner.trim());
+    let made = admin
+        .raw(
+            maestro_client::Method::POST,
+            "/api/auth/tokens",
+            Some(&json!({ "scope": scope, "name": format!("{scope} test") })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
+    made.body["token"].as_str().unwrap().to_owned()
+}
+
 /// Asserts the one error shape on a raw JSON body.
 #[track_caller]
 pub fn assert_error_body(body: &Value, status: u16, code: &str) {

@@ -15,6 +15,7 @@
 mod output;
 pub(crate) mod agent_tools;
 mod approve;
+pub(crate) mod changes;
 mod claims;
 mod context;
 pub mod credentials;

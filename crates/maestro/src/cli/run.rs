@@ -170,6 +170,23 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
         stop.clone(),
         move |msg| log.note(msg),
     ));
+    // The work tree is this directory, on this machine: report its changes for review.
+    let stop_changes = tokio_util::sync::CancellationToken::new();
+    let changes = std::env::current_dir().ok().map(|dir| {
+        tokio::spawn(super::changes::report_changes(
+            client.clone(),
+            super::changes::Watch {
+                dir,
+                base: None,
+                session_id: sid.clone(),
+                machine_id: std::env::var("MAESTRO_MACHINE_ID")
+                    .ok()
+                    .filter(|m| maestro_protocol::ids::is_valid_id(m))
+                    .unwrap_or_else(maestro_server::util::machine_id),
+            },
+            stop_changes.clone(),
+        ))
+    });
 
     let status = loop {
         tokio::select! {
@@ -186,6 +203,9 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     };
     heartbeats.abort();
     replies.abort();
+    if let Some(task) = changes {
+        super::changes::finish(task, &stop_changes).await;
+    }
     // Let the last output reach the terminal (and the server) before reporting.
     agent.drain_output(Duration::from_secs(2)).await;
     if let Err(e) = report_exit(&client, &sid, &status, agent.stop_requested(), None).await {

@@ -294,6 +294,7 @@ pub async fn run(cfg: RunnerConfig, shutdown: CancellationToken) -> anyhow::Resu
         uplink_token: cfg.token.clone().or(cfg.fallback_token.clone()),
         ws_base: host::ws_base(&cfg.server),
         worktrees_dir: cfg.worktrees_dir.clone(),
+        machine_id: cfg.machine_id.clone(),
         shutdown: shutdown.clone(),
     });
     let mut backoff = Duration::from_millis(200);
@@ -394,6 +395,7 @@ struct LaunchCtx {
     uplink_token: Option<String>,
     ws_base: String,
     worktrees_dir: PathBuf,
+    machine_id: String,
     shutdown: CancellationToken,
 }
 
@@ -458,11 +460,19 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
     }
     let mut cwd = PathBuf::from(&launch.cwd);
     let mut worktree = None;
+    let mut base_branch = launch
+        .session
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("baseBranch"))
+        .and_then(|b| b.as_str())
+        .map(str::to_owned);
     if launch.worktree && !launch.resume {
         match make_worktree(&cwd, &ctx.worktrees_dir, &sid).await {
-            Ok(dir) => {
+            Ok((dir, base)) => {
                 cwd = dir.clone();
                 worktree = Some(dir.to_string_lossy().into_owned());
+                base_branch = base;
             }
             Err(e) => {
                 ctx.fail(&launch, format!("worktree_failed: {e}")).await;
@@ -486,7 +496,7 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
     env.push(("MAESTRO_RUNNER_ID".into(), ctx.runner_id.clone()));
     let agent = match Agent::start(Spec {
         argv: argv.clone(),
-        cwd: Some(cwd),
+        cwd: Some(cwd.clone()),
         env,
         size: START_SIZE,
         echo: false,
@@ -507,9 +517,21 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
         fencing_token: launch.fencing_token,
         pid: agent.pid,
         worktree,
+        base_branch: base_branch.clone(),
         ..Default::default()
     })
     .await;
+    let stop_changes = CancellationToken::new();
+    let changes = tokio::spawn(super::changes::report_changes(
+        ctx.client.clone(),
+        super::changes::Watch {
+            dir: cwd,
+            base: base_branch,
+            session_id: sid.clone(),
+            machine_id: ctx.machine_id.clone(),
+        },
+        stop_changes.clone(),
+    ));
     let entry_prompt = entry.prompt;
     if entry_prompt == PromptMode::Stdin && !launch.resume && !launch.prompt.trim().is_empty() {
         let mut bytes = launch.prompt.clone().into_bytes();
@@ -536,6 +558,7 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
         }
     };
     agent.drain_output(Duration::from_secs(2)).await;
+    super::changes::finish(changes, &stop_changes).await;
     ctx.hosted.lock().expect("hosted").remove(&sid);
     ctx.beat_now.notify_one();
     ctx.report(LaunchReport {
@@ -555,10 +578,26 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
     let _ = tokio::time::timeout(Duration::from_secs(1), uplink).await;
 }
 
-/// `git worktree add -b maestro/<sid> <dir>` from the project's repository.
-async fn make_worktree(repo: &Path, root: &Path, sid: &str) -> anyhow::Result<PathBuf> {
+/// `git worktree add -b maestro/<sid> <dir>` from the project's repository; the worktree and
+/// the branch it was made from (none when the repository's `HEAD` is detached).
+async fn make_worktree(
+    repo: &Path,
+    root: &Path,
+    sid: &str,
+) -> anyhow::Result<(PathBuf, Option<String>)> {
     std::fs::create_dir_all(root)?;
     let dir = root.join(sid);
+    let base = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["symbolic-ref", "-q", "--short", "HEAD"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|b| !b.is_empty());
     let out = tokio::process::Command::new("git")
         .arg("-C")
         .arg(repo)
@@ -575,7 +614,7 @@ async fn make_worktree(repo: &Path, root: &Path, sid: &str) -> anyhow::Result<Pa
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(dir)
+    Ok((dir, base))
 }
 
 #[cfg(test)]
