@@ -63,11 +63,16 @@ pub enum Collection {
     Runners,
     /// Spawns waiting for a runner, one per session, owned by the machine that must run them.
     LaunchQueue,
+    /// Per device (or token, or `local`): notification settings, the last event numbers
+    /// delivered, the coalescing groups and the last delivery time.
+    PushDevices,
+    /// Per device: until when its app said it is on screen (`client:visibility`).
+    PushVisible,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 20] = [
+    pub const ALL: [Collection; 22] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -88,6 +93,8 @@ impl Collection {
         Self::ApprovalRules,
         Self::Runners,
         Self::LaunchQueue,
+        Self::PushDevices,
+        Self::PushVisible,
     ];
 
     /// Stable name used in storage keys.
@@ -113,6 +120,8 @@ impl Collection {
             Self::ApprovalRules => "approval_rules",
             Self::Runners => "runners",
             Self::LaunchQueue => "launch_queue",
+            Self::PushDevices => "push_devices",
+            Self::PushVisible => "push_visible",
         }
     }
 }
@@ -133,15 +142,18 @@ pub enum Deadline {
     Idempotency,
     /// A runner that stops beating: when it counts as offline.
     RunnerExpiry,
+    /// A device with coalesced notifications waiting: when the next one is due.
+    PushFlush,
 }
 
 impl Deadline {
-    pub const ALL: [Deadline; 5] = [
+    pub const ALL: [Deadline; 6] = [
         Self::PresenceExpiry,
         Self::PresenceStall,
         Self::ClaimExpiry,
         Self::Idempotency,
         Self::RunnerExpiry,
+        Self::PushFlush,
     ];
 
     /// Stable name used in storage keys.
@@ -152,6 +164,7 @@ impl Deadline {
             Self::ClaimExpiry => "claim_expiry",
             Self::Idempotency => "idempotency",
             Self::RunnerExpiry => "runner_expiry",
+            Self::PushFlush => "push_flush",
         }
     }
 }

@@ -211,15 +211,21 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     if is_runner_route(method, path, websocket) {
         return Need::Scope(Scope::Runner);
     }
-    // A device may ask to be notified of what it can read: subscribing and unsubscribing
-    // change only its own subscriptions.
-    if !is_write(method) || path == "/api/push/subscriptions" {
+    // A device may ask to be notified of what it can read: subscribing and unsubscribing,
+    // its notification settings and a test notification change only its own records.
+    if !is_write(method)
+        || matches!(
+            path,
+            "/api/push/subscriptions" | "/api/push/settings" | "/api/push/test"
+        )
+    {
         return Need::Scope(Scope::Read);
     }
     if *method == Method::DELETE || path == "/api/projects" || path.starts_with("/api/projects/") {
         return Need::Scope(Scope::Admin);
     }
     let respond = path == "/api/mail"
+        || path == "/api/push/actions"
         || (path.starts_with("/api/approvals/") && path.ends_with("/decision"))
         || (path.starts_with("/api/mail/inbox/") && path.ends_with("/ack"))
         || path.starts_with("/api/mail/wait/")
@@ -243,6 +249,13 @@ fn is_runner_route(method: &Method, path: &str, websocket: bool) -> bool {
         ["", "api", "sessions", _, "terminal", "host"] => websocket || *method == Method::GET,
         _ => false,
     }
+}
+
+/// Whether a cookie-authenticated write may come without the CSRF header: only a
+/// notification button's action, whose body carries a signed token bound to the device that a
+/// foreign page cannot know (the service worker that posts it cannot read the CSRF cookie).
+pub fn csrf_exempt(method: &Method, path: &str) -> bool {
+    *method == Method::POST && path == "/api/push/actions"
 }
 
 /// The scope a Socket.IO client action needs (see `realtime::socketio`).
@@ -468,5 +481,22 @@ mod tests {
             need(&Method::POST, "/api/push/other", false),
             Need::Scope(S::Operate)
         );
+        // A device's own notification settings and test: read.
+        assert_eq!(
+            need(&Method::PUT, "/api/push/settings", false),
+            Need::Scope(S::Read)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/push/test", false),
+            Need::Scope(S::Read)
+        );
+        // A notification button decides an approval: respond, like the app's decision.
+        assert_eq!(
+            need(&Method::POST, "/api/push/actions", false),
+            Need::Scope(S::Respond)
+        );
+        assert!(csrf_exempt(&Method::POST, "/api/push/actions"));
+        assert!(!csrf_exempt(&Method::POST, "/api/push/subscriptions"));
+        assert!(!csrf_exempt(&Method::POST, "/api/approvals/a/decision"));
     }
 }

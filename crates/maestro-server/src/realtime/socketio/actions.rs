@@ -1,13 +1,13 @@
 //! Client events (`subscribe`, `mail:send`, `session:reply-input`, `session:spawn`,
-//! `session:stop`, `approval:decide`, …): the scope each needs, the namespace's rules, the
+//! `session:stop`, `approval:decide`, `client:visibility`, …): the scope each needs, the namespace's rules, the
 //! [`Domain`](crate::domain::Domain) call, and the ack `{ok: true, …}` or `{ok: false, error}`.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use maestro_protocol::{
-    ApprovalDecideAction, DecideApproval, ReplyInput, SendMail, SessionSubscription, SpawnRequest,
-    StopSession,
+    ApprovalDecideAction, ClientVisibility, DecideApproval, ReplyInput, SendMail,
+    SessionSubscription, SpawnRequest, StopSession,
 };
 use serde_json::{Value, json};
 
@@ -93,6 +93,12 @@ impl Hub {
                     .decide_approval(req.approval_id, decide, conn.principal.label())
                     .await?;
                 Ok(json!({ "approval": decided }))
+            }
+            "client:visibility" => {
+                let req: ClientVisibility = parse(data)?;
+                let device = crate::push::actions::device_of(&conn.principal);
+                crate::push::devices::set_visible(&self.domain, device, req.visible).await?;
+                Ok(json!({}))
             }
             "session:stop" => {
                 let req: StopSession = parse(data)?;
