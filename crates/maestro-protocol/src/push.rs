@@ -227,6 +227,9 @@ pub struct NotifyStatus {
     pub last_delivery_at: Option<crate::Millis>,
     /// This device's push subscriptions (browsers) on the server.
     pub subscriptions: u32,
+    /// Whether the server counts this device as looking at the app now (it then gets no push
+    /// for what the app shows).
+    pub visible: bool,
 }
 
 /// `POST /api/push/test`: how many of this device's subscriptions took the test notification.

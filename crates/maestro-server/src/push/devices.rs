@@ -45,6 +45,7 @@ pub fn status(domain: &Domain, device: &str) -> Result<NotifyStatus> {
         settings: state.settings,
         last_delivery_at: state.last_delivery_at,
         subscriptions: u32::try_from(subscriptions).unwrap_or(u32::MAX),
+        visible: is_visible(domain, device, now_ms())?,
     })
 }
 
