@@ -9,6 +9,7 @@ import { signal } from "@preact/signals";
 
 import { api } from "./api";
 import { fromBase64Url } from "./base64url";
+import { utcOffsetMinutes } from "./quiet-hours";
 import type {
   NotifySettings,
   NotifyStatus,
@@ -113,11 +114,6 @@ export async function disablePush(): Promise<void> {
 /** This device's notification settings as the server keeps them, and its last delivery. */
 export const notifyStatus = signal<NotifyStatus | null>(null);
 
-/** The browser's offset from UTC in minutes: quiet hours are in this device's time. */
-export function utcOffsetMinutes(now = new Date()): number {
-  return -now.getTimezoneOffset();
-}
-
 /** Reads this device's settings; tells the server a new UTC offset (travel, DST). */
 export async function loadNotifySettings(): Promise<void> {
   const status = await api<NotifyStatus>("GET", "/api/push/settings");
@@ -140,20 +136,4 @@ export async function sendTestNotification(): Promise<PushTestResult> {
   const result = await api<PushTestResult>("POST", "/api/push/test");
   await loadNotifySettings().catch(() => undefined);
   return result;
-}
-
-/** `"22:30"` for minute 1350 of the day, and back. */
-export function minuteToTime(minute: number): string {
-  const h = Math.floor(minute / 60);
-  const m = minute % 60;
-  return `${String(h).padStart(2, "0")}:${String(m).padStart(2, "0")}`;
-}
-
-export function timeToMinute(time: string): number | null {
-  const m = /^(\d{1,2}):(\d{2})$/.exec(time.trim());
-  if (!m) return null;
-  const h = Number(m[1]);
-  const min = Number(m[2]);
-  if (h > 23 || min > 59) return null;
-  return h * 60 + min;
 }

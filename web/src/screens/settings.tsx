@@ -12,7 +12,6 @@ import {
   disablePush,
   enablePush,
   loadNotifySettings,
-  minuteToTime,
   notifyStatus,
   pushError,
   pushState,
@@ -20,8 +19,8 @@ import {
   refreshPush,
   saveNotifySettings,
   sendTestNotification,
-  timeToMinute,
 } from "../push";
+import { minuteToTime, timeToMinute } from "../quiet-hours";
 
 export type Theme = "system" | "light" | "dark";
 
