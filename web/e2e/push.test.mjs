@@ -125,51 +125,15 @@ test("Settings subscribes this device; a needs-input is pushed to it, encrypted 
   });
   const { publicKey } = await server.ok("GET", "/api/push/vapid-public-key");
 
-  // The subscriber's keys, as a browser would make them.
-  const ecdh = createECDH("prime256v1");
-  ecdh.generateKeys();
-  const auth = randomBytes(16);
-  const fake = {
-    endpoint: `${endpoint.origin}/push/phone`,
-    keys: { p256dh: b64url(ecdh.getPublicKey()), auth: b64url(auth) },
-  };
-
   // A phone through the tunnel (no local trust), paired with the weakest scope.
-  const pairing = await server.ok("POST", "/api/auth/pairings", { scope: "read" });
-  const context = await phone(browser, { extraHTTPHeaders: { "X-Forwarded-For": "203.0.113.9" } });
-  await context.grantPermissions(["notifications"], { origin: server.url });
-  await context.addInitScript((sub) => {
-    let current = null;
-    window.__subscribeKeys = [];
-    PushManager.prototype.subscribe = async function (options) {
-      window.__subscribeKeys.push(Array.from(new Uint8Array(options.applicationServerKey)));
-      current = {
-        endpoint: sub.endpoint,
-        options: { applicationServerKey: new Uint8Array(options.applicationServerKey).buffer },
-        toJSON: () => ({ endpoint: sub.endpoint, expirationTime: null, keys: sub.keys }),
-        unsubscribe: async () => {
-          current = null;
-          return true;
-        },
-      };
-      return current;
-    };
-    PushManager.prototype.getSubscription = async () => current;
-  }, fake);
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
+  const { context, page, errors, decrypt: open } = await fakePushPhone("read", "phone");
   const posts = [];
   page.on("request", (r) => {
     if (r.url().endsWith("/api/push/subscriptions")) posts.push({ method: r.method(), headers: r.headers() });
   });
   try {
-    await page.goto(`${server.url}/pair#c=${pairing.code}`);
-    await page.getByRole("button", { name: "Pair" }).click();
-    await live(page);
     await page.evaluate(() => (location.hash = "#/settings"));
-    const enable = page.getByRole("button", { name: "Enable notifications" });
-    await enable.click();
+    await page.getByRole("button", { name: "Enable notifications" }).click();
     await page.getByRole("button", { name: "Turn off notifications" }).waitFor({ timeout: WAIT_MS });
     await page.locator('[data-testid="notifications"]', { hasText: "even with the app closed" }).waitFor();
     await shot(page, "settings-notifications-on");
@@ -194,7 +158,7 @@ test("Settings subscribes this device; a needs-input is pushed to it, encrypted 
     assert.equal(push.headers.urgency, "high");
     assert.match(push.headers.authorization, new RegExp(`^vapid t=[\\w-]+\\.[\\w-]+\\.[\\w-]+, k=${publicKey}$`));
     assert.ok(!push.body.includes(Buffer.from("Ship it?")), "the body is not in clear");
-    assert.deepEqual(decrypt(push.body, ecdh, auth), {
+    assert.deepEqual(open(push.body), {
       title: "Agent Push needs you",
       body: "Ship it?",
       sessionId: session.id,
@@ -214,7 +178,7 @@ test("Settings subscribes this device; a needs-input is pushed to it, encrypted 
       posts.map((p) => p.method),
       ["POST", "DELETE"],
     );
-    const again = await server.ok("DELETE", "/api/push/subscriptions", { endpoint: fake.endpoint });
+    const again = await server.ok("DELETE", "/api/push/subscriptions", { endpoint: `${endpoint.origin}/push/phone` });
     assert.deepEqual(again, { removed: false });
     assert.deepEqual(errors, []);
   } finally {
@@ -230,43 +194,8 @@ test("the service worker shows a pushed notification, one per session", async ()
     await page.goto(`${server.url}/#/settings`);
     await live(page);
     await page.evaluate(() => navigator.serviceWorker.ready.then(() => undefined));
-    // Headless Chromium has no notification centre: what `getNotifications()` lists comes and
-    // goes. So the worker's own `showNotification` calls are recorded (and still made).
-    const worker = context.serviceWorkers()[0] ?? (await context.waitForEvent("serviceworker"));
-    await worker.evaluate(() => {
-      self.__shown = [];
-      const show = self.registration.showNotification.bind(self.registration);
-      self.registration.showNotification = (title, options) => {
-        self.__shown.push({ title, ...options });
-        return show(title, options);
-      };
-    });
-    const cdp = await context.newCDPSession(page);
-    const registrations = new Map();
-    const seen = new Promise((resolve) =>
-      cdp.on("ServiceWorker.workerRegistrationUpdated", (e) => {
-        for (const r of e.registrations) if (!r.isDeleted) registrations.set(r.scopeURL, r.registrationId);
-        if (registrations.has(`${server.url}/`)) resolve();
-      }),
-    );
-    await cdp.send("ServiceWorker.enable");
-    await seen;
-    const registrationId = registrations.get(`${server.url}/`);
-    const deliver = (payload) =>
-      cdp.send("ServiceWorker.deliverPushMessage", {
-        origin: server.url,
-        registrationId,
-        data: JSON.stringify(payload),
-      });
-    const shownAfter = async (n) => {
-      const deadline = Date.now() + WAIT_MS;
-      for (;;) {
-        const shown = await worker.evaluate(() => self.__shown);
-        if (shown.length >= n) return shown;
-        if (Date.now() > deadline) throw new Error(`${shown.length} notifications shown, expected ${n}`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
+    const worker = await recordNotifications(context);
+    const deliver = await pushDeliverer(context, page);
     const payload = {
       title: "Agent Q needs you",
       body: "Postgres or SQLite?",
@@ -285,7 +214,7 @@ test("the service worker shows a pushed notification, one per session", async ()
       body: "The session completed.",
       kind: "session_completed",
     });
-    const shown = await shownAfter(3);
+    const shown = await shownAfter(worker, 3);
     const common = { icon: "/icon-192.png" };
     assert.deepEqual(shown, [
       {
@@ -320,10 +249,11 @@ test("the service worker shows a pushed notification, one per session", async ()
 });
 
 /**
- * A phone paired with `scope` through the tunnel, whose PushManager subscribes to our endpoint
- * at `/push/<name>` with keys this test holds; Settings turned notifications on.
+ * A phone paired with `scope` through the tunnel (no local trust), named `name`, live on the
+ * app, whose PushManager subscribes to our endpoint at `/push/<name>` with keys this test holds
+ * (`window.__subscribeKeys` records the server keys it was given).
  */
-async function subscribedPhone(scope, name) {
+async function fakePushPhone(scope, name) {
   const ecdh = createECDH("prime256v1");
   ecdh.generateKeys();
   const auth = randomBytes(16);
@@ -336,7 +266,9 @@ async function subscribedPhone(scope, name) {
   await context.grantPermissions(["notifications"], { origin: server.url });
   await context.addInitScript((sub) => {
     let current = null;
+    window.__subscribeKeys = [];
     PushManager.prototype.subscribe = async function (options) {
+      window.__subscribeKeys.push(Array.from(new Uint8Array(options.applicationServerKey)));
       current = {
         endpoint: sub.endpoint,
         options: { applicationServerKey: new Uint8Array(options.applicationServerKey).buffer },
@@ -357,13 +289,24 @@ async function subscribedPhone(scope, name) {
   await page.getByLabel("Name this device").fill(name);
   await page.getByRole("button", { name: "Pair" }).click();
   await live(page);
-  await page.evaluate(() => (location.hash = "#/settings"));
-  await page.getByRole("button", { name: "Enable notifications" }).click();
-  await page.getByRole("button", { name: "Turn off notifications" }).waitFor({ timeout: WAIT_MS });
   return { context, page, errors, decrypt: (body) => decrypt(body, ecdh, auth) };
 }
 
-/** The worker's `showNotification` calls from now on (headless Chromium has no notification centre). */
+/** [`fakePushPhone`] with notifications turned on in Settings. */
+async function subscribedPhone(scope, name) {
+  const phoneParts = await fakePushPhone(scope, name);
+  const { page } = phoneParts;
+  await page.evaluate(() => (location.hash = "#/settings"));
+  await page.getByRole("button", { name: "Enable notifications" }).click();
+  await page.getByRole("button", { name: "Turn off notifications" }).waitFor({ timeout: WAIT_MS });
+  return phoneParts;
+}
+
+/**
+ * The worker's `showNotification` calls from now on. Headless Chromium has no notification
+ * centre (what `getNotifications()` lists comes and goes), so the calls are recorded (and still
+ * made).
+ */
 async function recordNotifications(context) {
   const worker = context.serviceWorkers()[0] ?? (await context.waitForEvent("serviceworker"));
   await worker.evaluate(() => {
@@ -377,8 +320,8 @@ async function recordNotifications(context) {
   return worker;
 }
 
-/** Delivers `payload` to the page's service worker as a real push event (DevTools). */
-async function deliverPush(context, page, payload) {
+/** A function that delivers a payload to the page's service worker as a real push event (DevTools). */
+async function pushDeliverer(context, page) {
   const cdp = await context.newCDPSession(page);
   const registrations = new Map();
   const seen = new Promise((resolve) =>
@@ -389,11 +332,13 @@ async function deliverPush(context, page, payload) {
   );
   await cdp.send("ServiceWorker.enable");
   await seen;
-  await cdp.send("ServiceWorker.deliverPushMessage", {
-    origin: server.url,
-    registrationId: registrations.get(`${server.url}/`),
-    data: JSON.stringify(payload),
-  });
+  const registrationId = registrations.get(`${server.url}/`);
+  return (payload) =>
+    cdp.send("ServiceWorker.deliverPushMessage", {
+      origin: server.url,
+      registrationId,
+      data: JSON.stringify(payload),
+    });
 }
 
 async function shownAfter(worker, n) {
@@ -440,7 +385,7 @@ test("Allow on an approval notification decides it from the service worker, with
 
     // The worker shows it with the two buttons (their tokens stay in its data).
     const worker = await recordNotifications(context);
-    await deliverPush(context, page, payload);
+    await (await pushDeliverer(context, page))(payload);
     const [shown] = await shownAfter(worker, 1);
     assert.deepEqual(shown.actions, [
       { action: "allow", title: "Allow" },
@@ -499,7 +444,7 @@ test("Settings → Notifications: kinds, quiet hours, last delivery and a test, 
       settings = await stored();
     }
     assert.deepEqual(settings.quietHours, { start: 22 * 60, end: 7 * 60, approvalsStillNotify: true });
-    assert.equal(settings.utcOffsetMinutes, await page.evaluate(() => -new Date().getTimezoneOffset()));
+    assert.equal(settings.utcOffsetMinutes, await page.evaluate(() => -new Date().getTimezoneOffset() || 0));
 
     // A test notification reaches this device's subscription; the last delivery shows it.
     const before = endpoint.received.length;

@@ -17,6 +17,7 @@ describe("quiet hours times", () => {
 
   it("gives the offset east of UTC, the opposite sign of getTimezoneOffset", () => {
     const d = new Date();
-    expect(utcOffsetMinutes(d)).toBe(-d.getTimezoneOffset());
+    expect(utcOffsetMinutes(d)).toBe(-d.getTimezoneOffset() || 0);
+    expect(Object.is(utcOffsetMinutes(new Date(0)), -0)).toBe(false);
   });
 });

@@ -3,7 +3,8 @@
 
 /** The browser's offset from UTC in minutes, east positive (`-getTimezoneOffset()`). */
 export function utcOffsetMinutes(now = new Date()): number {
-  return -now.getTimezoneOffset();
+  // `|| 0`: UTC would otherwise be -0.
+  return -now.getTimezoneOffset() || 0;
 }
 
 /** `"22:30"` for minute 1350 of the day. */

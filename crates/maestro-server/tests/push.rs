@@ -596,18 +596,23 @@ async fn revoking_a_device_deletes_its_subscriptions() {
     );
 }
 
+/// The configuration of a server on the Redis at `url` that takes local push endpoints, with
+/// a coalescing window of `window_ms`.
+fn on_redis(url: String, window_ms: u64) -> impl Fn(&mut maestro_server::Config) {
+    move |c| {
+        c.redis_url = Some(url.clone());
+        c.push_allow_local_endpoints = true;
+        c.push_coalesce_ms = window_ms;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_redis_push_each_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let url = redis.url();
-    let on_redis = |c: &mut maestro_server::Config| {
-        c.redis_url = Some(url.clone());
-        c.push_allow_local_endpoints = true;
-        c.push_coalesce_ms = 0;
-    };
-    let a = TestServer::start_with(on_redis).await;
-    let b = TestServer::start_with(on_redis).await;
+    let on_redis = on_redis(redis.url(), 0);
+    let a = TestServer::start_with(&on_redis).await;
+    let b = TestServer::start_with(&on_redis).await;
     let (_, key_a) = call(
         a.addr(),
         Method::GET,
@@ -724,6 +729,20 @@ async fn the_vapid_key_is_kept_across_restarts() {
     )
     .await;
     assert_ne!(before, theirs);
+}
+
+/// A device paired with `scope` whose browser subscribed at the endpoint's `/push/<name>`:
+/// its token and the browser's keys.
+async fn subscribed_device(
+    addr: SocketAddr,
+    endpoint: &PushEndpoint,
+    scope: &str,
+    name: &str,
+) -> (String, Subscriber) {
+    let (token, _) = pair(addr, scope).await;
+    let browser = Subscriber::new();
+    subscribe(addr, Some(&token), browser.subscription(&endpoint.url(name))).await;
+    (token, browser)
 }
 
 // ---- Notifications people can act on and trust (per-device rules, actions) ----
@@ -859,14 +878,9 @@ async fn folded_notifications_survive_a_restart_and_nothing_is_sent_twice() {
 async fn two_servers_on_one_redis_fold_and_send_once() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(&dir.path().join("redis"));
-    let url = redis.url();
-    let on_redis = |c: &mut maestro_server::Config| {
-        c.redis_url = Some(url.clone());
-        c.push_allow_local_endpoints = true;
-        c.push_coalesce_ms = 1_500;
-    };
-    let a = TestServer::start_with(on_redis).await;
-    let b = TestServer::start_with(on_redis).await;
+    let on_redis = on_redis(redis.url(), 1_500);
+    let a = TestServer::start_with(&on_redis).await;
+    let b = TestServer::start_with(&on_redis).await;
     let mut endpoint = PushEndpoint::start().await;
     let phone = Subscriber::new();
     subscribe(a.addr(), None, phone.subscription(&endpoint.url("phone"))).await;
@@ -881,7 +895,7 @@ async fn two_servers_on_one_redis_fold_and_send_once() {
     let got = pushes_until_count(&mut endpoint, &phone, 6).await;
     assert!(got.len() < 6, "{} pushes for 6 events", got.len());
     // A server that starts now on the same store sends nothing old.
-    let c = TestServer::start_with(on_redis).await;
+    let c = TestServer::start_with(&on_redis).await;
     let other = session(c.addr(), &project_id, "later").await;
     needs_input(c.addr(), &other, "?").await;
     let next = phone.decrypt(&endpoint.next().await.body);
@@ -986,14 +1000,7 @@ async fn a_device_looking_at_the_app_is_not_pushed() {
     let server = local_endpoints_allowed().await;
     let addr = server.addr();
     let mut endpoint = PushEndpoint::start().await;
-    let (token, _) = pair(addr, "read").await;
-    let phone = Subscriber::new();
-    subscribe(
-        addr,
-        Some(&token),
-        phone.subscription(&endpoint.url("phone")),
-    )
-    .await;
+    let (token, phone) = subscribed_device(addr, &endpoint, "read", "phone").await;
     let project_id = project(addr).await;
     let mut socket = Socket::connect(
         addr,
@@ -1051,14 +1058,7 @@ async fn kinds_and_quiet_hours_are_the_devices_choice() {
     let server = local_endpoints_allowed().await;
     let addr = server.addr();
     let mut endpoint = PushEndpoint::start().await;
-    let (token, _) = pair(addr, "respond").await;
-    let phone = Subscriber::new();
-    subscribe(
-        addr,
-        Some(&token),
-        phone.subscription(&endpoint.url("phone")),
-    )
-    .await;
+    let (token, phone) = subscribed_device(addr, &endpoint, "respond", "phone").await;
     let (status, defaults) =
         call(addr, Method::GET, "/api/push/settings", Some(&token), None).await;
     assert_eq!(status, 200, "{defaults}");
@@ -1139,14 +1139,7 @@ async fn a_test_notification_reaches_the_device_and_shows_its_last_delivery() {
     let server = local_endpoints_allowed().await;
     let addr = server.addr();
     let mut endpoint = PushEndpoint::start().await;
-    let (token, _) = pair(addr, "read").await;
-    let phone = Subscriber::new();
-    subscribe(
-        addr,
-        Some(&token),
-        phone.subscription(&endpoint.url("phone")),
-    )
-    .await;
+    let (token, phone) = subscribed_device(addr, &endpoint, "read", "phone").await;
     // Another device's subscription gets nothing.
     let laptop = Subscriber::new();
     subscribe(addr, None, laptop.subscription(&endpoint.url("laptop"))).await;
@@ -1195,22 +1188,9 @@ async fn an_action_token_decides_once_for_its_approval_decision_and_device() {
     let server = local_endpoints_allowed().await;
     let addr = server.addr();
     let mut endpoint = PushEndpoint::start().await;
-    let (phone_token, _) = pair(addr, "respond").await;
-    let (viewer_token, _) = pair(addr, "read").await;
+    let (phone_token, phone) = subscribed_device(addr, &endpoint, "respond", "phone").await;
+    let (viewer_token, viewer) = subscribed_device(addr, &endpoint, "read", "viewer").await;
     let (tablet_token, _) = pair(addr, "respond").await;
-    let (phone, viewer) = (Subscriber::new(), Subscriber::new());
-    subscribe(
-        addr,
-        Some(&phone_token),
-        phone.subscription(&endpoint.url("phone")),
-    )
-    .await;
-    subscribe(
-        addr,
-        Some(&viewer_token),
-        viewer.subscription(&endpoint.url("viewer")),
-    )
-    .await;
     let project_id = project(addr).await;
     let session_id = session(addr, &project_id, "agent").await;
     let id = approval(addr, &session_id, "rm -rf build").await;

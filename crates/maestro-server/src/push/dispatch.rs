@@ -96,25 +96,21 @@ impl Push {
         let kind = notification.payload.kind;
         futures_util::stream::iter(by_device(subscribers))
             .for_each_concurrent(CONCURRENCY, |(device, subs)| async move {
-                match self.decide(&device, scope, seq, notification).await {
+                let outcome = match self.decide(&device, scope, seq, notification).await {
                     Ok(Decision::Send(n)) => {
                         self.send_to(&device, subs, n).await;
+                        return;
                     }
-                    Ok(other) => self.inner.metrics.count(
-                        kind,
-                        match other {
-                            Decision::Coalesced { .. } => Outcome::Coalesced,
-                            Decision::Expired => Outcome::Expired,
-                            Decision::Muted => Outcome::Muted,
-                            Decision::SuppressedVisible | Decision::Send(_) => {
-                                Outcome::SuppressedVisible
-                            }
-                        },
-                    ),
+                    Ok(Decision::Coalesced { .. }) => Outcome::Coalesced,
+                    Ok(Decision::Expired) => Outcome::Expired,
+                    Ok(Decision::Muted) => Outcome::Muted,
+                    Ok(Decision::SuppressedVisible) => Outcome::SuppressedVisible,
                     Err(e) => {
                         tracing::warn!(device = %device, error = %e, "push: cannot apply the device's rules");
+                        return;
                     }
-                }
+                };
+                self.inner.metrics.count(kind, outcome);
             })
             .await;
     }

@@ -5,7 +5,7 @@
 //! slow push service never holds up the stream); the worker claims each one
 //! ([`super::notification::claim`], so one server of those sharing a store sends it), then
 //! hands it to [`super::dispatch`], which applies each device's rules and sends to its
-//! subscriptions, at most [`CONCURRENCY`] requests at a time, each bounded by
+//! subscriptions ([`CONCURRENCY`] devices at a time, and as many requests per device), each bounded by
 //! [`REQUEST_TIMEOUT`]. Nothing is retried: a notification is only useful now. A push service
 //! answering 404 or 410 says the subscription is gone; it is deleted.
 
