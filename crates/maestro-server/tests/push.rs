@@ -741,7 +741,12 @@ async fn subscribed_device(
 ) -> (String, Subscriber) {
     let (token, _) = pair(addr, scope).await;
     let browser = Subscriber::new();
-    subscribe(addr, Some(&token), browser.subscription(&endpoint.url(name))).await;
+    subscribe(
+        addr,
+        Some(&token),
+        browser.subscription(&endpoint.url(name)),
+    )
+    .await;
     (token, browser)
 }
 

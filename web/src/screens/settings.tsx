@@ -181,7 +181,8 @@ function Notifications() {
   if (!canNotify) text = "This browser cannot show notifications.";
   else if (permission === "denied") text = "Blocked in this browser's site settings.";
   else if (push === "on")
-    text = "On: this device is told when an agent needs you, fails or finishes, even with the app closed.";
+    text =
+      "On: this device is told when an agent needs you or asks to run a tool, fails or finishes, even with the app closed.";
   else if (permission === "granted")
     text =
       "On: while this app is open in the background, you are told when an agent needs you, fails or finishes." +
