@@ -891,9 +891,28 @@ async fn two_servers_on_one_redis_fold_and_send_once() {
     subscribe(a.addr(), None, phone.subscription(&endpoint.url("phone"))).await;
     let project_id = project(a.addr()).await;
     let session_id = session(a.addr(), &project_id, "shared").await;
-    for i in 0..6 {
+    for i in 0..6u64 {
         let via = if i % 2 == 0 { a.addr() } else { b.addr() };
         approval(via, &session_id, &format!("step{i}")).await;
+        // One event at a time: two servers handling events of one scope at once may take them
+        // out of order, and the later one's watermark then (rightly) drops the earlier one.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let mut decided = 0;
+            for s in [&a, &b] {
+                for o in ["sent", "coalesced", "expired"] {
+                    decided += metric(s.addr(), &outcome("approval", o)).await;
+                }
+            }
+            if decided > i {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {i} not handled"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     // One device state in the store: whichever server handles an event folds it into the
     // same group, and one flush sends it.
