@@ -328,7 +328,7 @@ test("in the background, a session that needs input raises a notification", asyn
     await server.cli(["session", "needs-input", "--message", "Merge now?"], { MAESTRO_SESSION_ID: session.id });
     await page.waitForFunction(() => window.__shown.length > 0, null, { timeout: WAIT_MS });
     const shown = await page.evaluate(() => window.__shown);
-    assert.deepEqual(shown, [{ title: "Agent Ping needs your answer", tag: session.id, body: "Merge now?" }]);
+    assert.deepEqual(shown, [{ title: "Agent Ping needs your answer", tag: `s:${session.id}`, body: "Merge now?" }]);
   } finally {
     await context.close();
   }

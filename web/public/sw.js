@@ -74,8 +74,10 @@ self.addEventListener("fetch", (event) => {
 });
 
 // Web Push (src/push.ts): the server's encrypted notification, decrypted by the browser, is
-// `{title, body, sessionId, projectId, kind, url}`. Shown at once (a push must show something);
-// one per session (`tag`), so it replaces the in-page notification of the same session.
+// `{title, body, sessionId, projectId, kind, url, tag, count, approvalId?, actions?}`. Shown at
+// once (a push must show something). `tag` is one per session (or machine): a later
+// notification of the same session replaces the earlier one, and the server folds a burst into
+// one that says how many things happened (`count`).
 self.addEventListener("push", (event) => {
   let p = {};
   try {
@@ -83,24 +85,73 @@ self.addEventListener("push", (event) => {
   } catch {
     p = { body: event.data ? event.data.text() : "" };
   }
-  const tag = p.sessionId || "maestro";
-  event.waitUntil(
-    self.registration.showNotification(p.title || "Maestro", {
-      body: p.body || "",
-      tag,
-      // Urgent kinds alert again even when they replace a notification of the same session.
-      renotify: p.kind === "needs_input" || p.kind === "approval",
-      icon: "/icon-192.png",
-      data: { url: p.url || "/", sessionId: p.sessionId },
-    }),
-  );
+  const tag = p.tag || p.sessionId || "maestro";
+  // Allow / Deny on an approval, for a device that may decide: each button's single-use
+  // token stays in the notification's data, the button shows only its title. Platforms
+  // without actions (iOS) show none, and a tap opens the approval card.
+  const actions = Array.isArray(p.actions) ? p.actions : [];
+  const tokens = Object.fromEntries(actions.map((a) => [a.action, a.token]));
+  const options = {
+    body: p.body || "",
+    tag,
+    // Urgent kinds alert again even when they replace a notification of the same session.
+    renotify: p.kind === "needs_input" || p.kind === "approval",
+    icon: "/icon-192.png",
+    data: { url: p.url || "/", sessionId: p.sessionId },
+  };
+  if (actions.length > 0) {
+    options.actions = actions.map((a) => ({ action: a.action, title: a.title }));
+    options.data.tokens = tokens;
+    options.data.approvalId = p.approvalId;
+  }
+  event.waitUntil(self.registration.showNotification(p.title || "Maestro", options));
 });
 
-// A notification (see src/live.ts and the push handler) opens its `url` in the app, reusing an
-// open window: a session's page, or Needs you (`/#/`) for a tool approval.
+/** Posts an action's token (the device's cookie goes with it); what happened, in words. */
+async function act(token) {
+  let res;
+  try {
+    res = await fetch("/api/push/actions", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ token }),
+    });
+  } catch {
+    return { ok: false, text: "Maestro could not be reached. Open the app to decide." };
+  }
+  const body = await res.json().catch(() => ({}));
+  if (res.ok) return { ok: true, text: body.status === "denied" ? "Denied." : "Allowed." };
+  if (body.code === "APPROVAL_DECIDED") {
+    const a = body.details || {};
+    const how = a.status === "cancelled" ? "was withdrawn" : `was ${a.status} by ${a.decidedBy || "someone"}`;
+    return { ok: false, text: `Already decided: it ${how}.` };
+  }
+  return { ok: false, text: body.message || `Refused (${res.status}). Open the app to decide.` };
+}
+
+// A tap on a notification opens its `url` in the app, reusing an open window: a session's
+// reply box for a question, Needs you (`/#/`) for a tool approval. A tap on Allow or Deny
+// decides without opening anything: the worker posts the button's token, then replaces the
+// notification with a short one saying what happened (or who decided first).
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
-  const url = event.notification.data?.url ?? "/";
+  const data = event.notification.data || {};
+  const token = event.action && data.tokens ? data.tokens[event.action] : undefined;
+  if (token) {
+    event.waitUntil(
+      act(token).then((r) =>
+        self.registration.showNotification(r.ok ? r.text : "Not decided", {
+          body: r.ok ? "" : r.text,
+          tag: event.notification.tag,
+          icon: "/icon-192.png",
+          data: { url: data.url || "/" },
+        }),
+      ),
+    );
+    return;
+  }
+  const url = data.url ?? "/";
   event.waitUntil(
     self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
       const open = windows[0];

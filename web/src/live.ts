@@ -17,6 +17,7 @@ import { Manager, type Socket } from "socket.io-client";
 import { api, signedOut } from "./api";
 import { onRunnerUpdated, refreshRunners } from "./runners";
 import { ProjectState } from "./store";
+import type { ClientVisibility } from "./generated/protocol";
 import type { Approval, Envelope, Project, Snapshot, SocketAuth, StateSyncRequest } from "./types";
 
 export type LinkStatus = "connecting" | "live" | "down";
@@ -71,6 +72,7 @@ class Link {
     });
     this.socket.on("connect", () => {
       this.status = "live";
+      reportVisibility();
       if (!this.state.synced) void this.sync();
       // Runner events missed while away are not replayed one by one: read the list again.
       void refreshRunners();
@@ -189,8 +191,9 @@ function notify(state: ProjectState, alert: keyof typeof ALERT_TEXT, sessionId?:
     .then((reg) =>
       reg.showNotification(`${s.name} ${ALERT_TEXT[alert]}`, {
         body,
-        tag: sessionId,
-        data: { url: `/#/s/${sessionId}` },
+        // The same tag as the server's push about this session: one replaces the other.
+        tag: `s:${sessionId}`,
+        data: { url: alert === "needs_input" ? `/#/s/${sessionId}?reply` : `/#/s/${sessionId}` },
       }),
     )
     .catch(() => undefined);
@@ -204,7 +207,7 @@ function notifyApproval(a: Approval): void {
     .then((reg) =>
       reg.showNotification(`${a.sessionName} asks to run ${a.toolName}`, {
         body: a.summary,
-        tag: a.sessionId,
+        tag: `s:${a.sessionId}`,
         data: { url: "/#/" },
       }),
     )
@@ -297,6 +300,21 @@ export function emitIn<T>(projectId: string, event: string, payload: object): Pr
 
 let hiddenAt = 0;
 
+/** How often a visible app says so again (the server forgets it after 15 s). */
+const VISIBILITY_EVERY_MS = 5_000;
+
+/**
+ * Tells the server whether this app is on screen, over one live connection (the device is
+ * what counts, not the project): while it is, the server sends this device no push for what
+ * it already shows.
+ */
+function reportVisibility(): void {
+  const link = [...links.values()].find((l) => l.socket.connected);
+  if (!link) return;
+  const visible = document.visibilityState === "visible";
+  link.socket.emit("client:visibility", { visible } satisfies ClientVisibility);
+}
+
 /** Keeps the connections honest across network loss and the phone sleeping. */
 export function startLive(): Promise<void> {
   // Signed out (revoked, logged out): stop knocking; pairing again loads the app afresh.
@@ -313,6 +331,7 @@ export function startLive(): Promise<void> {
     void refreshProjects().catch(() => undefined);
   });
   document.addEventListener("visibilitychange", () => {
+    reportVisibility();
     if (document.visibilityState === "hidden") {
       hiddenAt = Date.now();
       return;
@@ -325,6 +344,10 @@ export function startLive(): Promise<void> {
     void refreshProjects().catch(() => undefined);
   });
   setInterval(refreshConnection, 5_000);
+  // The server forgets "visible" after 15 s unless it is said again.
+  setInterval(() => {
+    if (document.visibilityState === "visible") reportVisibility();
+  }, VISIBILITY_EVERY_MS);
   // `/mobile` only hears about its own project: look for new projects now and then.
   setInterval(() => {
     if (document.visibilityState === "visible" && !signedOut.value) {

@@ -5,6 +5,7 @@ import { render } from "preact";
 import { App } from "./app";
 import { loadMe, unreachable } from "./auth";
 import { startLive } from "./live";
+import { loadNotifySettings } from "./push";
 import { Pair, applyTheme, theme } from "./screens/settings";
 import "./styles.css";
 
@@ -32,6 +33,9 @@ async function start(): Promise<void> {
     }
   }
   await startLive().catch(() => undefined);
+  // Quiet hours are in this device's time: tell the server when its UTC offset changed
+  // (travel, daylight saving), whether or not Settings is ever opened.
+  void loadNotifySettings().catch(() => undefined);
 }
 
 const code = location.pathname === "/pair" ? new URLSearchParams(location.hash.slice(1)).get("c") : null;

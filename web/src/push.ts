@@ -1,13 +1,24 @@
-// Web Push: the phone is told when an agent needs it, fails or completes, even with the app
-// closed. The browser subscribes to its push service with the server's VAPID key; the server
-// keeps the subscription (tied to this device, deleted when the device is revoked) and sends
-// encrypted notifications to it, which `public/sw.js` shows.
+// Web Push: the phone is told when an agent needs it, fails or completes, asks to run a tool,
+// or a machine goes offline, even with the app closed. The browser subscribes to its push
+// service with the server's VAPID key; the server keeps the subscription (tied to this device,
+// deleted when the device is revoked) and sends encrypted notifications to it, which
+// `public/sw.js` shows. What this device is sent (kinds, quiet hours) is kept on the server
+// per device.
 
 import { signal } from "@preact/signals";
 
 import { api } from "./api";
 import { fromBase64Url } from "./base64url";
-import type { PushSubscribe, PushUnsubscribe, PushUnsubscribed, VapidPublicKey } from "./generated/protocol";
+import { utcOffsetMinutes } from "./quiet-hours";
+import type {
+  NotifySettings,
+  NotifyStatus,
+  PushSubscribe,
+  PushTestResult,
+  PushUnsubscribe,
+  PushUnsubscribed,
+  VapidPublicKey,
+} from "./generated/protocol";
 
 export type PushState = "unsupported" | "denied" | "off" | "on" | "busy";
 
@@ -98,4 +109,31 @@ export async function disablePush(): Promise<void> {
     pushError.value = (err as Error).message || "Notifications could not be turned off.";
     pushState.value = "on";
   }
+}
+
+/** This device's notification settings as the server keeps them, and its last delivery. */
+export const notifyStatus = signal<NotifyStatus | null>(null);
+
+/** Reads this device's settings; tells the server a new UTC offset (travel, DST). */
+export async function loadNotifySettings(): Promise<void> {
+  const status = await api<NotifyStatus>("GET", "/api/push/settings");
+  notifyStatus.value = status;
+  if (status.settings.utcOffsetMinutes !== utcOffsetMinutes()) await saveNotifySettings(status.settings);
+}
+
+/** Replaces this device's settings (with the current UTC offset). */
+export async function saveNotifySettings(settings: NotifySettings): Promise<void> {
+  const saved = await api<NotifySettings>("PUT", "/api/push/settings", {
+    ...settings,
+    utcOffsetMinutes: utcOffsetMinutes(),
+  } satisfies NotifySettings);
+  const cur = notifyStatus.value;
+  notifyStatus.value = { lastDeliveryAt: null, subscriptions: 0, visible: true, ...cur, settings: saved };
+}
+
+/** Asks the server for a test notification to this device; how many browsers took it. */
+export async function sendTestNotification(): Promise<PushTestResult> {
+  const result = await api<PushTestResult>("POST", "/api/push/test");
+  await loadNotifySettings().catch(() => undefined);
+  return result;
 }

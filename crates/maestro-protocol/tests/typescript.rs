@@ -153,6 +153,8 @@ fn generated() -> (String, Vec<String>) {
         // push.rs
         p::VapidPublicKey, p::PushKeys, p::PushSubscribe, p::PushUnsubscribe,
         p::PushSubscriptionInfo, p::PushKind, p::PushPayload, p::PushUnsubscribed,
+        p::PushAction, p::PushActionRequest, p::NotifyKinds, p::QuietHours, p::NotifySettings,
+        p::NotifyStatus, p::PushTestResult, p::ClientVisibility,
         p::ApprovalStatus, p::ApprovalDecision, p::Approval, p::CreateApproval, p::DecideApproval,
         p::ApprovalDecideAction,
         // realtime.rs

@@ -195,6 +195,11 @@ pub struct Config {
     #[arg(long, env = "PUSH_ALLOW_LOCAL_ENDPOINTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub push_allow_local_endpoints: bool,
 
+    /// Milliseconds within which a device's notifications about one session are folded into
+    /// one (it replaces the previous and says how many things happened).
+    #[arg(long, env = "PUSH_COALESCE_MS", default_value_t = 30_000)]
+    pub push_coalesce_ms: u64,
+
     /// Who starts spawned agents: `auto` (the desktop app when one is connected, else this
     /// machine's runners), `runner` or `desktop` (see docs/runners.md).
     #[arg(long, env = "SPAWN_LAUNCHER", default_value = "auto", value_parser = ["auto", "runner", "desktop"])]
@@ -273,6 +278,7 @@ impl Config {
             redis_key_prefix: "maestro:".into(),
             push_contact: None,
             push_allow_local_endpoints: false,
+            push_coalesce_ms: 30_000,
             spawn_launcher: "auto".into(),
             stop_grace_ms: 3000,
             machine_id: None,

@@ -72,11 +72,16 @@ pub enum Collection {
     ChangeDiffs,
     /// Review comments on a session's diffs, owned by the session.
     ReviewComments,
+    /// Per device (or token, or `local`): notification settings, the last event numbers
+    /// delivered, the coalescing groups and the last delivery time.
+    PushDevices,
+    /// Per device: until when its app said it is on screen (`client:visibility`).
+    PushVisible,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 24] = [
+    pub const ALL: [Collection; 26] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -101,6 +106,8 @@ impl Collection {
         Self::Changes,
         Self::ChangeDiffs,
         Self::ReviewComments,
+        Self::PushDevices,
+        Self::PushVisible,
     ];
 
     /// Stable name used in storage keys.
@@ -130,6 +137,8 @@ impl Collection {
             Self::Changes => "changes",
             Self::ChangeDiffs => "change_diffs",
             Self::ReviewComments => "review_comments",
+            Self::PushDevices => "push_devices",
+            Self::PushVisible => "push_visible",
         }
     }
 }
@@ -150,15 +159,18 @@ pub enum Deadline {
     Idempotency,
     /// A runner that stops beating: when it counts as offline.
     RunnerExpiry,
+    /// A device with coalesced notifications waiting: when the next one is due.
+    PushFlush,
 }
 
 impl Deadline {
-    pub const ALL: [Deadline; 5] = [
+    pub const ALL: [Deadline; 6] = [
         Self::PresenceExpiry,
         Self::PresenceStall,
         Self::ClaimExpiry,
         Self::Idempotency,
         Self::RunnerExpiry,
+        Self::PushFlush,
     ];
 
     /// Stable name used in storage keys.
@@ -169,6 +181,7 @@ impl Deadline {
             Self::ClaimExpiry => "claim_expiry",
             Self::Idempotency => "idempotency",
             Self::RunnerExpiry => "runner_expiry",
+            Self::PushFlush => "push_flush",
         }
     }
 }

@@ -824,7 +824,7 @@ export type PushSubscriptionInfo = {
 /**
  * What a notification is about.
  */
-export type PushKind = "needs_input" | "session_failed" | "session_completed" | "approval";
+export type PushKind = "needs_input" | "session_failed" | "session_completed" | "approval" | "machine_offline" | "machine_online" | "test";
 
 /**
  * The decrypted body of a push, read by the web app's service worker.
@@ -835,13 +835,53 @@ export type PushPayload = {
    * At most a short line (the agent's question, cut).
    */
   body: string;
+  /**
+   * The session it is about (empty for a machine's or a test notification).
+   */
   sessionId: string;
+  /**
+   * The project it is about (empty for a machine's or a test notification).
+   */
   projectId: string;
   kind: PushKind;
   /**
    * Where a tap on the notification goes, relative to the app (`/#/s/<sessionId>`).
    */
   url: string;
+  /**
+   * The notification's tag: a later notification with the same tag replaces this one
+   * (one per session, one per machine).
+   */
+  tag: string;
+  /**
+   * How many events this notification stands for (more than 1 when several events of the
+   * same session within the coalescing window were folded into it).
+   */
+  count: number;
+  /**
+   * The approval an `approval` notification asks about.
+   */
+  approvalId?: string | null;
+  /**
+   * Buttons on the notification (Allow and Deny on an approval, for a device that may
+   * decide); each posts its token to `POST /api/push/actions`.
+   */
+  actions?: Array<PushAction>;
+};
+
+/**
+ * A button on a notification and the single-use token that performs it.
+ */
+export type PushAction = {
+  /**
+   * `allow` or `deny`: the `action` of the `notificationclick` event.
+   */
+  action: string;
+  title: string;
+  /**
+   * Bound to this approval, this decision and this device; valid until the approval ends.
+   */
+  token: string;
 };
 
 /**
@@ -852,6 +892,96 @@ export type PushUnsubscribed = {
    * Whether the caller had a subscription with that endpoint.
    */
   removed: boolean;
+};
+
+/**
+ * `POST /api/push/actions`: what a notification's button sends.
+ */
+export type PushActionRequest = {
+  token: string;
+};
+
+/**
+ * Which kinds of notification a device gets.
+ */
+export type NotifyKinds = {
+  approvals: boolean;
+  needsInput: boolean;
+  failed: boolean;
+  completed: boolean;
+  /**
+   * A machine (runner) went offline or came back.
+   */
+  machineOffline: boolean;
+};
+
+/**
+ * Hours in which a device is not notified, in the device's local time.
+ */
+export type QuietHours = {
+  /**
+   * Minute of the day they start (0-1439), local time.
+   */
+  start: number;
+  /**
+   * Minute of the day they end (0-1439); before `start` means they run past midnight.
+   */
+  end: number;
+  /**
+   * Approvals notify even during quiet hours.
+   */
+  approvalsStillNotify: boolean;
+};
+
+/**
+ * A device's notification settings, kept on the server (`GET`/`PUT /api/push/settings`).
+ */
+export type NotifySettings = {
+  kinds: NotifyKinds;
+  quietHours: QuietHours | null;
+  /**
+   * The device's offset from UTC in minutes (`-new Date().getTimezoneOffset()`): quiet
+   * hours are in its local time. The app sends it again when it changes (travel, DST).
+   */
+  utcOffsetMinutes: number;
+};
+
+/**
+ * `GET /api/push/settings`: this device's settings and its last delivery.
+ */
+export type NotifyStatus = {
+  settings: NotifySettings;
+  /**
+   * When a push service last accepted a notification for this device.
+   */
+  lastDeliveryAt: number | null;
+  /**
+   * This device's push subscriptions (browsers) on the server.
+   */
+  subscriptions: number;
+  /**
+   * Whether the server counts this device as looking at the app now (it then gets no push
+   * for what the app shows).
+   */
+  visible: boolean;
+};
+
+/**
+ * `POST /api/push/test`: how many of this device's subscriptions took the test notification.
+ */
+export type PushTestResult = {
+  sent: number;
+  failed: number;
+};
+
+/**
+ * `client:visibility` (Socket.IO, either namespace): whether the app is on screen. While a
+ * device's app is visible and connected it gets no push for what it already shows; the app
+ * says it again every few seconds while visible (the server forgets it after
+ * [`VISIBLE_FOR_MS`]).
+ */
+export type ClientVisibility = {
+  visible: boolean;
 };
 
 /**

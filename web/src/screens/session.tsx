@@ -359,6 +359,11 @@ function Reply({ s }: { s: Session }) {
   const [text, setText] = useState("");
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  // A needs-input notification opens `#/s/<id>?reply`: the answer box, ready to type in.
+  const wantsReply = route.value.query.has("reply");
+  useEffect(() => {
+    if (wantsReply) document.getElementById("session-reply")?.focus();
+  }, [wantsReply]);
   return (
     <div class="card card-ask">
       <blockquote class="question">{question(s) ? inline(question(s)) : "The agent is waiting for input."}</blockquote>

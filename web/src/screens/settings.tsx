@@ -1,11 +1,26 @@
-// This device (name, scope), sign out, theme; the pairing landing; the signed-out screen.
+// This device (name, scope), sign out, notifications (on/off, which kinds, quiet hours, last
+// delivery, a test), theme; the pairing landing; the signed-out screen.
 
 import { signal } from "@preact/signals";
 import { useEffect, useState } from "preact/hooks";
 
 import { guessDeviceName, logout, me, pair } from "../auth";
 import { connection, stats } from "../live";
-import { disablePush, enablePush, pushError, pushState, pushSupported, refreshPush } from "../push";
+import { ago, clock } from "../format";
+import type { NotifyKinds, NotifySettings } from "../generated/protocol";
+import {
+  disablePush,
+  enablePush,
+  loadNotifySettings,
+  notifyStatus,
+  pushError,
+  pushState,
+  pushSupported,
+  refreshPush,
+  saveNotifySettings,
+  sendTestNotification,
+} from "../push";
+import { minuteToTime, timeToMinute } from "../quiet-hours";
 
 export type Theme = "system" | "light" | "dark";
 
@@ -153,6 +168,7 @@ function Notifications() {
   const [permission, setPermission] = useState(canNotify ? Notification.permission : "denied");
   useEffect(() => {
     void refreshPush().catch(() => undefined);
+    void loadNotifySettings().catch(() => undefined);
   }, []);
   const push = pushState.value;
   const toggle = async () => {
@@ -165,7 +181,8 @@ function Notifications() {
   if (!canNotify) text = "This browser cannot show notifications.";
   else if (permission === "denied") text = "Blocked in this browser's site settings.";
   else if (push === "on")
-    text = "On: this device is told when an agent needs you, fails or finishes, even with the app closed.";
+    text =
+      "On: this device is told when an agent needs you or asks to run a tool, fails or finishes, even with the app closed.";
   else if (permission === "granted")
     text =
       "On: while this app is open in the background, you are told when an agent needs you, fails or finishes." +
@@ -196,6 +213,141 @@ function Notifications() {
           {pushError.value}
         </p>
       )}
+      {push === "on" && <NotifyChoices />}
     </section>
+  );
+}
+
+const KINDS: [keyof NotifyKinds, string, string][] = [
+  ["approvals", "Approvals", "An agent asks to run a tool; Allow and Deny right on the notification"],
+  ["needsInput", "Needs input", "An agent asks you a question"],
+  ["failed", "Failed", "A session failed"],
+  ["completed", "Completed", "A session finished"],
+  ["machineOffline", "Machine offline", "A machine running agents stops answering, and when it is back"],
+];
+
+/** What this device is told, kept on the server for this device; its last delivery; a test. */
+function NotifyChoices() {
+  const status = notifyStatus.value;
+  const [error, setError] = useState("");
+  const [test, setTest] = useState<"idle" | "busy" | string>("idle");
+  if (!status) return null;
+  const s = status.settings;
+  const save = async (next: NotifySettings) => {
+    setError("");
+    try {
+      await saveNotifySettings(next);
+    } catch (err) {
+      setError((err as Error).message || "The settings could not be saved.");
+    }
+  };
+  const quiet = s.quietHours;
+  const setTime = (which: "start" | "end", value: string) => {
+    const minute = timeToMinute(value);
+    if (quiet && minute !== null) void save({ ...s, quietHours: { ...quiet, [which]: minute } });
+  };
+  return (
+    <div class="notify-choices" data-testid="notify-choices">
+      <fieldset class="choices">
+        <legend class="label">Tell this device when</legend>
+        {KINDS.map(([kind, label, hint]) => (
+          <label class="check" key={kind}>
+            <input
+              type="checkbox"
+              checked={s.kinds[kind]}
+              onChange={(e) => void save({ ...s, kinds: { ...s.kinds, [kind]: e.currentTarget.checked } })}
+            />
+            <span>
+              {label}
+              <span class="meta check-hint">{hint}</span>
+            </span>
+          </label>
+        ))}
+      </fieldset>
+      <fieldset class="choices">
+        <legend class="label">Quiet hours</legend>
+        <label class="check">
+          <input
+            type="checkbox"
+            checked={!!quiet}
+            onChange={(e) =>
+              void save({
+                ...s,
+                quietHours: e.currentTarget.checked
+                  ? { start: 22 * 60, end: 7 * 60, approvalsStillNotify: true }
+                  : null,
+              })
+            }
+          />
+          <span>
+            Quiet hours
+            <span class="meta check-hint">No notifications between these times (this device's time)</span>
+          </span>
+        </label>
+        {quiet && (
+          <>
+            <div class="quiet-hours">
+              <label class="field">
+                <span class="label">From</span>
+                <input type="time" value={minuteToTime(quiet.start)} onChange={(e) => setTime("start", e.currentTarget.value)} />
+              </label>
+              <label class="field">
+                <span class="label">To</span>
+                <input type="time" value={minuteToTime(quiet.end)} onChange={(e) => setTime("end", e.currentTarget.value)} />
+              </label>
+            </div>
+            <label class="check">
+              <input
+                type="checkbox"
+                checked={quiet.approvalsStillNotify}
+                onChange={(e) =>
+                  void save({ ...s, quietHours: { ...quiet, approvalsStillNotify: e.currentTarget.checked } })
+                }
+              />
+              <span>
+                Approvals still notify
+                <span class="meta check-hint">An agent waiting to run a tool is told during quiet hours too</span>
+              </span>
+            </label>
+          </>
+        )}
+      </fieldset>
+      <dl class="facts">
+        <dt>Last delivery</dt>
+        <dd data-testid="last-delivery">
+          {status.lastDeliveryAt ? `${clock(status.lastDeliveryAt)} (${ago(status.lastDeliveryAt)})` : "never"}
+        </dd>
+      </dl>
+      <button
+        class="btn"
+        type="button"
+        disabled={test === "busy"}
+        onClick={async () => {
+          setTest("busy");
+          try {
+            const r = await sendTestNotification();
+            setTest(
+              r.sent > 0
+                ? `Sent to ${r.sent} browser${r.sent === 1 ? "" : "s"} of this device.`
+                : "No browser of this device took it: turn notifications off and on again.",
+            );
+          } catch (err) {
+            setTest((err as Error).message || "The test could not be sent.");
+          }
+        }}
+      >
+        {test === "busy" ? "Sending…" : "Send a test notification"}
+      </button>
+      {test !== "idle" && test !== "busy" && (
+        <p class="meta" role="status" data-testid="test-result">
+          {test}
+        </p>
+      )}
+      {error && (
+        <p class="meta" role="alert">
+          {error}
+        </p>
+      )}
+    </div>
   );
 }

@@ -427,6 +427,7 @@ impl Gate {
                 if via_cookie
                     && trust::is_write(req.method)
                     && !socketio
+                    && !trust::csrf_exempt(req.method, req.path)
                     && !csrf_matches(req.headers, token)
                 {
                     return Err(Refusal::Csrf);

@@ -207,6 +207,13 @@ pub fn need(routes: &RouteScopes, method: &Method, path: &str, websocket: bool) 
     })
 }
 
+/// Whether a cookie-authenticated write may come without the CSRF header: only a
+/// notification button's action, whose body carries a signed token bound to the device that a
+/// foreign page cannot know (the service worker that posts it cannot read the CSRF cookie).
+pub fn csrf_exempt(method: &Method, path: &str) -> bool {
+    *method == Method::POST && path == "/api/push/actions"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +473,22 @@ mod tests {
             need(&Method::POST, "/api/push/other", false),
             Need::Scope(S::Admin)
         );
+        // A device's own notification settings and test: read.
+        assert_eq!(
+            need(&Method::PUT, "/api/push/settings", false),
+            Need::Scope(S::Read)
+        );
+        assert_eq!(
+            need(&Method::POST, "/api/push/test", false),
+            Need::Scope(S::Read)
+        );
+        // A notification button decides an approval: respond, like the app's decision.
+        assert_eq!(
+            need(&Method::POST, "/api/push/actions", false),
+            Need::Scope(S::Respond)
+        );
+        assert!(csrf_exempt(&Method::POST, "/api/push/actions"));
+        assert!(!csrf_exempt(&Method::POST, "/api/push/subscriptions"));
+        assert!(!csrf_exempt(&Method::POST, "/api/approvals/a/decision"));
     }
 }

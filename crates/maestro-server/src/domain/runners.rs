@@ -97,6 +97,17 @@ pub(crate) fn coded(
 }
 
 /// Puts a launch in the queue of its machine and wakes the runners.
+/// A runner stopped beating (global scope; `{id, hostname, machineId}`): paired devices are
+/// told (see `push`).
+pub const MACHINE_OFFLINE: &str = "notify:machine_offline";
+/// A runner that was offline beats (or registers) again.
+pub const MACHINE_ONLINE: &str = "notify:machine_online";
+
+/// The payload of `notify:machine_offline` / `notify:machine_online`: which machine.
+fn machine(runner: &Runner) -> Value {
+    json!({ "id": runner.id, "hostname": runner.hostname, "machineId": runner.machine_id })
+}
+
 pub(crate) fn queue_launch(tx: &mut dyn Txn, launch: &QueuedLaunch) {
     tx.put(
         Collection::LaunchQueue,
@@ -216,6 +227,10 @@ impl Domain {
             tx.put(Collection::Runners, &id, None, &runner);
             tx.schedule(Deadline::RunnerExpiry, &id, Some(now + ttl as i64 + 1));
             tx.emit(GLOBAL, "runner:updated", &runner, None);
+            // A runner that restarts after going offline is back.
+            if before.as_ref().is_some_and(|b| !b.online) {
+                tx.emit(GLOBAL, MACHINE_ONLINE, &machine(&runner), None);
+            }
             Ok(runner)
         })
         .await?;
@@ -241,7 +256,8 @@ impl Domain {
             let mut runner: Runner = tx
                 .get(Collection::Runners, &rid)?
                 .ok_or_else(|| Error::not_found("Runner", &rid))?;
-            let changed = !runner.online || runner.running != running;
+            let back = !runner.online;
+            let changed = back || runner.running != running;
             runner.online = true;
             runner.running = running;
             runner.last_seen = now;
@@ -249,6 +265,9 @@ impl Domain {
             tx.schedule(Deadline::RunnerExpiry, &rid, Some(now + ttl as i64 + 1));
             if changed {
                 tx.emit(GLOBAL, "runner:updated", &runner, None);
+            }
+            if back {
+                tx.emit(GLOBAL, MACHINE_ONLINE, &machine(&runner), None);
             }
             Ok(runner)
         })
@@ -300,6 +319,7 @@ impl Domain {
                     runner.online = false;
                     tx.put(Collection::Runners, &id, None, &runner);
                     tx.emit(GLOBAL, "runner:updated", &runner, None);
+                    tx.emit(GLOBAL, MACHINE_OFFLINE, &machine(&runner), None);
                     tracing::info!(runner.id = %id, "runner stopped beating; offline");
                 }
                 Ok(())

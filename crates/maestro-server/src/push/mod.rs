@@ -1,5 +1,5 @@
-//! Web Push: notifications on the phone when a session needs input, fails or completes, even
-//! while the web app is closed.
+//! Web Push: notifications on the phone when a session needs input, fails or completes, a tool
+//! waits for approval or a machine goes offline, even while the web app is closed.
 //!
 //! - [`vapid`]: the server's key pair, made once and kept in the store (shared by every server
 //!   on one Redis), and the `Authorization: vapid …` header (RFC 8292);
@@ -7,6 +7,10 @@
 //!   deleted with it;
 //! - [`notification`]: which events notify, what the notification says, and the exactly-once
 //!   claim that picks the one server that sends it;
+//! - [`policy`]: per device, what is sent and when (its settings, quiet hours, visibility,
+//!   coalescing, never older than its last delivery); [`devices`] keeps that state;
+//! - [`dispatch`]: runs the policy for each device and sends each device its own payload;
+//! - [`actions`]: the Allow and Deny buttons' single-use tokens;
 //! - [`sender`]: the background task (event stream → bounded queue → push services);
 //! - [`guard`]: where the push client may connect (public addresses, port 443), checked at
 //!   connect time against DNS rebinding.
@@ -14,8 +18,12 @@
 //! Payloads are encrypted to each browser's keys (RFC 8291, `aes128gcm`) by `web-push-native`;
 //! push services see only ciphertext, its size and the endpoint.
 
+pub mod actions;
+pub mod devices;
+pub mod dispatch;
 pub mod guard;
 pub mod notification;
+pub mod policy;
 pub mod sender;
 pub mod subscriptions;
 pub mod vapid;
@@ -56,6 +64,10 @@ pub struct PushMetrics {
     pub gone: AtomicU64,
     /// Notifications dropped because the queue was full.
     pub dropped: AtomicU64,
+    /// Per kind and outcome ([`maestro_protocol::PushKind::ALL`] ×
+    /// [`dispatch::Outcome::ALL`]).
+    notifications:
+        [[AtomicU64; dispatch::Outcome::ALL.len()]; maestro_protocol::PushKind::ALL.len()],
 }
 
 impl PushMetrics {
@@ -81,7 +93,25 @@ impl PushMetrics {
             get(&self.failed),
             get(&self.gone),
             get(&self.dropped),
-        )
+        ) + &self.render_notifications()
+    }
+
+    fn render_notifications(&self) -> String {
+        let mut out = String::from(
+            "# HELP maestro_push_notifications_total Notifications per device by kind and outcome: sent and failed count push requests; coalesced, suppressed_visible (the app was on screen), expired (not newer than the device's last delivery) and muted (kind off, quiet hours) count events.\n\
+             # TYPE maestro_push_notifications_total counter\n",
+        );
+        for (k, kind) in maestro_protocol::PushKind::ALL.iter().enumerate() {
+            for (o, outcome) in dispatch::Outcome::ALL.iter().enumerate() {
+                out.push_str(&format!(
+                    "maestro_push_notifications_total{{kind=\"{}\",outcome=\"{}\"}} {}\n",
+                    kind.as_str(),
+                    outcome.as_str(),
+                    self.notifications[k][o].load(Ordering::Relaxed)
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -104,6 +134,21 @@ impl Push {
     /// The VAPID public key, base64url (`applicationServerKey`).
     pub fn public_key(&self) -> &str {
         self.inner.vapid.public_key()
+    }
+
+    /// Redeems a notification button's token for `caller` ([`actions::redeem`]).
+    pub async fn redeem(
+        &self,
+        caller: &crate::auth::Principal,
+        token: &str,
+    ) -> Result<maestro_protocol::Approval> {
+        actions::redeem(
+            &self.inner.domain,
+            self.inner.vapid.action_key(),
+            caller,
+            token,
+        )
+        .await
     }
 
     pub fn metrics(&self) -> &PushMetrics {

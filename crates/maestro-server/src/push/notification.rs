@@ -26,6 +26,7 @@ pub struct Notification {
     pub urgent: bool,
 }
 
+use crate::domain::runners::{MACHINE_OFFLINE, MACHINE_ONLINE};
 use crate::util::one_line as cut;
 
 /// The notification for `event`, if it is one that notifies.
@@ -35,6 +36,8 @@ pub fn for_event(event: &EventRecord) -> Option<Notification> {
         "notify:session_failed" => PushKind::SessionFailed,
         "notify:session_completed" => PushKind::SessionCompleted,
         "approval:requested" => PushKind::Approval,
+        MACHINE_OFFLINE => return for_machine(event, PushKind::MachineOffline),
+        MACHINE_ONLINE => return for_machine(event, PushKind::MachineOnline),
         _ => return None,
     };
     let project_id = event.project_id()?.to_owned();
@@ -83,21 +86,69 @@ pub fn for_event(event: &EventRecord) -> Option<Notification> {
                 .unwrap_or_default();
             (format!("{name} asks to run {tool}"), cut(summary, MAX_BODY))
         }
+        // Not about a session (handled above, or never from an event).
+        PushKind::MachineOffline | PushKind::MachineOnline | PushKind::Test => return None,
     };
-    // An approval is answered on the home screen, where every pending one is listed.
+    // An approval is answered on the home screen, where every pending one is listed; a
+    // question in the session's reply box.
     let url = match kind {
         PushKind::Approval => "/#/".to_owned(),
+        PushKind::NeedsInput => format!("/#/s/{session_id}?reply"),
         _ => format!("/#/s/{session_id}"),
     };
+    let approval_id = (kind == PushKind::Approval)
+        .then(|| event.data.get("id").and_then(Value::as_str))
+        .flatten()
+        .map(str::to_owned);
     Some(Notification {
         urgent: matches!(kind, PushKind::NeedsInput | PushKind::Approval),
         payload: PushPayload {
             title,
             body,
             url,
+            tag: format!("s:{session_id}"),
             session_id,
             project_id,
             kind,
+            count: 1,
+            approval_id,
+            actions: Vec::new(),
+        },
+    })
+}
+
+/// A machine's notification: one tag per runner, so "back" replaces "offline".
+fn for_machine(event: &EventRecord, kind: PushKind) -> Option<Notification> {
+    let id = event.data.get("id").and_then(Value::as_str)?;
+    let host = event
+        .data
+        .get("hostname")
+        .and_then(Value::as_str)
+        .map(|h| cut(h, MAX_NAME))
+        .unwrap_or_else(|| id.to_owned());
+    let (title, body) = match kind {
+        PushKind::MachineOffline => (
+            format!("{host} is offline"),
+            "Its runner stopped beating; agents there cannot be reached.".to_owned(),
+        ),
+        _ => (
+            format!("{host} is back"),
+            "Its runner beats again.".to_owned(),
+        ),
+    };
+    Some(Notification {
+        urgent: false,
+        payload: PushPayload {
+            title,
+            body,
+            session_id: String::new(),
+            project_id: String::new(),
+            kind,
+            url: "/#/".to_owned(),
+            tag: format!("m:{id}"),
+            count: 1,
+            approval_id: None,
+            actions: Vec::new(),
         },
     })
 }
@@ -147,7 +198,8 @@ mod tests {
         assert_eq!(n.payload.title, "fix login needs you");
         assert_eq!(n.payload.body.chars().count(), MAX_BODY);
         assert!(n.payload.body.ends_with('…'));
-        assert_eq!(n.payload.url, "/#/s/sess_1");
+        assert_eq!(n.payload.url, "/#/s/sess_1?reply", "opens the reply box");
+        assert_eq!(n.payload.tag, "s:sess_1");
         assert_eq!(n.payload.project_id, "proj_1");
         assert_eq!(n.payload.kind, PushKind::NeedsInput);
     }
@@ -165,6 +217,7 @@ mod tests {
         assert_eq!(n.payload.body, "Bash: rm -rf build/");
         assert_eq!(n.payload.url, "/#/");
         assert_eq!(n.payload.kind, PushKind::Approval);
+        assert_eq!(n.payload.approval_id.as_deref(), Some("appr_1"));
         // Its decision is not news.
         assert_eq!(
             for_event(&event("approval:decided", json!({"sessionId": "sess_1"}))),
@@ -197,6 +250,24 @@ mod tests {
         let mut global = event("notify:needs_input", json!({"sessionId": "s"}));
         global.scope = maestro_protocol::GLOBAL_SCOPE.into();
         assert_eq!(for_event(&global), None);
+    }
+
+    #[test]
+    fn a_machine_going_offline_and_coming_back_notifies() {
+        let mut off = event(
+            MACHINE_OFFLINE,
+            json!({"id": "run_1", "hostname": "build-box"}),
+        );
+        off.scope = maestro_protocol::GLOBAL_SCOPE.into();
+        let n = for_event(&off).unwrap();
+        assert_eq!(n.payload.kind, PushKind::MachineOffline);
+        assert_eq!(n.payload.title, "build-box is offline");
+        assert_eq!(n.payload.tag, "m:run_1");
+        let mut back = off.clone();
+        back.event = MACHINE_ONLINE.into();
+        let n = for_event(&back).unwrap();
+        assert_eq!(n.payload.title, "build-box is back");
+        assert_eq!(n.payload.tag, "m:run_1", "replaces the offline one");
     }
 
     #[test]

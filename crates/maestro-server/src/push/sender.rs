@@ -4,17 +4,16 @@
 //! stream and queues the events that notify (dropping, and counting, what does not fit, so a
 //! slow push service never holds up the stream); the worker claims each one
 //! ([`super::notification::claim`], so one server of those sharing a store sends it), then
-//! sends it to every subscription, at most [`CONCURRENCY`] requests at a time, each bounded by
+//! hands it to [`super::dispatch`], which applies each device's rules and sends to its
+//! subscriptions ([`CONCURRENCY`] devices at a time, and as many requests per device), each bounded by
 //! [`REQUEST_TIMEOUT`]. Nothing is retried: a notification is only useful now. A push service
 //! answering 404 or 410 says the subscription is gone; it is deleted.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use futures_util::StreamExt as _;
 use maestro_protocol::EventRecord;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -50,13 +49,15 @@ struct Claimed {
 }
 
 impl Push {
-    /// Runs until `shutdown`: the event loop and the worker.
+    /// Runs until `shutdown`: the event loop, the worker and the flush loop of coalesced
+    /// notifications ([`super::dispatch`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let events = self.inner.domain.store.subscribe();
         tokio::join!(
             self.read_events(events, queue, shutdown.clone()),
-            self.work(jobs, shutdown),
+            self.work(jobs, shutdown.clone()),
+            self.flush_loop(shutdown),
         );
     }
 
@@ -142,18 +143,7 @@ impl Push {
                 return;
             }
         }
-        let body = serde_json::to_vec(&job.notification.payload).expect("payloads serialise");
-        let mut endpoints = HashSet::new();
-        let targets: Vec<Subscription> = subscribers
-            .into_iter()
-            .filter(|s| endpoints.insert(s.endpoint.clone()))
-            .collect();
-        futures_util::stream::iter(targets)
-            .for_each_concurrent(CONCURRENCY, |s| {
-                let body = body.clone();
-                let urgent = job.notification.urgent;
-                async move { self.deliver(s, body, urgent).await }
-            })
+        self.dispatch(&job.scope, job.seq, &job.notification, subscribers)
             .await;
     }
 
@@ -171,11 +161,13 @@ impl Push {
         .await
     }
 
-    async fn deliver(&self, s: Subscription, body: Vec<u8>, urgent: bool) {
+    /// Sends one push; whether the push service accepted it.
+    pub(super) async fn deliver(&self, s: Subscription, body: Vec<u8>, urgent: bool) -> bool {
         let endpoint = s.endpoint.clone();
         match self.send(&s, body, urgent).await {
             Ok(status) if status.is_success() => {
                 self.inner.metrics.sent.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
             Ok(status) if status.as_u16() == 404 || status.as_u16() == 410 => {
                 tracing::info!(subscription = %s.id, status = status.as_u16(), "push: subscription gone; deleting it");
@@ -195,6 +187,7 @@ impl Push {
                 tracing::warn!(subscription = %s.id, error = %e, "push: cannot send");
             }
         }
+        false
     }
 
     /// Encrypts `body` to the subscription's keys (RFC 8291, `aes128gcm`), signs for its push

@@ -214,6 +214,13 @@ pub fn all(domain: &Domain) -> Result<Vec<Subscription>> {
     domain.reader()?.list(Collection::PushSubscriptions, None)
 }
 
+/// The subscriptions of one device (a credential id, or `local`), oldest first.
+pub fn for_device(domain: &Domain, device: &str) -> Result<Vec<Subscription>> {
+    domain
+        .reader()?
+        .list(Collection::PushSubscriptions, Some(device))
+}
+
 /// Deletes every subscription of `endpoint` (its push service said it is gone).
 pub async fn forget_endpoint(domain: &Domain, endpoint: String) -> Result<usize> {
     transact(&*domain.store, move |tx| {
@@ -230,11 +237,13 @@ pub async fn forget_endpoint(domain: &Domain, endpoint: String) -> Result<usize>
     .await
 }
 
-/// Deletes `owner`'s subscriptions inside a transaction (a credential being revoked).
+/// Deletes `owner`'s subscriptions and notification records inside a transaction (a
+/// credential being revoked).
 pub fn delete_for_owner(tx: &mut dyn Txn, owner: &str) -> Result<()> {
     for s in tx.list::<Subscription>(Collection::PushSubscriptions, Some(owner))? {
         tx.delete(Collection::PushSubscriptions, &s.id);
     }
+    super::devices::delete_for_owner(tx, owner);
     Ok(())
 }
 

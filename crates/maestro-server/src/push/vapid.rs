@@ -39,6 +39,9 @@ struct Stored {
 pub struct Vapid {
     public_key: String,
     signing: EncodingKey,
+    /// The key of notification action tokens ([`super::actions`]), derived from the private
+    /// key: every server sharing the store has it, nobody else does.
+    action_key: [u8; 32],
 }
 
 impl std::fmt::Debug for Vapid {
@@ -77,13 +80,26 @@ impl Vapid {
         Ok(format!("vapid t={token}, k={}", self.public_key))
     }
 
+    /// The key action tokens are signed with.
+    pub fn action_key(&self) -> &[u8; 32] {
+        &self.action_key
+    }
+
     fn from_stored(stored: &Stored) -> Result<Self> {
         let der = B64
             .decode(&stored.private_pkcs8)
             .map_err(|e| Error::Storage(format!("corrupt VAPID key: {e}")))?;
+        let action_key = {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            h.update(b"maestro push action key v1\n");
+            h.update(&der);
+            h.finalize().into()
+        };
         Ok(Self {
             public_key: stored.public_key.clone(),
             signing: EncodingKey::from_ec_der(&der),
+            action_key,
         })
     }
 }

@@ -187,9 +187,16 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same data directory.
     pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`TestServer::restart`] with an adjusted configuration.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = self.dir.clone();
         let tempdir = self.stop().await;
-        let mut server = Self::start_in(&dir).await;
+        let mut config = config_for(&dir);
+        adjust(&mut config);
+        let mut server = Self::start_configured(&dir, config).await;
         server.tempdir = tempdir;
         server
     }

@@ -1,13 +1,13 @@
 //! Client events (`subscribe`, `mail:send`, `session:reply-input`, `session:spawn`,
-//! `session:stop`, `approval:decide`, …): the scope each needs, the namespace's rules, the
+//! `session:stop`, `approval:decide`, `client:visibility`, …): the scope each needs, the namespace's rules, the
 //! [`Domain`](crate::domain::Domain) call, and the ack `{ok: true, …}` or `{ok: false, error}`.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use maestro_protocol::{
-    ApprovalDecideAction, DecideApproval, ReplyInput, Scope, SendMail, SessionSubscription,
-    SpawnRequest, StopSession,
+    ApprovalDecideAction, ClientVisibility, DecideApproval, ReplyInput, Scope, SendMail,
+    SessionSubscription, SpawnRequest, StopSession,
 };
 use serde_json::{Value, json};
 
@@ -35,10 +35,11 @@ pub enum Action {
     ApprovalDecide,
     Spawn,
     Stop,
+    ClientVisibility,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Self::Subscribe,
         Self::Unsubscribe,
         Self::StateSync,
@@ -48,6 +49,7 @@ impl Action {
         Self::ApprovalDecide,
         Self::Spawn,
         Self::Stop,
+        Self::ClientVisibility,
     ];
 
     /// The event's name on the wire.
@@ -62,6 +64,7 @@ impl Action {
             Self::ApprovalDecide => "approval:decide",
             Self::Spawn => "session:spawn",
             Self::Stop => "session:stop",
+            Self::ClientVisibility => "client:visibility",
         }
     }
 
@@ -69,9 +72,12 @@ impl Action {
     /// need `read`; answering agents and mail `respond`; starting and stopping them `operate`.
     pub fn scope(self) -> Scope {
         match self {
-            Self::Subscribe | Self::Unsubscribe | Self::StateSync | Self::EventsReplay => {
-                Scope::Read
-            }
+            // Saying whether the app is on screen changes only the device's own record.
+            Self::Subscribe
+            | Self::Unsubscribe
+            | Self::StateSync
+            | Self::EventsReplay
+            | Self::ClientVisibility => Scope::Read,
             Self::MailSend | Self::ReplyInput | Self::ApprovalDecide => Scope::Respond,
             Self::Spawn | Self::Stop => Scope::Operate,
         }
@@ -155,6 +161,12 @@ impl Hub {
                     .decide_approval(req.approval_id, decide, conn.principal.label())
                     .await?;
                 Ok(json!({ "approval": decided }))
+            }
+            Action::ClientVisibility => {
+                let req: ClientVisibility = parse(data)?;
+                let device = crate::push::actions::device_of(&conn.principal);
+                crate::push::devices::set_visible(&self.domain, device, req.visible).await?;
+                Ok(json!({}))
             }
             Action::Stop => {
                 let req: StopSession = parse(data)?;
