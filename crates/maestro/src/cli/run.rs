@@ -106,7 +106,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
 
     let tty = std::io::stdin().is_terminal();
     let spec = Spec {
-        argv: args.command.clone(),
+        argv: super::agent_tools::agent_argv(&args.command),
         cwd: None,
         env: vec![
             ("MAESTRO_SESSION_ID".into(), sid.clone()),
