@@ -996,3 +996,39 @@ async fn gemini() {
     assert!(!needs_input(&s), "needs-input stayed on: {s:?}");
     passed(tool, "lifecycle: needs input, session end");
 }
+
+/// `claude -p` calls no permission hook; `maestro approve --mcp` as its
+/// `--permission-prompt-tool` brings the question to the phone anyway.
+#[tokio::test(flavor = "multi_thread")]
+async fn claude_code_headless() {
+    let Some(bin) = clis() else { return };
+    let tool = "claude-code -p";
+    let w = World::new().await;
+    claude_setup(&w);
+    step(tool, "--permission-prompt-tool maestro approve --mcp, allowed from the phone");
+    let mcp = json!({ "mcpServers": { "maestro": {
+        "command": BIN, "args": ["approve", "--tool", "claude-code", "--mcp"] } } });
+    let argv: Vec<String> = vec![
+        "run".into(),
+        "--name".into(),
+        "headless".into(),
+        "--".into(),
+        "claude".into(),
+        "-p".into(),
+        format!("{}touch headless.txt", model::MARK),
+        "--mcp-config".into(),
+        mcp.to_string(),
+        "--permission-prompt-tool".into(),
+        "mcp__maestro__approve".into(),
+    ];
+    let mut desk = Desk::start("claude -p", w.dir(), &claude_env(&w, &bin), &argv);
+    let s = w.session("headless").await;
+    let a = w.pending(&s.id, "touch headless.txt").await;
+    w.decide(&a.id, ApprovalDecision::Allow, None).await;
+    eventually("headless.txt", || async {
+        w.file("headless.txt").exists().then_some(())
+    })
+    .await;
+    assert_eq!(desk.exited().await, 0, "{}", desk.text());
+    passed(tool, "--permission-prompt-tool maestro approve --mcp, allowed from the phone");
+}

@@ -66,8 +66,12 @@ pub struct ApproveArgs {
     pub timeout: u64,
     /// Withdraw this session's pending requests as answered at the agent's own terminal (the
     /// hook of the events that follow a permission dialog); reads that event's payload.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mcp")]
     pub answered_at_terminal: bool,
+    /// Serve Claude Code's `--permission-prompt-tool` over MCP (stdio) instead of reading one
+    /// hook payload: for `claude -p`, which calls no permission hook.
+    #[arg(long)]
+    pub mcp: bool,
 }
 
 impl Fallback {
@@ -93,6 +97,9 @@ impl Fallback {
 
 /// Runs the hook; always answers the tool (exit code of the rendered verdict).
 pub async fn approve(ctx: &Context, args: ApproveArgs) -> i32 {
+    if args.mcp {
+        return super::approve_mcp::serve(ctx, &args).await;
+    }
     if args.answered_at_terminal {
         answered_at_terminal(ctx).await;
         // Silent, and never in the agent's way.
@@ -108,15 +115,24 @@ pub async fn approve(ctx: &Context, args: ApproveArgs) -> i32 {
 
 async fn decide(ctx: &Context, args: &ApproveArgs) -> Verdict {
     // Outside a Maestro session the hook stays out of the way.
-    let Some(session) = ctx.session_id.clone() else {
+    if ctx.session_id.is_none() {
         return Verdict::Ask;
-    };
+    }
     let request = match read_request(args.tool) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("maestro approve: {e:#}");
             return args.fallback.verdict("unreadable hook payload");
         }
+    };
+    ask(ctx, args, &request).await
+}
+
+/// Files `request` on the server for this session and waits for a human's answer (or the
+/// fallback). Without a session the answer is "ask".
+pub(super) async fn ask(ctx: &Context, args: &ApproveArgs, request: &PermissionRequest) -> Verdict {
+    let Some(session) = ctx.session_id.clone() else {
+        return Verdict::Ask;
     };
     let client = match ctx.client() {
         Ok(c) => c,

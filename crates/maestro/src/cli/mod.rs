@@ -15,6 +15,7 @@
 mod output;
 pub(crate) mod agent_tools;
 mod approve;
+mod approve_mcp;
 mod claims;
 mod context;
 pub mod credentials;
