@@ -16,6 +16,7 @@
 mod support;
 
 use std::io::{Read, Write};
+use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,10 +110,18 @@ mod model {
                 .iter()
                 .any(|(_, b)| b.contains(text))
         }
+    }
 
-        pub fn paths(&self) -> Vec<String> {
+    impl Model {
+        /// The end of the last request's body (for a failure's message).
+        pub fn last_tail(&self, n: usize) -> String {
             let log = self.log.lock().unwrap();
-            log.requests.iter().map(|(p, _)| p.clone()).collect()
+            let Some((path, body)) = log.requests.last() else {
+                return "(no request)".into();
+            };
+            let start = body.len().saturating_sub(n);
+            let start = (start..body.len()).find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+            format!("{path} … {}", &body[start..])
         }
     }
 
@@ -125,26 +134,35 @@ mod model {
         Model { url, log }
     }
 
-    /// The command the prompt asks for, unless the conversation already holds its outcome.
-    fn wanted(body: &str, answered: bool) -> Option<String> {
-        if answered {
-            return None;
-        }
+    /// The command the latest prompt asks for, unless the model asked for it already in this
+    /// conversation (then its outcome, run or refused, is in the conversation too; where the
+    /// CLI puts it varies, so the test is that the command appears beyond the prompt).
+    fn wanted(body: &str) -> Option<String> {
         let at = body.rfind(MARK)? + MARK.len();
         let rest = &body[at..];
         let end = rest.find(['"', '\\', '\n']).unwrap_or(rest.len());
-        Some(rest[..end].trim().to_owned())
+        let command = rest[..end].trim().to_owned();
+        (body.matches(&command).count() < 2).then_some(command)
     }
 
     async fn handle(State(log): State<Arc<Mutex<Log>>>, uri: Uri, body: Bytes) -> Response {
         let text = String::from_utf8_lossy(&body).into_owned();
         let path = uri.path().to_owned();
-        log.lock().unwrap().requests.push((uri.to_string(), text.clone()));
+        if let Some(dir) = std::env::var_os("MAESTRO_AGENTS_DUMP") {
+            let n = log.lock().unwrap().requests.len();
+            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{n:03}.json")), &text);
+        }
+        let n = {
+            let mut log = log.lock().unwrap();
+            log.requests.push((uri.to_string(), text.clone()));
+            log.requests.len()
+        };
         let req: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        // Every tool call gets its own id, as a model's do.
         if path.ends_with("/messages") {
-            anthropic(&req, &text)
+            anthropic(&req, &text, n)
         } else if path.ends_with("/responses") {
-            openai(&req, &text)
+            openai(&req, &text, n)
         } else if path.contains(":streamGenerateContent") || path.contains(":generateContent")
         {
             gemini(&path, &req, &text)
@@ -165,20 +183,21 @@ mod model {
     }
 
     // Anthropic Messages, streamed.
-    fn anthropic(req: &Value, text: &str) -> Response {
+    fn anthropic(req: &Value, text: &str, n: usize) -> Response {
         let tools: Vec<&str> = req["tools"]
             .as_array()
             .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
             .unwrap_or_default();
         let command = tools
             .contains(&"Bash")
-            .then(|| wanted(text, text.contains("\"tool_result\"")))
+            .then(|| wanted(text))
             .flatten();
         let (block, delta, stop) = match &command {
             Some(c) => {
                 let input = json!({ "command": c, "description": "Run the test command" });
                 (
-                    json!({ "type": "tool_use", "id": "toolu_maestro_1", "name": "Bash", "input": {} }),
+                    json!({ "type": "tool_use", "id": format!("toolu_maestro_{n}"), "name": "Bash",
+                        "input": {} }),
                     json!({ "type": "input_json_delta", "partial_json": input.to_string() }),
                     "tool_use",
                 )
@@ -219,9 +238,7 @@ mod model {
     }
 
     // OpenAI Responses, streamed.
-    fn openai(req: &Value, text: &str) -> Response {
-        let answered = text.contains("\"function_call_output\"")
-            || text.contains("\"custom_tool_call_output\"");
+    fn openai(req: &Value, text: &str, n: usize) -> Response {
         let tools: Vec<String> = req["tools"]
             .as_array()
             .map(|t| {
@@ -233,7 +250,7 @@ mod model {
         let shell = ["shell_command", "exec_command", "shell"]
             .into_iter()
             .find(|n| tools.iter().any(|t| t == n));
-        let command = shell.and_then(|s| wanted(text, answered).map(|c| (s, c)));
+        let command = shell.and_then(|s| wanted(text).map(|c| (s, c)));
         let model = req["model"].as_str().unwrap_or("gpt");
         let item = match &command {
             Some((tool, c)) => {
@@ -244,8 +261,9 @@ mod model {
                         "justification": "Run the test command" }),
                     _ => json!({ "command": c }),
                 };
-                json!({ "type": "function_call", "id": "fc_maestro_1", "call_id": "call_maestro_1",
-                    "name": tool, "arguments": args.to_string(), "status": "completed" })
+                json!({ "type": "function_call", "id": format!("fc_maestro_{n}"),
+                    "call_id": format!("call_maestro_{n}"), "name": tool,
+                    "arguments": args.to_string(), "status": "completed" })
             }
             None => json!({ "type": "message", "id": "msg_maestro", "role": "assistant",
                 "status": "completed",
@@ -280,9 +298,10 @@ mod model {
 
     // Gemini generateContent / streamGenerateContent (SSE with `alt=sse`).
     fn gemini(path: &str, req: &Value, text: &str) -> Response {
-        let answered = text.contains("\"functionResponse\"");
         let has_shell = text.contains("\"run_shell_command\"");
-        let command = has_shell.then(|| wanted(text, answered)).flatten();
+        let command = has_shell
+            .then(|| wanted(text))
+            .flatten();
         let part = match command {
             Some(c) => json!({ "functionCall": { "name": "run_shell_command",
                 "args": { "command": c, "description": "Run the test command" } } }),
@@ -310,6 +329,8 @@ mod model {
 struct Desk {
     screen: Arc<Mutex<vt100::Parser>>,
     writer: Box<dyn Write + Send>,
+    /// Held for the child's life: closing it hangs up the terminal.
+    _master: Box<dyn portable_pty::MasterPty + Send>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
     name: String,
 }
@@ -333,7 +354,7 @@ impl Desk {
         cmd.args(argv);
         let child = pty.slave.spawn_command(cmd).expect("spawn maestro run");
         drop(pty.slave);
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(40, 120, 0)));
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(NonZeroU16::new(40).unwrap(), NonZeroU16::new(120).unwrap(), 0)));
         let mut reader = pty.master.try_clone_reader().unwrap();
         let sink = screen.clone();
         std::thread::spawn(move || {
@@ -346,11 +367,10 @@ impl Desk {
             }
         });
         let writer = pty.master.take_writer().unwrap();
-        // The master must outlive the child: keep it with the reader thread's clone.
-        std::mem::forget(pty.master);
         Desk {
             screen,
             writer,
+            _master: pty.master,
             child,
             name: name.to_owned(),
         }
@@ -510,23 +530,25 @@ impl World {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        [
-            ("PATH", path.as_str()),
-            ("HOME", &self.home().to_string_lossy()),
+        let mut env = vec![
+            ("PATH".to_owned(), path),
+            ("HOME".to_owned(), self.home().display().to_string()),
+            ("MAESTRO_SERVER_URL".to_owned(), self.server.url.clone()),
+            ("MAESTRO_PROJECT_ID".to_owned(), self.project_id.clone()),
+        ];
+        for (k, v) in [
             ("TERM", "xterm-256color"),
             ("LANG", "C.UTF-8"),
-            ("MAESTRO_SERVER_URL", &self.server.url),
-            ("MAESTRO_PROJECT_ID", &self.project_id),
             ("MAESTRO_HEARTBEAT_TTL_MS", "60000"),
             ("DISABLE_TELEMETRY", "1"),
             ("DISABLE_AUTOUPDATER", "1"),
             ("DISABLE_ERROR_REPORTING", "1"),
             ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
             ("NO_UPDATE_NOTIFIER", "1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        ] {
+            env.push((k.to_owned(), v.to_owned()));
+        }
+        env
     }
 
     /// `maestro hooks install <tool>` in the project, as a user would run it.
@@ -626,6 +648,36 @@ impl World {
     }
 }
 
+impl World {
+    /// The phone denies `id` with `reason`: the model reads the reason and `file` is not made.
+    async fn deny_reaches_model(&self, desk: &Desk, id: &str, reason: &str, file: &str) {
+        self.decide(id, ApprovalDecision::Deny, Some(reason)).await;
+        let deadline = Instant::now() + PATIENCE;
+        while !self.model.received(reason) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the reason never reached the model; its last request ended: {}\nthe screen:\n{}",
+                desk.name,
+                self.model.last_tail(3000),
+                desk.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!self.file(file).exists(), "a denied command ran");
+    }
+
+    /// Quits the agent with `command` at the desk: `maestro run` exits, and the session is
+    /// completed with its needs-input flag off.
+    async fn quit(&self, desk: &mut Desk, session: &str, command: &str) {
+        desk.say(command).await;
+        desk.exited().await;
+        let s = self
+            .session_until(session, "completed", |s| s.status == "completed")
+            .await;
+        assert!(!needs_input(&s), "needs-input stayed on: {s:?}");
+    }
+}
+
 fn needs_input(s: &Session) -> bool {
     s.needs_input.as_ref().is_some_and(|n| n.active)
 }
@@ -638,12 +690,16 @@ fn claude_setup(w: &World) {
     // key accepted, manual permission mode (so dialogs appear).
     let key = "sk-ant-maestro-test-0000000000000000";
     let tail: String = key.chars().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
-    let dir = w.dir().to_string_lossy().into_owned();
+    let mut projects = serde_json::Map::new();
+    projects.insert(
+        w.dir().display().to_string(),
+        json!({ "hasTrustDialogAccepted": true }),
+    );
     let state = json!({
         "hasCompletedOnboarding": true,
         "theme": "dark",
         "customApiKeyResponses": { "approved": [tail], "rejected": [] },
-        "projects": { dir: { "hasTrustDialogAccepted": true } },
+        "projects": projects,
     });
     std::fs::write(w.home().join(".claude.json"), state.to_string()).unwrap();
     std::fs::create_dir_all(w.home().join(".claude")).unwrap();
@@ -706,6 +762,9 @@ async fn claude_code() {
     let a = w.pending(&s.id, "touch allowed.txt").await;
     w.session_until(&s.id, "working while asking", |s| s.status == "working")
         .await;
+    // The phone answers while Claude's own dialog is up, as it is when a person looks.
+    desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
+        .await;
     w.decide(&a.id, ApprovalDecision::Allow, None).await;
     eventually("allowed.txt", || async { w.file("allowed.txt").exists().then_some(()) }).await;
     desk.until("the model's last word", |t| t.contains("Finished.")).await;
@@ -721,13 +780,10 @@ async fn claude_code() {
     w.session_until(&s.id, "working again (UserPromptSubmit)", |s| !needs_input(s))
         .await;
     let a = w.pending(&s.id, "touch denied.txt").await;
-    let reason = "not on a Monday, says the phone";
-    w.decide(&a.id, ApprovalDecision::Deny, Some(reason)).await;
-    eventually("the reason to reach the model", || async {
-        w.model.received(reason).then_some(())
-    })
-    .await;
-    assert!(!w.file("denied.txt").exists(), "a denied command ran");
+    desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
+        .await;
+    w.deny_reaches_model(&desk, &a.id, "not on a Monday, says the phone", "denied.txt")
+        .await;
     passed(tool, "deny from the phone with a reason");
 
     step(tool, "answered at the desk");
@@ -768,12 +824,7 @@ async fn claude_code() {
     step(tool, "lifecycle: session end");
     w.session_until(&s.id, "needs input after the turn", needs_input)
         .await;
-    desk.say("/exit").await;
-    desk.exited().await;
-    let s = w
-        .session_until(&s.id, "completed", |s| s.status == "completed")
-        .await;
-    assert!(!needs_input(&s), "needs-input stayed on: {s:?}");
+    w.quit(&mut desk, &s.id, "/exit").await;
     passed(tool, "lifecycle: session end");
 }
 
@@ -886,13 +937,8 @@ async fn codex() {
     passed(tool, "allow from the phone runs the command");
 
     step(tool, "deny from the phone with a reason");
-    let reason = "codex-b may not touch files today";
-    w.decide(&pb.id, ApprovalDecision::Deny, Some(reason)).await;
-    eventually("the reason to reach the model", || async {
-        w.model.received(reason).then_some(())
-    })
-    .await;
-    assert!(!w.file("codex-b.txt").exists(), "a denied command ran");
+    w.deny_reaches_model(&b, &pb.id, "codex-b may not touch files today", "codex-b.txt")
+        .await;
     let sb_now = w.owner.get_session(&sb.id).await.unwrap();
     assert_eq!(sb_now.status, "working", "{sb_now:?}");
     passed(tool, "deny from the phone with a reason");
@@ -917,14 +963,8 @@ async fn codex() {
     passed(tool, "the desk interrupts instead");
 
     step(tool, "lifecycle: session end");
-    for (desk, s) in [(&mut a, &sa), (&mut b, &sb)] {
-        desk.say("/exit").await;
-        desk.exited().await;
-        let s = w
-            .session_until(&s.id, "completed", |s| s.status == "completed")
-            .await;
-        assert!(!needs_input(&s), "needs-input stayed on: {s:?}");
-    }
+    w.quit(&mut a, &sa.id, "/exit").await;
+    w.quit(&mut b, &sb.id, "/exit").await;
     passed(tool, "lifecycle: session end");
 }
 
@@ -942,8 +982,13 @@ fn gemini_setup(w: &World) {
         "telemetry": { "enabled": false },
     });
     std::fs::write(dir.join("settings.json"), settings.to_string()).unwrap();
-    let trusted = json!({ w.dir().to_string_lossy(): "TRUST_FOLDER" });
-    std::fs::write(dir.join("trustedFolders.json"), trusted.to_string()).unwrap();
+    let mut trusted = serde_json::Map::new();
+    trusted.insert(w.dir().display().to_string(), json!("TRUST_FOLDER"));
+    std::fs::write(
+        dir.join("trustedFolders.json"),
+        Value::Object(trusted).to_string(),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -976,24 +1021,14 @@ async fn gemini() {
     assert_eq!(p.agent_tool, "gemini");
     w.session_until(&s.id, "working (BeforeAgent)", |s| s.status == "working" && !needs_input(s))
         .await;
-    let reason = "gemini may not touch files today";
-    w.decide(&p.id, ApprovalDecision::Deny, Some(reason)).await;
-    eventually("the reason to reach the model", || async {
-        w.model.received(reason).then_some(())
-    })
-    .await;
-    assert!(!w.file("gemini.txt").exists(), "a denied command ran");
+    w.deny_reaches_model(&desk, &p.id, "gemini may not touch files today", "gemini.txt")
+        .await;
     passed(tool, "deny from the phone with a reason");
 
     step(tool, "lifecycle: needs input, session end");
     w.session_until(&s.id, "needs input after the turn (AfterAgent)", needs_input)
         .await;
-    desk.say("/quit").await;
-    desk.exited().await;
-    let s = w
-        .session_until(&s.id, "completed", |s| s.status == "completed")
-        .await;
-    assert!(!needs_input(&s), "needs-input stayed on: {s:?}");
+    w.quit(&mut desk, &s.id, "/quit").await;
     passed(tool, "lifecycle: needs input, session end");
 }
 

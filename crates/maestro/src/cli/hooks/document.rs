@@ -111,7 +111,7 @@ pub(super) fn is_ours(command: &str) -> bool {
 /// One installed Maestro hook, as found in a file (compared to decide idempotence).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Found {
-    event: String,
+    pub(super) event: String,
     matcher: Option<String>,
     command: String,
     timeout: Option<i64>,
@@ -671,7 +671,7 @@ mod tests {
         let text = d.render();
         assert!(text.starts_with(orig), "{text}");
         let again = Doc::parse(AgentTool::Codex, &text).unwrap();
-        assert_eq!(again.found().len(), 5);
+        assert_eq!(again.found().len(), 6);
         let mut stripped = again.clone();
         stripped.strip();
         assert_eq!(

@@ -4,17 +4,17 @@
 //! Each tool keeps hooks in its own settings file (JSON for Claude Code and Gemini CLI, TOML
 //! for Codex). Install merges Maestro's entries into that file without touching anything
 //! else; uninstall removes exactly those entries and, when nothing else changed, puts the
-//! file's original bytes back (kept under `$HOME/.maestro/hooks/`, 0700, each backup 0600). Maestro's entries are
-//! recognised by their command: a `maestro` executable running one of the hook subcommands.
+//! file's original bytes back (kept under `$HOME/.maestro/hooks/`, 0700, each backup 0600).
 //! See `docs/hooks.md`.
+//!
+//! Layout, by reason to change: this file is the commands (arguments, files, the pre-install
+//! state); [`document`] the settings file as a document (JSON or TOML, key order and layout
+//! kept) and the rule that recognises Maestro's entries; [`tools`] what each agent tool gets.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use maestro_server::util::files;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Value, json};
 
 use super::agent_tools::AgentTool;
@@ -497,7 +497,7 @@ fn status(ctx: &Context, a: StatusArgs) -> CmdResult {
     let mut rows = Vec::new();
     for tool in tools {
         let (supported, note) = approvals(tool);
-        let permission_event = super::super::agent_tools::permission_event(tool);
+        let permission_event = super::agent_tools::permission_event(tool);
         for scope in [&project, &user] {
             let path = config_path(tool, scope);
             let mut entry = json!({

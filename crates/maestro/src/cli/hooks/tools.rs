@@ -13,7 +13,7 @@ use super::document::shell_quote;
 pub(super) const APPROVE_HOOK_TIMEOUT_S: u64 = 660;
 /// Seconds for the lifecycle hooks (one short REST call each).
 pub(super) const LIFECYCLE_TIMEOUT_S: u64 = 30;
-/// Codex clamps a SessionEnd hook's timeout to 1..=3 s (it runs while Codex exits).
+/// Codex clamps the timeout of its SessionEnd and Interrupt hooks to 1..=3 s.
 const CODEX_SESSION_END_TIMEOUT_S: u64 = 3;
 
 /// One hook Maestro installs.
@@ -44,8 +44,9 @@ pub(super) fn wiring(tool: AgentTool, fallback: Fallback) -> Vec<Wiring> {
         tool.name(),
         fallback.name()
     );
-    // Claude Code keeps its own dialog open while the permission hook waits: these events
-    // mean the person at the desk answered it, and end the phone's copy.
+    // Events after which nothing the session asked is waiting any more: the person at the
+    // desk answered (Claude Code keeps its own dialog open while the permission hook waits)
+    // or interrupted. They end the phone's copy.
     let answered = format!("approve --tool {} --answered-at-terminal", tool.name());
     let s = |a: &str| format!("session {a}");
     match tool {
@@ -78,6 +79,9 @@ pub(super) fn wiring(tool: AgentTool, fallback: Fallback) -> Vec<Wiring> {
                 CODEX_SESSION_END_TIMEOUT_S,
                 "",
             ),
+            // Codex asks the hook before its own prompt; the desk can only interrupt the turn
+            // (Esc), which ends the request on the phone too.
+            ("Interrupt", None, answered, CODEX_SESSION_END_TIMEOUT_S, ""),
             (
                 "PermissionRequest",
                 None,
