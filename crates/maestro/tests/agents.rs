@@ -595,14 +595,26 @@ impl World {
     }
 
     /// The pending approval of `session` whose summary is `summary`, as the phone sees it.
-    async fn pending(&self, session: &str, summary: &str) -> Approval {
-        eventually(&format!("a pending approval for {summary:?}"), || async {
-            self.phone_pending()
+    async fn pending(&self, desk: &Desk, session: &str, summary: &str) -> Approval {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let found = self
+                .phone_pending()
                 .await
                 .into_iter()
-                .find(|a| a.session_id == session && a.summary == summary)
-        })
-        .await
+                .find(|a| a.session_id == session && a.summary == summary);
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no pending approval for {summary:?}; pending: {:?}\nthe screen:\n{}",
+                desk.name,
+                self.phone_pending().await,
+                desk.text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Every pending approval of the project, through the phone's token.
@@ -759,7 +771,7 @@ async fn claude_code() {
 
     step(tool, "allow from the phone runs the command");
     desk.say(&format!("{}touch allowed.txt", model::MARK)).await;
-    let a = w.pending(&s.id, "touch allowed.txt").await;
+    let a = w.pending(&desk, &s.id, "touch allowed.txt").await;
     w.session_until(&s.id, "working while asking", |s| s.status == "working")
         .await;
     // The phone answers while Claude's own dialog is up, as it is when a person looks.
@@ -779,7 +791,7 @@ async fn claude_code() {
     desk.say(&format!("{}touch denied.txt", model::MARK)).await;
     w.session_until(&s.id, "working again (UserPromptSubmit)", |s| !needs_input(s))
         .await;
-    let a = w.pending(&s.id, "touch denied.txt").await;
+    let a = w.pending(&desk, &s.id, "touch denied.txt").await;
     desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
         .await;
     w.deny_reaches_model(&desk, &a.id, "not on a Monday, says the phone", "denied.txt")
@@ -790,7 +802,7 @@ async fn claude_code() {
     desk.until("the turn to end", |t| t.matches("Finished.").count() >= 2 || t.contains("? for shortcuts"))
         .await;
     desk.say(&format!("{}touch desk.txt", model::MARK)).await;
-    let a = w.pending(&s.id, "touch desk.txt").await;
+    let a = w.pending(&desk, &s.id, "touch desk.txt").await;
     desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
         .await;
     desk.keys("1");
@@ -868,22 +880,31 @@ fn codex_env(w: &World, bin: &Path, codex_home: &Path) -> Vec<(String, String)> 
     env
 }
 
-/// Gets past what Codex asks once (the new hooks) to its prompt.
-async fn codex_ready(desk: &mut Desk) {
-    let t = desk
-        .until("Codex's prompt or its hook review", |t| {
-            t.contains("Hooks need review") || t.contains("? for shortcuts")
-        })
-        .await;
-    if t.contains("Hooks need review") {
+/// Gets past what Codex asks once (the new hooks) to its prompt. `review`: whether this start
+/// must ask (the first after `hooks install`); later starts must not.
+async fn codex_ready(desk: &mut Desk, review: bool) {
+    if review {
+        let t = desk
+            .until("Codex's hook review", |t| t.contains("Hooks need review"))
+            .await;
         // What `maestro hooks install` tells the user to answer.
         assert!(t.contains("Trust all and continue"), "{t}");
         desk.keys("2");
-        desk.until("Codex's prompt", |t| {
-            !t.contains("Hooks need review") && t.contains("? for shortcuts")
-        })
-        .await;
+        desk.until("the choice", |t| t.contains("› 2. Trust all")).await;
+        desk.keys("\r");
     }
+    desk.until("Codex's prompt", |t| {
+        !t.contains("Hooks need review") && t.contains("? for shortcuts")
+    })
+    .await;
+    // The splash shows the prompt line before the review (if any) is drawn over it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !desk.text().contains("Hooks need review"),
+        "{}: Codex asked again:\n{}",
+        desk.name,
+        desk.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -906,16 +927,16 @@ async fn codex() {
         Desk::start(name, w.dir(), &env, &argv)
     };
     let mut a = start("codex-a");
-    codex_ready(&mut a).await;
+    codex_ready(&mut a, true).await;
     let mut b = start("codex-b");
-    codex_ready(&mut b).await;
+    codex_ready(&mut b, false).await;
     let (sa, sb) = (w.session("codex-a").await, w.session("codex-b").await);
 
     step(tool, "two agents at once file approvals under their own sessions");
     a.say(&format!("{}touch codex-a.txt", model::MARK)).await;
     b.say(&format!("{}touch codex-b.txt", model::MARK)).await;
-    let pa = w.pending(&sa.id, "touch codex-a.txt").await;
-    let pb = w.pending(&sb.id, "touch codex-b.txt").await;
+    let pa = w.pending(&a, &sa.id, "touch codex-a.txt").await;
+    let pb = w.pending(&b, &sb.id, "touch codex-b.txt").await;
     assert_eq!(pa.agent_tool, "codex");
     for p in w.phone_pending().await {
         let own = if p.summary.contains("codex-a") { &sa.id } else { &sb.id };
@@ -950,7 +971,7 @@ async fn codex() {
         !needs_input(s)
     })
     .await;
-    let pd = w.pending(&sb.id, "touch codex-desk.txt").await;
+    let pd = w.pending(&b, &sb.id, "touch codex-desk.txt").await;
     b.keys("\x1b");
     let ended = eventually("the approval to end on the server", || async {
         let a = w.approval(&pd.id).await;
@@ -1017,7 +1038,7 @@ async fn gemini() {
 
     step(tool, "deny from the phone with a reason");
     desk.say(&format!("{}touch gemini.txt", model::MARK)).await;
-    let p = w.pending(&s.id, "touch gemini.txt").await;
+    let p = w.pending(&desk, &s.id, "touch gemini.txt").await;
     assert_eq!(p.agent_tool, "gemini");
     w.session_until(&s.id, "working (BeforeAgent)", |s| s.status == "working" && !needs_input(s))
         .await;
@@ -1058,7 +1079,7 @@ async fn claude_code_headless() {
     ];
     let mut desk = Desk::start("claude -p", w.dir(), &claude_env(&w, &bin), &argv);
     let s = w.session("headless").await;
-    let a = w.pending(&s.id, "touch headless.txt").await;
+    let a = w.pending(&desk, &s.id, "touch headless.txt").await;
     w.decide(&a.id, ApprovalDecision::Allow, None).await;
     eventually("headless.txt", || async {
         w.file("headless.txt").exists().then_some(())
