@@ -321,7 +321,15 @@ fn agent_clis() -> Result<()> {
         std::fs::write(&stamp, &lock)?;
     }
     let mut build = cargo();
-    build.args(["nextest", "run", "--package", "maestro", "--test", "agents", "--no-run"]);
+    build.args([
+        "nextest",
+        "run",
+        "--package",
+        "maestro",
+        "--test",
+        "agents",
+        "--no-run",
+    ]);
     step("cargo nextest run --no-run (real agent CLIs)", build)?;
     let isolated = Command::new("unshare")
         .args(["-rn", "true"])
@@ -340,7 +348,8 @@ fn agent_clis() -> Result<()> {
     let mut run = if isolated {
         eprintln!("==> real agent CLIs: in a network namespace (loopback only)");
         let mut c = Command::new("unshare");
-        c.current_dir(root()).args(["-rn", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        c.current_dir(root())
+            .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
             .arg(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(nextest);
         c

@@ -120,7 +120,9 @@ mod model {
                 return "(no request)".into();
             };
             let start = body.len().saturating_sub(n);
-            let start = (start..body.len()).find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+            let start = (start..body.len())
+                .find(|i| body.is_char_boundary(*i))
+                .unwrap_or(0);
             format!("{path} … {}", &body[start..])
         }
     }
@@ -150,7 +152,10 @@ mod model {
         let path = uri.path().to_owned();
         if let Some(dir) = std::env::var_os("MAESTRO_AGENTS_DUMP") {
             let n = log.lock().unwrap().requests.len();
-            let _ = std::fs::write(std::path::Path::new(&dir).join(format!("{n:03}.json")), &text);
+            let _ = std::fs::write(
+                std::path::Path::new(&dir).join(format!("{n:03}.json")),
+                &text,
+            );
         }
         let n = {
             let mut log = log.lock().unwrap();
@@ -163,8 +168,7 @@ mod model {
             anthropic(&req, &text, n)
         } else if path.ends_with("/responses") {
             openai(&req, &text, n)
-        } else if path.contains(":streamGenerateContent") || path.contains(":generateContent")
-        {
+        } else if path.contains(":streamGenerateContent") || path.contains(":generateContent") {
             gemini(&path, &req, &text)
         } else {
             (StatusCode::NOT_FOUND, "{}").into_response()
@@ -188,10 +192,7 @@ mod model {
             .as_array()
             .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
             .unwrap_or_default();
-        let command = tools
-            .contains(&"Bash")
-            .then(|| wanted(text))
-            .flatten();
+        let command = tools.contains(&"Bash").then(|| wanted(text)).flatten();
         let (block, delta, stop) = match &command {
             Some(c) => {
                 let input = json!({ "command": c, "description": "Run the test command" });
@@ -299,9 +300,7 @@ mod model {
     // Gemini generateContent / streamGenerateContent (SSE with `alt=sse`).
     fn gemini(path: &str, req: &Value, text: &str) -> Response {
         let has_shell = text.contains("\"run_shell_command\"");
-        let command = has_shell
-            .then(|| wanted(text))
-            .flatten();
+        let command = has_shell.then(|| wanted(text)).flatten();
         let part = match command {
             Some(c) => json!({ "functionCall": { "name": "run_shell_command",
                 "args": { "command": c, "description": "Run the test command" } } }),
@@ -318,7 +317,11 @@ mod model {
         if path.contains(":streamGenerateContent") {
             sse(vec![(None, chunk)])
         } else {
-            ([(header::CONTENT_TYPE, "application/json")], chunk.to_string()).into_response()
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                chunk.to_string(),
+            )
+                .into_response()
         }
     }
 }
@@ -354,7 +357,11 @@ impl Desk {
         cmd.args(argv);
         let child = pty.slave.spawn_command(cmd).expect("spawn maestro run");
         drop(pty.slave);
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(NonZeroU16::new(40).unwrap(), NonZeroU16::new(120).unwrap(), 0)));
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(
+            NonZeroU16::new(40).unwrap(),
+            NonZeroU16::new(120).unwrap(),
+            0,
+        )));
         let mut reader = pty.master.try_clone_reader().unwrap();
         let sink = screen.clone();
         std::thread::spawn(move || {
@@ -701,7 +708,14 @@ fn claude_setup(w: &World) {
     // What a person has done once on this machine: onboarding, this project trusted, the API
     // key accepted, manual permission mode (so dialogs appear).
     let key = "sk-ant-maestro-test-0000000000000000";
-    let tail: String = key.chars().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let mut projects = serde_json::Map::new();
     projects.insert(
         w.dir().display().to_string(),
@@ -775,38 +789,66 @@ async fn claude_code() {
     w.session_until(&s.id, "working while asking", |s| s.status == "working")
         .await;
     // The phone answers while Claude's own dialog is up, as it is when a person looks.
-    desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
-        .await;
+    desk.until("Claude's own dialog", |t| {
+        t.contains("Do you want to proceed?")
+    })
+    .await;
     w.decide(&a.id, ApprovalDecision::Allow, None).await;
-    eventually("allowed.txt", || async { w.file("allowed.txt").exists().then_some(()) }).await;
-    desk.until("the model's last word", |t| t.contains("Finished.")).await;
+    eventually("allowed.txt", || async {
+        w.file("allowed.txt").exists().then_some(())
+    })
+    .await;
+    desk.until("the model's last word", |t| t.contains("Finished."))
+        .await;
     w.session_until(&s.id, "needs input after the turn (Stop)", needs_input)
         .await;
     // The hooks said nothing into the conversation.
-    assert!(!w.model.received("registered (working)"), "hook stdout reached the model");
-    assert!(!w.model.received("is working again"), "hook stdout reached the model");
+    assert!(
+        !w.model.received("registered (working)"),
+        "hook stdout reached the model"
+    );
+    assert!(
+        !w.model.received("is working again"),
+        "hook stdout reached the model"
+    );
     passed(tool, "allow from the phone runs the command");
 
     step(tool, "deny from the phone with a reason");
     desk.say(&format!("{}touch denied.txt", model::MARK)).await;
-    w.session_until(&s.id, "working again (UserPromptSubmit)", |s| !needs_input(s))
-        .await;
+    w.session_until(&s.id, "working again (UserPromptSubmit)", |s| {
+        !needs_input(s)
+    })
+    .await;
     let a = w.pending(&desk, &s.id, "touch denied.txt").await;
-    desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
-        .await;
-    w.deny_reaches_model(&desk, &a.id, "not on a Monday, says the phone", "denied.txt")
-        .await;
+    desk.until("Claude's own dialog", |t| {
+        t.contains("Do you want to proceed?")
+    })
+    .await;
+    w.deny_reaches_model(
+        &desk,
+        &a.id,
+        "not on a Monday, says the phone",
+        "denied.txt",
+    )
+    .await;
     passed(tool, "deny from the phone with a reason");
 
     step(tool, "answered at the desk");
-    desk.until("the turn to end", |t| t.matches("Finished.").count() >= 2 || t.contains("? for shortcuts"))
-        .await;
+    desk.until("the turn to end", |t| {
+        t.matches("Finished.").count() >= 2 || t.contains("? for shortcuts")
+    })
+    .await;
     desk.say(&format!("{}touch desk.txt", model::MARK)).await;
     let a = w.pending(&desk, &s.id, "touch desk.txt").await;
-    desk.until("Claude's own dialog", |t| t.contains("Do you want to proceed?"))
-        .await;
+    desk.until("Claude's own dialog", |t| {
+        t.contains("Do you want to proceed?")
+    })
+    .await;
     desk.keys("1");
-    eventually("desk.txt", || async { w.file("desk.txt").exists().then_some(()) }).await;
+    eventually("desk.txt", || async {
+        w.file("desk.txt").exists().then_some(())
+    })
+    .await;
     let ended = eventually("the approval to end on the server", || async {
         let a = w.approval(&a.id).await;
         (a.status != ApprovalStatus::Pending).then_some(a)
@@ -875,7 +917,10 @@ trust_level = "trusted"
 
 fn codex_env(w: &World, bin: &Path, codex_home: &Path) -> Vec<(String, String)> {
     let mut env = w.env(bin);
-    env.push(("CODEX_HOME".into(), codex_home.to_string_lossy().into_owned()));
+    env.push((
+        "CODEX_HOME".into(),
+        codex_home.to_string_lossy().into_owned(),
+    ));
     env.push(("MAESTRO_TEST_MODEL_KEY".into(), "sk-maestro-test".into()));
     env
 }
@@ -890,7 +935,8 @@ async fn codex_ready(desk: &mut Desk, review: bool) {
         // What `maestro hooks install` tells the user to answer.
         assert!(t.contains("Trust all and continue"), "{t}");
         desk.keys("2");
-        desk.until("the choice", |t| t.contains("› 2. Trust all")).await;
+        desk.until("the choice", |t| t.contains("› 2. Trust all"))
+            .await;
         desk.keys("\r");
     }
     desk.until("Codex's prompt", |t| {
@@ -932,24 +978,42 @@ async fn codex() {
     codex_ready(&mut b, false).await;
     let (sa, sb) = (w.session("codex-a").await, w.session("codex-b").await);
 
-    step(tool, "two agents at once file approvals under their own sessions");
+    step(
+        tool,
+        "two agents at once file approvals under their own sessions",
+    );
     a.say(&format!("{}touch codex-a.txt", model::MARK)).await;
     b.say(&format!("{}touch codex-b.txt", model::MARK)).await;
     let pa = w.pending(&a, &sa.id, "touch codex-a.txt").await;
     let pb = w.pending(&b, &sb.id, "touch codex-b.txt").await;
     assert_eq!(pa.agent_tool, "codex");
     for p in w.phone_pending().await {
-        let own = if p.summary.contains("codex-a") { &sa.id } else { &sb.id };
+        let own = if p.summary.contains("codex-a") {
+            &sa.id
+        } else {
+            &sb.id
+        };
         assert_eq!(&p.session_id, own, "{p:?} filed under the wrong session");
     }
-    passed(tool, "two agents at once file approvals under their own sessions");
+    passed(
+        tool,
+        "two agents at once file approvals under their own sessions",
+    );
 
     step(tool, "allow from the phone runs the command");
     w.decide(&pa.id, ApprovalDecision::Allow, None).await;
-    eventually("codex-a.txt", || async { w.file("codex-a.txt").exists().then_some(()) }).await;
-    w.session_until(&sa.id, "codex-a needs input after the turn (Stop)", needs_input)
+    eventually("codex-a.txt", || async {
+        w.file("codex-a.txt").exists().then_some(())
+    })
+    .await;
+    w.session_until(
+        &sa.id,
+        "codex-a needs input after the turn (Stop)",
+        needs_input,
+    )
+    .await;
+    a.until("Codex's last word", |t| t.contains("Finished."))
         .await;
-    a.until("Codex's last word", |t| t.contains("Finished.")).await;
     assert!(
         !a.text().contains("invalid stop hook JSON"),
         "Codex rejected the Stop hook:\n{}",
@@ -958,14 +1022,20 @@ async fn codex() {
     passed(tool, "allow from the phone runs the command");
 
     step(tool, "deny from the phone with a reason");
-    w.deny_reaches_model(&b, &pb.id, "codex-b may not touch files today", "codex-b.txt")
-        .await;
+    w.deny_reaches_model(
+        &b,
+        &pb.id,
+        "codex-b may not touch files today",
+        "codex-b.txt",
+    )
+    .await;
     let sb_now = w.owner.get_session(&sb.id).await.unwrap();
     assert_eq!(sb_now.status, "working", "{sb_now:?}");
     passed(tool, "deny from the phone with a reason");
 
     step(tool, "the desk interrupts instead");
-    w.session_until(&sb.id, "codex-b needs input", needs_input).await;
+    w.session_until(&sb.id, "codex-b needs input", needs_input)
+        .await;
     b.say(&format!("{}touch codex-desk.txt", model::MARK)).await;
     w.session_until(&sb.id, "codex-b working again (UserPromptSubmit)", |s| {
         !needs_input(s)
@@ -1028,9 +1098,17 @@ async fn gemini() {
     env.push(("GEMINI_API_KEY".into(), "maestro-test-key".into()));
     env.push(("GOOGLE_GEMINI_BASE_URL".into(), w.model.url.clone()));
     // A fixed model: "auto" first asks a router model to classify the prompt.
-    let argv: Vec<String> = ["run", "--name", "gemini", "--", "gemini", "-m", "gemini-2.5-flash"]
-        .map(str::to_owned)
-        .to_vec();
+    let argv: Vec<String> = [
+        "run",
+        "--name",
+        "gemini",
+        "--",
+        "gemini",
+        "-m",
+        "gemini-2.5-flash",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     let mut desk = Desk::start("gemini", w.dir(), &env, &argv);
     desk.until("Gemini's prompt", |t| t.contains("Type your message"))
         .await;
@@ -1040,15 +1118,26 @@ async fn gemini() {
     desk.say(&format!("{}touch gemini.txt", model::MARK)).await;
     let p = w.pending(&desk, &s.id, "touch gemini.txt").await;
     assert_eq!(p.agent_tool, "gemini");
-    w.session_until(&s.id, "working (BeforeAgent)", |s| s.status == "working" && !needs_input(s))
-        .await;
-    w.deny_reaches_model(&desk, &p.id, "gemini may not touch files today", "gemini.txt")
-        .await;
+    w.session_until(&s.id, "working (BeforeAgent)", |s| {
+        s.status == "working" && !needs_input(s)
+    })
+    .await;
+    w.deny_reaches_model(
+        &desk,
+        &p.id,
+        "gemini may not touch files today",
+        "gemini.txt",
+    )
+    .await;
     passed(tool, "deny from the phone with a reason");
 
     step(tool, "lifecycle: needs input, session end");
-    w.session_until(&s.id, "needs input after the turn (AfterAgent)", needs_input)
-        .await;
+    w.session_until(
+        &s.id,
+        "needs input after the turn (AfterAgent)",
+        needs_input,
+    )
+    .await;
     w.quit(&mut desk, &s.id, "/quit").await;
     passed(tool, "lifecycle: needs input, session end");
 }
@@ -1061,7 +1150,10 @@ async fn claude_code_headless() {
     let tool = "claude-code -p";
     let w = World::new().await;
     claude_setup(&w);
-    step(tool, "--permission-prompt-tool maestro approve --mcp, allowed from the phone");
+    step(
+        tool,
+        "--permission-prompt-tool maestro approve --mcp, allowed from the phone",
+    );
     let mcp = json!({ "mcpServers": { "maestro": {
         "command": BIN, "args": ["approve", "--tool", "claude-code", "--mcp"] } } });
     let argv: Vec<String> = vec![
@@ -1086,5 +1178,8 @@ async fn claude_code_headless() {
     })
     .await;
     assert_eq!(desk.exited().await, 0, "{}", desk.text());
-    passed(tool, "--permission-prompt-tool maestro approve --mcp, allowed from the phone");
+    passed(
+        tool,
+        "--permission-prompt-tool maestro approve --mcp, allowed from the phone",
+    );
 }

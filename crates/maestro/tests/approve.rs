@@ -349,7 +349,10 @@ async fn a_request_answered_at_the_terminal_leaves_the_phone() {
     let other = run_hook(&hook, server.home.path(), &env, &payload("make clean"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while pending(&c, &p).await.len() < 2 {
-        assert!(Instant::now() < deadline, "the second request did not appear");
+        assert!(
+            Instant::now() < deadline,
+            "the second request did not appear"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -360,15 +363,24 @@ async fn a_request_answered_at_the_terminal_leaves_the_phone() {
         "tool_response": { "stdout": "", "stderr": "", "interrupted": false }
     });
     let (code, stdout, stderr) = finish(
-        run_hook(&settled, server.home.path(), &env, &post_tool_use.to_string()),
+        run_hook(
+            &settled,
+            server.home.path(),
+            &env,
+            &post_tool_use.to_string(),
+        ),
         Duration::from_secs(10),
     );
     assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
     let ended: Approval = serde_json::from_value(
-        c.raw(reqwest::Method::GET, &format!("/api/approvals/{}", a.id), None)
-            .await
-            .unwrap()
-            .body,
+        c.raw(
+            reqwest::Method::GET,
+            &format!("/api/approvals/{}", a.id),
+            None,
+        )
+        .await
+        .unwrap()
+        .body,
     )
     .unwrap();
     assert_eq!(ended.status, ApprovalStatus::Cancelled);
@@ -376,7 +388,11 @@ async fn a_request_answered_at_the_terminal_leaves_the_phone() {
         ended.reason.as_deref(),
         Some(maestro_protocol::ANSWERED_AT_TERMINAL)
     );
-    let still: Vec<String> = pending(&c, &p).await.into_iter().map(|a| a.summary).collect();
+    let still: Vec<String> = pending(&c, &p)
+        .await
+        .into_iter()
+        .map(|a| a.summary)
+        .collect();
     assert_eq!(still, ["make clean"], "only the answered call leaves");
     let late = c
         .decide_approval(

@@ -582,7 +582,15 @@ async fn session_hook_commands() {
 
     // A session that ends waiting for input waits no more (issue 19).
     cli().run(&["session", "needs-input"]).ok();
-    assert!(client.get_session(sid).await.unwrap().needs_input.unwrap().active);
+    assert!(
+        client
+            .get_session(sid)
+            .await
+            .unwrap()
+            .needs_input
+            .unwrap()
+            .active
+    );
     cli().run(&["session", "complete"]).ok();
     let s = client.get_session(sid).await.unwrap();
     assert_eq!(s.status, "completed");

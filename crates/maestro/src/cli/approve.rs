@@ -20,9 +20,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use maestro_client::Client;
-use maestro_protocol::{
-    ANSWERED_AT_TERMINAL, Approval, ApprovalStatus, CreateApproval, summarize,
-};
+use maestro_protocol::{ANSWERED_AT_TERMINAL, Approval, ApprovalStatus, CreateApproval, summarize};
 use serde_json::Value;
 
 use super::agent_tools::{AgentTool, PermissionRequest, Verdict, parse_permission_request};

@@ -131,7 +131,9 @@ async fn call(ctx: &Context, args: &ApproveArgs, arguments: &Value) -> Value {
     match ask(ctx, args, &request).await {
         Verdict::Allow => json!({ "behavior": "allow", "updatedInput": input }),
         Verdict::Deny { reason } => deny(&reason),
-        Verdict::Ask => deny("Maestro: nobody answered, and a headless agent has no terminal to ask"),
+        Verdict::Ask => {
+            deny("Maestro: nobody answered, and a headless agent has no terminal to ask")
+        }
     }
 }
 

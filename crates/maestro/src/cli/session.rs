@@ -28,7 +28,6 @@ macro_rules! hook_note {
     };
 }
 
-
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// List sessions of the current project (all projects' without one).

@@ -620,7 +620,6 @@ pub(super) fn toml_add(d: &mut toml_edit::DocumentMut, specs: &[HookSpec]) -> Re
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::super::tools::specs;
@@ -680,4 +679,3 @@ mod tests {
         );
     }
 }
-

@@ -93,7 +93,6 @@ pub struct StatusArgs {
     project_dir: Option<PathBuf>,
 }
 
-
 /// Runs a `maestro hooks` command.
 pub fn run(ctx: &Context, cmd: HooksCommand) -> CmdResult {
     match cmd {
@@ -266,7 +265,12 @@ fn load_state(config: &Path) -> CmdResult<Option<Saved>> {
         original: v["original"].as_str().map(str::to_owned),
         created_dirs: v["createdDirs"]
             .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).map(PathBuf::from).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default(),
     }))
 }
@@ -572,4 +576,3 @@ fn status(ctx: &Context, a: StatusArgs) -> CmdResult {
     });
     Ok(())
 }
-
