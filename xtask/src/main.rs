@@ -210,6 +210,7 @@ fn test(args: &[String]) -> Result<()> {
     }
 
     js_interop()?;
+    agent_clis()?;
     schemathesis()?;
     conformance()?;
     web_tests()?;
@@ -292,6 +293,78 @@ fn js_interop() -> Result<()> {
     let mut test = Command::new("npm");
     test.arg("test").current_dir(&dir).env("MAESTRO_BIN", &bin);
     step("npm test (tests/js)", test)
+}
+
+/// The real agent CLIs (issue 19, `crates/maestro/tests/agents.rs`): Claude Code, Codex and
+/// Gemini CLI from npm at the versions `tests/agents/package-lock.json` pins, installed into the
+/// target directory (again only when the lockfile changed), each driven through a terminal
+/// against a scripted model on loopback. Where an unprivileged network namespace is available
+/// (`unshare -rn`) the tests run inside one with only loopback up, so nothing can leave the
+/// machine whatever a CLI tries; the CLIs' own telemetry and update switches are set as well.
+fn agent_clis() -> Result<()> {
+    require_node("the real agent CLIs (tests/agents)")?;
+    let src = root().join("tests").join("agents");
+    let dir = target_dir().join("agent-clis");
+    std::fs::create_dir_all(&dir)?;
+    let lock = std::fs::read(src.join("package-lock.json"))?;
+    let stamp = dir.join("installed-package-lock.json");
+    let cached = std::fs::read(&stamp).is_ok_and(|s| s == lock)
+        && dir.join("node_modules").join(".bin").is_dir();
+    if !cached {
+        std::fs::copy(src.join("package.json"), dir.join("package.json"))?;
+        std::fs::write(dir.join("package-lock.json"), &lock)?;
+        let mut ci = Command::new("npm");
+        // The CLIs run without their install scripts (each ships its binary in the package).
+        ci.args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(&dir);
+        step("npm ci (tests/agents: the real agent CLIs)", ci)?;
+        std::fs::write(&stamp, &lock)?;
+    }
+    let mut build = cargo();
+    build.args([
+        "nextest",
+        "run",
+        "--package",
+        "maestro",
+        "--test",
+        "agents",
+        "--no-run",
+    ]);
+    step("cargo nextest run --no-run (real agent CLIs)", build)?;
+    let isolated = Command::new("unshare")
+        .args(["-rn", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let nextest = [
+        "nextest",
+        "run",
+        "--package",
+        "maestro",
+        "--test",
+        "agents",
+        "--no-capture",
+        "--offline",
+    ];
+    let mut run = if isolated {
+        eprintln!("==> real agent CLIs: in a network namespace (loopback only)");
+        let mut c = Command::new("unshare");
+        c.current_dir(root())
+            .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+            .arg(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(nextest);
+        c
+    } else {
+        eprintln!(
+            "==> real agent CLIs: no network namespace here (`unshare -rn` failed); relying on \
+             the CLIs' own switches and a loopback-only model"
+        );
+        let mut c = cargo();
+        c.args(nextest);
+        c
+    };
+    run.env("MAESTRO_AGENT_CLIS", &dir)
+        .env("CARGO_TARGET_DIR", target_dir());
+    step("real agent CLIs (Claude Code, Codex, Gemini CLI)", run)
 }
 
 /// The official protocol test suites, `tests/conformance/{engine.io,socket.io}-protocol`

@@ -687,6 +687,20 @@ impl Client {
         self.send(Method::POST, &path, req).await
     }
 
+    /// The approvals of `session_id`, oldest first; only the pending ones when `pending`.
+    pub async fn session_approvals(
+        &self,
+        session_id: &str,
+        pending: bool,
+    ) -> Result<Vec<maestro_protocol::Approval>> {
+        let path = format!("/api/sessions/{}/approvals", enc(session_id));
+        if pending {
+            self.get_q(&path, &[("status", "pending")]).await
+        } else {
+            self.get(&path).await
+        }
+    }
+
     /// Long-polls approval `id` for up to `timeout_ms` (at most 120,000).
     pub async fn wait_approval(
         &self,

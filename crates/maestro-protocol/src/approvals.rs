@@ -24,9 +24,14 @@ pub enum ApprovalStatus {
     Allowed,
     /// Decided `deny`.
     Denied,
-    /// Its session ended, or its agent stopped beating, before anyone decided.
+    /// Its session ended, or its agent stopped beating, before anyone decided; or the person
+    /// at the agent's own terminal answered first (reason [`ANSWERED_AT_TERMINAL`]).
     Cancelled,
 }
+
+/// The reason of an approval withdrawn because it was answered in the agent tool's own
+/// dialog: the phone's answer would come too late to matter.
+pub const ANSWERED_AT_TERMINAL: &str = "answered_at_terminal";
 
 impl ApprovalStatus {
     pub fn is_pending(self) -> bool {

@@ -328,3 +328,182 @@ impl GetRaw for Client {
             .body
     }
 }
+
+/// Claude Code keeps its own dialog open while the hook waits (issue 19): answered there, the
+/// tool runs and PostToolUse fires; `--answered-at-terminal` withdraws exactly that request,
+/// the phone stops showing it, and a late decision is refused.
+#[tokio::test]
+async fn a_request_answered_at_the_terminal_leaves_the_phone() {
+    let server = Server::start().await;
+    let c = server.client();
+    let (p, s) = setup(&c).await;
+    let project = tempfile::tempdir().unwrap();
+    let hook = installed_permission_hook(server.home.path(), project.path(), &[]);
+    let env = [
+        ("MAESTRO_SERVER_URL", server.url.as_str()),
+        ("MAESTRO_SESSION_ID", s.as_str()),
+        ("MAESTRO_PROJECT_ID", p.as_str()),
+    ];
+    let waiting = run_hook(&hook, server.home.path(), &env, &payload("make deploy"));
+    let a = appears(&c, &p).await;
+    let other = run_hook(&hook, server.home.path(), &env, &payload("make clean"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pending(&c, &p).await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second request did not appear"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let settled = format!("{BIN} approve --tool claude-code --answered-at-terminal");
+    let post_tool_use = json!({
+        "session_id": "0b6e2c1d-claude", "cwd": "/tmp", "hook_event_name": "PostToolUse",
+        "tool_name": "Bash", "tool_input": { "command": "make deploy" },
+        "tool_response": { "stdout": "", "stderr": "", "interrupted": false }
+    });
+    let (code, stdout, stderr) = finish(
+        run_hook(
+            &settled,
+            server.home.path(),
+            &env,
+            &post_tool_use.to_string(),
+        ),
+        Duration::from_secs(10),
+    );
+    assert_eq!((code, stdout.as_str()), (0, ""), "{stderr}");
+    let ended: Approval = serde_json::from_value(
+        c.raw(
+            reqwest::Method::GET,
+            &format!("/api/approvals/{}", a.id),
+            None,
+        )
+        .await
+        .unwrap()
+        .body,
+    )
+    .unwrap();
+    assert_eq!(ended.status, ApprovalStatus::Cancelled);
+    assert_eq!(
+        ended.reason.as_deref(),
+        Some(maestro_protocol::ANSWERED_AT_TERMINAL)
+    );
+    let still: Vec<String> = pending(&c, &p)
+        .await
+        .into_iter()
+        .map(|a| a.summary)
+        .collect();
+    assert_eq!(still, ["make clean"], "only the answered call leaves");
+    let late = c
+        .decide_approval(
+            &a.id,
+            &DecideApproval {
+                decision: ApprovalDecision::Deny,
+                reason: None,
+                request_id: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(late.status().map(|s| s.as_u16()), Some(409));
+    // The waiting hook ends too (its answer no longer matters to Claude Code).
+    let (code, _, stderr) = finish(waiting, Duration::from_secs(10));
+    assert_eq!(code, 0, "{stderr}");
+
+    // A turn that ends (Stop: no tool named) withdraws whatever is still pending.
+    let stop = json!({ "session_id": "0b6e2c1d-claude", "hook_event_name": "Stop" });
+    let (code, stdout, _) = finish(
+        run_hook(&settled, server.home.path(), &env, &stop.to_string()),
+        Duration::from_secs(10),
+    );
+    assert_eq!((code, stdout.as_str()), (0, ""));
+    assert!(pending(&c, &p).await.is_empty());
+    let (code, _, stderr) = finish(other, Duration::from_secs(10));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// `maestro approve --mcp` speaks MCP on stdio: Claude Code's `--permission-prompt-tool` for
+/// `claude -p`. The phone's decision comes back as Claude Code's permission JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mcp_permission_prompt_tool_asks_the_phone() {
+    let server = Server::start().await;
+    let c = server.client();
+    let (p, s) = setup(&c).await;
+    let mut child = Command::new(BIN)
+        .args(["approve", "--tool", "claude-code", "--mcp"])
+        .env_clear()
+        .env("HOME", server.home.path())
+        .env("MAESTRO_SERVER_URL", &server.url)
+        .env("MAESTRO_SESSION_ID", &s)
+        .env("MAESTRO_PROJECT_ID", &p)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut rpc = |msg: Value| -> Option<Value> {
+        use std::io::BufRead;
+        writeln!(stdin, "{msg}").unwrap();
+        stdin.flush().unwrap();
+        msg.get("id")?;
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        Some(serde_json::from_str(&line).unwrap())
+    };
+    let init = rpc(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "claude-code", "version": "2.1.332"}}}))
+    .unwrap();
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    assert!(init["result"]["capabilities"]["tools"].is_object());
+    assert!(rpc(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).is_none());
+    let list = rpc(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).unwrap();
+    assert_eq!(list["result"]["tools"][0]["name"], "approve");
+
+    let call = |id: u64, command: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "approve",
+            "arguments": {"tool_name": "Bash", "input": {"command": command},
+                          "tool_use_id": "toolu_1"}}})
+    };
+    let decide = |decision: ApprovalDecision, reason: Option<&str>| {
+        let (c, p, reason) = (c.clone(), p.clone(), reason.map(str::to_owned));
+        async move {
+            let a = appears(&c, &p).await;
+            c.decide_approval(
+                &a.id,
+                &DecideApproval {
+                    decision,
+                    reason,
+                    request_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let phone = tokio::spawn(decide(ApprovalDecision::Allow, None));
+    let answer = tokio::task::block_in_place(|| rpc(call(3, "cargo test"))).unwrap();
+    phone.await.unwrap();
+    let text: Value =
+        serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        text,
+        json!({"behavior": "allow", "updatedInput": {"command": "cargo test"}})
+    );
+
+    let phone = tokio::spawn(decide(ApprovalDecision::Deny, Some("not now")));
+    let answer = tokio::task::block_in_place(|| rpc(call(4, "git push"))).unwrap();
+    phone.await.unwrap();
+    let text: Value =
+        serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, json!({"behavior": "deny", "message": "not now"}));
+
+    let unknown = rpc(json!({"jsonrpc": "2.0", "id": 5, "method": "resources/list"})).unwrap();
+    assert_eq!(unknown["error"]["code"], -32601);
+    drop(stdin);
+    let (code, _, _) = finish(child, Duration::from_secs(10));
+    assert_eq!(code, 0);
+}

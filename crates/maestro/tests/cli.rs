@@ -572,20 +572,35 @@ async fn session_hook_commands() {
         ("needs_input", Some("which DB?"))
     );
 
+    // Hooks say nothing on stdout (agent tools feed it to the model or parse it).
     let out = cli().run(&["session", "resume-working"]).ok();
-    assert!(out.stdout.contains("working again"));
+    assert!(out.stderr.contains("working again"), "{out:?}");
+    assert_eq!(out.stdout, "");
     let s = client.get_session(sid).await.unwrap();
     assert_eq!(s.status, "working");
     assert!(!s.needs_input.unwrap().active);
 
+    // A session that ends waiting for input waits no more (issue 19).
+    cli().run(&["session", "needs-input"]).ok();
+    assert!(
+        client
+            .get_session(sid)
+            .await
+            .unwrap()
+            .needs_input
+            .unwrap()
+            .active
+    );
     cli().run(&["session", "complete"]).ok();
     let s = client.get_session(sid).await.unwrap();
     assert_eq!(s.status, "completed");
     assert!(s.completed_at.is_some());
+    assert!(!s.needs_input.unwrap().active, "needs-input stayed on");
 
     // register on a known session marks it working again (no second session).
     let out = cli().run(&["session", "register"]).ok();
-    assert!(out.stdout.contains("registered"));
+    assert!(out.stderr.contains("registered"), "{out:?}");
+    assert_eq!(out.stdout, "");
     assert_eq!(client.get_session(sid).await.unwrap().status, "working");
     let all = client
         .list_sessions(&SessionQuery {

@@ -113,22 +113,35 @@ fn toml_to_json(i: &toml_edit::Item) -> Value {
 fn expected(tool: &str) -> Vec<(&'static str, String, u64)> {
     let s = |a: &str| format!("session {a}");
     match tool {
-        "claude-code" => vec![
-            ("SessionStart", s("register"), 30),
-            ("UserPromptSubmit", s("resume-working"), 30),
-            ("Stop", s("needs-input"), 30),
-            ("Notification", s("needs-input"), 30),
-            ("SessionEnd", s("complete"), 30),
-            (
-                "PermissionRequest",
-                "approve --tool claude-code --fallback ask".into(),
-                660,
-            ),
-        ],
+        "claude-code" => {
+            let answered = || "approve --tool claude-code --answered-at-terminal".to_owned();
+            vec![
+                ("SessionStart", s("register"), 30),
+                ("UserPromptSubmit", s("resume-working"), 30),
+                ("UserPromptSubmit", answered(), 30),
+                ("Stop", s("needs-input"), 30),
+                ("Stop", answered(), 30),
+                ("Notification", s("needs-input"), 30),
+                ("SessionEnd", s("complete"), 30),
+                (
+                    "PermissionRequest",
+                    "approve --tool claude-code --fallback ask".into(),
+                    660,
+                ),
+                ("PostToolUse", answered(), 30),
+                ("PostToolUseFailure", answered(), 30),
+            ]
+        }
         "codex" => vec![
             ("SessionStart", s("register"), 30),
             ("UserPromptSubmit", s("resume-working"), 30),
             ("Stop", s("needs-input"), 30),
+            ("SessionEnd", s("complete"), 3),
+            (
+                "Interrupt",
+                "approve --tool codex --answered-at-terminal".into(),
+                3,
+            ),
             (
                 "PermissionRequest",
                 "approve --tool codex --fallback ask".into(),
@@ -141,6 +154,11 @@ fn expected(tool: &str) -> Vec<(&'static str, String, u64)> {
             ("AfterAgent", s("needs-input"), 30_000),
             ("Notification", s("needs-input"), 30_000),
             ("SessionEnd", s("complete"), 30_000),
+            (
+                "BeforeTool",
+                "approve --tool gemini --fallback ask".into(),
+                660_000,
+            ),
         ],
     }
 }
@@ -153,7 +171,7 @@ fn check_shape(tool: &str, v: &Value, exe: &str) {
         let ours: Vec<&Value> = groups
             .iter()
             .flat_map(|g| g["hooks"].as_array().unwrap().iter())
-            .filter(|h| h["command"].as_str().unwrap().starts_with(exe))
+            .filter(|h| h["command"].as_str().unwrap() == format!("{exe} {args}"))
             .collect();
         assert_eq!(ours.len(), 1, "{tool} {event}: {v:#}");
         let h = ours[0];
@@ -425,9 +443,34 @@ fn status_reports_per_tool_and_scope() {
     assert_eq!(row("codex", "project")["approvals"]["supported"], true);
     let g = row("gemini", "user");
     assert_eq!(g["installed"], true);
-    assert_eq!(g["approvals"]["supported"], false);
-    assert_eq!(g["events"].as_array().unwrap().len(), 5);
+    assert_eq!(g["approvals"]["supported"], true);
+    assert_eq!(g["approvals"]["wired"], true);
+    assert_eq!(g["events"].as_array().unwrap().len(), 6);
     // Human output too.
     let text = env.ok(&["hooks", "status"]);
     assert!(text.contains("claude-code"), "{text}");
+}
+
+/// Uninstall takes away the directory install created for the file (issue 19), and keeps one
+/// that holds something else.
+#[test]
+fn uninstall_removes_the_directories_install_created() {
+    let env = Env::new();
+    for tool in ["claude-code", "codex", "gemini"] {
+        let file = env.path(tool, false);
+        let dir = file.parent().unwrap().to_path_buf();
+        assert!(!dir.exists(), "{}", dir.display());
+        env.ok(&["hooks", "install", tool]);
+        assert!(file.exists());
+        env.ok(&["hooks", "uninstall", tool]);
+        assert!(!dir.exists(), "{tool}: {} stayed", dir.display());
+    }
+    // A directory that holds something else stays.
+    env.ok(&["hooks", "install", "gemini"]);
+    let file = env.path("gemini", false);
+    let other = file.parent().unwrap().join("GEMINI.md");
+    std::fs::write(&other, "notes").unwrap();
+    env.ok(&["hooks", "uninstall", "gemini"]);
+    assert!(!file.exists());
+    assert!(other.exists());
 }

@@ -327,6 +327,7 @@ impl Domain {
                 "the agent stopped responding",
                 now,
             )?;
+            super::sessions::clear_needs_input(&mut session);
             tx.put(Collection::Sessions, &session_id, None, &session);
             let scope = session.project_id.clone();
             emit_session_appended(tx, &session, &[entry], &[], &[]);

@@ -160,6 +160,7 @@ pub(crate) fn end_session(
     close_task_statuses(tx, session, outcome, now)?;
     release_all(tx, &session.project_id, &session.id, "session_ended")?;
     super::approvals::cancel_pending(tx, &session.project_id, &session.id, "session ended", now)?;
+    super::sessions::clear_needs_input(session);
     tx.put(Collection::Sessions, &session.id, None, session);
     emit_session_appended(tx, session, &[entry], &[], &[]);
     let notify = match status {

@@ -197,6 +197,14 @@ pub(crate) fn timeline_page(
     })
 }
 
+/// An ended session waits for nobody: its needs-input flag goes off with it, so no phone
+/// keeps showing "waiting for input" on a session that completed, failed or was stopped.
+pub(crate) fn clear_needs_input(session: &mut Session) {
+    if session.needs_input.as_ref().is_some_and(|n| n.active) {
+        session.needs_input = Some(NeedsInput::default());
+    }
+}
+
 impl Domain {
     pub async fn create_session(&self, req: CreateSession) -> Result<Session> {
         let task_ids = match (&req.task_ids, &req.task_id) {
@@ -404,6 +412,7 @@ impl Domain {
                 release_all(tx, &session.project_id, &id, "session_ended")?;
                 // And nobody is left to act on an answer.
                 approvals::cancel_pending(tx, &session.project_id, &id, "session ended", now)?;
+                clear_needs_input(&mut session);
             }
             tx.put(Collection::Sessions, &id, None, &session);
             let scope = session.project_id.clone();

@@ -54,6 +54,66 @@ impl AgentTool {
     }
 }
 
+/// Codex's subcommands that are not its interactive terminal (they take no `--no-daemon`).
+const CODEX_SUBCOMMANDS: &[&str] = &[
+    "agents",
+    "exec",
+    "e",
+    "review",
+    "login",
+    "logout",
+    "mcp",
+    "plugin",
+    "app-server",
+    "remote-control",
+    "completion",
+    "update",
+    "doctor",
+    "sandbox",
+    "debug",
+    "apply",
+    "a",
+    "resume",
+    "queue",
+    "archive",
+    "delete",
+    "migrate-rollouts",
+    "migrate-nfs-db",
+    "unarchive",
+    "fork",
+    "cloud",
+    "exec-server",
+    "features",
+    "help",
+];
+
+/// The command line to start an agent with, so that its hooks report to the session that
+/// started it.
+///
+/// Codex's terminal runs its turns, hooks included, in a background app-server that all of a
+/// user's Codex terminals share, and that server has the environment of whichever terminal
+/// started it: another session's `MAESTRO_SESSION_ID`, or none. `--no-daemon` (Codex 0.171)
+/// makes this terminal run its own, with this agent's environment. Other commands are
+/// returned as they are.
+pub fn agent_argv(argv: &[String]) -> Vec<String> {
+    let mut out = argv.to_vec();
+    let Some(program) = argv.first() else {
+        return out;
+    };
+    let name = std::path::Path::new(program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let interactive = match argv.get(1) {
+        None => true,
+        Some(a) => !CODEX_SUBCOMMANDS.contains(&a.as_str()),
+    };
+    if name == "codex" && interactive && !argv.iter().any(|a| a == "--no-daemon") {
+        out.insert(1, "--no-daemon".to_owned());
+    }
+    out
+}
+
 /// A tool's request to use a tool, as its permission hook reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PermissionRequest {
@@ -317,6 +377,25 @@ mod tests {
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v, json!({"decision": "deny", "reason": "no"}));
         assert_eq!(render_verdict(g, &Verdict::Ask), ("{}".into(), 0));
+    }
+
+    #[test]
+    fn codex_terminals_run_without_the_shared_daemon() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(agent_argv(&v(&["codex"])), v(&["codex", "--no-daemon"]));
+        assert_eq!(
+            agent_argv(&v(&["/opt/bin/codex", "fix the tests", "-m", "o3"])),
+            v(&["/opt/bin/codex", "--no-daemon", "fix the tests", "-m", "o3"])
+        );
+        for same in [
+            &["codex", "exec", "do it"][..],
+            &["codex", "--no-daemon"],
+            &["claude"],
+            &["gemini", "-m", "x"],
+            &["my-codex"],
+        ] {
+            assert_eq!(agent_argv(&v(same)), v(same), "{same:?}");
+        }
     }
 
     #[test]

@@ -8,12 +8,20 @@
 //! decides within `--timeout`, it answers the `--fallback` (default: ask). A wait it gives up
 //! (timeout, SIGINT, SIGTERM — tools kill hooks that outlive their own timeout) withdraws the
 //! request, so the phone stops showing it.
+//!
+//! With `--answered-at-terminal` it is the hook of the events that say the agent moved past
+//! its permission dialog (the tool ran or failed, the turn ended, a new prompt came): Claude
+//! Code shows its own dialog while the permission hook waits, and does not stop the hook when
+//! the person at the desk answers there. Whatever this session still has pending (for that
+//! tool call, when the event names one) is withdrawn as `answered_at_terminal`, so it leaves
+//! every phone and a late answer from one is refused rather than recorded.
 
 use std::io::Read;
 use std::time::Duration;
 
 use maestro_client::Client;
-use maestro_protocol::{Approval, ApprovalStatus, CreateApproval};
+use maestro_protocol::{ANSWERED_AT_TERMINAL, Approval, ApprovalStatus, CreateApproval, summarize};
+use serde_json::Value;
 
 use super::agent_tools::{AgentTool, PermissionRequest, Verdict, parse_permission_request};
 use super::context::Context;
@@ -25,7 +33,8 @@ const WAIT_SLICE: Duration = Duration::from_secs(60);
 /// How long one request may take beyond its long-poll before the server counts as gone.
 const REQUEST_SLACK: Duration = Duration::from_secs(10);
 
-/// What to answer when no human decides.
+/// What to answer when no human decides: the one type `maestro approve --fallback` and
+/// `maestro hooks install --fallback` share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Fallback {
     /// Let the tool ask at its own terminal.
@@ -53,9 +62,26 @@ pub struct ApproveArgs {
     #[arg(long, env = "MAESTRO_APPROVAL_TIMEOUT", default_value_t = 600, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
+    /// Withdraw this session's pending requests as answered at the agent's own terminal (the
+    /// hook of the events that follow a permission dialog); reads that event's payload.
+    #[arg(long, conflicts_with = "mcp")]
+    pub answered_at_terminal: bool,
+    /// Serve Claude Code's `--permission-prompt-tool` over MCP (stdio) instead of reading one
+    /// hook payload: for `claude -p`, which calls no permission hook.
+    #[arg(long)]
+    pub mcp: bool,
 }
 
 impl Fallback {
+    /// The command-line spelling (`ask`, `allow`, `deny`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Fallback::Ask => "ask",
+            Fallback::Allow => "allow",
+            Fallback::Deny => "deny",
+        }
+    }
+
     fn verdict(self, why: &str) -> Verdict {
         match self {
             Fallback::Ask => Verdict::Ask,
@@ -69,6 +95,14 @@ impl Fallback {
 
 /// Runs the hook; always answers the tool (exit code of the rendered verdict).
 pub async fn approve(ctx: &Context, args: ApproveArgs) -> i32 {
+    if args.mcp {
+        return super::approve_mcp::serve(ctx, &args).await;
+    }
+    if args.answered_at_terminal {
+        answered_at_terminal(ctx).await;
+        // Silent, and never in the agent's way.
+        return 0;
+    }
     let verdict = decide(ctx, &args).await;
     let (stdout, code) = super::agent_tools::render_verdict(args.tool, &verdict);
     if !stdout.is_empty() {
@@ -79,15 +113,24 @@ pub async fn approve(ctx: &Context, args: ApproveArgs) -> i32 {
 
 async fn decide(ctx: &Context, args: &ApproveArgs) -> Verdict {
     // Outside a Maestro session the hook stays out of the way.
-    let Some(session) = ctx.session_id.clone() else {
+    if ctx.session_id.is_none() {
         return Verdict::Ask;
-    };
+    }
     let request = match read_request(args.tool) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("maestro approve: {e:#}");
             return args.fallback.verdict("unreadable hook payload");
         }
+    };
+    ask(ctx, args, &request).await
+}
+
+/// Files `request` on the server for this session and waits for a human's answer (or the
+/// fallback). Without a session the answer is "ask".
+pub(super) async fn ask(ctx: &Context, args: &ApproveArgs, request: &PermissionRequest) -> Verdict {
+    let Some(session) = ctx.session_id.clone() else {
+        return Verdict::Ask;
     };
     let client = match ctx.client() {
         Ok(c) => c,
@@ -204,7 +247,7 @@ fn verdict_of(approval: &Approval, fallback: Fallback) -> Verdict {
     }
 }
 
-fn read_request(tool: AgentTool) -> anyhow::Result<PermissionRequest> {
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     std::io::stdin()
         .take(MAX_STDIN + 1)
@@ -212,7 +255,45 @@ fn read_request(tool: AgentTool) -> anyhow::Result<PermissionRequest> {
     if bytes.len() as u64 > MAX_STDIN {
         anyhow::bail!("hook payload is larger than {MAX_STDIN} bytes");
     }
-    parse_permission_request(tool, &bytes)
+    Ok(bytes)
+}
+
+fn read_request(tool: AgentTool) -> anyhow::Result<PermissionRequest> {
+    parse_permission_request(tool, &read_stdin()?)
+}
+
+/// Withdraws the session's pending requests that the person at the terminal answered.
+async fn answered_at_terminal(ctx: &Context) {
+    let Some(session) = ctx.session_id.as_deref() else {
+        return;
+    };
+    // A payload that names a tool call narrows the withdrawal to that call (another may
+    // still be waiting); one that does not (Stop, UserPromptSubmit) means the turn moved on.
+    let payload: Value = read_stdin()
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let call = payload["tool_name"]
+        .as_str()
+        .map(|name| (name, summarize(name, &payload["tool_input"])));
+    let Ok(client) = ctx.client() else { return };
+    let pending = tokio::time::timeout(REQUEST_SLACK, client.session_approvals(session, true));
+    let pending = match pending.await {
+        Ok(Ok(list)) => list,
+        Ok(Err(e)) => {
+            eprintln!("maestro approve: cannot list pending requests: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    for a in pending.iter().filter(|a| answered_call(a, call.as_ref())) {
+        withdraw(&client, &a.id, ANSWERED_AT_TERMINAL).await;
+    }
+}
+
+/// Whether pending approval `a` is the tool call the event reports (any, when it names none).
+fn answered_call(a: &Approval, call: Option<&(&str, String)>) -> bool {
+    call.is_none_or(|(name, summary)| a.tool_name == *name && a.summary == *summary)
 }
 
 /// A fresh idempotency key for this hook call.

@@ -15,6 +15,7 @@
 mod output;
 pub(crate) mod agent_tools;
 mod approve;
+mod approve_mcp;
 pub(crate) mod changes;
 mod claims;
 mod context;

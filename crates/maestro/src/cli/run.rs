@@ -4,6 +4,8 @@
 //! 1. Registers the session (`working`), creating it when the server does not know it.
 //! 2. Starts the agent in a pty with `MAESTRO_SESSION_ID`, `MAESTRO_PROJECT_ID`,
 //!    `MAESTRO_TASK_IDS` and `MAESTRO_SERVER_URL` set, so its hooks report on this session.
+//!    Codex's terminal gets `--no-daemon`, so its hooks run with this environment rather than
+//!    that of a shared background server ([`super::agent_tools::agent_argv`]).
 //!    When stdin is a terminal it is put in raw mode and passed through (resized on
 //!    SIGWINCH); otherwise stdin and stdout are plain pipes through the pty. End of input on
 //!    a pipe is not forwarded: replies may still arrive from the server.
@@ -106,7 +108,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
 
     let tty = std::io::stdin().is_terminal();
     let spec = Spec {
-        argv: args.command.clone(),
+        argv: super::agent_tools::agent_argv(&args.command),
         cwd: None,
         env: vec![
             ("MAESTRO_SESSION_ID".into(), sid.clone()),

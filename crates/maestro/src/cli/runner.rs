@@ -446,7 +446,7 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
         .await;
         return;
     };
-    let argv = entry.argv(&launch.prompt, launch.resume);
+    let argv = super::agent_tools::agent_argv(&entry.argv(&launch.prompt, launch.resume));
     if find_program(&argv[0]).is_none() {
         ctx.fail(
             &launch,

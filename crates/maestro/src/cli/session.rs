@@ -3,7 +3,8 @@
 //! `register`, `complete`, `needs-input` and `resume-working` are what agent hooks call
 //! (SessionStart, SessionEnd, Stop/Notification, UserPromptSubmit). Outside a Maestro
 //! session (no `MAESTRO_SESSION_ID`) they do nothing and exit 0, as upstream's did, so an
-//! agent started by hand is not disturbed by its hooks.
+//! agent started by hand is not disturbed by its hooks. They print nothing on stdout (their
+//! status line goes to stderr): agent tools feed a hook's stdout to the model or parse it.
 
 use clap::Subcommand;
 use clap::builder::PossibleValuesParser;
@@ -17,6 +18,15 @@ use serde_json::json;
 use super::context::Context;
 use super::output::{CmdResult, emit, exit, fmt_time, kv, now_ms, table, truncate};
 use super::task::read_doc;
+
+/// Hook commands' status line, on stderr. An agent tool puts a hook's stdout into the
+/// model's context (Claude Code's SessionStart and UserPromptSubmit) or parses it as JSON
+/// (Codex, Gemini CLI), so stdout stays empty unless `--json` asked for data.
+macro_rules! hook_note {
+    ($($arg:tt)*) => {
+        eprintln!($($arg)*)
+    };
+}
 
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
@@ -188,7 +198,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 ctx.json,
                 &json!({ "sessionId": id, "status": "registered" }),
                 || {
-                    say!("Session {id} registered (working).");
+                    hook_note!("Session {id} registered (working).");
                 },
             );
         }
@@ -206,7 +216,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 ctx.json,
                 &json!({ "sessionId": id, "status": "completed" }),
                 || {
-                    say!("Session {id} completed.");
+                    hook_note!("Session {id} completed.");
                 },
             );
         }
@@ -236,7 +246,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 ctx.json,
                 &json!({ "sessionId": id, "needsInput": true }),
                 || {
-                    say!("Session {id} is waiting for input: {message}");
+                    hook_note!("Session {id} is waiting for input: {message}");
                 },
             );
         }
@@ -254,7 +264,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
                 ctx.json,
                 &json!({ "sessionId": id, "status": "working" }),
                 || {
-                    say!("Session {id} is working again.");
+                    hook_note!("Session {id} is working again.");
                 },
             );
         }
