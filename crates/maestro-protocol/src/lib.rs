@@ -21,6 +21,7 @@ pub mod requests;
 pub mod runner;
 pub mod spawn;
 pub mod team;
+pub mod transcript;
 
 pub use approvals::*;
 pub use auth::*;
@@ -35,6 +36,7 @@ pub use requests::*;
 pub use runner::*;
 pub use spawn::*;
 pub use team::*;
+pub use transcript::*;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub type Millis = i64;

@@ -7,7 +7,8 @@
 //! - [`domain`]: business rules, one module per feature;
 //! - [`ports`]: the traits a storage backend implements; [`backends`]: the implementations;
 //! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets;
-//! - [`terminal`]: agents' live terminals, streamed from their hosts to viewers.
+//! - [`terminal`]: agents' live terminals, streamed from their hosts to viewers;
+//! - [`transcript`]: agents' own transcript files, parsed into a bounded structured view.
 
 pub mod auth;
 pub mod backends;
@@ -21,6 +22,7 @@ pub mod push;
 pub mod queue;
 pub mod realtime;
 pub mod terminal;
+pub mod transcript;
 pub mod util;
 
 use std::net::SocketAddr;

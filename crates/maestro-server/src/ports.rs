@@ -63,11 +63,15 @@ pub enum Collection {
     Runners,
     /// Spawns waiting for a runner, one per session, owned by the machine that must run them.
     LaunchQueue,
+    /// One record per session's transcript: its last and first `seq`, the file followed.
+    TranscriptState,
+    /// A session's transcript entries, in pages of a fixed number of entries.
+    TranscriptPages,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 20] = [
+    pub const ALL: [Collection; 22] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -88,6 +92,8 @@ impl Collection {
         Self::ApprovalRules,
         Self::Runners,
         Self::LaunchQueue,
+        Self::TranscriptState,
+        Self::TranscriptPages,
     ];
 
     /// Stable name used in storage keys.
@@ -113,6 +119,8 @@ impl Collection {
             Self::ApprovalRules => "approval_rules",
             Self::Runners => "runners",
             Self::LaunchQueue => "launch_queue",
+            Self::TranscriptState => "transcript_state",
+            Self::TranscriptPages => "transcript_pages",
         }
     }
 }

@@ -233,14 +233,16 @@ pub fn need(method: &Method, path: &str, websocket: bool) -> Need {
     })
 }
 
-/// `POST /api/runners`, `POST /api/runners/:id/{heartbeat,claim,launched}` and the terminal
-/// host's WebSocket `/api/sessions/:id/terminal/host`.
+/// `POST /api/runners`, `POST /api/runners/:id/{heartbeat,claim,launched}`, the terminal
+/// host's WebSocket `/api/sessions/:id/terminal/host` and the host's transcript upload
+/// `POST /api/sessions/:id/transcript`.
 fn is_runner_route(method: &Method, path: &str, websocket: bool) -> bool {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match segments.as_slice() {
         ["", "api", "runners"] => *method == Method::POST,
         ["", "api", "runners", _, "heartbeat" | "claim" | "launched"] => *method == Method::POST,
         ["", "api", "sessions", _, "terminal", "host"] => websocket || *method == Method::GET,
+        ["", "api", "sessions", _, "transcript"] => *method == Method::POST,
         _ => false,
     }
 }
@@ -402,6 +404,14 @@ mod tests {
             scope(S::Respond)
         );
         assert_eq!(need(&post, "/api/tasks", false), scope(S::Operate));
+        assert_eq!(
+            need(&post, "/api/sessions/s1/transcript", false),
+            scope(S::Runner)
+        );
+        assert_eq!(
+            need(&get, "/api/sessions/s1/transcript", false),
+            scope(S::Read)
+        );
         assert_eq!(need(&post, "/api/sessions/spawn", false), scope(S::Operate));
         assert_eq!(need(&post, "/api/projects", false), scope(S::Admin));
         assert_eq!(

@@ -456,6 +456,7 @@ impl Domain {
             release_all(tx, &session.project_id, &id, "session_deleted")?;
             approvals::cancel_pending(tx, &session.project_id, &id, "session deleted", now)?;
             approvals::delete_all(tx, &id)?;
+            super::transcript::delete_all(tx, &id)?;
             super::liveness::delete_presence(tx, &id);
             tx.delete(Collection::Sessions, &id);
             tx.emit(

@@ -19,6 +19,7 @@ mod tasks;
 mod team_members;
 mod templates;
 pub mod terminal;
+mod transcript;
 mod web;
 
 use std::sync::Arc;
@@ -72,6 +73,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(mail::router())
         .merge(approvals::router())
         .merge(runners::router())
+        .merge(transcript::router())
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router())
