@@ -16,8 +16,8 @@ import type { DocEntry, MailMessage, ReplyInput, SendMail, Session, StopRequest,
 import { Empty, Presence, Section, StatusBadge } from "../ui";
 import { ApprovalCard, settled } from "../ui-approval";
 
-type Tab = "timeline" | "terminal" | "docs" | "mail";
-const TABS: Tab[] = ["timeline", "terminal", "docs", "mail"];
+type Tab = "timeline" | "terminal" | "transcript" | "docs" | "mail";
+const TABS: Tab[] = ["timeline", "terminal", "transcript", "docs", "mail"];
 
 function findSession(id: string): Session | undefined {
   for (const st of allStates()) {
@@ -92,7 +92,9 @@ export function SessionScreen({ id }: { id: string }) {
               ? "Timeline"
               : t === "terminal"
                 ? "Terminal"
-                : t === "docs"
+                : t === "transcript"
+                  ? "Transcript"
+                  : t === "docs"
                   ? `Docs (${s.docs?.length ?? 0})`
                   : "Mail"}
           </button>
@@ -101,6 +103,7 @@ export function SessionScreen({ id }: { id: string }) {
       <div role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`}>
         {tab === "timeline" && <Timeline s={s} />}
         {tab === "terminal" && <TerminalTab s={s} />}
+        {tab === "transcript" && <TranscriptTab s={s} />}
         {tab === "docs" && <Docs s={s} />}
         {tab === "mail" && <Mail s={s} />}
       </div>
@@ -202,6 +205,36 @@ function Lifecycle({ s }: { s: Session }) {
       )}
     </div>
   );
+}
+
+type TranscriptViewType = FunctionComponent<{ sessionId: string }>;
+let transcriptView: TranscriptViewType | null = null;
+
+/** Loads the Transcript tab (its own chunk) the first time it opens. */
+function TranscriptTab({ s }: { s: Session }) {
+  const [View, setView] = useState<TranscriptViewType | null>(() => transcriptView);
+  const [error, setError] = useState<string | null>(null);
+  useEffect(() => {
+    if (View) return;
+    let live = true;
+    import("./transcript")
+      .then((m) => {
+        transcriptView = m.TranscriptView;
+        if (live) setView(() => m.TranscriptView);
+      })
+      .catch((err: Error) => live && setError(err.message));
+    return () => {
+      live = false;
+    };
+  }, []);
+  if (error)
+    return (
+      <p class="error" role="alert">
+        The transcript could not be loaded: {error}
+      </p>
+    );
+  if (!View) return <Empty>Loading the transcript…</Empty>;
+  return <View sessionId={s.id} />;
 }
 
 type TerminalViewType = FunctionComponent<{ sessionId: string; finished: boolean }>;

@@ -104,7 +104,8 @@ impl Follower {
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let (piece, after) = (&rest[..nl], &rest[nl + 1..]);
             self.offset += self.pending() + piece.len() as u64 + 1;
-            if self.skipped.take().is_some() {
+            if self.skipped.take().is_some() || self.partial.len() + piece.len() > LINE_MAX {
+                self.partial.clear();
                 batch.malformed += 1;
             } else {
                 self.partial.extend_from_slice(piece);
