@@ -121,6 +121,7 @@ fn cut_lines(s: &mut Option<String>, lines: usize, max: usize) -> bool {
     let mut cut = false;
     if let Some((at, _)) = text.match_indices('\n').nth(lines.saturating_sub(1))
         && at + 1 < text.len()
+        && !is_more_marker(&text[at + 1..])
     {
         let rest = text[at + 1..].lines().count();
         text.truncate(at + 1);
@@ -128,6 +129,11 @@ fn cut_lines(s: &mut Option<String>, lines: usize, max: usize) -> bool {
         cut = true;
     }
     cut_chars(s, max) || cut
+}
+
+/// The line [`cut_lines`] leaves in place of what it cut, so cutting again changes nothing.
+fn is_more_marker(rest: &str) -> bool {
+    !rest.contains('\n') && rest.starts_with("… ") && rest.ends_with(" more lines")
 }
 
 /// A tool call entry: `tool`, its input (pretty JSON) and a one-line summary.
