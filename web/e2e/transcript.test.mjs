@@ -105,7 +105,10 @@ test("the Transcript tab: messages, a tool call expanded, an edit as a diff, liv
     assert.deepEqual(await axe(page), []);
     for (const scheme of ["light", "dark"]) {
       await page.emulateMedia({ colorScheme: scheme });
+      await page.evaluate(() => window.scrollTo(0, 0));
       await shot(page, `transcript-${scheme}`);
+      await edit.scrollIntoViewIfNeeded();
+      await shot(page, `transcript-edit-${scheme}`);
     }
     await page.emulateMedia({ colorScheme: "light" });
 

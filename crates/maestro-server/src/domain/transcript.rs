@@ -193,7 +193,7 @@ fn append_pages(tx: &mut dyn Txn, session: &str, entries: &[TranscriptEntry]) ->
 
 /// Drops the oldest whole pages while more than [`MAX_ENTRIES`] are kept.
 fn trim(tx: &mut dyn Txn, session: &str, state: &mut State) {
-    if state.last < state.first || state.last - state.first + 1 <= MAX_ENTRIES {
+    if state.last < state.first || state.last - state.first < MAX_ENTRIES {
         return;
     }
     let keep_from = state.last - MAX_ENTRIES + 1;

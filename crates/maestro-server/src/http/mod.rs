@@ -36,7 +36,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use crate::auth::trust::origin_allowed;
-pub use extract::{Body, IdPath, only};
+pub use extract::{Body, IdPath, number, only};
 
 use crate::config::Config;
 use crate::domain::Domain;

@@ -9,7 +9,7 @@ use maestro_protocol::{ErrorBody, TranscriptPage, TranscriptUpload};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Body, IdPath, only};
+use super::{AppState, Body, IdPath, number, only};
 use crate::domain::transcript::Window;
 use crate::error::{Error, Result};
 
@@ -37,16 +37,7 @@ async fn page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<TranscriptPage>> {
     only(&q, &["after", "before", "limit"])?;
-    let number = |name: &str| -> Result<Option<u64>> {
-        q.get(name)
-            .map(|v| {
-                v.parse::<u64>().map_err(|_| {
-                    Error::validation(format!("{name} must be a non-negative integer, not '{v}'"))
-                })
-            })
-            .transpose()
-    };
-    let window = match (number("after")?, number("before")?) {
+    let window = match (number(&q, "after")?, number(&q, "before")?) {
         (Some(_), Some(_)) => return Err(Error::validation("give after or before, not both")),
         (Some(after), None) => Window::After(after),
         (None, Some(before)) => Window::Before(before),
@@ -55,7 +46,7 @@ async fn page(
     Ok(Json(s.domain.transcript_page(
         &id,
         window,
-        number("limit")?,
+        number(&q, "limit")?,
     )?))
 }
 
