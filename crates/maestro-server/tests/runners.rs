@@ -511,22 +511,6 @@ async fn a_connected_desktop_app_launches_spawns_itself() {
     assert_eq!(e.code(), Some("invalid_launcher"));
 }
 
-/// A token of `scope`, made with the owner token of an `AUTH=required` server.
-async fn token(server: &TestServer, scope: &str) -> String {
-    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
-    let admin = server.client().with_token(owner.trim());
-    let made = admin
-        .raw(
-            maestro_client::Method::POST,
-            "/api/auth/tokens",
-            Some(&serde_json::json!({ "scope": scope, "name": format!("{scope} test") })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
-    made.body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_token_serves_runner_routes_and_nothing_else() {
     let server = TestServer::start_with(|c| {
@@ -534,8 +518,12 @@ async fn a_runner_token_serves_runner_routes_and_nothing_else() {
         c.machine_id = Some(MACHINE.into());
     })
     .await;
-    let as_runner = server.client().with_token(token(&server, "runner").await);
-    let as_reader = server.client().with_token(token(&server, "read").await);
+    let as_runner = server
+        .client()
+        .with_token(common::token(&server, "runner").await);
+    let as_reader = server
+        .client()
+        .with_token(common::token(&server, "read").await);
     // A read token may list runners but not register one; nothing is registered.
     let e = as_reader
         .register_runner(&RegisterRunner {

@@ -491,30 +491,18 @@ async fn the_oldest_entries_go_past_the_limit_and_with_the_session() {
     assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
 }
 
-/// A token of `scope`, made with the owner token of an `AUTH=required` server.
-async fn token(server: &TestServer, scope: &str) -> String {
-    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
-    let admin = server.client().with_token(owner.trim());
-    let made = admin
-        .raw(
-            maestro_client::Method::POST,
-            "/api/auth/tokens",
-            Some(&serde_json::json!({ "scope": scope, "name": format!("{scope} test") })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
-    made.body["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_upload_and_readers_only_read() {
     let server = TestServer::start_with(|c| c.auth = AuthMode::Required).await;
     let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
     let admin = server.client().with_token(owner.trim());
     let (_, sid) = session(&admin).await;
-    let reader = server.client().with_token(token(&server, "read").await);
-    let runner = server.client().with_token(token(&server, "runner").await);
+    let reader = server
+        .client()
+        .with_token(common::token(&server, "read").await);
+    let runner = server
+        .client()
+        .with_token(common::token(&server, "runner").await);
     let e = reader
         .upload_transcript(&sid, &upload("/t", 0, 1, texts(1, 1)))
         .await

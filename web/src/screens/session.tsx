@@ -207,20 +207,28 @@ function Lifecycle({ s }: { s: Session }) {
   );
 }
 
-type TranscriptViewType = FunctionComponent<{ sessionId: string }>;
-let transcriptView: TranscriptViewType | null = null;
+/** Views loaded so far, by name: each is its own chunk, fetched the first time it is shown. */
+const loaded = new Map<string, FunctionComponent<any>>();
 
-/** Loads the Transcript tab (its own chunk) the first time it opens. */
-function TranscriptTab({ s }: { s: Session }) {
-  const [View, setView] = useState<TranscriptViewType | null>(() => transcriptView);
+/** Shows the view `load` brings (`what` names it in messages), loading its chunk once. */
+function Lazy<P extends object>({
+  what,
+  load,
+  props,
+}: {
+  what: string;
+  load: () => Promise<FunctionComponent<P>>;
+  props: P;
+}) {
+  const [View, setView] = useState<FunctionComponent<P> | null>(() => loaded.get(what) ?? null);
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     if (View) return;
     let live = true;
-    import("./transcript")
-      .then((m) => {
-        transcriptView = m.TranscriptView;
-        if (live) setView(() => m.TranscriptView);
+    load()
+      .then((v) => {
+        loaded.set(what, v);
+        if (live) setView(() => v);
       })
       .catch((err: Error) => live && setError(err.message));
     return () => {
@@ -230,41 +238,29 @@ function TranscriptTab({ s }: { s: Session }) {
   if (error)
     return (
       <p class="error" role="alert">
-        The transcript could not be loaded: {error}
+        The {what} could not be loaded: {error}
       </p>
     );
-  if (!View) return <Empty>Loading the transcript…</Empty>;
-  return <View sessionId={s.id} />;
+  if (!View) return <Empty>Loading the {what}…</Empty>;
+  return <View {...props} />;
 }
 
-type TerminalViewType = FunctionComponent<{ sessionId: string; finished: boolean }>;
-let terminalView: TerminalViewType | null = null;
-
-/** Loads xterm.js (its own chunk) the first time a Terminal tab opens. */
+/** xterm.js and the live terminal. */
 function TerminalTab({ s }: { s: Session }) {
-  const [View, setView] = useState<TerminalViewType | null>(() => terminalView);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(() => {
-    if (View) return;
-    let live = true;
-    import("../terminal/view")
-      .then((m) => {
-        terminalView = m.TerminalView;
-        if (live) setView(() => m.TerminalView);
-      })
-      .catch((err: Error) => live && setError(err.message));
-    return () => {
-      live = false;
-    };
-  }, []);
-  if (error)
-    return (
-      <p class="error" role="alert">
-        The terminal could not be loaded: {error}
-      </p>
-    );
-  if (!View) return <Empty>Loading the terminal…</Empty>;
-  return <View sessionId={s.id} finished={isTerminal(s)} />;
+  return (
+    <Lazy
+      what="terminal"
+      load={() => import("../terminal/view").then((m) => m.TerminalView)}
+      props={{ sessionId: s.id, finished: isTerminal(s) }}
+    />
+  );
+}
+
+/** The agent's own transcript. */
+function TranscriptTab({ s }: { s: Session }) {
+  return (
+    <Lazy what="transcript" load={() => import("./transcript").then((m) => m.TranscriptView)} props={{ sessionId: s.id }} />
+  );
 }
 
 function Approvals({ s }: { s: Session }) {
