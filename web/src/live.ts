@@ -18,7 +18,7 @@ import { api, signedOut } from "./api";
 import { onRunnerUpdated, refreshRunners } from "./runners";
 import { ProjectState } from "./store";
 import type { ClientVisibility } from "./generated/protocol";
-import type { Approval, Envelope, Project, Snapshot, SocketAuth, StateSyncRequest } from "./types";
+import type { Approval, Envelope, Project, SessionTranscript, Snapshot, SocketAuth, StateSyncRequest } from "./types";
 
 export type LinkStatus = "connecting" | "live" | "down";
 
@@ -40,6 +40,14 @@ export const stats = { syncs: 0, replayed: 0 };
 const links = new Map<string, Link>();
 let globalSeq = 0;
 let lostAt: number | null = null;
+
+const transcriptListeners = new Set<(t: SessionTranscript) => void>();
+
+/** Calls `fn` with every `session:transcript` event from now on; returns the unsubscribe. */
+export function onTranscript(fn: (t: SessionTranscript) => void): () => void {
+  transcriptListeners.add(fn);
+  return () => transcriptListeners.delete(fn);
+}
 
 export function stateOf(projectId: string): ProjectState | undefined {
   return links.get(projectId)?.state;
@@ -111,6 +119,9 @@ class Link {
       return;
     }
     const result = this.state.apply(e);
+    if (result === "applied" && e.event === "session:transcript") {
+      for (const fn of transcriptListeners) fn(e.data as SessionTranscript);
+    }
     if (result === "applied") {
       stats.replayed++;
       version.value++;

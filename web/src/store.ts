@@ -215,6 +215,9 @@ export class ProjectState {
         }
         return; // the `session:updated` that follows makes the activity line
       }
+      case "session:transcript":
+        // The Transcript tab shows these (it listens through live.ts); no activity line.
+        return;
       case "session:deleted":
         label = `Session deleted: ${this.sessions.get(d.id)?.name ?? d.id}`;
         this.sessions.delete(d.id);

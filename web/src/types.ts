@@ -46,6 +46,10 @@ export type {
   TeamMember,
   TimelineEvent,
   TimelinePage,
+  TokenUsage,
+  TranscriptEntry,
+  TranscriptPage,
+  SessionTranscript,
   UpdateTask,
 } from "./generated/protocol";
 

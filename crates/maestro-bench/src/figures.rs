@@ -117,6 +117,7 @@ pub const FIGURES: &[&str] = &[
     "crash",
     "startup",
     "sweep",
+    "transcript",
     "terminal-echo",
     "spawn-first-output",
     "terminal-10mb",
@@ -211,6 +212,17 @@ impl Bench {
             let p = events_project.as_deref().expect("created above");
             let row = self.replay(server.addr, p).await;
             rows.push(self.or_error("replay p99 (1,000 events)", "<= 50 ms", row));
+        }
+        if self.wants("transcript") {
+            eprintln!("bench[{}]: transcript first page", self.backend.name());
+            match self.transcript(&api).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => rows.push(error_row(
+                    "transcript first page p99 (10,000 entries)",
+                    "<= 20 ms",
+                    &e,
+                )),
+            }
         }
         drop(server);
 
@@ -412,6 +424,69 @@ impl Bench {
     /// An agent's hook parked on `GET /api/approvals/:id/wait`, then a human's decision: from
     /// the decision going out to the hook's answer (the wake-up), and, beside it, the whole
     /// cycle the agent waits through minus the human (ask, decide, woken).
+    /// A session with 10,000 transcript entries (uploaded as a host does, 500 at a time):
+    /// how long the phone waits for its first page (the newest 100), and for the oldest 100.
+    async fn transcript(&self, api: &Api) -> Result<Vec<Row>> {
+        const ENTRIES: usize = 10_000;
+        const BATCH: usize = 500;
+        let project = api.create_project("bench transcript").await?;
+        let session = api.create_session(&project, "working").await?;
+        let path = format!("/api/sessions/{session}/transcript");
+        for b in 0..ENTRIES / BATCH {
+            let entries: Vec<Value> = (0..BATCH)
+                .map(|i| {
+                    let n = b * BATCH + i;
+                    match n % 4 {
+                        0 => json!({ "kind": "assistant", "text": format!("Step {n}: {}", "reading the code and deciding what to change next. ".repeat(4)) }),
+                        1 => json!({ "kind": "tool_call", "tool": "Bash", "callId": format!("call_{n}"), "summary": "cargo test --workspace", "input": "{\n  \"command\": \"cargo test --workspace\"\n}" }),
+                        2 => json!({ "kind": "tool_result", "callId": format!("call_{}", n - 1), "output": "running 42 tests\ntest a ... ok\ntest b ... ok\n… 40 more lines" }),
+                        _ => json!({ "kind": "edit", "tool": "Edit", "path": "src/lib.rs", "diff": "@@ -1,3 +1,3 @@\n fn add(a: i32, b: i32) -> i32 {\n-    a + b + 1\n+    a + b\n }\n" }),
+                    }
+                })
+                .collect();
+            let upload = json!({
+                "path": "/bench/transcript.jsonl",
+                "start": b * 1000,
+                "end": (b + 1) * 1000,
+                "entries": entries,
+            });
+            api.post(&path, &upload).await?;
+        }
+        let runs = 200;
+        let mut rows = Vec::new();
+        for (figure, query, target) in [
+            (
+                "transcript first page p99 (10,000 entries)",
+                "limit=100",
+                Some(20.0),
+            ),
+            (
+                "transcript oldest page p99 (after=0)",
+                "after=0&limit=100",
+                None,
+            ),
+        ] {
+            let url = format!("{path}?{query}");
+            let mut samples = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let started = Instant::now();
+                let page = api.get(&url).await?;
+                samples.push(started.elapsed());
+                let got = page["entries"].as_array().map_or(0, Vec::len);
+                if got != 100 || page["last"] != ENTRIES {
+                    bail!("{query}: {got} entries, last {}", page["last"]);
+                }
+            }
+            let s = Samples::new(samples);
+            let row = match target {
+                Some(t) => Row::at_most(figure, s.percentile_ms(99.0), "ms", t),
+                None => Row::info(figure, s.percentile_ms(99.0), "ms"),
+            };
+            rows.push(row.with_detail(s.summary()));
+        }
+        Ok(rows)
+    }
+
     async fn approval(&self, api: &Api) -> Result<Vec<Row>> {
         let project = api.create_project("bench approvals").await?;
         let session = api.create_session(&project, "working").await?;

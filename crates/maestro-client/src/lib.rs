@@ -523,6 +523,50 @@ impl Client {
         self.get_q(&path, &Q { before, limit }).await
     }
 
+    /// One page of a session's transcript (`after` and `before` exclusive; neither: the newest
+    /// entries), at most `limit` (default 100, at most 500), oldest first.
+    pub async fn session_transcript(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<maestro_protocol::TranscriptPage> {
+        #[derive(Serialize)]
+        struct Q {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            after: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            before: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u64>,
+        }
+        let path = format!("/api/sessions/{}/transcript", enc(id));
+        self.get_q(
+            &path,
+            &Q {
+                after,
+                before,
+                limit,
+            },
+        )
+        .await
+    }
+
+    /// Adds entries a host read from the session's transcript file (scope `runner`).
+    pub async fn upload_transcript(
+        &self,
+        id: &str,
+        req: &maestro_protocol::TranscriptUpload,
+    ) -> Result<maestro_protocol::TranscriptPage> {
+        self.send(
+            Method::POST,
+            &format!("/api/sessions/{}/transcript", enc(id)),
+            req,
+        )
+        .await
+    }
+
     pub async fn add_session_doc(&self, id: &str, req: &AddDoc) -> Result<Session> {
         self.send(
             Method::POST,

@@ -22,6 +22,7 @@ pub mod review;
 pub mod runner;
 pub mod spawn;
 pub mod team;
+pub mod transcript;
 
 pub use approvals::*;
 pub use auth::*;
@@ -37,6 +38,7 @@ pub use review::*;
 pub use runner::*;
 pub use spawn::*;
 pub use team::*;
+pub use transcript::*;
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp on the wire.
 pub type Millis = i64;

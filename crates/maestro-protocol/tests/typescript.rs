@@ -178,6 +178,9 @@ fn generated() -> (String, Vec<String>) {
         p::SpawnRequest, p::SpawnResponse, p::SpawnEvent,
         // team.rs
         p::Capabilities, p::TeamMember, p::CreateTeamMember, p::UpdateTeamMember, p::ProjectRef,
+        // transcript.rs
+        p::TranscriptKind, p::TokenUsage, p::TranscriptEntry, p::TranscriptSource,
+        p::TranscriptUpload, p::TranscriptPage, p::SessionTranscript,
     );
     let mut out = String::from(BANNER);
     let mut names = Vec::new();

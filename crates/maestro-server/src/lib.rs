@@ -9,6 +9,7 @@
 //! - [`http`]: the REST API; [`realtime`]: event delivery over WebSockets;
 //! - [`terminal`]: agents' live terminals, streamed from their hosts to viewers;
 //! - [`review`]: reading a session's work tree (changes, diffs), shared with the CLI.
+//! - [`transcript`]: agents' own transcript files, parsed into a bounded structured view.
 
 pub mod auth;
 pub mod backends;
@@ -23,6 +24,7 @@ pub mod queue;
 pub mod realtime;
 pub mod review;
 pub mod terminal;
+pub mod transcript;
 pub mod util;
 
 use std::net::SocketAddr;

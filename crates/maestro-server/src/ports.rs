@@ -77,11 +77,15 @@ pub enum Collection {
     PushDevices,
     /// Per device: until when its app said it is on screen (`client:visibility`).
     PushVisible,
+    /// One record per session's transcript: its last and first `seq`, the file followed.
+    TranscriptState,
+    /// A session's transcript entries, in pages of a fixed number of entries.
+    TranscriptPages,
 }
 
 impl Collection {
     /// Every collection.
-    pub const ALL: [Collection; 26] = [
+    pub const ALL: [Collection; 28] = [
         Self::Projects,
         Self::Tasks,
         Self::Sessions,
@@ -108,6 +112,8 @@ impl Collection {
         Self::ReviewComments,
         Self::PushDevices,
         Self::PushVisible,
+        Self::TranscriptState,
+        Self::TranscriptPages,
     ];
 
     /// Stable name used in storage keys.
@@ -139,6 +145,8 @@ impl Collection {
             Self::ReviewComments => "review_comments",
             Self::PushDevices => "push_devices",
             Self::PushVisible => "push_visible",
+            Self::TranscriptState => "transcript_state",
+            Self::TranscriptPages => "transcript_pages",
         }
     }
 }

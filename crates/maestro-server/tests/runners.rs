@@ -518,8 +518,12 @@ async fn a_runner_token_serves_runner_routes_and_nothing_else() {
         c.machine_id = Some(MACHINE.into());
     })
     .await;
-    let as_runner = server.client().with_token(token(&server, "runner").await);
-    let as_reader = server.client().with_token(token(&server, "read").await);
+    let as_runner = server
+        .client()
+        .with_token(common::token(&server, "runner").await);
+    let as_reader = server
+        .client()
+        .with_token(common::token(&server, "read").await);
     // A read token may list runners but not register one; nothing is registered.
     let e = as_reader
         .register_runner(&RegisterRunner {

@@ -2034,3 +2034,165 @@ export type UpdateTeamMember = {
 export type ProjectRef = {
   projectId: string | null;
 };
+
+/**
+ * What one transcript entry is.
+ */
+export type TranscriptKind = "user" | "assistant" | "tool_call" | "edit" | "tool_result" | "tokens" | "other";
+
+/**
+ * Token counts, as far as the agent reports them.
+ */
+export type TokenUsage = {
+  input?: number | null;
+  output?: number | null;
+  /**
+   * Input tokens read from the model's prompt cache.
+   */
+  cached?: number | null;
+  /**
+   * The session's running total, when the agent reports one (Codex).
+   */
+  total?: number | null;
+};
+
+/**
+ * One entry of a session's transcript. Text fields are cut to the limits in
+ * `docs/runners.md`; `truncated` says when any of them was.
+ */
+export type TranscriptEntry = {
+  /**
+   * Position in the session's transcript, from 1, increasing; the server numbers entries
+   * (an upload's `seq` is ignored).
+   */
+  seq: number;
+  kind: TranscriptKind;
+  /**
+   * When the agent wrote it, if its file says.
+   */
+  at?: number | null;
+  /**
+   * The message (user, assistant) or, for `other`, the entry's compact JSON.
+   */
+  text?: string | null;
+  /**
+   * The tool's name (`Bash`, `Edit`, `shell`, `apply_patch`, …).
+   */
+  tool?: string | null;
+  /**
+   * The agent's id of the tool call, shared by the call and its result.
+   */
+  callId?: string | null;
+  /**
+   * One line for a human: the command, the file, or the tool and its input.
+   */
+  summary?: string | null;
+  /**
+   * The tool's input, pretty-printed JSON.
+   */
+  input?: string | null;
+  /**
+   * The tool's result, its first lines.
+   */
+  output?: string | null;
+  /**
+   * The tool reported a failure.
+   */
+  isError?: boolean | null;
+  /**
+   * The file an edit changed.
+   */
+  path?: string | null;
+  /**
+   * An edit as a unified diff (`-`/`+` lines; hunks start with `@@`).
+   */
+  diff?: string | null;
+  tokens?: TokenUsage | null;
+  /**
+   * For `other`: the entry's type as the file names it.
+   */
+  label?: string | null;
+  /**
+   * Some text was cut to the limits.
+   */
+  truncated?: boolean;
+};
+
+/**
+ * Which transcript file the entries came from and how far it has been read.
+ */
+export type TranscriptSource = {
+  /**
+   * The file's path on the machine that runs the agent.
+   */
+  path: string;
+  /**
+   * Bytes of the file read and stored (always the end of a whole line).
+   */
+  offset: number;
+};
+
+/**
+ * `POST /api/sessions/:id/transcript`: entries the host parsed from the bytes
+ * `[start, end)` of the agent's transcript file `path`.
+ *
+ * A batch that ends at or before what the server already stored of the same file is a
+ * retry and changes nothing, so a host may resend a batch whose answer it did not get.
+ */
+export type TranscriptUpload = {
+  path: string;
+  start: number;
+  end: number;
+  entries: Array<TranscriptEntry>;
+  /**
+   * Lines in the range that were not JSON objects (skipped).
+   */
+  malformed: number;
+};
+
+/**
+ * One page of a transcript, oldest first.
+ */
+export type TranscriptPage = {
+  entries: Array<TranscriptEntry>;
+  /**
+   * `seq` of the oldest entry still kept (older ones were dropped at the limit); 0 when
+   * there are none.
+   */
+  first: number;
+  /**
+   * `seq` of the newest entry; 0 when there are none.
+   */
+  last: number;
+  /**
+   * More entries lie beyond this page in the direction asked (after it for `after=`,
+   * before it otherwise).
+   */
+  hasMore: boolean;
+  /**
+   * Lines of the agent's files that were not JSON (skipped), over the whole session.
+   */
+  malformed: number;
+  /**
+   * The file being followed, when a host reported one.
+   */
+  source?: TranscriptSource | null;
+};
+
+/**
+ * Payload of `session:transcript`: entries just added to a session's transcript.
+ *
+ * `entries` holds every new entry unless they were too large together for one event; then
+ * it is empty, `truncated` is true, and clients fetch `after=<their last seq>`.
+ */
+export type SessionTranscript = {
+  sessionId: string;
+  projectId: string;
+  entries: Array<TranscriptEntry>;
+  /**
+   * `seq` of the first and last entry added.
+   */
+  from: number;
+  to: number;
+  truncated?: boolean;
+};

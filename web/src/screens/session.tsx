@@ -17,8 +17,8 @@ import { ApprovalCard, settled } from "../ui-approval";
 import { lazyView } from "../lazy";
 import { ChangesTab } from "../review/tab";
 
-type Tab = "timeline" | "terminal" | "changes" | "docs" | "mail";
-const TABS: Tab[] = ["timeline", "terminal", "changes", "docs", "mail"];
+type Tab = "timeline" | "terminal" | "changes" | "transcript" | "docs" | "mail";
+const TABS: Tab[] = ["timeline", "terminal", "changes", "transcript", "docs", "mail"];
 
 function findSession(id: string): Session | undefined {
   for (const st of allStates()) {
@@ -95,9 +95,11 @@ export function SessionScreen({ id }: { id: string }) {
                 ? "Terminal"
                 : t === "changes"
                   ? "Changes"
-                  : t === "docs"
-                  ? `Docs (${s.docs?.length ?? 0})`
-                  : "Mail"}
+                  : t === "transcript"
+                    ? "Transcript"
+                    : t === "docs"
+                      ? `Docs (${s.docs?.length ?? 0})`
+                      : "Mail"}
           </button>
         ))}
       </div>
@@ -105,6 +107,7 @@ export function SessionScreen({ id }: { id: string }) {
         {tab === "timeline" && <Timeline s={s} />}
         {tab === "terminal" && <TerminalTab s={s} />}
         {tab === "changes" && <ChangesTab s={s} />}
+        {tab === "transcript" && <TranscriptTab s={s} />}
         {tab === "docs" && <Docs s={s} />}
         {tab === "mail" && <Mail s={s} />}
       </div>
@@ -216,6 +219,16 @@ const TerminalView = lazyView<{ sessionId: string; finished: boolean }>(
 
 function TerminalTab({ s }: { s: Session }) {
   return <TerminalView sessionId={s.id} finished={isTerminal(s)} />;
+}
+
+/** The agent's own transcript, its own chunk. */
+const TranscriptView = lazyView<{ sessionId: string }>(
+  () => import("./transcript").then((m) => m.TranscriptView),
+  "the transcript",
+);
+
+function TranscriptTab({ s }: { s: Session }) {
+  return <TranscriptView sessionId={s.id} />;
 }
 
 function Approvals({ s }: { s: Session }) {

@@ -369,6 +369,14 @@ mod tests {
             scope(S::Respond)
         );
         assert_eq!(need(&post, "/api/tasks", false), scope(S::Operate));
+        assert_eq!(
+            need(&post, "/api/sessions/s1/transcript", false),
+            scope(S::Runner)
+        );
+        assert_eq!(
+            need(&get, "/api/sessions/s1/transcript", false),
+            scope(S::Read)
+        );
         assert_eq!(need(&post, "/api/sessions/spawn", false), scope(S::Operate));
         assert_eq!(need(&post, "/api/projects", false), scope(S::Admin));
         assert_eq!(

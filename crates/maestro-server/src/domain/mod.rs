@@ -20,6 +20,7 @@ pub mod sync;
 pub mod tasks;
 pub mod team_members;
 pub mod templates;
+pub mod transcript;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -466,6 +466,7 @@ impl Domain {
             approvals::cancel_pending(tx, &session.project_id, &id, "session deleted", now)?;
             approvals::delete_all(tx, &id)?;
             super::review::delete_all(tx, &id)?;
+            super::transcript::delete_all(tx, &id)?;
             super::liveness::delete_presence(tx, &id);
             tx.delete(Collection::Sessions, &id);
             tx.emit(

@@ -76,6 +76,20 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for IdPath<
     }
 }
 
+/// The query parameter `name` as a non-negative integer, if given.
+pub fn number<T: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, Error> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<T>().map_err(|_| {
+                Error::validation(format!("{name} must be a non-negative integer, not '{v}'"))
+            })
+        })
+        .transpose()
+}
+
 /// Rejects query keys outside `allowed`, in upstream's error style.
 pub fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), Error> {
     let unknown: Vec<_> = q

@@ -21,6 +21,7 @@ mod tasks;
 mod team_members;
 mod templates;
 pub mod terminal;
+mod transcript;
 mod web;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use crate::auth::trust::origin_allowed;
-pub use extract::{Body, IdPath, only};
+pub use extract::{Body, IdPath, number, only};
 
 use crate::auth::routes::{Declared, RouteScopes};
 use crate::auth::trust::Need;
@@ -78,6 +79,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(approvals::router())
         .merge(runners::router())
         .merge(review::router())
+        .merge(transcript::router())
         .merge(ordering::router())
         .merge(skills::router())
         .merge(templates::router())

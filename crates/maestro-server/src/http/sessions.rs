@@ -14,7 +14,7 @@ use maestro_protocol::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{AppState, Body, IdPath};
+use super::{AppState, Body, IdPath, number};
 use crate::domain::sessions::SessionFilter;
 use crate::error::{Error, Result};
 
@@ -209,16 +209,7 @@ async fn timeline_page(
     IdPath(id): IdPath<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<TimelinePage>> {
-    let number = |name: &str| -> Result<Option<usize>> {
-        q.get(name)
-            .map(|v| {
-                v.parse::<usize>().map_err(|_| {
-                    Error::validation(format!("{name} must be a non-negative integer, not '{v}'"))
-                })
-            })
-            .transpose()
-    };
-    let (before, limit) = (number("before")?, number("limit")?);
+    let (before, limit) = (number(&q, "before")?, number(&q, "limit")?);
     Ok(Json(s.domain.session_timeline(&id, before, limit)?))
 }
 

@@ -418,6 +418,22 @@ impl WsClient {
     }
 }
 
+/// A token of `scope`, made with the owner token of an `AUTH=required` server.
+pub async fn token(server: &TestServer, scope: &str) -> String {
+    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
+    let admin = server.client().with_token(owner.trim());
+    let made = admin
+        .raw(
+            maestro_client::Method::POST,
+            "/api/auth/tokens",
+            Some(&json!({ "scope": scope, "name": format!("{scope} test") })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
+    made.body["token"].as_str().unwrap().to_owned()
+}
+
 /// The `event` names of frames.
 pub fn event_names(frames: &[Value]) -> Vec<String> {
     frames
@@ -464,22 +480,6 @@ pub fn api_err<T: std::fmt::Debug>(
         }
         other => panic!("expected HTTP {status} {code}, got {other:?}"),
     }
-}
-
-/// A token of `scope`, made with the owner token of an `AUTH=required` server.
-pub async fn token(server: &TestServer, scope: &str) -> String {
-    let owner = std::fs::read_to_string(server.dir().join("data").join("owner-token")).unwrap();
-    let admin = server.client().with_token(owner.trim());
-    let made = admin
-        .raw(
-            maestro_client::Method::POST,
-            "/api/auth/tokens",
-            Some(&json!({ "scope": scope, "name": format!("{scope} test") })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(made.status.as_u16(), 201, "{:?}", made.body);
-    made.body["token"].as_str().unwrap().to_owned()
 }
 
 /// Asserts the one error shape on a raw JSON body.

@@ -167,6 +167,17 @@ pub fn parse_permission_request(
     })
 }
 
+/// The agent's own transcript file, as any of the tools' hook payloads names it
+/// (`transcript_path`; Codex sends `null` when it keeps none).
+pub fn transcript_path(stdin: &[u8]) -> Option<std::path::PathBuf> {
+    let payload: Value = serde_json::from_slice(stdin).ok()?;
+    payload
+        .get("transcript_path")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
 /// The hook event a tool's permission requests arrive on.
 pub fn permission_event(tool: AgentTool) -> &'static str {
     match tool {
@@ -396,6 +407,18 @@ mod tests {
         ] {
             assert_eq!(agent_argv(&v(same)), v(same), "{same:?}");
         }
+    }
+
+    #[test]
+    fn transcript_paths() {
+        let claude = br#"{"session_id":"s","transcript_path":"/h/.claude/projects/p/s.jsonl"}"#;
+        assert_eq!(
+            transcript_path(claude),
+            Some("/h/.claude/projects/p/s.jsonl".into())
+        );
+        assert_eq!(transcript_path(br#"{"transcript_path":null}"#), None);
+        assert_eq!(transcript_path(br#"{"transcript_path":""}"#), None);
+        assert_eq!(transcript_path(b"not json"), None);
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub(crate) mod runner;
 mod session;
 mod task;
 mod team;
+mod transcript;
 pub mod tunnel;
 mod watch;
 

@@ -107,6 +107,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     let sid = session.id.clone();
 
     let tty = std::io::stdin().is_terminal();
+    let sink = super::transcript::Sink::create();
+    if let Err(e) = &sink {
+        Log { raw: false }.note(&format!("the transcript will not be followed: {e}"));
+    }
     let spec = Spec {
         argv: super::agent_tools::agent_argv(&args.command),
         cwd: None,
@@ -115,7 +119,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
             ("MAESTRO_PROJECT_ID".into(), session.project_id.clone()),
             ("MAESTRO_TASK_IDS".into(), session.task_ids.join(",")),
             ("MAESTRO_SERVER_URL".into(), ctx.server.clone()),
-        ],
+        ]
+        .into_iter()
+        .chain(sink.as_ref().ok().map(super::transcript::Sink::env))
+        .collect(),
         size: if tty {
             terminal_size()
         } else {
@@ -190,6 +197,16 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
         ))
     });
 
+    let stop_transcript = tokio_util::sync::CancellationToken::new();
+    let transcript = sink.ok().map(|sink| {
+        tokio::spawn(super::transcript::follow(
+            client.clone(),
+            sid.clone(),
+            sink,
+            stop_transcript.clone(),
+        ))
+    });
+
     let status = loop {
         tokio::select! {
             status = agent.wait() => break status,
@@ -219,7 +236,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> CmdResult<i32> {
     // a moment, then close it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.cancel();
+    stop_transcript.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), uplink).await;
+    if let Some(transcript) = transcript {
+        let _ = tokio::time::timeout(Duration::from_secs(5), transcript).await;
+    }
     drop(raw);
     Ok(status.code)
 }

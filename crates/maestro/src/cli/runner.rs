@@ -494,6 +494,12 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
     }
     let mut env: Vec<(String, String)> = launch.env.clone().into_iter().collect();
     env.push(("MAESTRO_RUNNER_ID".into(), ctx.runner_id.clone()));
+    let sink = super::transcript::Sink::create()
+        .inspect_err(
+            |e| tracing::warn!(session.id = %sid, "the transcript will not be followed: {e}"),
+        )
+        .ok();
+    env.extend(sink.as_ref().map(super::transcript::Sink::env));
     let agent = match Agent::start(Spec {
         argv: argv.clone(),
         cwd: Some(cwd.clone()),
@@ -550,6 +556,15 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
         stop_uplink.clone(),
         |msg: &str| tracing::debug!("{msg}"),
     ));
+    let stop_transcript = CancellationToken::new();
+    let transcript = sink.map(|sink| {
+        tokio::spawn(super::transcript::follow(
+            ctx.client.clone(),
+            sid.clone(),
+            sink,
+            stop_transcript.clone(),
+        ))
+    });
     let exit = tokio::select! {
         exit = agent.wait() => exit,
         _ = ctx.shutdown.cancelled() => {
@@ -575,7 +590,11 @@ async fn host_launch(ctx: Arc<LaunchCtx>, launch: Launch) {
     // The uplink sends the exit status; then it closes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_uplink.cancel();
+    stop_transcript.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(1), uplink).await;
+    if let Some(transcript) = transcript {
+        let _ = tokio::time::timeout(Duration::from_secs(5), transcript).await;
+    }
 }
 
 /// `git worktree add -b maestro/<sid> <dir>` from the project's repository; the worktree and

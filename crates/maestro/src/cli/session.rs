@@ -193,6 +193,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
             let Some(id) = hook_session(ctx, "register") else {
                 return Ok(exit::OK);
             };
+            super::transcript::note_from_hook();
             register(ctx, c, id, None).await?;
             emit(
                 ctx.json,
@@ -224,6 +225,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
             let Some(id) = hook_session(ctx, "needs-input") else {
                 return Ok(exit::OK);
             };
+            super::transcript::note_from_hook();
             let now = now_ms();
             let entry: TimelineEvent = serde_json::from_value(json!({
                 "id": format!("evt-{now}"),
@@ -254,6 +256,7 @@ pub async fn run(ctx: &Context, cmd: SessionCommand) -> CmdResult<i32> {
             let Some(id) = hook_session(ctx, "resume-working") else {
                 return Ok(exit::OK);
             };
+            super::transcript::note_from_hook();
             let req = UpdateSession {
                 status: Some("working".into()),
                 needs_input: Some(NeedsInput::default()),
