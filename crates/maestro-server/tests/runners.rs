@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, WAIT, token};
+use common::{TestServer, WAIT};
 use maestro_client::Client;
 use maestro_protocol::{
     AgentExited, CreateProject, CreateTask, LaunchReport, RegisterRunner, Runner, SpawnRequest,
