@@ -136,7 +136,7 @@ fn generated() -> (String, Vec<String>) {
     visit_all!(c;
         // auth.rs
         p::Scope, p::CreateToken, p::TokenCreated, p::TokenInfo, p::DeviceInfo, p::CreatePairing,
-        p::PairingCreated, p::PairRequest, p::Paired, p::CallerKind, p::Me, p::PublicUrl, p::Revoked,
+        p::PairingCreated, p::PairRequest, p::Paired, p::CallerKind, p::Me, p::PublicUrl, p::Revoked, p::IdentityChallenge, p::IdentityProof,
         p::CredentialRevoked,
         // catalog.rs
         p::Ordering, p::UpdateOrdering, p::Skill, p::SkillSummary, p::SkillDetail,

@@ -180,6 +180,27 @@ export type Revoked = {
 };
 
 /**
+ * `POST /api/auth/identity`: a challenge the server answers to prove it is the server whose
+ * owner token this machine's user can read, before a client sends it that token.
+ */
+export type IdentityChallenge = {
+  /**
+   * 16 to 128 characters chosen at random by the client.
+   */
+  nonce: string;
+};
+
+/**
+ * The answer to [`IdentityChallenge`].
+ */
+export type IdentityProof = {
+  /**
+   * [`identity_proof`] of the server's current owner token and the nonce.
+   */
+  proof: string;
+};
+
+/**
  * Payload of [`CREDENTIAL_REVOKED`].
  */
 export type CredentialRevoked = {

@@ -391,8 +391,10 @@ impl WsClient {
         let scope = match &frame["projectId"] {
             Value::Null => {
                 assert!(
-                    event.starts_with("project:"),
-                    "only project:* events are global: {frame}"
+                    event.starts_with("project:")
+                        || event.starts_with("runner:")
+                        || event.starts_with("notify:machine_"),
+                    "only project:*, runner:* and machine events are global: {frame}"
                 );
                 "global".to_owned()
             }
