@@ -314,7 +314,6 @@ fn agent_clis() -> Result<()> {
         std::fs::copy(src.join("package.json"), dir.join("package.json"))?;
         std::fs::write(dir.join("package-lock.json"), &lock)?;
         let mut ci = Command::new("npm");
-        // The CLIs run without their install scripts (each ships its binary in the package).
         // Install scripts run: Claude Code's puts its native binary in place of a placeholder.
         ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
         step("npm ci (tests/agents: the real agent CLIs)", ci)?;
