@@ -392,6 +392,26 @@ impl Desk {
         self.writer.flush().unwrap();
     }
 
+    /// Presses `key` until the screen satisfies `done`: a dialog drops the keys that arrive
+    /// while it is still mounting, so a key is pressed again (every half second) while nothing
+    /// has happened. Only for keys that are harmless once the dialog has gone.
+    async fn press_until(&mut self, key: &str, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let t = self.text();
+            if done(&t) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: pressed {key:?} for {what}; the screen:\n{t}",
+                self.name
+            );
+            self.keys(key);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Types a line as a person would: the text, then Enter once the text is on screen. A
     /// terminal that dropped the keys (still starting) gets them again.
     async fn say(&mut self, line: &str) {
@@ -756,8 +776,7 @@ async fn claude_ready(desk: &mut Desk) {
         })
         .await;
     if t.contains("Make auto mode your default") {
-        desk.keys("\x1b");
-        desk.until("the auto-mode question to go", |t| {
+        desk.press_until("\x1b", "the auto-mode question to go", |t| {
             !t.contains("Make auto mode your default")
         })
         .await;
@@ -844,7 +863,10 @@ async fn claude_code() {
         t.contains("Do you want to proceed?")
     })
     .await;
-    desk.keys("1");
+    desk.press_until("1", "Yes in Claude's dialog", |t| {
+        !t.contains("Do you want to proceed?")
+    })
+    .await;
     eventually("desk.txt", || async {
         w.file("desk.txt").exists().then_some(())
     })
@@ -934,10 +956,12 @@ async fn codex_ready(desk: &mut Desk, review: bool) {
             .await;
         // What `maestro hooks install` tells the user to answer.
         assert!(t.contains("Trust all and continue"), "{t}");
-        desk.keys("2");
-        desk.until("the choice", |t| t.contains("› 2. Trust all"))
+        desk.press_until("2", "the choice", |t| t.contains("› 2. Trust all"))
             .await;
-        desk.keys("\r");
+        desk.press_until("\r", "the review to close", |t| {
+            !t.contains("Hooks need review")
+        })
+        .await;
     }
     desk.until("Codex's prompt", |t| {
         !t.contains("Hooks need review") && t.contains("? for shortcuts")
