@@ -156,16 +156,25 @@ fn for_machine(event: &EventRecord, kind: PushKind) -> Option<Notification> {
 /// Records `seq` in a scope's claimed numbers (ascending, at most [`CLAIM_WINDOW`]); whether
 /// this caller claimed it (`false`: someone already did, or it is older than the full window).
 pub fn claim(claimed: &mut Vec<u64>, seq: u64) -> bool {
-    if claimed.binary_search(&seq).is_ok() {
+    claim_within(claimed, seq, CLAIM_WINDOW)
+}
+
+/// Whether `seq` is new to `seen` (ascending, at most `window` numbers): not in it, and not
+/// older than all of a full window.
+pub fn is_new(seen: &[u64], seq: u64, window: usize) -> bool {
+    seen.binary_search(&seq).is_err()
+        && !(seen.len() >= window && seen.first().is_some_and(|&oldest| seq < oldest))
+}
+
+/// [`claim`] with a window of `window` numbers.
+pub fn claim_within(seen: &mut Vec<u64>, seq: u64, window: usize) -> bool {
+    if !is_new(seen, seq, window) {
         return false;
     }
-    if claimed.len() >= CLAIM_WINDOW && claimed.first().is_some_and(|&oldest| seq < oldest) {
-        return false;
-    }
-    let at = claimed.partition_point(|&s| s < seq);
-    claimed.insert(at, seq);
-    if claimed.len() > CLAIM_WINDOW {
-        claimed.remove(0);
+    let at = seen.partition_point(|&s| s < seq);
+    seen.insert(at, seq);
+    if seen.len() > window {
+        seen.remove(0);
     }
     true
 }

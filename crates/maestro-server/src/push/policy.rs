@@ -4,10 +4,12 @@
 //! them to the same state.
 //!
 //! In order, for one event and one device:
-//! 1. **Never older than the last delivery.** The device remembers, per event scope, the
-//!    highest event number it was given ([`DeviceState::watermarks`]); an event at or below
-//!    it is `expired`. A restart, a reconnect or a second server that sees an event again
-//!    sends nothing.
+//! 1. **Never the same event twice.** The device remembers, per event scope, the last
+//!    [`SEEN_WINDOW`] event numbers it was given ([`DeviceState::seen`]); one of them, or one
+//!    older than all of them, is `expired`. A restart, a reconnect or a second server that
+//!    sees an event again sends nothing. The numbers are a set, not a high-water mark: servers
+//!    sharing a store handle a scope's events concurrently, so a device may be offered event 8
+//!    after event 10, and 8 is still news.
 //! 2. **The device's choices.** A kind it turned off, or quiet hours (in its own time zone),
 //!    mute the event; approvals may still notify during quiet hours.
 //! 3. **Already on screen.** A device whose app is visible and connected gets nothing
@@ -22,11 +24,14 @@ use std::collections::BTreeMap;
 use maestro_protocol::{Millis, NotifyKinds, NotifySettings, PushKind, PushPayload};
 use serde::{Deserialize, Serialize};
 
-use super::notification::{MAX_BODY, Notification};
+use super::notification::{self, MAX_BODY, Notification};
 use crate::util::one_line as cut;
 
-/// Event scopes a device remembers a watermark for; beyond it the lowest ones are forgotten.
-pub const MAX_WATERMARKS: usize = 256;
+/// Event scopes a device remembers event numbers for; beyond it the least recent are
+/// forgotten.
+pub const MAX_SCOPES: usize = 256;
+/// Event numbers a device remembers per scope.
+pub const SEEN_WINDOW: usize = 32;
 /// Coalescing groups a device keeps; beyond it the quietest idle ones are forgotten.
 pub const MAX_GROUPS: usize = 256;
 const MINUTES_PER_DAY: i64 = 24 * 60;
@@ -38,8 +43,9 @@ pub struct DeviceState {
     pub settings: NotifySettings,
     /// When a push service last accepted a notification for this device.
     pub last_delivery_at: Option<Millis>,
-    /// Per event scope, the highest event number this device was given (sent or folded).
-    pub watermarks: BTreeMap<String, u64>,
+    /// Per event scope, the last [`SEEN_WINDOW`] event numbers this device was given (sent
+    /// or folded), ascending.
+    pub seen: BTreeMap<String, Vec<u64>>,
     /// Per notification tag, the coalescing group.
     pub groups: BTreeMap<String, Group>,
 }
@@ -141,7 +147,11 @@ impl DeviceState {
         now: Millis,
         window: Millis,
     ) -> Decision {
-        if self.watermarks.get(scope).is_some_and(|&w| seq <= w) {
+        if self
+            .seen
+            .get(scope)
+            .is_some_and(|seen| !notification::is_new(seen, seq, SEEN_WINDOW))
+        {
             return Decision::Expired;
         }
         let kind = notification.payload.kind;
@@ -212,16 +222,16 @@ impl DeviceState {
     }
 
     fn remember(&mut self, scope: &str, seq: u64) {
-        let w = self.watermarks.entry(scope.to_owned()).or_default();
-        *w = (*w).max(seq);
-        while self.watermarks.len() > MAX_WATERMARKS {
-            let lowest = self
-                .watermarks
+        let seen = self.seen.entry(scope.to_owned()).or_default();
+        notification::claim_within(seen, seq, SEEN_WINDOW);
+        while self.seen.len() > MAX_SCOPES {
+            let least_recent = self
+                .seen
                 .iter()
-                .min_by_key(|(_, s)| **s)
+                .min_by_key(|(_, s)| s.last().copied().unwrap_or(0))
                 .map(|(k, _)| k.clone())
                 .expect("not empty");
-            self.watermarks.remove(&lowest);
+            self.seen.remove(&least_recent);
         }
     }
 
@@ -320,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_older_than_the_last_delivery() {
+    fn the_same_event_is_never_given_twice() {
         let mut d = DeviceState::default();
         let n = note(PushKind::SessionFailed, "s:1", "x");
         assert!(matches!(
@@ -328,16 +338,28 @@ mod tests {
             Decision::Send(_)
         ));
         assert_eq!(d.offer("p", 5, &n, false, 10 * W, W), Decision::Expired);
+        // Two servers handle a scope's events concurrently: 4 may come after 5, and is news.
+        assert!(matches!(
+            d.offer("p", 4, &n, false, 10 * W, W),
+            Decision::Send(_)
+        ));
         assert_eq!(d.offer("p", 4, &n, false, 10 * W, W), Decision::Expired);
         // Scopes number their events separately.
         assert!(matches!(
-            d.offer("q", 4, &n, false, 10 * W, W),
+            d.offer("q", 4, &n, false, 12 * W, W),
             Decision::Send(_)
         ));
         // Survives a round trip through the store.
         let mut again: DeviceState =
             serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
-        assert_eq!(again.offer("p", 5, &n, false, 20 * W, W), Decision::Expired);
+        assert_eq!(again.offer("p", 4, &n, false, 20 * W, W), Decision::Expired);
+        // Older than every remembered number of a full window: expired.
+        let mut d = DeviceState::default();
+        for seq in 100..100 + SEEN_WINDOW as u64 {
+            d.offer("p", seq, &n, false, 0, W);
+        }
+        assert_eq!(d.seen["p"].len(), SEEN_WINDOW);
+        assert_eq!(d.offer("p", 99, &n, false, 0, W), Decision::Expired);
     }
 
     #[test]
@@ -351,7 +373,7 @@ mod tests {
             d.offer("p", 2, &failed, true, 0, W),
             Decision::SuppressedVisible
         );
-        // Muted and suppressed events leave the watermark where it was.
+        // Muted and suppressed events are not remembered as given.
         assert!(matches!(
             d.offer("p", 2, &failed, false, 0, W),
             Decision::Send(_)
@@ -402,11 +424,11 @@ mod tests {
     #[test]
     fn state_is_bounded() {
         let mut d = DeviceState::default();
-        for i in 0..(MAX_WATERMARKS as u64 + 10) {
+        for i in 0..(MAX_SCOPES as u64 + 10) {
             let n = note(PushKind::NeedsInput, &format!("s:{i}"), "x");
             d.offer(&format!("p{i}"), 1, &n, false, 0, W);
         }
-        assert_eq!(d.watermarks.len(), MAX_WATERMARKS);
+        assert_eq!(d.seen.len(), MAX_SCOPES);
         assert!(d.groups.len() <= MAX_GROUPS);
     }
 }
