@@ -22,7 +22,8 @@ use rustix::event::{Timespec, epoll};
 
 /// What a crowd does when one of its sockets gets the event it watches.
 pub trait OnEvent: Send + Sync + 'static {
-    fn received(&self);
+    /// A socket got the event; its packet is `len` bytes.
+    fn received(&self, len: usize);
     fn connected(&self);
 }
 
@@ -144,7 +145,7 @@ fn run(
                         conn.pending.extend_from_slice(&scratch[..n]);
                         let used = frames(&conn.pending, |payload| {
                             if payload.starts_with(prefix) {
-                                sink.received();
+                                sink.received(payload.len());
                             } else if payload == b"2" {
                                 let _ = conn.stream.write_all(&client_frame(b"3"));
                             }

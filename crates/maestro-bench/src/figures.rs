@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::Api;
 use crate::crowd::{Crowd, OnEvent};
+use crate::floor::Floor;
 use crate::report::{Row, Samples, ms, round3};
 use crate::server::{Backend, Server, Store, cpu_time, free_port, health_ok, stop_child};
 use crate::sio::{Sio, envelope_seq};
@@ -63,7 +64,7 @@ impl Plan {
             list_tasks: 1_000,
             http_secs: 10,
             connections: 50,
-            fanout_sockets: vec![1_000, 10_000],
+            fanout_sockets: vec![1_000, 5_000, 10_000],
             fanout_events: 200,
             mail_trips: 1_000,
             replay_events: 1_000,
@@ -717,8 +718,18 @@ impl Bench {
             expected: AtomicUsize::new(usize::MAX),
             all: Notify::new(),
             connected: AtomicUsize::new(0),
+            packet_len: AtomicUsize::new(0),
         });
         let rss_before = server.rss_kib()?;
+        // What an event costs the server with no socket to send it to (the create itself):
+        // taken off the fan-out's CPU before it is compared with the floor.
+        let baseline_events = self.plan.fanout_events * 4;
+        let cpu_before = cpu_time(server.pid())?;
+        for _ in 0..baseline_events {
+            api.create_task(&project, "fan-out").await?;
+        }
+        let baseline_ms =
+            ms(cpu_time(server.pid())?.saturating_sub(cpu_before)) / baseline_events as f64;
         let mut crowd = Crowd::start(
             server.addr,
             "42/ui,[\"task:created\"",
@@ -793,11 +804,13 @@ impl Bench {
             }
             shared.expected.store(usize::MAX, Ordering::SeqCst);
             let events = samples.len().max(1) as f64;
+            let samples_len = samples.len();
             let cpu_per_event = |before: Duration, pid: u32| -> Result<f64> {
                 Ok(round3(ms(cpu_time(pid)?.saturating_sub(before)) / events))
             };
             let server_cpu = cpu_per_event(cpu_before.0, server.pid())?;
             let bench_cpu = cpu_per_event(cpu_before.1, std::process::id())?;
+            let server_us_per_socket = (server_cpu - baseline_ms).max(0.0) * 1000.0 / n as f64;
             let s = Samples::new(samples);
             let mut row = Row::at_most(
                 &format!("fan-out p99 ({label} /ui sockets)"),
@@ -810,6 +823,7 @@ impl Bench {
                 "first_socket": Samples::new(firsts).summary(),
                 "post_answered": Samples::new(posts).summary(),
                 "server_cpu_ms_per_event": server_cpu,
+                "server_cpu_ms_per_event_without_sockets": round3(baseline_ms),
                 "bench_cpu_ms_per_event": bench_cpu,
             }));
             if let Some(why) = lost {
@@ -818,9 +832,103 @@ impl Bench {
                 break;
             }
             rows.push(row);
+            rows.push(
+                Row::info(
+                    &format!("fan-out: server CPU per socket per event ({label})"),
+                    round3(server_us_per_socket),
+                    "µs",
+                )
+                .with_detail(json!({
+                    "server_cpu_ms_per_event": server_cpu,
+                    "without_sockets_ms": round3(baseline_ms),
+                    "events": samples_len,
+                })),
+            );
+            if n <= FLOOR_MAX_SOCKETS {
+                eprintln!(
+                    "bench[{}]: the loopback floor ({label} sockets)",
+                    self.backend.name()
+                );
+                let packet = shared.packet_len.load(Ordering::Relaxed);
+                let floor = self.floor(n, packet).await;
+                rows.extend(floor_rows(&label, server_us_per_socket, floor));
+            }
         }
         drop(crowd);
         Ok(rows)
+    }
+
+    /// The loopback floor for `n` sockets ([`crate::floor`]): the writer's CPU per socket per
+    /// event, in µs, sending a packet of `packet_len` bytes as the server's fan-out did.
+    async fn floor(&self, n: usize, packet_len: usize) -> Result<(f64, Value)> {
+        let prefix = "42/ui,[\"task:created\"";
+        let mut floor = Floor::start(prefix, packet_len.max(prefix.len() + 4))?;
+        let shared = Arc::new(Shared {
+            base: Instant::now(),
+            received: AtomicUsize::new(0),
+            last_ns: AtomicU64::new(0),
+            first_ns: AtomicU64::new(u64::MAX),
+            expected: AtomicUsize::new(usize::MAX),
+            all: Notify::new(),
+            connected: AtomicUsize::new(0),
+            packet_len: AtomicUsize::new(0),
+        });
+        let mut crowd = Crowd::start(floor.addr, prefix, shared.clone() as Arc<dyn OnEvent>)?;
+        crowd.grow(n)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while shared.connected.load(Ordering::Relaxed) < n {
+            if let Some(ended) = crowd.finished() {
+                ended?;
+                bail!("the floor's sockets' thread stopped");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} sockets connected to the floor writer",
+                    shared.connected.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pid = floor.pid();
+        let cpu_before = cpu_time(pid)?;
+        let mut samples = Vec::with_capacity(self.plan.fanout_events);
+        for i in 0..self.plan.fanout_events {
+            shared.received.store(0, Ordering::SeqCst);
+            shared.last_ns.store(0, Ordering::SeqCst);
+            shared.expected.store(n, Ordering::SeqCst);
+            let sent_ns = shared.base.elapsed().as_nanos() as u64;
+            let all = shared.all.notified();
+            let sent = tokio::task::block_in_place(|| floor.fire())?;
+            if sent != n {
+                bail!("the floor writer had {sent} sockets, not {n}");
+            }
+            if tokio::time::timeout(Duration::from_secs(10), all)
+                .await
+                .is_err()
+            {
+                bail!(
+                    "floor event {i}: {} of {n} sockets got it within 10 s",
+                    shared.received.load(Ordering::SeqCst)
+                );
+            }
+            let last = shared.last_ns.load(Ordering::SeqCst);
+            samples.push(Duration::from_nanos(last.saturating_sub(sent_ns)));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let cpu = ms(cpu_time(pid)?.saturating_sub(cpu_before));
+        let events = samples.len() as f64;
+        let us_per_socket = cpu * 1000.0 / events / n as f64;
+        drop(crowd);
+        Ok((
+            us_per_socket,
+            json!({
+                "writer_cpu_ms_per_event": round3(cpu / events),
+                "packet_bytes": packet_len,
+                "events": samples.len(),
+                "last_socket": Samples::new(samples).summary(),
+            }),
+        ))
     }
 
     /// An agent process beating every 200 ms is SIGKILLed; the time until the server's
@@ -960,10 +1068,13 @@ struct Shared {
     expected: AtomicUsize,
     all: Notify,
     connected: AtomicUsize,
+    /// The length of the latest event packet a socket got.
+    packet_len: AtomicUsize,
 }
 
 impl OnEvent for Shared {
-    fn received(&self) {
+    fn received(&self, len: usize) {
+        self.packet_len.store(len, Ordering::Relaxed);
         let at = self.base.elapsed().as_nanos() as u64;
         self.last_ns.fetch_max(at, Ordering::SeqCst);
         self.first_ns.fetch_min(at, Ordering::SeqCst);
@@ -1026,6 +1137,35 @@ pub(crate) fn error_row(figure: &str, target: &str, e: &anyhow::Error) -> Row {
     let mut row = Row::not_measured(figure, target, &format!("error: {e:#}"));
     row.verdict = crate::report::Verdict::Miss;
     row
+}
+
+/// Most sockets the floor is measured for: the bench holds the server's sockets and the
+/// floor's at once, within the open-files limit.
+const FLOOR_MAX_SOCKETS: usize = 5_000;
+
+/// The floor's figure and the server's ratio to it (target: 1.2).
+fn floor_rows(label: &str, server_us: f64, floor: Result<(f64, Value)>) -> Vec<Row> {
+    let figure = format!("fan-out: ratio to the loopback floor ({label})");
+    match floor {
+        Ok((floor_us, detail)) if floor_us > 0.0 => vec![
+            Row::info(
+                &format!("loopback floor: CPU per socket per event ({label})"),
+                round3(floor_us),
+                "µs",
+            )
+            .with_detail(detail),
+            Row::at_most(&figure, round3(server_us / floor_us), "x", 1.2).with_detail(json!({
+                "server_us_per_socket": round3(server_us),
+                "floor_us_per_socket": round3(floor_us),
+            })),
+        ],
+        Ok(_) => vec![Row::not_measured(
+            &figure,
+            "<= 1.2 x",
+            "the floor measured no CPU time",
+        )],
+        Err(e) => vec![error_row(&figure, "<= 1.2 x", &e)],
+    }
 }
 
 fn count_label(n: usize) -> String {

@@ -13,11 +13,13 @@
 //! Layout: [`figures`] measures, [`terminal`] measures the runner and live-terminal figures
 //! (and is the fake agents they run), [`review`] the changes and diff figures, [`server`] runs the processes under test, [`api`] and
 //! [`sio`] are the HTTP and Socket.IO clients, [`crowd`] holds the fan-out's thousands of
-//! sockets, [`wrk`] drives and reads wrk, [`report`] makes the table and the JSON.
+//! sockets, [`floor`] is the loopback floor the fan-out is compared with, [`wrk`] drives and
+//! reads wrk, [`report`] makes the table and the JSON.
 
 mod api;
 mod crowd;
 mod figures;
+mod floor;
 mod report;
 mod review;
 mod server;
@@ -41,7 +43,7 @@ use crate::server::Backend;
 #[command(name = "maestro-bench")]
 struct Args {
     /// The `maestro` binary to measure (a release build).
-    #[arg(long, required_unless_present_any = ["agent_url", "term_agent"])]
+    #[arg(long, required_unless_present_any = ["agent_url", "term_agent", "floor_writer"])]
     maestro: Option<PathBuf>,
 
     /// Which backend(s) to measure.
@@ -71,6 +73,10 @@ struct Args {
     /// `lines:RATE:SECS`), in the pseudo-terminal a runner started.
     #[arg(long, hide = true)]
     term_agent: Option<String>,
+
+    /// Internal: run as the loopback floor's writer (`LEN:PREFIX`), see `floor.rs`.
+    #[arg(long, hide = true)]
+    floor_writer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,6 +93,9 @@ fn main() -> Result<()> {
     }
     if let Some(spec) = &args.term_agent {
         return terminal::agent(spec);
+    }
+    if let Some(spec) = &args.floor_writer {
+        return floor::writer(spec);
     }
     let nofile = server::raise_nofile_limit();
     let most_sockets = Plan::full().fanout_sockets.into_iter().max().unwrap_or(0);

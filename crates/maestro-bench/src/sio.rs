@@ -1,5 +1,5 @@
 //! A minimal Socket.IO v5 client over an Engine.IO v4 WebSocket, as `socket.io-client` speaks
-//! it with `transports: ["websocket"]` (adapted from `crates/maestro-server/tests/socketio.rs`).
+//! it with `transports: ["websocket"]` (adapted from `crates/maestro-server/tests/server/socketio.rs`).
 //! Only what the benchmarks need: connect to a namespace with `auth`, answer pings, read packets,
 //! one acked call. (The fan-out's thousands of sockets use the leaner [`crate::crowd`].)
 
