@@ -43,8 +43,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("openapi") => openapi(),
         Some("types") => types(),
-        Some("fuzz") => schemathesis(),
-        Some("conformance") => conformance(),
+        Some("fuzz") => schemathesis_install().and_then(schemathesis),
+        Some("conformance") => conformance(None),
         Some("bench") => bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
@@ -101,6 +101,142 @@ fn step(title: &str, mut cmd: Command) -> Result<()> {
     }
     eprintln!("    {title}: ok in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// A preparation step (a download or an install, which needs little of the CPU the compiler
+/// wants) started at once and waited for where its result is needed. Its output goes to a log
+/// file, printed if it fails.
+struct Background {
+    title: String,
+    log: PathBuf,
+    thread: std::thread::JoinHandle<Result<std::time::Duration>>,
+}
+
+impl Background {
+    /// Runs `commands` one after the other in a thread; the first failure stops them.
+    fn start(title: &str, commands: Vec<Command>) -> Result<Self> {
+        let logs = target_dir().join("tmp").join("xtask-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!(
+            "{}.log",
+            title
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
+        ));
+        let file = std::fs::File::create(&log)?;
+        eprintln!("==> {title}: started in the background");
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            for mut cmd in commands {
+                let status = cmd
+                    .stdin(std::process::Stdio::null())
+                    .stdout(file.try_clone()?)
+                    .stderr(file.try_clone()?)
+                    .status()
+                    .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+                if !status.success() {
+                    bail!("{:?} failed ({status})", cmd.get_program());
+                }
+            }
+            Ok(started.elapsed())
+        });
+        Ok(Self {
+            title: title.to_owned(),
+            log,
+            thread,
+        })
+    }
+
+    /// Waits for the step; fails with its output if it failed.
+    fn wait(self) -> Result<()> {
+        let waited = Instant::now();
+        let result = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread panicked")));
+        match result {
+            Ok(took) => {
+                eprintln!(
+                    "    {}: ok in {took:.1?} (in the background; waited {:.1?} for it)",
+                    self.title,
+                    waited.elapsed()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let output = std::fs::read_to_string(&self.log).unwrap_or_default();
+                eprintln!("{output}");
+                bail!(
+                    "{} failed: {e:#} (output above, also in {})",
+                    self.title,
+                    self.log.display()
+                )
+            }
+        }
+    }
+}
+
+/// What `cargo xtask test` installs while the Rust code compiles.
+struct Prepared {
+    apt: Option<Background>,
+    js: Background,
+    agents: Option<Background>,
+    conformance: Background,
+    schemathesis: Option<Background>,
+}
+
+impl Prepared {
+    /// Starts every download and install the later steps need (the Debian packages that are
+    /// missing, the npm trees of the interop, agent and conformance suites, schemathesis).
+    fn start() -> Result<Self> {
+        let missing: Vec<&str> = [("redis-server", "redis-server"), ("chromium", "chromium")]
+            .into_iter()
+            .filter(|(program, _)| !have(program))
+            .map(|(_, package)| package)
+            .collect();
+        let apt = if missing.is_empty() || !(have("apt-get") && is_root()) {
+            None
+        } else {
+            let mut update = Command::new("apt-get");
+            update.args(["update", "-qq"]);
+            let mut install = Command::new("apt-get");
+            install
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive");
+            Some(Background::start(
+                &format!("apt-get install {}", missing.join(" ")),
+                vec![update, install],
+            )?)
+        };
+        let npm_ci = |dir: PathBuf| {
+            let mut ci = Command::new("npm");
+            ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(dir);
+            ci
+        };
+        let js = Background::start(
+            "npm ci (tests/js)",
+            vec![npm_ci(root().join("tests").join("js"))],
+        )?;
+        let agents = agent_clis_install()?;
+        let suites = root().join("tests").join("conformance");
+        let conformance = Background::start(
+            "npm ci (tests/conformance)",
+            vec![
+                npm_ci(suites.join("engine.io-protocol")),
+                npm_ci(suites.join("socket.io-protocol")),
+            ],
+        )?;
+        let schemathesis = schemathesis_install()?;
+        Ok(Self {
+            apt,
+            js,
+            agents,
+            conformance,
+            schemathesis,
+        })
+    }
 }
 
 fn have(program: &str) -> bool {
@@ -164,6 +300,9 @@ fn test(args: &[String]) -> Result<()> {
 
     // The server embeds web/dist: build the app before anything compiles the server.
     web_build()?;
+    // Downloads and installs run while the Rust code compiles.
+    let prepared = Prepared::start()?;
+    let mut apt = prepared.apt;
 
     let mut clippy = cargo();
     clippy.args([
@@ -176,6 +315,11 @@ fn test(args: &[String]) -> Result<()> {
     ]);
     step("cargo clippy", clippy)?;
 
+    if !have("redis-server")
+        && let Some(apt) = apt.take()
+    {
+        apt.wait()?;
+    }
     ensure_redis_server()?;
 
     if have("cargo-nextest") {
@@ -209,10 +353,13 @@ fn test(args: &[String]) -> Result<()> {
         step("cargo test (Redis backend)", redis)?;
     }
 
-    js_interop()?;
-    agent_clis()?;
-    schemathesis()?;
-    conformance()?;
+    js_interop(prepared.js)?;
+    agent_clis(prepared.agents)?;
+    schemathesis(prepared.schemathesis)?;
+    conformance(Some(prepared.conformance))?;
+    if let Some(apt) = apt {
+        apt.wait()?;
+    }
     web_tests()?;
 
     eprintln!("==> all checks passed in {:.1?}", started.elapsed());
@@ -254,7 +401,7 @@ fn is_root() -> bool {
 
 /// The Socket.IO interop tests in `tests/js`: the official `socket.io-client` (npm) against the
 /// real `maestro` binary, run by node's test runner.
-fn js_interop() -> Result<()> {
+fn js_interop(install: Background) -> Result<()> {
     let version = Command::new("node").arg("--version").output();
     let major = version
         .ok()
@@ -287,22 +434,15 @@ fn js_interop() -> Result<()> {
         .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
 
     let dir = root().join("tests").join("js");
-    let mut ci = Command::new("npm");
-    ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
-    step("npm ci (tests/js)", ci)?;
+    install.wait()?;
     let mut test = Command::new("npm");
     test.arg("test").current_dir(&dir).env("MAESTRO_BIN", &bin);
     step("npm test (tests/js)", test)
 }
 
-/// The real agent CLIs (issue 19, `crates/maestro/tests/agents.rs`): Claude Code, Codex and
-/// Gemini CLI from npm at the versions `tests/agents/package-lock.json` pins, installed into the
-/// target directory (again only when the lockfile changed), each driven through a terminal
-/// against a scripted model on loopback. Where an unprivileged network namespace is available
-/// (`unshare -rn`) the tests run inside one with only loopback up, so nothing can leave the
-/// machine whatever a CLI tries; the CLIs' own telemetry and update switches are set as well.
-fn agent_clis() -> Result<()> {
-    require_node("the real agent CLIs (tests/agents)")?;
+/// Starts installing the agent CLIs (`tests/agents`) into the target directory, unless the
+/// lockfile installed there is the committed one.
+fn agent_clis_install() -> Result<Option<Background>> {
     let src = root().join("tests").join("agents");
     let dir = target_dir().join("agent-clis");
     std::fs::create_dir_all(&dir)?;
@@ -310,14 +450,39 @@ fn agent_clis() -> Result<()> {
     let stamp = dir.join("installed-package-lock.json");
     let cached = std::fs::read(&stamp).is_ok_and(|s| s == lock)
         && dir.join("node_modules").join(".bin").is_dir();
-    if !cached {
-        std::fs::copy(src.join("package.json"), dir.join("package.json"))?;
-        std::fs::write(dir.join("package-lock.json"), &lock)?;
-        let mut ci = Command::new("npm");
-        // Install scripts run: Claude Code's puts its native binary in place of a placeholder.
-        ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
-        step("npm ci (tests/agents: the real agent CLIs)", ci)?;
-        std::fs::write(&stamp, &lock)?;
+    if cached {
+        return Ok(None);
+    }
+    let _ = std::fs::remove_file(&stamp);
+    std::fs::copy(src.join("package.json"), dir.join("package.json"))?;
+    std::fs::write(dir.join("package-lock.json"), &lock)?;
+    let mut ci = Command::new("npm");
+    // Install scripts run: Claude Code's puts its native binary in place of a placeholder.
+    ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
+    Ok(Some(Background::start(
+        "npm ci (tests/agents: the real agent CLIs)",
+        vec![ci],
+    )?))
+}
+
+/// The real agent CLIs (issue 19, `crates/maestro/tests/commands/agents.rs`): Claude Code, Codex and
+/// Gemini CLI from npm at the versions `tests/agents/package-lock.json` pins, installed into the
+/// target directory (again only when the lockfile changed), each driven through a terminal
+/// against a scripted model on loopback. Where an unprivileged network namespace is available
+/// (`unshare -rn`) the tests run inside one with only loopback up, so nothing can leave the
+/// machine whatever a CLI tries; the CLIs' own telemetry and update switches are set as well.
+fn agent_clis(install: Option<Background>) -> Result<()> {
+    require_node("the real agent CLIs (tests/agents)")?;
+    let dir = target_dir().join("agent-clis");
+    if let Some(install) = install {
+        install.wait()?;
+        let lock = std::fs::read(
+            root()
+                .join("tests")
+                .join("agents")
+                .join("package-lock.json"),
+        )?;
+        std::fs::write(dir.join("installed-package-lock.json"), &lock)?;
     }
     let mut build = cargo();
     build.args([
@@ -326,7 +491,7 @@ fn agent_clis() -> Result<()> {
         "--package",
         "maestro",
         "--test",
-        "agents",
+        "commands",
         "--no-run",
     ]);
     step("cargo nextest run --no-run (real agent CLIs)", build)?;
@@ -340,9 +505,11 @@ fn agent_clis() -> Result<()> {
         "--package",
         "maestro",
         "--test",
-        "agents",
+        "commands",
         "--no-capture",
         "--offline",
+        "-E",
+        "test(/^agents::/)",
     ];
     let mut run = if isolated {
         eprintln!("==> real agent CLIs: in a network namespace (loopback only)");
@@ -370,7 +537,7 @@ fn agent_clis() -> Result<()> {
 /// (vendored unchanged, see their ORIGIN.md), run by mocha against `examples/conformance.rs` of
 /// maestro-server: our Engine.IO transport with the suites' reference handlers. The suites
 /// hard-code `http://localhost:3000`, so the server takes that port.
-fn conformance() -> Result<()> {
+fn conformance(installed: Option<Background>) -> Result<()> {
     const PORT: u16 = 3000;
     let mut build = cargo();
     build.args([
@@ -410,11 +577,19 @@ fn conformance() -> Result<()> {
         bail!("the conformance server exited before listening");
     }
 
+    match installed {
+        Some(install) => install.wait()?,
+        None => {
+            for suite in ["engine.io-protocol", "socket.io-protocol"] {
+                let mut ci = Command::new("npm");
+                ci.args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(root().join("tests").join("conformance").join(suite));
+                step(&format!("npm ci ({suite})"), ci)?;
+            }
+        }
+    }
     for suite in ["engine.io-protocol", "socket.io-protocol"] {
         let dir = root().join("tests").join("conformance").join(suite);
-        let mut ci = Command::new("npm");
-        ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
-        step(&format!("npm ci ({suite})"), ci)?;
         let mut test = Command::new("npm");
         test.arg("test").current_dir(&dir);
         step(&format!("{suite} test suite"), test)?;
@@ -425,26 +600,40 @@ fn conformance() -> Result<()> {
 /// The pinned schemathesis (PyPI) that fuzzes the API, in a virtualenv of its own.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
+fn schemathesis_venv() -> PathBuf {
+    target_dir().join("py").join("schemathesis")
+}
+
+/// Starts installing schemathesis into its virtualenv, unless it is there.
+fn schemathesis_install() -> Result<Option<Background>> {
+    let venv = schemathesis_venv();
+    if venv.join("bin").join("schemathesis").exists() {
+        return Ok(None);
+    }
+    let mut create = Command::new("python3");
+    create.args(["-m", "venv"]).arg(&venv);
+    let mut install = Command::new(venv.join("bin").join("pip"));
+    install.args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        SCHEMATHESIS,
+    ]);
+    Ok(Some(Background::start(
+        &format!("pip install {SCHEMATHESIS}"),
+        vec![create, install],
+    )?))
+}
+
 /// Fuzzes every operation of the OpenAPI document with schemathesis against the real debug
 /// binary (built by `js_interop`), on the embedded store and on a `redis-server` of its own:
 /// no answer may be a 5xx, and every answer must match the document's own schema. The seed is
 /// fixed so a failure reproduces.
-fn schemathesis() -> Result<()> {
-    let venv = target_dir().join("py").join("schemathesis");
-    let tool = venv.join("bin").join("schemathesis");
-    if !tool.exists() {
-        let mut create = Command::new("python3");
-        create.args(["-m", "venv"]).arg(&venv);
-        step("python3 -m venv (schemathesis)", create)?;
-        let mut install = Command::new(venv.join("bin").join("pip"));
-        install.args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            SCHEMATHESIS,
-        ]);
-        step(&format!("pip install {SCHEMATHESIS}"), install)?;
+fn schemathesis(install: Option<Background>) -> Result<()> {
+    if let Some(install) = install {
+        install.wait()?;
     }
+    let tool = schemathesis_venv().join("bin").join("schemathesis");
     let bin = target_dir()
         .join("debug")
         .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));

@@ -2,7 +2,7 @@
 //! retries, `allow_session` rules, push-based waiting, and cancellation when the session ends,
 //! is deleted or its agent goes silent. Runs on both backends (`MAESTRO_TEST_BACKEND`).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

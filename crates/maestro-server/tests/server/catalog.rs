@@ -1,7 +1,7 @@
 //! The read-mostly catalog: `/api/ordering`, `/api/skills` (read from `SKILLS_DIR`, which
 //! `Config::for_dir` puts at `<dir>/skills`) and `/api/workflow-templates`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Task claims: one winner under contention, fencing tokens that refuse stale writers, renew,
 //! release, expiry.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

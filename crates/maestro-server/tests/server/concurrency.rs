@@ -2,7 +2,7 @@
 //! other's status (upstream did, contract §7.6), concurrent timeline appends must all land,
 //! and every acknowledged write emits its events exactly once, in a gap-free sequence.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -3,7 +3,7 @@
 //! deadline (an older server's) are indexed when a sweeper starts. On the suite's backend
 //! (`MAESTRO_TEST_BACKEND=redis` for Redis).
 
-mod common;
+use crate::common;
 
 use maestro_protocol::{
     ClaimRequest, CreateProject, CreateSession, CreateTask, Heartbeat, Presence, Session,

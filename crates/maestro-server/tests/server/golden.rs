@@ -14,7 +14,7 @@
 //! Where Maestro deliberately differs (contract §7, `docs/compatibility.md`), the test asserts
 //! Maestro's documented behaviour instead and says why, citing the row.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -43,7 +43,7 @@ struct Call {
 }
 
 fn fixture() -> Fixture {
-    serde_json::from_str(include_str!("fixtures/upstream-golden.json")).expect("golden fixture")
+    serde_json::from_str(include_str!("../fixtures/upstream-golden.json")).expect("golden fixture")
 }
 
 /// Upstream's WebSocket frames per call ("Frames observed" in the golden document).

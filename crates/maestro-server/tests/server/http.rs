@@ -5,7 +5,7 @@
 //!
 //! Requests no typed client would send go through `raw_http` on a bare socket.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, api_err, assert_error_body, snapshot};
 use maestro_client::Client;
@@ -78,7 +78,7 @@ async fn operational_endpoints() {
     );
 
     // A browser at `/agents` learns what this is and where the API reference is (`/` is the
-    // web app, see tests/web.rs; the legacy WebSocket on `/` is an upgrade, answered before
+    // web app, see web.rs; the legacy WebSocket on `/` is an upgrade, answered before
     // routing: see below).
     let index = server.raw("GET", "/agents", None, "").await;
     assert_eq!(index.status, 200);

@@ -1,7 +1,7 @@
 //! `maestro import`: an upstream data directory (contract §5.1 layout, legacy files and a
 //! corrupt one included) is reproduced through the API; a second import changes nothing.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! (slowloris), and the legacy WebSocket's message size. Each test fails on a server without
 //! the bound (it hangs until the wait runs out).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Presence on the session resource, `session:presence` / `session:stalled` events, revival of
 //! a session declared dead, heartbeats over the legacy WebSocket, and bounced mail.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

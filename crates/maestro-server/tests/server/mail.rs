@@ -1,7 +1,7 @@
 //! Mail: send (direct, broadcast, to a team member), inbox, long-poll wait with and without
 //! read cursors, get, delete, and their errors.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //!
 //! Regenerate the committed copy with `cargo xtask openapi`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Restart on the same data directory: everything acknowledged before a clean shutdown is
 //! there afterwards, unchanged, and event sequences continue where they stopped.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use maestro_client::SessionQuery;

@@ -1,7 +1,7 @@
 //! `/api/projects`: create, list, get, update, delete, with the `project:*` frames a legacy
 //! WebSocket client receives (global scope: `projectId` null, own gap-free `seq`).
 
-mod common;
+use crate::common;
 
 use axum::http::Method;
 use common::{TestServer, api_err, snapshot, to_json};

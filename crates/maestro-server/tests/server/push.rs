@@ -7,7 +7,7 @@
 //! that the server can only send after it finished with the earlier one (one notification is
 //! sent completely before the next is started).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! a session on another machine answered from its host's reports (the reporter the CLI runs),
 //! and review comments sent to the agent as one directive.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

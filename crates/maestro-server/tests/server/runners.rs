@@ -3,7 +3,7 @@
 //! fenced, stop and resume, a silent runner fails its sessions as `runner_lost`, a connected
 //! desktop app gets the spawn instead, and the `runner` scope allows runner routes only.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

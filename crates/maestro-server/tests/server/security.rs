@@ -5,7 +5,7 @@
 //! "Remote" requests are made from loopback with the header cloudflared adds
 //! (`CF-Connecting-IP`), exactly how tunnel traffic reaches the server.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

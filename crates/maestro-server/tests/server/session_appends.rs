@@ -5,7 +5,7 @@
 //! entries and events, docs without content). The REST answers stay complete, and
 //! `GET /api/sessions/:id/timeline` pages through a long timeline.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, api_err, to_json};
 use maestro_client::Client;

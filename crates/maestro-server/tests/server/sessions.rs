@@ -2,7 +2,7 @@
 //! contract §2.4.1, delete, raw events, timeline, docs, task link/unlink and modals — with the
 //! frames of each mutation, in order.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -6,7 +6,7 @@
 //! event with its ack (and the error acks), the reconnect replay seam (no duplicate, no hole),
 //! a gap older than the journal, `session:reply-input` end to end, the payload cap, shutdown.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `POST /api/sessions/spawn`: validation codes in upstream's order, the event sequence, the
 //! server-written manifest, idempotency keys, and that failure leaves nothing behind.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, api_err, snapshot};
 use maestro_client::Client;

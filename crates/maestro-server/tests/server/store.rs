@@ -1,7 +1,7 @@
 //! The store port itself, on the suite's backend (local, or Redis with
 //! `MAESTRO_TEST_BACKEND=redis`): what transactions promise beyond any one API route.
 
-mod common;
+use crate::common;
 
 use maestro_server::error::Error;
 use maestro_server::ports::{Collection, ReaderExt, TxnExt, transact};

@@ -2,7 +2,7 @@
 //! cascade, per-task timeline and docs — with the frames of each mutation, in order
 //! (contract §2.3, §3 "Emission sequences").
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

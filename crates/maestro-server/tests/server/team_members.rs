@@ -1,6 +1,6 @@
 //! Team members: the five built-ins, custom members, overrides, archive/unarchive/delete/reset.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, api_err};
 use maestro_protocol::{CreateProject, CreateTeamMember, UpdateTeamMember};

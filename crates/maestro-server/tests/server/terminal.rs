@@ -5,7 +5,7 @@
 //! Every wait is on a message (bounded by [`WAIT`]); "nothing reached the host" is shown by
 //! the next thing that does reach it being the expected one.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU16;

@@ -3,7 +3,7 @@
 //! that grows while it is read, and the HTTP API (upload, paging, retries, the limit, events,
 //! the scope) on the backend the suite runs with.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::path::PathBuf;

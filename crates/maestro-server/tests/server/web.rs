@@ -2,7 +2,7 @@
 //! that nothing of the API or Socket.IO is shadowed by it. Works whether `web/dist` holds the
 //! built app or `build.rs`'s placeholder.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 

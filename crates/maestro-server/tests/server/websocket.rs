@@ -2,7 +2,7 @@
 //! client messages (`ping`, `subscribe`, `unsubscribe`, anything else ignored) and the
 //! per-session subscription filter.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, WsClient, event_names, keys, set, to_json};
 use maestro_client::Client;

@@ -13,7 +13,7 @@
 //! `maestro run -- <cli>`, its screen parsed by `vt100`); the phone is a `respond`-scoped
 //! token on the REST API the web app uses.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::num::NonZeroU16;

@@ -5,7 +5,7 @@
 //! the server is gone or nobody decides, the hook answers its fallback in time and withdraws
 //! its request.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! End to end: the `maestro` binary's agent commands against a real server on port 0 —
 //! human and `--json` output, exit codes, and the errors for bad input.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

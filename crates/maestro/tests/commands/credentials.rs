@@ -1,7 +1,7 @@
 //! `maestro token`, `maestro pair` and `maestro devices` against a real server, and the CLI on
 //! a server that wants a credential from this machine too (`AUTH=required`).
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::Server;

@@ -1,7 +1,7 @@
 //! End to end: `maestro hooks install|uninstall|status` on real files, for each agent tool,
 //! with HOME and the project in temporary directories.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! script in a pseudo-terminal; the test talks to it through `maestro run`'s stdin/stdout
 //! (no TTY here, so the plain pipe-through-pty path) and checks what the server saw.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, Stdio};

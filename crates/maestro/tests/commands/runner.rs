@@ -3,7 +3,7 @@
 //! agents file; the tests check the processes themselves (their pids, files they write) and
 //! what the server says about their sessions.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! follows the file while the agent appends to it (a line written in two parts, a malformed
 //! line) and the server ends up with each entry exactly once.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
