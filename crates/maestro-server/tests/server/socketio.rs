@@ -94,6 +94,28 @@ impl Sio {
             }
             Err(e) => panic!("websocket connect: {e}"),
         };
+        Self::join(ws, ns, auth).await
+    }
+
+    /// A `/ui` client whose socket can hold only a few KB: it stops taking packets after a
+    /// handful of events unless it reads.
+    async fn connect_small_buffer(addr: std::net::SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket connect");
+        Self::join(ws, "/ui", json!({})).await.unwrap()
+    }
+
+    /// The open packet, then the namespace's CONNECT and its answer.
+    async fn join(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        ns: &str,
+        auth: Value,
+    ) -> Result<Self, String> {
         let mut sio = Self {
             ws,
             ns: ns.to_owned(),
@@ -391,6 +413,71 @@ async fn many_tasks(api: &Client, project: &str, n: usize) {
         .buffer_unordered(8)
         .collect::<Vec<_>>()
         .await;
+}
+
+/// A client that stops reading fills its socket: what the kernel does not take waits in the
+/// session's queue and goes out, in order, once the client reads again (the writer waits for
+/// room in the send buffer); a client that keeps reading is not held up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gets_every_event_in_order_when_it_reads_again() {
+    let server = TestServer::start().await;
+    let api = server.client();
+    let addr = server.addr();
+    let mut stalled = Sio::connect_small_buffer(addr).await;
+    let mut reading = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
+    let project = api
+        .create_project(&CreateProject {
+            name: Some("slow reader".into()),
+            working_dir: Some("/tmp".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // About 5 MB of events: more than a loopback socket's send and receive buffers hold.
+    const N: usize = 600;
+    let description = "x".repeat(8_000);
+    let created: Vec<String> = stream::iter(0..N)
+        .map(|i| {
+            let (api, project, description) =
+                (api.clone(), project.id.clone(), description.clone());
+            async move {
+                api.create_task(&CreateTask {
+                    project_id: Some(project),
+                    title: Some(format!("t{i}")),
+                    description: Some(description),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .id
+            }
+        })
+        .buffered(4)
+        .collect()
+        .await;
+    let ids = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["data"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let names = vec!["task:created"; N];
+    reading.expect(&["project:created"]).await;
+    let got = ids(reading.expect(&names).await);
+    assert_eq!(got.len(), N);
+    // Now the stalled client reads: everything, each event once, in the order of the journal.
+    stalled.expect(&["project:created"]).await;
+    let late = stalled.expect(&names).await;
+    let seqs: Vec<u64> = late.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {seqs:?}"
+    );
+    let mut late = ids(late);
+    late.sort();
+    let mut all = created;
+    all.sort();
+    assert_eq!(late, all);
 }
 
 /// A server with a custom configuration (the shared harness always uses the defaults), on the

@@ -3,7 +3,7 @@
 //!
 //! The part that matters for speed is [`Session::send`]. A packet is framed once (a
 //! server's WebSocket frames are not masked, so one event's bytes are the same for every
-//! socket) and written straight to the socket's `TcpStream` by whoever sends it — the
+//! socket) and written straight to the socket ([`socket::Socket`]) by whoever sends it — the
 //! fan-out, an ack, the heartbeat — with one non-blocking `send`, without waking a task per
 //! socket. Only when the kernel's buffer is full does the rest go into the session's queue,
 //! drained by a short-lived flusher task that waits for the socket to become writable. An idle
@@ -68,11 +68,13 @@ use maestro_protocol::CallerKind;
 mod heartbeat;
 mod polling;
 mod session;
+mod socket;
 #[cfg(test)]
 mod tests;
 mod websocket;
 
 pub use session::MAX_QUEUED;
+use socket::Socket;
 
 /// Request headers kept for the session's life: what decides whether the client is trusted.
 const KEPT_HEADERS: [&str; 7] = [
@@ -249,7 +251,7 @@ struct Out {
 
 enum Transport {
     Polling,
-    WebSocket(Arc<TcpStream>),
+    WebSocket(Arc<Socket>),
     Closed,
 }
 

@@ -10,12 +10,10 @@ pub const MAX_QUEUED: usize = 16_384;
 const STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// One write attempt that never waits: `Ok(None)` means the socket has no room now.
-fn try_write(stream: &TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
+fn try_write(stream: &Socket, bytes: &[u8]) -> io::Result<Option<usize>> {
     match stream.try_write(bytes) {
-        Ok(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
-        Ok(n) => Ok(Some(n)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e),
+        Ok(Some(0)) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+        other => other,
     }
 }
 
@@ -179,7 +177,8 @@ impl Session {
 
     /// Writes the queue as the socket takes it; ends when the queue is empty. A socket that
     /// takes nothing for [`STALL_LIMIT`] is closed.
-    async fn flush(self: Arc<Self>, stream: Arc<TcpStream>) {
+    async fn flush(self: Arc<Self>, stream: Arc<Socket>) {
+        let mut writable = None;
         loop {
             {
                 let mut guard = self.out.lock().expect("session lock");
@@ -195,12 +194,12 @@ impl Session {
                     let slices: Vec<IoSlice<'_>> =
                         out.queue.iter().take(64).map(|b| IoSlice::new(b)).collect();
                     match stream.try_write_vectored(&slices) {
-                        Ok(0) => {
+                        Ok(Some(0)) => {
                             drop(guard);
                             self.close();
                             return;
                         }
-                        Ok(mut n) => {
+                        Ok(Some(mut n)) => {
                             while n > 0 {
                                 let front = out.queue.front_mut().expect("written from it");
                                 if n >= front.len() {
@@ -212,7 +211,7 @@ impl Session {
                                 }
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Ok(None) => break,
                         Err(e) => {
                             drop(guard);
                             tracing::debug!(session = %self.id, error = %e, "websocket write failed");
@@ -222,9 +221,20 @@ impl Session {
                     }
                 }
             }
+            let waiter = match &mut writable {
+                Some(w) => w,
+                None => match stream.writable() {
+                    Ok(w) => writable.insert(w),
+                    Err(e) => {
+                        tracing::debug!(session = %self.id, error = %e, "cannot wait for room on a websocket");
+                        self.close();
+                        return;
+                    }
+                },
+            };
             tokio::select! {
                 _ = self.closed.cancelled() => return,
-                ready = tokio::time::timeout(STALL_LIMIT, stream.writable()) => match ready {
+                ready = tokio::time::timeout(STALL_LIMIT, waiter.wait()) => match ready {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
                         self.close();
@@ -292,7 +302,7 @@ impl Session {
 
     /// The client sent `5`: the WebSocket carries the session from now on, starting with
     /// whatever was still queued for polling.
-    pub(super) fn switch_to_websocket(self: &Arc<Self>, stream: Arc<TcpStream>) -> bool {
+    pub(super) fn switch_to_websocket(self: &Arc<Self>, stream: Arc<Socket>) -> bool {
         let mut out = self.out.lock().expect("session lock");
         if !matches!(out.transport, Transport::Polling) {
             return false;

@@ -94,13 +94,22 @@ impl Engine {
                 }
             };
             let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-            let stream = Arc::new(io.into_inner());
+            let stream = match Socket::new(io.into_inner()) {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take the websocket's connection over");
+                    if let Some(session) = &existing {
+                        session.abort_upgrade();
+                    }
+                    return;
+                }
+            };
             let buf = BytesMut::from(&read_buf[..]);
             // `read_buf` is a slice of hyper's read buffer (several KB): keeping it for the
             // socket's life would keep that buffer alive too.
             drop(read_buf);
             if taken {
-                let _ = write_all(&stream, &ws::close_frame(ws::CLOSE_NORMAL)).await;
+                let _ = stream.write_all(&ws::close_frame(ws::CLOSE_NORMAL)).await;
                 return;
             }
             match existing {
@@ -130,7 +139,7 @@ impl Engine {
     }
 
     /// The probe phase of an upgrade, then (after `5`) the session's reader.
-    async fn run_upgrade(&self, session: Arc<Session>, stream: Arc<TcpStream>, mut buf: BytesMut) {
+    async fn run_upgrade(&self, session: Arc<Session>, stream: Arc<Socket>, mut buf: BytesMut) {
         let mut decoder = ws::Decoder::new(self.config.max_payload);
         let mut need = 0;
         let upgraded = 'probe: loop {
@@ -138,7 +147,8 @@ impl Engine {
                 match decoder.next(&mut buf, &mut need) {
                     Ok(Some(Incoming::Text(t))) if t == "2probe" => {
                         if !session.begin_upgrade()
-                            || write_all(&stream, &Frame::text("3probe").bytes)
+                            || stream
+                                .write_all(&Frame::text("3probe").bytes)
                                 .await
                                 .is_err()
                         {
@@ -149,10 +159,7 @@ impl Engine {
                         break 'probe session.switch_to_websocket(stream.clone());
                     }
                     Ok(Some(Incoming::Ping(p))) => {
-                        if write_all(&stream, &ws::frame(ws::OP_PONG, &p))
-                            .await
-                            .is_err()
-                        {
+                        if stream.write_all(&ws::frame(ws::OP_PONG, &p)).await.is_err() {
                             break 'probe false;
                         }
                     }
@@ -176,7 +183,7 @@ impl Engine {
     }
 
     /// Reads the session's WebSocket until it closes (either side).
-    async fn read_websocket(&self, session: &Arc<Session>, stream: &TcpStream, mut buf: BytesMut) {
+    async fn read_websocket(&self, session: &Arc<Session>, stream: &Socket, mut buf: BytesMut) {
         let mut decoder = ws::Decoder::new(self.config.max_payload);
         let mut need = 0;
         loop {
@@ -230,33 +237,7 @@ impl Engine {
 
 /// Reads what the socket has into `buf` (making room for `need` bytes); `false` when the
 /// connection is gone. Cancel-safe: nothing is read unless it returns.
-async fn read_more(stream: &TcpStream, buf: &mut BytesMut, need: usize) -> bool {
+async fn read_more(stream: &Socket, buf: &mut BytesMut, need: usize) -> bool {
     let want = need.saturating_sub(buf.len()).max(512);
-    if buf.capacity() - buf.len() < want {
-        buf.reserve(want);
-    }
-    loop {
-        if stream.readable().await.is_err() {
-            return false;
-        }
-        match stream.try_read_buf(buf) {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// Writes all of `bytes` (during the upgrade probe, before the session owns the stream).
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    matches!(stream.read_into(buf, want).await, Ok(n) if n > 0)
 }
