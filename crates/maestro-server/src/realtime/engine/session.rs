@@ -101,7 +101,7 @@ impl Session {
     /// Sends one packet; `false` if the session is closed (or closes now because the client
     /// stopped taking packets).
     pub fn send(self: &Arc<Self>, frame: &Frame) -> bool {
-        self.send_bytes(frame.bytes.clone(), frame.polling_form())
+        self.send_bytes(&frame.bytes, || frame.polling_form())
     }
 
     /// Sends several packets, in order, as one write on a WebSocket (a replay of a thousand
@@ -121,11 +121,18 @@ impl Session {
         // Only the whole is written from here on: a session that changed transport meanwhile
         // can only have closed (a WebSocket is never downgraded).
         let all = all.freeze();
-        self.send_bytes(all.clone(), all)
+        self.send_bytes(&all, || all.clone())
     }
 
-    /// Sends `bytes` on a WebSocket, or queues `polling` for a polling `GET`.
-    pub(super) fn send_bytes(self: &Arc<Self>, bytes: Bytes, polling: Bytes) -> bool {
+    /// Sends `bytes` on a WebSocket, or queues `polling()` for a polling `GET`. Nothing is
+    /// cloned when the kernel takes the whole frame at once, the usual case: in a fan-out every
+    /// socket shares one frame, and a reference count touched per socket from both fan-out
+    /// threads is a contended cache line.
+    pub(super) fn send_bytes(
+        self: &Arc<Self>,
+        bytes: &Bytes,
+        polling: impl FnOnce() -> Bytes,
+    ) -> bool {
         let mut out = self.out.lock().expect("session lock");
         let is_polling = matches!(out.transport, Transport::Polling);
         // A WebSocket with nothing waiting is written to right here.
@@ -137,9 +144,9 @@ impl Session {
             }
         };
         let mut flusher = None;
-        let rest = match idle_socket.map(|stream| (stream, try_write(stream, &bytes))) {
-            None if is_polling => polling,
-            None => bytes,
+        let rest = match idle_socket.map(|stream| (stream, try_write(stream, bytes))) {
+            None if is_polling => polling(),
+            None => bytes.clone(),
             Some((_, Ok(Some(n)))) if n == bytes.len() => return true,
             // The kernel took part or none of it: the rest waits for a flusher.
             Some((stream, Ok(written))) => {
@@ -178,7 +185,6 @@ impl Session {
     /// Writes the queue as the socket takes it; ends when the queue is empty. A socket that
     /// takes nothing for [`STALL_LIMIT`] is closed.
     async fn flush(self: Arc<Self>, stream: Arc<Socket>) {
-        let mut writable = None;
         loop {
             {
                 let mut guard = self.out.lock().expect("session lock");
@@ -221,20 +227,9 @@ impl Session {
                     }
                 }
             }
-            let waiter = match &mut writable {
-                Some(w) => w,
-                None => match stream.writable() {
-                    Ok(w) => writable.insert(w),
-                    Err(e) => {
-                        tracing::debug!(session = %self.id, error = %e, "cannot wait for room on a websocket");
-                        self.close();
-                        return;
-                    }
-                },
-            };
             tokio::select! {
                 _ = self.closed.cancelled() => return,
-                ready = tokio::time::timeout(STALL_LIMIT, waiter.wait()) => match ready {
+                ready = tokio::time::timeout(STALL_LIMIT, stream.writable()) => match ready {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => {
                         self.close();

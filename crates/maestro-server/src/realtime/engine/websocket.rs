@@ -94,16 +94,7 @@ impl Engine {
                 }
             };
             let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-            let stream = match Socket::new(io.into_inner()) {
-                Ok(s) => Arc::new(s),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot take the websocket's connection over");
-                    if let Some(session) = &existing {
-                        session.abort_upgrade();
-                    }
-                    return;
-                }
-            };
+            let stream = Arc::new(Socket::new(io.into_inner()));
             let buf = BytesMut::from(&read_buf[..]);
             // `read_buf` is a slice of hyper's read buffer (several KB): keeping it for the
             // socket's life would keep that buffer alive too.
@@ -205,7 +196,7 @@ impl Engine {
                     }
                     Ok(Some(Incoming::Ping(p))) => {
                         let pong = ws::frame(ws::OP_PONG, &p);
-                        session.send_bytes(pong.clone(), pong);
+                        session.send_bytes(&pong, || pong.clone());
                     }
                     Ok(Some(Incoming::Pong)) => {}
                     Ok(Some(Incoming::Close)) => {
