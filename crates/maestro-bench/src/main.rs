@@ -180,8 +180,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `<out>/<date>-<name>[-quick|-partial].json`; `name` is the backend's, or `redis-vs-local`
-/// for the ratios.
+/// `<out>/<date>-<name>[-quick|-partial][-<n>].json`; `name` is the backend's, or
+/// `redis-vs-local` for the ratios.
 fn write_json(args: &Args, name: &str, rows: &[report::Row]) -> Result<PathBuf> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let date = report::date_utc(now);
@@ -194,7 +194,19 @@ fn write_json(args: &Args, name: &str, rows: &[report::Row]) -> Result<PathBuf> 
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let path = args.out.join(format!("{date}-{name}{suffix}.json"));
+    // Never over an earlier run's file (two `--only` runs of one day measure different
+    // figures): the second is `-2`, and so on.
+    let path = (1..)
+        .map(|n| {
+            let again = if n == 1 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
+            args.out.join(format!("{date}-{name}{suffix}{again}.json"))
+        })
+        .find(|p| !p.exists())
+        .expect("an unused file name");
     let doc = json!({
         "date": date,
         "unix_time": now,
