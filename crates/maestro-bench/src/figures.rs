@@ -115,6 +115,7 @@ pub const FIGURES: &[&str] = &[
     "create",
     "replay",
     "fanout",
+    "scale-out",
     "crash",
     "startup",
     "sweep",
@@ -168,6 +169,10 @@ impl Bench {
                 }
             }
         }
+        if self.wants("scale-out") {
+            eprintln!("bench[{}]: scale-out", self.backend.name());
+            rows.extend(crate::scale::run(self).await);
+        }
         let main = Store::new(self.backend, &self.tmp.join("main"));
         let server = main.start(&self.bin, &[])?;
         let api = Api::new(&server.url())?;
@@ -205,8 +210,10 @@ impl Bench {
         }
         if self.wants("create") {
             eprintln!("bench[{}]: create throughput", self.backend.name());
-            let row = self.create(&api, &server).await;
-            rows.push(self.or_error("create throughput", ">= 7,500 req/s", row));
+            match self.create(&api, &server).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => rows.push(error_row("create throughput", ">= 7,500 req/s", &e)),
+            }
         }
         if self.wants("replay") {
             eprintln!("bench[{}]: replay", self.backend.name());
@@ -364,6 +371,7 @@ impl Bench {
                 .await?;
             }
             let mut since = 0i64;
+            let trips_before = redis_round_trips(api).await?;
             let mut samples = Vec::with_capacity(self.plan.mail_trips);
             let deadline = Instant::now() + Duration::from_secs(300);
             for _ in 0..self.plan.mail_trips {
@@ -404,6 +412,7 @@ impl Bench {
                 since = messages[0]["createdAt"].as_i64().context("createdAt")?;
                 samples.push(at.duration_since(started));
             }
+            let trips_after = redis_round_trips(api).await?;
             let s = Samples::new(samples);
             // The figure is upstream's wait; `ack=true` (exactly once, `maestro mail wait
             // --ack`) is shown beside it without a target of its own.
@@ -418,6 +427,11 @@ impl Bench {
                 )
             };
             rows.push(row.with_detail(s.summary()));
+            // Each trip is two requests: the wait and the send.
+            if !ack && let (Some(before), Some(after)) = (trips_before, trips_after) {
+                let requests = 2 * s.len() as u64;
+                rows.push(round_trip_row("mail wake", requests, before, after));
+            }
         }
         Ok(rows)
     }
@@ -607,7 +621,9 @@ impl Bench {
             self.plan.connections,
             Duration::from_secs(self.plan.http_secs),
         );
+        let trips_before = redis_round_trips(api).await?;
         let r = tokio::task::spawn_blocking(move || wrk::run(&url, c, d, None)).await??;
+        let trips_after = redis_round_trips(api).await?;
         let detail = wrk_detail(&r);
         let mut rate = Row::at_least("list throughput", r.requests_per_sec, "req/s", 4_500.0)
             .with_detail(detail.clone());
@@ -617,12 +633,16 @@ impl Bench {
             rate = rate.failed(&why);
             p99 = p99.failed(&why);
         }
-        Ok(vec![rate, p99])
+        let mut rows = vec![rate, p99];
+        if let (Some(before), Some(after)) = (trips_before, trips_after) {
+            rows.push(round_trip_row("list", r.requests, before, after));
+        }
+        Ok(rows)
     }
 
     /// wrk, 50 connections, `POST /api/tasks`; afterwards every acknowledged task must be
     /// stored.
-    async fn create(&self, api: &Api, server: &Server) -> Result<Row> {
+    async fn create(&self, api: &Api, server: &Server) -> Result<Vec<Row>> {
         let project = api.create_project("bench create").await?;
         let script = self.tmp.join("create.lua");
         std::fs::write(
@@ -638,7 +658,9 @@ impl Bench {
             self.plan.connections,
             Duration::from_secs(self.plan.http_secs),
         );
+        let trips_before = redis_round_trips(api).await?;
         let r = tokio::task::spawn_blocking(move || wrk::run(&url, c, d, Some(&script))).await??;
+        let trips_after = redis_round_trips(api).await?;
         let stored = api.count_tasks(&project).await?;
         let mut detail = wrk_detail(&r);
         detail["stored"] = json!(stored);
@@ -656,7 +678,11 @@ impl Bench {
                 r.ok_responses()
             ));
         }
-        Ok(row)
+        let mut rows = vec![row];
+        if let (Some(before), Some(after)) = (trips_before, trips_after) {
+            rows.push(round_trip_row("create", r.requests, before, after));
+        }
+        Ok(rows)
     }
 
     /// A `/ui` socket reconnecting with `lastSeq` 1,000 events behind: from the connect to the
@@ -710,16 +736,7 @@ impl Bench {
     /// the time until the last socket has its `task:created`.
     async fn fanout(&self, api: &Api, server: &Server) -> Result<Vec<Row>> {
         let project = api.create_project("bench fan-out").await?;
-        let shared = Arc::new(Shared {
-            base: Instant::now(),
-            received: AtomicUsize::new(0),
-            last_ns: AtomicU64::new(0),
-            first_ns: AtomicU64::new(u64::MAX),
-            expected: AtomicUsize::new(usize::MAX),
-            all: Notify::new(),
-            connected: AtomicUsize::new(0),
-            packet_len: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new());
         let rss_before = server.rss_kib()?;
         // What an event costs the server with no socket to send it to (the create itself):
         // taken off the fan-out's CPU before it is compared with the floor.
@@ -863,16 +880,7 @@ impl Bench {
     async fn floor(&self, n: usize, packet_len: usize) -> Result<(f64, Value)> {
         let prefix = "42/ui,[\"task:created\"";
         let mut floor = Floor::start(prefix, packet_len.max(prefix.len() + 4))?;
-        let shared = Arc::new(Shared {
-            base: Instant::now(),
-            received: AtomicUsize::new(0),
-            last_ns: AtomicU64::new(0),
-            first_ns: AtomicU64::new(u64::MAX),
-            expected: AtomicUsize::new(usize::MAX),
-            all: Notify::new(),
-            connected: AtomicUsize::new(0),
-            packet_len: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new());
         let mut crowd = Crowd::start(floor.addr, prefix, shared.clone() as Arc<dyn OnEvent>)?;
         crowd.grow(n)?;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -1055,21 +1063,36 @@ fn time_startup(store: &Store, bin: &Path) -> Result<Duration> {
     took
 }
 
-/// What the fan-out's sockets share with the driver.
-struct Shared {
-    base: Instant,
+/// What the fan-out's sockets share with the driver (one or more crowds feed the same one).
+pub(crate) struct Shared {
+    pub(crate) base: Instant,
     /// Sockets that got the current event.
-    received: AtomicUsize,
+    pub(crate) received: AtomicUsize,
     /// When the latest of them got it, in ns since `base`.
-    last_ns: AtomicU64,
+    pub(crate) last_ns: AtomicU64,
     /// When the first of them got it.
-    first_ns: AtomicU64,
+    pub(crate) first_ns: AtomicU64,
     /// How many sockets must get it.
-    expected: AtomicUsize,
-    all: Notify,
-    connected: AtomicUsize,
+    pub(crate) expected: AtomicUsize,
+    pub(crate) all: Notify,
+    pub(crate) connected: AtomicUsize,
     /// The length of the latest event packet a socket got.
-    packet_len: AtomicUsize,
+    pub(crate) packet_len: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            received: AtomicUsize::new(0),
+            last_ns: AtomicU64::new(0),
+            first_ns: AtomicU64::new(u64::MAX),
+            expected: AtomicUsize::new(usize::MAX),
+            all: Notify::new(),
+            connected: AtomicUsize::new(0),
+            packet_len: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl OnEvent for Shared {
@@ -1089,24 +1112,47 @@ impl OnEvent for Shared {
     }
 }
 
+/// The value of the unlabelled series `name` on the server's `/metrics`, if it has one.
+pub(crate) async fn metric(api: &Api, name: &str) -> Result<Option<f64>> {
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+/// The Redis backend's count of round trips to Redis so far (`None` on the local backend).
+pub(crate) async fn redis_round_trips(api: &Api) -> Result<Option<u64>> {
+    Ok(metric(api, "maestro_redis_round_trips_total")
+        .await?
+        .map(|v| v as u64))
+}
+
+/// `Redis round trips per request (<what>)`: the counter's growth over `requests` requests.
+fn round_trip_row(what: &str, requests: u64, before: u64, after: u64) -> Row {
+    let trips = after.saturating_sub(before);
+    Row::info(
+        &format!("Redis round trips per request ({what})"),
+        round3(trips as f64 / requests.max(1) as f64),
+        "round trips",
+    )
+    .with_detail(json!({ "requests": requests, "round_trips": trips }))
+}
+
 /// Waits until the server's `/metrics` gauge `gauge` counts a parked waiter, then a moment more
 /// so it is waiting on the event stream.
 async fn wait_parked(api: &Api, gauge: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = api
-            .http
-            .get(format!("{}/metrics", api.base))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let parked = text
-            .lines()
-            .find_map(|l| l.strip_prefix(gauge)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        if parked >= 1 {
+        let parked = metric(api, gauge).await?.unwrap_or(0.0);
+        if parked >= 1.0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
             return Ok(());
         }

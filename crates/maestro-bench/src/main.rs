@@ -10,11 +10,15 @@
 //! wake, crash detection, start-up, memory, the CLI, the live terminal with real agents) is
 //! measured by the code here.
 //!
-//! Layout: [`figures`] measures, [`terminal`] measures the runner and live-terminal figures
-//! (and is the fake agents they run), [`review`] the changes and diff figures, [`server`] runs the processes under test, [`api`] and
-//! [`sio`] are the HTTP and Socket.IO clients, [`crowd`] holds the fan-out's thousands of
-//! sockets, [`floor`] is the loopback floor the fan-out is compared with, [`wrk`] drives and
-//! reads wrk, [`report`] makes the table and the JSON.
+//! When both backends run, a third table compares them: Redis's figure over the embedded
+//! store's, for the figures where a shared store should cost little (`report::ratio_rows`).
+//!
+//! Layout: [`figures`] measures, [`scale`] measures two instances on one Redis, [`terminal`]
+//! measures the runner and live-terminal figures (and is the fake agents they run), [`review`]
+//! the changes and diff figures, [`server`] runs the processes under test, [`api`] and [`sio`]
+//! are the HTTP and Socket.IO clients, [`crowd`] holds the fan-out's thousands of sockets,
+//! [`floor`] is the loopback floor the fan-out is compared with, [`wrk`] drives and reads wrk,
+//! [`report`] makes the tables and the JSON.
 
 mod api;
 mod crowd;
@@ -22,6 +26,7 @@ mod figures;
 mod floor;
 mod report;
 mod review;
+mod scale;
 mod server;
 mod sio;
 mod terminal;
@@ -124,6 +129,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let mut tables = Vec::new();
     let mut misses = 0;
+    let mut runs = Vec::new();
     for backend in backends {
         let tmp = tempfile::Builder::new()
             .prefix("maestro-bench-")
@@ -150,7 +156,20 @@ fn main() -> Result<()> {
         let text = table(&title, &rows);
         println!("{text}");
         misses += rows.iter().filter(|r| r.verdict == Verdict::Miss).count();
-        let path = write_json(&args, backend, &rows)?;
+        let path = write_json(&args, backend.name(), &rows)?;
+        println!("results: {}\n", path.display());
+        tables.push(text);
+        runs.push((backend, rows));
+    }
+    if let [(Backend::Local, local), (Backend::Redis, redis)] = &runs[..] {
+        let ratios = report::ratio_rows(local, redis);
+        let text = table(
+            "Redis / embedded (throughput: embedded / Redis; latency: Redis / embedded; bigger is worse)",
+            &ratios,
+        );
+        println!("{text}");
+        misses += ratios.iter().filter(|r| r.verdict == Verdict::Miss).count();
+        let path = write_json(&args, "redis-vs-local", &ratios)?;
         println!("results: {}\n", path.display());
         tables.push(text);
     }
@@ -161,8 +180,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `<out>/<date>-<backend>[-quick|-partial].json`.
-fn write_json(args: &Args, backend: Backend, rows: &[report::Row]) -> Result<PathBuf> {
+/// `<out>/<date>-<name>[-quick|-partial][-<n>].json`; `name` is the backend's, or
+/// `redis-vs-local` for the ratios.
+fn write_json(args: &Args, name: &str, rows: &[report::Row]) -> Result<PathBuf> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let date = report::date_utc(now);
     let suffix = if !args.only.is_empty() {
@@ -174,13 +194,23 @@ fn write_json(args: &Args, backend: Backend, rows: &[report::Row]) -> Result<Pat
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let path = args
-        .out
-        .join(format!("{date}-{}{suffix}.json", backend.name()));
+    // Never over an earlier run's file (two `--only` runs of one day measure different
+    // figures): the second is `-2`, and so on.
+    let path = (1..)
+        .map(|n| {
+            let again = if n == 1 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
+            args.out.join(format!("{date}-{name}{suffix}{again}.json"))
+        })
+        .find(|p| !p.exists())
+        .expect("an unused file name");
     let doc = json!({
         "date": date,
         "unix_time": now,
-        "backend": backend.name(),
+        "backend": name,
         "quick": args.quick,
         "only": args.only,
         "command": std::env::var("MAESTRO_BENCH_COMMAND").ok(),

@@ -243,6 +243,55 @@ pub fn table(title: &str, rows: &[Row]) -> String {
     out
 }
 
+/// The figures compared between the backends, and whether a bigger value is better.
+pub const COMPARED: &[(&str, bool)] = &[
+    ("create throughput", true),
+    ("list throughput", true),
+    ("mail wake p99", false),
+    ("fan-out p99 (1,000 /ui sockets)", false),
+];
+
+/// How much worse Redis may be than the embedded store on a compared figure.
+pub const RATIO_TARGET: f64 = 1.3;
+
+/// Redis against the embedded store on each of [`COMPARED`]: for a throughput embedded / Redis,
+/// for a latency Redis / embedded, so that bigger is worse either way; at most
+/// [`RATIO_TARGET`]. A figure missing from either run (not selected, or not measured) is
+/// shown as not measured.
+pub fn ratio_rows(local: &[Row], redis: &[Row]) -> Vec<Row> {
+    let value = |rows: &[Row], figure: &str| {
+        rows.iter()
+            .find(|r| r.figure == figure)
+            .and_then(|r| r.value)
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    COMPARED
+        .iter()
+        .map(|&(figure, higher_is_better)| {
+            let name = format!("Redis / embedded: {figure}");
+            match (value(local, figure), value(redis, figure)) {
+                (Some(l), Some(r)) => {
+                    let ratio = if higher_is_better { l / r } else { r / l };
+                    Row::at_most(&name, round3(ratio), "x", RATIO_TARGET)
+                        .with_detail(json!({ "local": l, "redis": r }))
+                }
+                (l, r) => {
+                    let missing = match (l, r) {
+                        (None, None) => "on both backends",
+                        (None, _) => "on the embedded store",
+                        _ => "on Redis",
+                    };
+                    Row::not_measured(
+                        &name,
+                        &format!("<= {} x", number(RATIO_TARGET)),
+                        &format!("no figure {missing}"),
+                    )
+                }
+            }
+        })
+        .collect()
+}
+
 /// Today's date (UTC) as `YYYY-MM-DD`, for result file names.
 pub fn date_utc(unix_secs: u64) -> String {
     // Howard Hinnant's days-to-civil algorithm.
@@ -311,6 +360,46 @@ mod tests {
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "aligned: {t}");
         assert_eq!(rows[1].to_json()["result"], "MISS");
         assert_eq!(rows[2].to_json()["value"], Value::Null);
+    }
+
+    #[test]
+    fn ratios_are_bigger_when_redis_is_worse() {
+        let local = vec![
+            Row::at_least("create throughput", 10_000.0, "req/s", 7_500.0),
+            Row::at_least("list throughput", 8_000.0, "req/s", 4_500.0),
+            Row::at_most("mail wake p99", 2.0, "ms", 2.0),
+            Row::at_most("fan-out p99 (1,000 /ui sockets)", 10.0, "ms", 15.0),
+        ];
+        let redis = vec![
+            Row::at_least("create throughput", 5_000.0, "req/s", 7_500.0),
+            Row::at_least("list throughput", 8_000.0, "req/s", 4_500.0),
+            Row::at_most("mail wake p99", 2.5, "ms", 4.0),
+            Row::not_measured("fan-out p99 (1,000 /ui sockets)", "<= 15 ms", "error: x"),
+        ];
+        let rows = ratio_rows(&local, &redis);
+        assert_eq!(rows.len(), COMPARED.len());
+        // Throughput: embedded / Redis; 2x worse on Redis is 2.
+        assert_eq!(rows[0].figure, "Redis / embedded: create throughput");
+        assert_eq!(rows[0].value, Some(2.0));
+        assert_eq!(rows[0].verdict, Verdict::Miss);
+        assert_eq!(rows[0].target, "<= 1.30 x");
+        assert_eq!(rows[0].detail["redis"], 5_000.0);
+        assert_eq!(rows[1].value, Some(1.0));
+        assert_eq!(rows[1].verdict, Verdict::Pass);
+        // Latency: Redis / embedded.
+        assert_eq!(rows[2].value, Some(1.25));
+        assert_eq!(rows[2].verdict, Verdict::Pass);
+        // Not measured on one side: not measured, not a pass.
+        assert_eq!(rows[3].value, None);
+        assert_eq!(rows[3].verdict, Verdict::NotMeasured);
+        assert!(rows[3].shown.contains("on Redis"), "{}", rows[3].shown);
+        // Not selected at all.
+        let none = ratio_rows(&[], &redis);
+        assert!(none.iter().all(|r| r.verdict == Verdict::NotMeasured));
+        assert!(none[0].shown.contains("on the embedded store"));
+        // A latency on Redis above 1.3x the embedded one misses.
+        let slow = vec![Row::at_most("mail wake p99", 2.7, "ms", 4.0)];
+        assert_eq!(ratio_rows(&local, &slow)[2].verdict, Verdict::Miss);
     }
 
     #[test]

@@ -61,6 +61,21 @@ impl Store {
         }
     }
 
+    /// Another store on the same Redis (the Redis backend) with its own data directory: what
+    /// a second server sharing the first one's state uses.
+    pub fn sibling(&self, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("create the data directory");
+        Self {
+            dir: dir.to_path_buf(),
+            redis: self.redis.clone(),
+        }
+    }
+
+    /// The `redis-server` process of the Redis backend, for its CPU time.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self.redis.as_ref().and_then(|r| r.pid())
+    }
+
     /// `serve` on `port` (0: any), not waiting for it.
     pub fn spawn(&self, bin: &Path, port: u16, env: &[(&str, &str)]) -> Result<Child> {
         let data = self.dir.join("data");

@@ -370,6 +370,11 @@ pub trait Store: Send + Sync + 'static {
     /// Short name for `/ready` and logs.
     fn backend(&self) -> &'static str;
 
+    /// The backend's own counters, as Prometheus text for `/metrics` (empty when it has none).
+    fn render_metrics(&self) -> String {
+        String::new()
+    }
+
     /// Runs `body` atomically; returns its value once the transaction is durable and its events
     /// have been handed to every live subscriber.
     async fn transact_erased(&self, body: TxnBody) -> Result<Box<dyn Any + Send>>;

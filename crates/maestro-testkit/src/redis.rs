@@ -47,6 +47,11 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket().display())
     }
 
+    /// The process id of the running `redis-server` (for its CPU time), if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|(c, _)| c.id())
+    }
+
     /// Starts the process (again), on the same socket and data directory.
     pub fn restart(&self) {
         let mut slot = self.child.lock().unwrap();

@@ -80,11 +80,12 @@ async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse
          maestro_ws_clients {ws}\n\
          # HELP maestro_socketio_clients Connected Socket.IO sockets (/ui and /mobile).\n\
          # TYPE maestro_socketio_clients gauge\n\
-         maestro_socketio_clients {sio}\n{}{}{}",
+         maestro_socketio_clients {sio}\n{}{}{}{}",
         s.started.elapsed().as_secs_f64(),
         s.gate.metrics().render(),
         s.push.metrics().render(),
         s.terminals.render_metrics(),
+        s.domain.store.render_metrics(),
     );
     (
         [(

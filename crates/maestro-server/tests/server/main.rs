@@ -21,6 +21,7 @@ mod openapi;
 mod persistence;
 mod projects;
 mod push;
+mod redis_round_trips;
 mod review;
 mod runners;
 mod security;

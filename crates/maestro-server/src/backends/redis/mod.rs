@@ -50,13 +50,12 @@ mod subscriber;
 mod txn;
 
 use std::any::Any;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use maestro_protocol::EventRecord;
-use redis::Connection;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,7 +63,7 @@ use tokio_util::task::TaskTracker;
 pub use self::relay::RedisRelay;
 
 use self::keys::Keys;
-use self::pool::{Pool, blocking, io_error};
+use self::pool::{Conn, Pool, blocking, io_error};
 use self::reader::RedisReader;
 use self::sequencer::Sequencer;
 use self::subscriber::{parse_entry, subscriber};
@@ -98,10 +97,7 @@ impl RedisStore {
         let keys = Keys {
             prefix: prefix.to_owned(),
         };
-        let pool = Arc::new(Pool {
-            client: client.clone(),
-            idle: Mutex::new(Vec::new()),
-        });
+        let pool = Arc::new(Pool::new(client.clone()));
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         let seq = Arc::new(Sequencer::new(bus));
         let healthy = Arc::new(AtomicBool::new(false));
@@ -139,8 +135,8 @@ impl RedisStore {
     }
 }
 
-fn warn_about_persistence(conn: &mut Connection) {
-    let get = |conn: &mut Connection, key: &str| -> Option<String> {
+fn warn_about_persistence(conn: &mut Conn) {
+    let get = |conn: &mut Conn, key: &str| -> Option<String> {
         let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(conn).ok()?;
         v.get(1).cloned()
     };
@@ -198,6 +194,15 @@ impl Store for RedisStore {
             store: &self.inner,
             conn: None,
         }))
+    }
+
+    fn render_metrics(&self) -> String {
+        format!(
+            "# HELP maestro_redis_round_trips_total Round trips from this server's store to Redis: a command, a pipeline, a MULTI/EXEC block or a script call each count one (the event subscription and the terminal relay are not counted).\n\
+             # TYPE maestro_redis_round_trips_total counter\n\
+             maestro_redis_round_trips_total {}\n",
+            self.inner.pool.round_trips()
+        )
     }
 
     fn collection_version(&self, coll: Collection) -> Result<u64> {

@@ -1,10 +1,17 @@
-//! Synchronous connections: the pool, their timeouts, how Redis errors map to ours
-//! (unavailable vs. storage), and running blocking I/O from async code.
+//! Synchronous connections: the pool, their timeouts, the count of round trips made on them,
+//! how Redis errors map to ours (unavailable vs. storage), and running blocking I/O from async
+//! code.
+//!
+//! Every command the store sends goes through a pooled [`Conn`], so counting there counts
+//! every round trip the store makes (`maestro_redis_round_trips_total`): a single command, a
+//! pipeline, a `MULTI`/`EXEC` block and a script call each count one — what a request waits
+//! for is the number of times it crosses to Redis and back, not the number of commands.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::{Connection, RedisError};
+use redis::{Cmd, Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use crate::error::{Error, Result};
 
@@ -33,12 +40,22 @@ pub(super) fn io_error(e: RedisError) -> Error {
 
 /// A few synchronous connections, reused; a broken one is dropped, not returned.
 pub(super) struct Pool {
-    pub(super) client: redis::Client,
-    pub(super) idle: Mutex<Vec<Connection>>,
+    client: redis::Client,
+    idle: Mutex<Vec<Conn>>,
+    /// Round trips made on this pool's connections, shared with each of them.
+    round_trips: Arc<AtomicU64>,
 }
 
 impl Pool {
-    pub(super) fn get(&self) -> Result<Connection> {
+    pub(super) fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            idle: Mutex::new(Vec::new()),
+            round_trips: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub(super) fn get(&self) -> Result<Conn> {
         if let Some(c) = self.idle.lock().expect("pool lock").pop() {
             return Ok(c);
         }
@@ -48,14 +65,78 @@ impl Pool {
             .map_err(io_error)?;
         conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
         conn.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_error)?;
-        Ok(conn)
+        Ok(Conn {
+            conn,
+            round_trips: self.round_trips.clone(),
+        })
     }
 
-    pub(super) fn put(&self, conn: Connection) {
+    pub(super) fn put(&self, conn: Conn) {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < POOL_SIZE {
             idle.push(conn);
         }
+    }
+
+    /// Round trips made so far on this pool's connections.
+    pub(super) fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+}
+
+/// A pooled connection that counts its round trips: each request sent and answered (one
+/// command, or a pipeline or `MULTI`/`EXEC` block sent at once) adds one. The counter is
+/// cloned once when the connection is opened, so counting costs one relaxed add.
+pub(super) struct Conn {
+    conn: Connection,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl Conn {
+    fn count(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.count();
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.count();
+        self.conn.req_packed_commands(cmd, offset, count)
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        // A command sent without waiting for an answer is not a round trip.
+        if !cmd.is_no_response() {
+            self.count();
+        }
+        self.conn.req_command(cmd)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        self.conn.supports_pipelining()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.count();
+        self.conn.check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.conn.is_open()
     }
 }
 

@@ -1,11 +1,11 @@
 //! Reads outside transactions ([`RedisReader`], on a pooled connection), and the [`Query`]
 //! abstraction plus the newest-first index scan shared with transactions.
 
-use redis::{Connection, Value as RValue};
+use redis::Value as RValue;
 
 use super::Inner;
 use super::keys::Keys;
-use super::pool::{blocking, io_error};
+use super::pool::{Conn, blocking, io_error};
 use super::scripts::list_script;
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Reader};
@@ -16,7 +16,7 @@ pub(super) trait Query {
     fn query<T: redis::FromRedisValue>(&mut self, keys: &[String], cmd: &redis::Cmd) -> Result<T>;
 }
 
-impl Query for Connection {
+impl Query for Conn {
     fn query<T: redis::FromRedisValue>(&mut self, _: &[String], cmd: &redis::Cmd) -> Result<T> {
         cmd.query(self).map_err(io_error)
     }
@@ -75,11 +75,11 @@ pub(super) fn scan_index_newest(
 /// Reads outside transactions, on a pooled connection.
 pub(super) struct RedisReader<'a> {
     pub(super) store: &'a Inner,
-    pub(super) conn: Option<Connection>,
+    pub(super) conn: Option<Conn>,
 }
 
 impl RedisReader<'_> {
-    pub(super) fn with<T>(&mut self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    pub(super) fn with<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
         let mut conn = match self.conn.take() {
             Some(c) => c,
             None => blocking(|| self.store.pool.get())?,

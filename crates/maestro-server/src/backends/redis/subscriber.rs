@@ -9,17 +9,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use maestro_protocol::EventRecord;
-use redis::Connection;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
-use super::pool::{Pool, io_error};
+use super::pool::{Conn, Pool, io_error};
 use super::sequencer::{Offer, Sequencer};
 use crate::error::{Error, Result};
 
 /// `(after, upto]` of a scope's journal.
 pub(super) fn read_journal(
-    conn: &mut Connection,
+    conn: &mut Conn,
     keys: &Keys,
     scope: &str,
     after: u64,

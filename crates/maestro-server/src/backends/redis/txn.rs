@@ -6,11 +6,10 @@ use std::any::Any;
 use std::collections::HashSet;
 
 use maestro_protocol::EventRecord;
-use redis::Connection;
 
 use super::Inner;
 use super::keys::Keys;
-use super::pool::io_error;
+use super::pool::{Conn, io_error};
 use super::reader::{Query, scan_index_newest};
 use super::scripts::{COMMIT, commit_sha};
 use super::sequencer::{HOLD_LIMIT, Offer};
@@ -33,7 +32,7 @@ impl Inner {
         result
     }
 
-    fn attempts(&self, conn: &mut Connection, body: &mut TxnBody) -> Result<Box<dyn Any + Send>> {
+    fn attempts(&self, conn: &mut Conn, body: &mut TxnBody) -> Result<Box<dyn Any + Send>> {
         for _ in 0..MAX_ATTEMPTS {
             let base = RedisBase {
                 conn: &mut *conn,
@@ -126,7 +125,7 @@ impl Inner {
     /// Our own commits reach our subscribers now, in order: an event whose predecessors are
     /// not delivered yet waits for them briefly (they are being delivered by the requests
     /// that committed them, or by the channel), then fills the gap from the journal.
-    fn deliver_local(&self, conn: &mut Connection, records: Vec<EventRecord>) {
+    fn deliver_local(&self, conn: &mut Conn, records: Vec<EventRecord>) {
         for rec in records {
             if let Offer::Gap { .. } = self.seq.offer(&rec) {
                 let (scope, seq) = (rec.scope.clone(), rec.seq);
@@ -216,7 +215,7 @@ fn encode_ops(changes: Changes, timestamp: i64) -> (Vec<Vec<u8>>, Vec<EventRecor
 
 /// Reads for a transaction: everything read is `WATCH`ed.
 struct RedisBase<'a> {
-    conn: &'a mut Connection,
+    conn: &'a mut Conn,
     keys: &'a Keys,
     watched: HashSet<String>,
 }
