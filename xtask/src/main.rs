@@ -326,15 +326,18 @@ fn test(args: &[String]) -> Result<()> {
         let mut nextest = cargo();
         nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
         step("cargo nextest run (local backend)", nextest)?;
-        // The server's conformance suite again, every test on its own redis-server.
+        // The server's conformance suite again, every test on its own redis-server. Selected
+        // with a filter, not `--package`: building one package unifies features differently
+        // from the workspace, and cargo would build the server and its dependencies again.
         let mut redis = cargo();
         redis
             .args([
                 "nextest",
                 "run",
-                "--package",
-                "maestro-server",
+                "--workspace",
                 "--no-fail-fast",
+                "-E",
+                "package(maestro-server)",
             ])
             .env("MAESTRO_TEST_BACKEND", "redis");
         step("cargo nextest run (Redis backend)", redis)?;
@@ -425,9 +428,11 @@ fn js_interop(install: Background) -> Result<()> {
         ),
     }
 
+    // The workspace's tests (run before) built the binary, with the test build's features; a
+    // plain `cargo build -p maestro` would build it again with other features.
     let mut build = cargo();
-    build.args(["build", "--package", "maestro"]);
-    step("cargo build -p maestro", build)?;
+    build.args(["nextest", "run", "--workspace", "--no-run"]);
+    step("cargo nextest run --no-run (the maestro binary)", build)?;
     let target = target_dir();
     let bin = target
         .join("debug")
@@ -485,15 +490,9 @@ fn agent_clis(install: Option<Background>) -> Result<()> {
         std::fs::write(dir.join("installed-package-lock.json"), &lock)?;
     }
     let mut build = cargo();
-    build.args([
-        "nextest",
-        "run",
-        "--package",
-        "maestro",
-        "--test",
-        "commands",
-        "--no-run",
-    ]);
+    // The whole workspace, as the test steps built it (one package alone would be built again
+    // with other features).
+    build.args(["nextest", "run", "--workspace", "--no-run"]);
     step("cargo nextest run --no-run (real agent CLIs)", build)?;
     let isolated = Command::new("unshare")
         .args(["-rn", "true"])
@@ -502,14 +501,11 @@ fn agent_clis(install: Option<Background>) -> Result<()> {
     let nextest = [
         "nextest",
         "run",
-        "--package",
-        "maestro",
-        "--test",
-        "commands",
+        "--workspace",
         "--no-capture",
         "--offline",
         "-E",
-        "test(/^agents::/)",
+        "package(maestro) and binary(commands) and test(/^agents::/)",
     ];
     let mut run = if isolated {
         eprintln!("==> real agent CLIs: in a network namespace (loopback only)");
