@@ -535,20 +535,7 @@ fn agent_clis(install: Option<Background>) -> Result<()> {
 /// hard-code `http://localhost:3000`, so the server takes that port.
 fn conformance(installed: Option<Background>) -> Result<()> {
     const PORT: u16 = 3000;
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--package",
-        "maestro-server",
-        "--example",
-        "conformance",
-    ]);
-    step("cargo build --example conformance", build)?;
-    let target = target_dir();
-    let bin = target
-        .join("debug")
-        .join("examples")
-        .join(format!("conformance{}", std::env::consts::EXE_SUFFIX));
+    let bin = conformance_example()?;
 
     let listening = || std::net::TcpStream::connect(("127.0.0.1", PORT)).is_ok();
     if listening() {
@@ -591,6 +578,38 @@ fn conformance(installed: Option<Background>) -> Result<()> {
         step(&format!("{suite} test suite"), test)?;
     }
     Ok(())
+}
+
+/// The conformance example, as the workspace's test build builds it (`cargo test --no-run`,
+/// which is what nextest runs): a `cargo build --example` would compile the server and its
+/// dependencies again, without the dev-dependencies' features. Cargo says where the executable
+/// is in its JSON messages (a test build does not copy it to `examples/`).
+fn conformance_example() -> Result<PathBuf> {
+    let started = Instant::now();
+    eprintln!("==> cargo test --workspace --no-run (the conformance example)");
+    let out = cargo()
+        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot start cargo")?;
+    if !out.status.success() {
+        bail!("cargo test --no-run failed ({})", out.status);
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == "conformance"
+                && m["target"]["kind"][0] == "example"
+        })
+        .and_then(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no conformance example")?;
+    eprintln!(
+        "    cargo test --workspace --no-run (the conformance example): ok in {:.1?}",
+        started.elapsed()
+    );
+    Ok(exe)
 }
 
 /// The pinned schemathesis (PyPI) that fuzzes the API, in a virtualenv of its own.
