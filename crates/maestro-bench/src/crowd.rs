@@ -294,23 +294,7 @@ fn handshake(addr: SocketAddr) -> Result<(TcpStream, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn server_frame(payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x81];
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n if n < 65_536 => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
-    }
+    use crate::floor::server_frame;
 
     #[test]
     fn frames_are_split_and_partial_ones_kept() {

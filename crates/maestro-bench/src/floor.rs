@@ -137,7 +137,8 @@ fn event_frame(prefix: &[u8], len: usize) -> Result<Vec<u8>> {
     Ok(server_frame(&payload))
 }
 
-fn server_frame(payload: &[u8]) -> Vec<u8> {
+/// A server's (unmasked) WebSocket text frame.
+pub(crate) fn server_frame(payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x81];
     match payload.len() {
         n if n < 126 => f.push(n as u8),
