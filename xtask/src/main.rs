@@ -89,9 +89,12 @@ fn cargo() -> Command {
     cmd
 }
 
-/// Runs `cmd`, echoing it first; fails with its exit status.
+/// Runs `cmd`, echoing it first; fails with its exit status. Prints the step's wall time and
+/// the CPU time its processes used: on 2 cores, a step far below 2 CPU-seconds a second leaves
+/// room to run something beside it.
 fn step(title: &str, mut cmd: Command) -> Result<()> {
     let started = Instant::now();
+    let cpu_before = children_cpu();
     eprintln!("==> {title}");
     let status = cmd
         .status()
@@ -99,8 +102,32 @@ fn step(title: &str, mut cmd: Command) -> Result<()> {
     if !status.success() {
         bail!("{title} failed ({status})");
     }
-    eprintln!("    {title}: ok in {:.1?}", started.elapsed());
+    eprintln!(
+        "    {title}: ok in {:.1?} (CPU {:.1?})",
+        started.elapsed(),
+        children_cpu().saturating_sub(cpu_before)
+    );
     Ok(())
+}
+
+/// User and system CPU time of the child processes waited for so far (and theirs). Children
+/// that run in the background are counted when they end, so a step's figure can include a
+/// background install that finished during it.
+#[cfg(unix)]
+fn children_cpu() -> std::time::Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
+        return std::time::Duration::ZERO;
+    };
+    let secs = |t: nix::sys::time::TimeVal| {
+        std::time::Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+    };
+    secs(usage.user_time()) + secs(usage.system_time())
+}
+
+#[cfg(not(unix))]
+fn children_cpu() -> std::time::Duration {
+    std::time::Duration::ZERO
 }
 
 /// A preparation step (a download or an install, which needs little of the CPU the compiler
@@ -115,15 +142,7 @@ struct Background {
 impl Background {
     /// Runs `commands` one after the other in a thread; the first failure stops them.
     fn start(title: &str, commands: Vec<Command>) -> Result<Self> {
-        let logs = target_dir().join("tmp").join("xtask-logs");
-        std::fs::create_dir_all(&logs)?;
-        let log = logs.join(format!(
-            "{}.log",
-            title
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect::<String>()
-        ));
+        let log = log_path(title)?;
         let file = std::fs::File::create(&log)?;
         eprintln!("==> {title}: started in the background");
         let thread = std::thread::spawn(move || {
@@ -175,6 +194,19 @@ impl Background {
             }
         }
     }
+}
+
+/// The log file of a step whose output is kept aside (`target/tmp/xtask-logs/<title>.log`).
+fn log_path(title: &str) -> Result<PathBuf> {
+    let logs = target_dir().join("tmp").join("xtask-logs");
+    std::fs::create_dir_all(&logs)?;
+    Ok(logs.join(format!(
+        "{}.log",
+        title
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect::<String>()
+    )))
 }
 
 /// What `cargo xtask test` installs while the Rust code compiles.
@@ -643,7 +675,9 @@ fn schemathesis_install() -> Result<Option<Background>> {
 /// Fuzzes every operation of the OpenAPI document with schemathesis against the real debug
 /// binary (built by `js_interop`), on the embedded store and on a `redis-server` of its own:
 /// no answer may be a 5xx, and every answer must match the document's own schema. The seed is
-/// fixed so a failure reproduces.
+/// fixed so a failure reproduces. The two backends are fuzzed at the same time: each run is
+/// one Python process that keeps about one core busy, so on 2 cores the pair takes little
+/// more than one.
 fn schemathesis(install: Option<Background>) -> Result<()> {
     if let Some(install) = install {
         install.wait()?;
@@ -652,10 +686,14 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
     let bin = target_dir()
         .join("debug")
         .join(format!("maestro{}", std::env::consts::EXE_SUFFIX));
+    // Servers (and Redis) stop when these go out of scope, after both runs.
+    let mut keep: Vec<StopOnDrop> = Vec::new();
+    let mut runs: Vec<(String, Command)> = Vec::new();
+    let mut dirs = Vec::new();
     for backend in ["local", "redis"] {
         let dir = tempdir_in_target(&format!("schemathesis-{backend}"))?;
         let mut env: Vec<(String, String)> = Vec::new();
-        let _redis = if backend == "redis" {
+        if backend == "redis" {
             let socket = dir.join("redis.sock");
             let child = Command::new("redis-server")
                 .args(["--port", "0", "--save", "", "--appendonly", "no"])
@@ -666,16 +704,13 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .context("cannot start redis-server")?;
-            let redis = StopOnDrop(child);
+            keep.push(StopOnDrop(child));
             wait_until(|| socket.exists(), "redis-server did not create its socket")?;
             env.push((
                 "REDIS_URL".into(),
                 format!("redis+unix://{}", socket.display()),
             ));
-            Some(redis)
-        } else {
-            None
-        };
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -696,7 +731,7 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
             .stdout(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
-        let _server = StopOnDrop(child);
+        keep.push(StopOnDrop(child));
         wait_until(
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
             "maestro serve did not listen",
@@ -706,8 +741,59 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
             .args(["--checks", "not_a_server_error,response_schema_conformance"])
             .args(["--max-examples", "20", "--workers", "2", "--seed", "1"])
             .args(["--request-timeout", "30", "--no-color"]);
-        step(&format!("schemathesis ({backend} backend)"), run)?;
+        runs.push((format!("schemathesis ({backend} backend)"), run));
+        dirs.push(dir);
+    }
+    steps_together(runs)?;
+    drop(keep);
+    for dir in dirs {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// Runs the steps at the same time, each with its output in a log file that is printed if it
+/// fails; fails if any fails, after all have ended. The CPU time printed is the group's.
+fn steps_together(steps: Vec<(String, Command)>) -> Result<()> {
+    let started = Instant::now();
+    let cpu_before = children_cpu();
+    let mut running = Vec::new();
+    for (title, mut cmd) in steps {
+        let log = log_path(&title)?;
+        let file = std::fs::File::create(&log)?;
+        eprintln!(
+            "==> {title} (beside the others of its group; output in {})",
+            log.display()
+        );
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+        running.push((title, log, child));
+    }
+    let mut failed = Vec::new();
+    for (title, log, mut child) in running {
+        let status = child.wait()?;
+        if status.success() {
+            eprintln!("    {title}: ok in {:.1?}", started.elapsed());
+        } else {
+            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+            eprintln!(
+                "    {title}: failed ({status}); output above, also in {}",
+                log.display()
+            );
+            failed.push(title);
+        }
+    }
+    eprintln!(
+        "    together: {:.1?} (CPU {:.1?})",
+        started.elapsed(),
+        children_cpu().saturating_sub(cpu_before)
+    );
+    if !failed.is_empty() {
+        bail!("{} failed", failed.join(", "));
     }
     Ok(())
 }
@@ -848,9 +934,50 @@ fn web_build() -> Result<()> {
         ci.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir);
         step("npm ci (web)", ci)?;
     }
+    // Vite writes every file anew. Files that come out the same keep their modification time,
+    // so an unchanged app does not make cargo build the server (which embeds web/dist) again.
+    let dist = dir.join("dist");
+    let before = files_under(&dist);
     let mut build = Command::new("npm");
     build.args(["run", "build"]).current_dir(&dir);
-    step("npm run build (web)", build)
+    step("npm run build (web)", build)?;
+    for (path, (bytes, modified)) in before {
+        if std::fs::read(&path).is_ok_and(|now| now == bytes) {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(modified))
+                .with_context(|| format!("cannot keep the time of {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every file under `dir` (recursively), with its contents and modification time.
+fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, (Vec<u8>, std::time::SystemTime))> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() => {
+                    if let (Ok(bytes), Ok(modified)) = (
+                        std::fs::read(&path),
+                        entry.metadata().and_then(|m| m.modified()),
+                    ) {
+                        found.push((path, (bytes, modified)));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// The web app's unit tests, then its end-to-end tests: Debian's Chromium (installed when

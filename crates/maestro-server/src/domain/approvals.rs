@@ -427,8 +427,8 @@ impl Domain {
             )));
         }
         let deadline = self.long_poll_deadline(timeout_ms);
-        self.approval_waiters.fetch_add(1, Ordering::Relaxed);
-        let _parked = Parked(self.approval_waiters.clone());
+        // Counted as parked once the approval has been read pending (as mail waits are).
+        let mut parked: Option<Parked> = None;
         // Subscribe first: a decision stored after this point wakes us.
         let mut events = self.store.subscribe();
         loop {
@@ -436,6 +436,10 @@ impl Domain {
             if !current.status.is_pending() {
                 return Ok(current);
             }
+            parked.get_or_insert_with(|| {
+                self.approval_waiters.fetch_add(1, Ordering::Relaxed);
+                Parked(self.approval_waiters.clone())
+            });
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) | Ok(Err(RecvError::Closed)) => return self.get_approval(id),

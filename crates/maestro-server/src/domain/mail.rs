@@ -67,7 +67,8 @@ pub struct WaitQuery {
 /// Live counters of the mail feature, exported on `/metrics`.
 #[derive(Debug, Default)]
 pub struct MailMetrics {
-    /// Requests parked in `wait` right now.
+    /// Requests parked in `wait` right now: their mailbox was read empty and they wait for
+    /// mail to arrive.
     pub waiters: AtomicI64,
 }
 
@@ -194,6 +195,14 @@ fn next_created_at(tx: &mut dyn Txn, project: &str, now: i64) -> Result<i64> {
 /// took; a minute covers that with room.
 const SINCE_MARGIN_MS: i64 = 60_000;
 
+/// `err`, or the project's own 404 when the project does not exist (which explains `err`).
+fn unless_no_project(tx: &mut dyn Txn, project: &str, err: Error) -> Error {
+    match load_project(tx, project) {
+        Ok(_) => err,
+        Err(e) => e,
+    }
+}
+
 /// 404 for a `toSessionId` that is not a session of the project.
 fn no_recipient(to: &str, project: &str) -> Error {
     Error::Coded {
@@ -248,7 +257,9 @@ pub(crate) fn validate_send(req: &SendMail) -> Result<()> {
 /// needs input) come through here too.
 pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<Vec<MailMessage>> {
     let project = req.project_id.as_str();
-    load_project(tx, project)?;
+    // The project only has to exist: checked with the commit rather than read (on Redis, a
+    // round trip less for every message).
+    tx.require(Collection::Projects, project, "Project");
     let mut dead: Option<Session> = None;
     let recipients: Vec<Option<String>> = match (&req.to_session_id, &req.to_team_member_id) {
         (Some(to), _) => {
@@ -256,8 +267,10 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
             // nobody (upstream stored it); see docs/compatibility.md.
             let s = tx
                 .get::<Session>(Collection::Sessions, to)?
-                .filter(|s| s.project_id == project)
-                .ok_or_else(|| no_recipient(to, project))?;
+                .filter(|s| s.project_id == project);
+            let Some(s) = s else {
+                return Err(unless_no_project(tx, project, no_recipient(to, project)));
+            };
             if s.is_terminal() {
                 dead = Some(s);
             }
@@ -277,7 +290,8 @@ pub(crate) fn store_mail(tx: &mut dyn Txn, req: &SendMail, now: i64) -> Result<V
                 .map(|s| Some(s.id))
                 .collect();
             if ids.is_empty() {
-                return Err(Error::not_found("Active session for team member", member));
+                let none = Error::not_found("Active session for team member", member);
+                return Err(unless_no_project(tx, project, none));
             }
             ids
         }
@@ -440,8 +454,9 @@ impl Domain {
             ));
         }
         let project = self.mailbox_project(session, q.project_id.as_deref())?;
-        self.mail_metrics.waiters.fetch_add(1, Ordering::Relaxed);
-        let _guard = WaiterGuard(self.mail_metrics.clone());
+        // Counted as parked once the mailbox has been read empty and the request only waits
+        // for an event, so a client that watches the gauge sends when the wait is really on.
+        let mut parked: Option<WaiterGuard> = None;
         let deadline = self.long_poll_deadline(q.timeout_ms);
         // Subscribe first: anything stored after this point wakes us.
         let mut events = self.store.subscribe();
@@ -461,6 +476,10 @@ impl Domain {
             if !found.is_empty() {
                 return Ok(found);
             }
+            parked.get_or_insert_with(|| {
+                self.mail_metrics.waiters.fetch_add(1, Ordering::Relaxed);
+                WaiterGuard(self.mail_metrics.clone())
+            });
             loop {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) | Ok(Err(RecvError::Closed)) => return Ok(Vec::new()),

@@ -68,6 +68,7 @@ impl Pool {
         Ok(Conn {
             conn,
             round_trips: self.round_trips.clone(),
+            unwatch: false,
         })
     }
 
@@ -87,21 +88,55 @@ impl Pool {
 /// A pooled connection that counts its round trips: each request sent and answered (one
 /// command, or a pipeline or `MULTI`/`EXEC` block sent at once) adds one. The counter is
 /// cloned once when the connection is opened, so counting costs one relaxed add.
+///
+/// A transaction that wrote nothing leaves its keys watched; rather than a round trip of its
+/// own, the `UNWATCH` goes out in front of the next request on the connection
+/// ([`Conn::unwatch_later`]), which is always before the next transaction's first `WATCH`.
 pub(super) struct Conn {
     conn: Connection,
     round_trips: Arc<AtomicU64>,
+    /// An `UNWATCH` is owed before the next request.
+    unwatch: bool,
 }
+
+/// `UNWATCH`, encoded.
+const UNWATCH: &[u8] = b"*1\r\n$7\r\nUNWATCH\r\n";
 
 impl Conn {
     fn count(&self) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clears this connection's watches with its next request.
+    pub(super) fn unwatch_later(&mut self) {
+        self.unwatch = true;
+    }
+
+    /// `cmd` with the owed `UNWATCH` in front, and how many replies that adds.
+    fn with_unwatch<'a>(&mut self, cmd: &'a [u8]) -> (std::borrow::Cow<'a, [u8]>, usize) {
+        if std::mem::take(&mut self.unwatch) {
+            let mut both = Vec::with_capacity(UNWATCH.len() + cmd.len());
+            both.extend_from_slice(UNWATCH);
+            both.extend_from_slice(cmd);
+            (both.into(), 1)
+        } else {
+            (cmd.into(), 0)
+        }
     }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
         self.count();
-        self.conn.req_packed_command(cmd)
+        match self.with_unwatch(cmd) {
+            (cmd, 0) => self.conn.req_packed_command(&cmd),
+            (both, skip) => {
+                let mut replies = self.conn.req_packed_commands(&both, skip, 1)?;
+                replies
+                    .pop()
+                    .ok_or_else(|| RedisError::from((redis::ErrorKind::ResponseError, "no reply")))
+            }
+        }
     }
 
     fn req_packed_commands(
@@ -111,10 +146,14 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisResult<Vec<Value>> {
         self.count();
-        self.conn.req_packed_commands(cmd, offset, count)
+        let (cmd, skip) = self.with_unwatch(cmd);
+        self.conn.req_packed_commands(&cmd, offset + skip, count)
     }
 
     fn req_command(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        if self.unwatch {
+            return self.req_packed_command(&cmd.get_packed_command());
+        }
         // A command sent without waiting for an answer is not a round trip.
         if !cmd.is_no_response() {
             self.count();
@@ -131,6 +170,12 @@ impl ConnectionLike for Conn {
     }
 
     fn check_connection(&mut self) -> bool {
+        if self.unwatch {
+            return matches!(
+                self.req_packed_command(b"*1\r\n$4\r\nPING\r\n"),
+                Ok(Value::SimpleString(ref s)) if s == "PONG"
+            );
+        }
         self.count();
         self.conn.check_connection()
     }

@@ -6,19 +6,99 @@ use redis::Value as RValue;
 use super::Inner;
 use super::keys::Keys;
 use super::pool::{Conn, blocking, io_error};
-use super::scripts::list_script;
+use super::scripts::{list_script, page_script};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Reader};
+
+/// One entry of an index page: id, score, value (`None` when the entity is gone).
+pub(super) type PageEntry = (String, u64, Option<Vec<u8>>);
 
 /// A connection to run a read on: a transaction's (which `WATCH`es the keys it names) or a
 /// plain one.
 pub(super) trait Query {
     fn query<T: redis::FromRedisValue>(&mut self, keys: &[String], cmd: &redis::Cmd) -> Result<T>;
+
+    /// Up to `size` ids of `index` scored `below` or lower (`+inf`, or `(<score>`), newest
+    /// first, with their values. Two round trips: the ids, then the values, whose keys a
+    /// transaction watches before it reads them.
+    fn newest_page(
+        &mut self,
+        keys: &Keys,
+        coll: Collection,
+        index: &str,
+        below: &str,
+        size: usize,
+    ) -> Result<Vec<PageEntry>> {
+        // The index itself is not watched: every write that creates an entity changes it, and
+        // what it creates lies above the scan (see `Reader::scan_newest_raw`).
+        let page: Vec<(String, u64)> = self.query(
+            &[],
+            redis::cmd("ZREVRANGEBYSCORE")
+                .arg(index)
+                .arg(below)
+                .arg("-inf")
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(size),
+        )?;
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entity_keys: Vec<String> = page.iter().map(|(id, _)| keys.entity(coll, id)).collect();
+        let values: Vec<Option<Vec<u8>>> =
+            self.query(&entity_keys, redis::cmd("MGET").arg(&entity_keys))?;
+        Ok(page
+            .into_iter()
+            .zip(values)
+            .map(|((id, score), v)| (id, score, v))
+            .collect())
+    }
 }
 
 impl Query for Conn {
     fn query<T: redis::FromRedisValue>(&mut self, _: &[String], cmd: &redis::Cmd) -> Result<T> {
         cmd.query(self).map_err(io_error)
+    }
+
+    /// Outside a transaction nothing is watched: the ids and their values come in one round
+    /// trip, from the `PAGE` script.
+    fn newest_page(
+        &mut self,
+        keys: &Keys,
+        coll: Collection,
+        index: &str,
+        below: &str,
+        size: usize,
+    ) -> Result<Vec<PageEntry>> {
+        let flat: Vec<RValue> = page_script()
+            .key(index)
+            .arg(keys.entity_prefix(coll))
+            .arg(below)
+            .arg(size)
+            .invoke(self)
+            .map_err(io_error)?;
+        let text = |v: &RValue| match v {
+            RValue::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        };
+        flat.chunks(3)
+            .map(|entry| match entry {
+                [id, score, value] => {
+                    let id = text(id);
+                    let score = text(score).and_then(|s| s.parse::<u64>().ok());
+                    let value = match value {
+                        RValue::BulkString(b) => Some(b.clone()),
+                        _ => None,
+                    };
+                    match (id, score) {
+                        (Some(id), Some(score)) => Ok((id, score, value)),
+                        _ => Err(Error::Storage("redis: malformed index page".into())),
+                    }
+                }
+                _ => Err(Error::Storage("redis: malformed index page".into())),
+            })
+            .collect()
     }
 }
 
@@ -37,35 +117,20 @@ pub(super) fn scan_index_newest(
     let mut below = "+inf".to_owned();
     let mut size = 4;
     loop {
-        // The index itself is not watched: every write that creates an entity changes it, and
-        // what it creates lies above the scan (see `Reader::scan_newest_raw`). The entities
-        // read are watched.
-        let page: Vec<(String, u64)> = q.query(
-            &[],
-            redis::cmd("ZREVRANGEBYSCORE")
-                .arg(&index)
-                .arg(&below)
-                .arg("-inf")
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(size),
-        )?;
-        let Some((_, lowest)) = page.last() else {
+        let page = q.newest_page(keys, coll, &index, &below, size)?;
+        let Some((_, lowest, _)) = page.last() else {
             return Ok(());
         };
         below = format!("({lowest}");
-        let entity_keys: Vec<String> = page.iter().map(|(id, _)| keys.entity(coll, id)).collect();
-        let values: Vec<Option<Vec<u8>>> =
-            q.query(&entity_keys, redis::cmd("MGET").arg(&entity_keys))?;
-        for ((id, _), value) in page.iter().zip(values) {
+        let full = page.len() == size;
+        for (id, _, value) in page {
             if let Some(v) = value
-                && !visit(id, &v)?
+                && !visit(&id, &v)?
             {
                 return Ok(());
             }
         }
-        if page.len() < size {
+        if !full {
             return Ok(());
         }
         size = (size * 2).min(512);

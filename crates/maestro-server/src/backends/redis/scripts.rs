@@ -1,6 +1,6 @@
 //! The Lua scripts that run inside Redis: `COMMIT` (applies a transaction's changes, numbers,
-//! journals and publishes its events) and `LIST` (an atomic collection read), with the handles
-//! used to call them by SHA1.
+//! journals and publishes its events), `LIST` (an atomic collection read) and `PAGE` (one page
+//! of an index, newest first, with the values), with the handles used to call them by SHA1.
 
 /// Applies one transaction's changes; returns the sequence numbers given to its events.
 ///
@@ -125,6 +125,26 @@ for _, id in ipairs(ids) do
     table.insert(out, id)
     table.insert(out, v)
   end
+end
+return out
+"#;
+
+/// [`PAGE`], called by its SHA1 (loaded on first use, and again after a Redis restart).
+pub(super) fn page_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(PAGE))
+}
+
+/// One page of an index, newest first, in one round trip: `KEYS[1]` the index, `ARGV` the
+/// entity key prefix, the score to start at (`+inf` or `(<score>`) and the page size. Returns
+/// `id, score, value` flat, the value `false` (nil) for an id whose entity is gone.
+const PAGE: &str = r#"
+local page = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], '-inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i = 1, #page, 2 do
+  table.insert(out, page[i])
+  table.insert(out, page[i + 1])
+  table.insert(out, redis.call('GET', ARGV[1] .. page[i]) or false)
 end
 return out
 "#;

@@ -43,13 +43,15 @@ impl Inner {
             let value = match body(&mut overlay) {
                 Ok(v) => v,
                 Err(e) => {
-                    let _ = redis::cmd("UNWATCH").exec(conn);
+                    conn.unwatch_later();
                     return Err(e);
                 }
             };
             let (_, changes) = overlay.into_changes();
             if changes.is_empty() {
-                redis::cmd("UNWATCH").exec(conn).map_err(io_error)?;
+                // Nothing to commit: the watches are cleared with the connection's next
+                // request, not with a round trip now.
+                conn.unwatch_later();
                 return Ok(value);
             }
             let timestamp = now_ms();
