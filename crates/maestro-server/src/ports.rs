@@ -386,7 +386,7 @@ pub trait Store: Send + Sync + 'static {
     /// the store, no later than the write is acknowledged. Read *before* taking a snapshot, it
     /// tells whether something computed from an earlier snapshot is still current (read
     /// caches).
-    fn collection_version(&self, coll: Collection) -> Result<u64>;
+    async fn collection_version(&self, coll: Collection) -> Result<u64>;
 
     /// Live events from every writer, in commit order.
     fn subscribe(&self) -> broadcast::Receiver<Arc<EventRecord>>;

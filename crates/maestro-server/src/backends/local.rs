@@ -146,7 +146,7 @@ impl Store for LocalStore {
         }))
     }
 
-    fn collection_version(&self, coll: Collection) -> Result<u64> {
+    async fn collection_version(&self, coll: Collection) -> Result<u64> {
         Ok(self.versions[coll as usize].load(Ordering::Acquire))
     }
 

@@ -72,7 +72,7 @@ impl Domain {
     /// `parentId` the answer is kept and served again until a task is written anywhere (the
     /// store's version of the tasks collection moves): screens and agents poll this list far
     /// more often than tasks change, and serializing a thousand tasks costs milliseconds.
-    pub fn list_tasks_json(&self, filter: &TaskFilter) -> Result<Arc<[u8]>> {
+    pub async fn list_tasks_json(&self, filter: &TaskFilter) -> Result<Arc<[u8]>> {
         let encode = |tasks: Vec<Task>| -> Result<Arc<[u8]>> {
             serde_json::to_vec(&tasks)
                 .map(Arc::from)
@@ -85,7 +85,7 @@ impl Domain {
             check_id("projectId", p)?;
         }
         // Before the snapshot: what is read below is at least as new as `version`.
-        let version = self.store.collection_version(Collection::Tasks)?;
+        let version = self.store.collection_version(Collection::Tasks).await?;
         let key = filter.project_id.clone().unwrap_or_default();
         if let Some(body) = self.task_lists.get(&key, version) {
             return Ok(body);

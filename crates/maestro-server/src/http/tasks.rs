@@ -49,7 +49,7 @@ async fn list(
         parent_id: q.get("parentId").map(|p| (p != "null").then(|| p.clone())),
     };
     // Already JSON (and often cached): sent as it is.
-    let body = s.domain.list_tasks_json(&filter)?;
+    let body = s.domain.list_tasks_json(&filter).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         axum::body::Bytes::from_owner(body),

@@ -46,6 +46,7 @@ mod reader;
 mod relay;
 mod scripts;
 mod sequencer;
+mod shared;
 mod subscriber;
 mod txn;
 
@@ -66,6 +67,7 @@ use self::keys::Keys;
 use self::pool::{Conn, Pool, blocking, io_error};
 use self::reader::RedisReader;
 use self::sequencer::Sequencer;
+use self::shared::Shared;
 use self::subscriber::{parse_entry, subscriber};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Deadline, Reader, Replay, Store, TxnBody};
@@ -84,6 +86,8 @@ pub struct RedisStore {
 struct Inner {
     keys: Keys,
     pool: Arc<Pool>,
+    /// The multiplexed connection (reads a request awaits, commits that read nothing).
+    shared: Shared,
     seq: Arc<Sequencer>,
     journal_capacity: u64,
     healthy: Arc<AtomicBool>,
@@ -114,7 +118,7 @@ impl RedisStore {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(subscriber(
-            client,
+            client.clone(),
             keys.clone(),
             pool.clone(),
             seq.clone(),
@@ -124,6 +128,7 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 keys,
+                shared: Shared::new(client, pool.counter()),
                 pool,
                 seq,
                 journal_capacity: journal_capacity.max(1),
@@ -164,7 +169,10 @@ impl Store for RedisStore {
         "redis"
     }
 
-    async fn transact_erased(&self, body: TxnBody) -> Result<Box<dyn Any + Send>> {
+    async fn transact_erased(&self, mut body: TxnBody) -> Result<Box<dyn Any + Send>> {
+        if let Some(done) = self.inner.write_only(&mut body).await {
+            return done;
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.run_transaction(body))
             .await
@@ -205,14 +213,9 @@ impl Store for RedisStore {
         )
     }
 
-    fn collection_version(&self, coll: Collection) -> Result<u64> {
+    async fn collection_version(&self, coll: Collection) -> Result<u64> {
         let key = self.inner.keys.version(coll);
-        let mut reader = RedisReader {
-            store: &self.inner,
-            conn: None,
-        };
-        let v: Option<u64> =
-            reader.with(|c| redis::cmd("GET").arg(&key).query(c).map_err(io_error))?;
+        let v: Option<u64> = self.inner.shared.query(redis::cmd("GET").arg(&key)).await?;
         Ok(v.unwrap_or(0))
     }
 

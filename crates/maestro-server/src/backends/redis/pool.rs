@@ -15,7 +15,7 @@ use redis::{Cmd, Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use crate::error::{Error, Result};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections kept. Above the 50 concurrent requests a busy server sees, so a burst does
 /// not open and close a connection per request.
 const POOL_SIZE: usize = 64;
@@ -77,6 +77,11 @@ impl Pool {
         if idle.len() < POOL_SIZE {
             idle.push(conn);
         }
+    }
+
+    /// The counter of round trips, for requests sent elsewhere that count with the pool's.
+    pub(super) fn counter(&self) -> Arc<AtomicU64> {
+        self.round_trips.clone()
     }
 
     /// Round trips made so far on this pool's connections.

@@ -20,6 +20,8 @@ pub(super) struct Sequencer {
     state: Mutex<SeqState>,
     /// Notified whenever an event is delivered.
     delivered: Condvar,
+    /// [`Self::delivered`] for tasks ([`Sequencer::wait_for_async`]).
+    delivered_async: tokio::sync::Notify,
     pub(super) bus: broadcast::Sender<Arc<EventRecord>>,
 }
 
@@ -74,6 +76,7 @@ impl Sequencer {
         Self {
             state: Mutex::new(SeqState::default()),
             delivered: Condvar::new(),
+            delivered_async: tokio::sync::Notify::new(),
             bus,
         }
     }
@@ -86,7 +89,7 @@ impl Sequencer {
         } else if rec.seq == seen + 1 {
             st.deliver(&self.bus, rec.clone());
             drop(st);
-            self.delivered.notify_all();
+            self.notify();
             Offer::Delivered
         } else {
             Offer::Gap { after: seen }
@@ -127,6 +130,28 @@ impl Sequencer {
 
     /// Delivers `recs` (consecutive, from the journal) after a gap; if the journal no longer
     /// reaches back, skips ahead so delivery goes on (clients see the jump in `seq`).
+    /// [`Self::wait_for`], for a task: awaits rather than blocks its thread.
+    pub(super) async fn wait_for_async(&self, scope: &str, seq: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let delivered = self.delivered_async.notified();
+            tokio::pin!(delivered);
+            // Registered before the check, so a delivery between the two is not missed.
+            delivered.as_mut().enable();
+            if self.last(scope) >= seq {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, delivered).await.is_err() {
+                return self.last(scope) >= seq;
+            }
+        }
+    }
+
+    fn notify(&self) {
+        self.delivered.notify_all();
+        self.delivered_async.notify_waiters();
+    }
+
     pub(super) fn fill(&self, recs: Vec<EventRecord>) {
         let mut st = self.state.lock().expect("sequencer lock");
         for rec in recs {
@@ -140,7 +165,7 @@ impl Sequencer {
             st.deliver(&self.bus, rec);
         }
         drop(st);
-        self.delivered.notify_all();
+        self.notify();
     }
 
     pub(super) fn baseline(&self, heads: HashMap<String, u64>) {

@@ -1,6 +1,12 @@
 //! Transactions: the overlay base whose reads `WATCH` what they touch ([`RedisBase`]), the
 //! retry loop that commits through the `COMMIT` script in `MULTI`/`EXEC`, how changes are
 //! encoded for it, and the local delivery of a commit's own events.
+//!
+//! A transaction is first run with no connection at all ([`Inner::write_only`]): most writes
+//! of an agent's day (a task, a session, a message to an id it holds) only need some entity
+//! to exist or not, which the commit script checks. Such a body's changes go to Redis in one
+//! script call on the shared connection, from the request's own task. A body that reads runs
+//! again from the start, as a watched transaction on a pooled connection of its own.
 
 use std::any::Any;
 use std::collections::HashSet;
@@ -9,7 +15,7 @@ use maestro_protocol::EventRecord;
 
 use super::Inner;
 use super::keys::Keys;
-use super::pool::{Conn, io_error};
+use super::pool::{Conn, blocking, io_error};
 use super::reader::{Query, scan_index_newest};
 use super::scripts::{COMMIT, commit_sha};
 use super::sequencer::{HOLD_LIMIT, Offer};
@@ -82,28 +88,7 @@ impl Inner {
                         .map_err(io_error)?;
                     continue;
                 }
-                Err(e) if e.to_string().contains("MAESTRO_MISSING") => {
-                    // "MAESTRO_MISSING <n>", however the client library renders the code.
-                    let text = e.to_string();
-                    let n: Option<usize> = text.split("MAESTRO_MISSING").nth(1).and_then(|rest| {
-                        let digits: String = rest
-                            .trim_start_matches(|c: char| !c.is_ascii_digit())
-                            .chars()
-                            .take_while(char::is_ascii_digit)
-                            .collect();
-                        digits.parse().ok()
-                    });
-                    return Err(match n.and_then(|n| requires.get(n)) {
-                        Some((id, resource)) => Error::not_found(resource, id.as_str()),
-                        None => Error::Internal(format!("commit precondition failed: {e}")),
-                    });
-                }
-                Err(e) if e.to_string().contains("MAESTRO_EXISTS") => {
-                    return Err(Error::Conflict(
-                        "an entity with this id already exists; retry".into(),
-                    ));
-                }
-                Err(e) => return Err(io_error(e)),
+                Err(e) => return Err(refused(e, &requires)),
             };
             let Some((seqs,)) = reply else {
                 continue; // something we read changed: run the body again
@@ -124,6 +109,107 @@ impl Inner {
         ))
     }
 
+    /// Runs `body` with nothing to read. If it reads nothing (a creation that only needs its
+    /// project to exist, say), nothing needs watching, and its changes are committed by one
+    /// script call on the shared connection, from this task: no thread and no connection of
+    /// its own. `None` when the body tried to read: it must run as a watched transaction
+    /// ([`Inner::run_transaction`]), from the start.
+    pub(super) async fn write_only(
+        &self,
+        body: &mut TxnBody,
+    ) -> Option<Result<Box<dyn Any + Send>>> {
+        let mut overlay = Overlay::new(NoReads { tried: false });
+        // A body that panics fails its own transaction only, as on a blocking thread.
+        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&mut overlay)))
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "transaction task failed: the transaction body panicked".into(),
+                ))
+            });
+        let (base, changes) = overlay.into_changes();
+        if base.tried {
+            return None;
+        }
+        let value = match value {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        if changes.is_empty() {
+            return Some(Ok(value));
+        }
+        Some(self.commit_shared(changes).await.map(|()| value))
+    }
+
+    /// Commits changes that depend on no read: `EVALSHA` alone (the script is atomic; with
+    /// nothing watched, `MULTI`/`EXEC` would add nothing), then delivers the events.
+    async fn commit_shared(&self, changes: Changes) -> Result<()> {
+        let requires: Vec<(String, &'static str)> = changes
+            .requires
+            .iter()
+            .map(|(_, id, resource)| (id.clone(), *resource))
+            .collect();
+        let (ops, pending) = encode_ops(changes, now_ms());
+        let mut commit = redis::cmd("EVALSHA");
+        commit
+            .arg(commit_sha())
+            .arg(0)
+            .arg(&self.keys.prefix)
+            .arg(self.journal_capacity)
+            .arg(self.keys.channel())
+            .arg(ops);
+        let mut answer = self.shared.query_raw::<Vec<u64>>(&commit).await?;
+        if matches!(&answer, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
+            // First commit since Redis started: load the script, send the commit again.
+            self.shared
+                .query::<String>(redis::cmd("SCRIPT").arg("LOAD").arg(COMMIT))
+                .await?;
+            answer = self.shared.query_raw(&commit).await?;
+        }
+        let seqs = answer.map_err(|e| refused(e, &requires))?;
+        let records = pending
+            .into_iter()
+            .zip(seqs)
+            .map(|(mut rec, seq)| {
+                rec.seq = seq;
+                rec
+            })
+            .collect();
+        self.deliver_local_async(records).await;
+        Ok(())
+    }
+
+    /// [`Inner::deliver_local`] from a task: a gap is awaited, not blocked on, and only a
+    /// gap still open after [`HOLD_LIMIT`] is filled from the journal on a blocking thread.
+    async fn deliver_local_async(&self, records: Vec<EventRecord>) {
+        let mut unfilled = Vec::new();
+        for rec in records {
+            if let Offer::Gap { .. } = self.seq.offer(&rec) {
+                self.seq.hold(rec.clone());
+                if !self
+                    .seq
+                    .wait_for_async(&rec.scope, rec.seq, HOLD_LIMIT)
+                    .await
+                {
+                    unfilled.push(rec);
+                }
+            }
+        }
+        if unfilled.is_empty() {
+            return;
+        }
+        let filled = blocking(|| match self.pool.get() {
+            Ok(mut conn) => {
+                self.fill_gaps(&mut conn, unfilled);
+                self.pool.put(conn);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        });
+        if let Err(e) = filled {
+            tracing::warn!(error = %e, "cannot fill an event gap from the journal");
+        }
+    }
+
     /// Our own commits reach our subscribers now, in order: an event whose predecessors are
     /// not delivered yet waits for them briefly (they are being delivered by the requests
     /// that committed them, or by the channel), then fills the gap from the journal.
@@ -135,20 +221,53 @@ impl Inner {
                 if self.seq.wait_for(&scope, seq, HOLD_LIMIT) {
                     continue;
                 }
-                let after = self.seq.last(&scope);
-                match read_journal(conn, &self.keys, &rec.scope, after, rec.seq - 1) {
-                    Ok(mut gap) => {
-                        gap.push(rec);
-                        self.seq.fill(gap);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot fill an event gap from the journal");
-                        self.seq.fill(vec![rec]);
-                    }
+                self.fill_gaps(conn, vec![rec]);
+            }
+        }
+    }
+
+    /// Delivers each of `records`, whose predecessors did not come in time, after those of
+    /// them the journal still has.
+    fn fill_gaps(&self, conn: &mut Conn, records: Vec<EventRecord>) {
+        for rec in records {
+            let after = self.seq.last(&rec.scope);
+            if after >= rec.seq {
+                continue;
+            }
+            match read_journal(conn, &self.keys, &rec.scope, after, rec.seq - 1) {
+                Ok(mut gap) => {
+                    gap.push(rec);
+                    self.seq.fill(gap);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot fill an event gap from the journal");
+                    self.seq.fill(vec![rec]);
                 }
             }
         }
     }
+}
+
+/// The error of a commit Redis answered with an error: a precondition of the script that did
+/// not hold (`MAESTRO_MISSING <n>`: the n-th required entity; `MAESTRO_EXISTS`), or Redis's.
+fn refused(e: redis::RedisError, requires: &[(String, &'static str)]) -> Error {
+    let text = e.to_string();
+    if let Some(rest) = text.split("MAESTRO_MISSING").nth(1) {
+        // "MAESTRO_MISSING <n>", however the client library renders the code.
+        let digits: String = rest
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        return match digits.parse::<usize>().ok().and_then(|n| requires.get(n)) {
+            Some((id, resource)) => Error::not_found(resource, id.as_str()),
+            None => Error::Internal(format!("commit precondition failed: {e}")),
+        };
+    }
+    if text.contains("MAESTRO_EXISTS") {
+        return Error::Conflict("an entity with this id already exists; retry".into());
+    }
+    io_error(e)
 }
 
 /// Turns changes into the commit script's arguments (see [`COMMIT`]), and the events to
@@ -213,6 +332,47 @@ fn encode_ops(changes: Changes, timestamp: i64) -> (Vec<Vec<u8>>, Vec<EventRecor
         pending.push(rec);
     }
     (ops, pending)
+}
+
+/// The base of a first run that has no connection: any read marks the run as one that reads
+/// (and fails, whatever the body then does with the error: the run is discarded).
+struct NoReads {
+    tried: bool,
+}
+
+impl NoReads {
+    fn tried<T>(&mut self) -> Result<T> {
+        self.tried = true;
+        Err(Error::Internal(
+            "a read in a transaction run without a connection".into(),
+        ))
+    }
+}
+
+impl Base for NoReads {
+    fn get(&mut self, _: Collection, _: &str) -> Result<Option<Vec<u8>>> {
+        self.tried()
+    }
+    fn list(&mut self, _: Collection, _: Option<&str>) -> Result<Vec<(String, Vec<u8>)>> {
+        self.tried()
+    }
+    fn exists(&mut self, _: Collection, _: &str) -> Result<bool> {
+        self.tried()
+    }
+    fn counter(&mut self, _: &str) -> Result<u64> {
+        self.tried()
+    }
+    fn head_seq(&mut self, _: &str) -> Result<u64> {
+        self.tried()
+    }
+    fn scan_newest(
+        &mut self,
+        _: Collection,
+        _: &str,
+        _: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        self.tried()
+    }
 }
 
 /// Reads for a transaction: everything read is `WATCH`ed.
