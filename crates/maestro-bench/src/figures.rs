@@ -159,7 +159,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if self.wants("memory") {
                 eprintln!("bench[{}]: memory idle", self.backend.name());
-                rows.push(idle_memory(&server));
+                rows.extend(idle_memory(&server));
             }
             if self.wants("fanout") {
                 eprintln!("bench[{}]: fan-out", self.backend.name());
@@ -1163,12 +1163,26 @@ async fn wait_parked(api: &Api, gauge: &str) -> Result<()> {
     }
 }
 
-fn idle_memory(server: &Server) -> Row {
-    match server.rss_kib() {
-        Ok(kib) => Row::at_most("memory: RSS idle", kib as f64 * 1024.0 / 1e6, "MB", 20.0)
+/// RSS one second after start, and beside it the two parts of it: the memory the server
+/// allocated (heap, stacks) and the pages of its binary and libraries it has mapped, which
+/// are the page cache's and move with it (the kernel maps up to 64 KB around each page of
+/// code that runs).
+fn idle_memory(server: &Server) -> Vec<Row> {
+    let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
+    let mut rows = vec![match server.rss_kib() {
+        Ok(kib) => Row::at_most("memory: RSS idle", mb(kib), "MB", 20.0)
             .with_detail(json!({ "rss_kib": kib })),
         Err(e) => error_row("memory: RSS idle", "<= 20 MB", &e),
+    }];
+    for (name, field) in [
+        ("memory: RSS idle, allocated (anonymous)", "RssAnon:"),
+        ("memory: RSS idle, code and files mapped", "RssFile:"),
+    ] {
+        if let Ok(kib) = crate::server::status_kib(server.pid(), field) {
+            rows.push(Row::info(name, mb(kib), "MB").with_detail(json!({ "kib": kib })));
+        }
     }
+    rows
 }
 
 fn wrk_detail(r: &wrk::WrkResult) -> Value {

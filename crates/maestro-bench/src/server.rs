@@ -190,13 +190,18 @@ pub fn stop_child(child: &mut Child) {
 
 /// `VmRSS` of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `RssAnon:`, `RssFile:`).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")
+        .with_context(|| format!("no {field} in /proc/<pid>/status"))
 }
 
 /// CPU time (user + system) a process has used so far (`/proc/<pid>/stat`, 10 ms ticks).

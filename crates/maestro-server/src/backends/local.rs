@@ -45,8 +45,9 @@ const DEADLINE_OF: TableDefinition<(&str, &str), i64> = TableDefinition::new("de
 
 /// Most transactions committed together.
 const MAX_BATCH: usize = 1024;
-/// Capacity of the live event channel per subscriber before it lags.
-const BUS_CAPACITY: usize = 65_536;
+/// Events a subscriber may fall behind by before it must catch up from the journal (the
+/// Socket.IO bridge does; waiters read again). Each slot is 32 bytes, allocated at start.
+const BUS_CAPACITY: usize = 8_192;
 
 struct Job {
     body: TxnBody,

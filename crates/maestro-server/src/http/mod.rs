@@ -150,18 +150,44 @@ const UNDOCUMENTED: &[Declared] = &[
 
 /// The scope of every route, as the gate reads it: fails when one declares none.
 pub fn route_scopes() -> Result<RouteScopes, String> {
+    scopes_of(&openapi())
+}
+
+fn scopes_of(spec: &utoipa::openapi::OpenApi) -> Result<RouteScopes, String> {
     let declared: Vec<Declared> = UNDOCUMENTED
         .iter()
         .chain(terminal::DECLARED)
         .cloned()
         .collect();
-    RouteScopes::new(&openapi(), &declared)
+    RouteScopes::new(spec, &declared)
 }
 
-/// The complete application router.
-pub fn router(state: AppState) -> Router {
-    let (routes, spec) = documented().split_for_parts();
-    let spec = std::sync::Arc::new(spec.to_pretty_json().expect("the spec serialises"));
+/// The documented routes, built once at start-up: the routes, the scope of each (for the
+/// gate), and the OpenAPI document as served. Building them is the largest allocation of a
+/// start (about a megabyte, let go again), so it is done once, not once per use.
+pub struct Api {
+    pub routes: axum::Router<AppState>,
+    pub spec: std::sync::Arc<String>,
+    pub scopes: RouteScopes,
+}
+
+impl Api {
+    pub fn build() -> Result<Self, String> {
+        let (routes, spec) = documented().split_for_parts();
+        Ok(Self {
+            routes,
+            scopes: scopes_of(&spec)?,
+            spec: std::sync::Arc::new(spec.to_pretty_json().expect("the spec serialises")),
+        })
+    }
+}
+
+/// The complete application router: `routes` and `spec` of [`Api::build`].
+pub fn router(
+    state: AppState,
+    routes: axum::Router<AppState>,
+    spec: std::sync::Arc<String>,
+) -> Router {
     routes
         .route(
             "/api/openapi.json",

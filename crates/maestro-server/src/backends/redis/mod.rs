@@ -72,7 +72,9 @@ use self::subscriber::{parse_entry, subscriber};
 use crate::error::{Error, Result};
 use crate::ports::{Collection, Deadline, Reader, Replay, Store, TxnBody};
 
-const BUS_CAPACITY: usize = 65_536;
+/// Events a subscriber may fall behind by before it must catch up from the journal (the
+/// Socket.IO bridge does; waiters read again). Each slot is 32 bytes, allocated at start.
+const BUS_CAPACITY: usize = 8_192;
 
 /// The Redis-backed store.
 pub struct RedisStore {
