@@ -936,31 +936,59 @@ fn web_build() -> Result<()> {
     }
     // Vite writes every file anew. Files that come out the same keep their modification time,
     // so an unchanged app does not make cargo build the server (which embeds web/dist) again.
+    // (Cargo watches the folder: its files' times and its folders' own.)
     let dist = dir.join("dist");
-    let before = files_under(&dist);
+    let before = tree_under(&dist);
     let mut build = Command::new("npm");
     build.args(["run", "build"]).current_dir(&dir);
     step("npm run build (web)", build)?;
-    for (path, (bytes, modified)) in before {
-        if std::fs::read(&path).is_ok_and(|now| now == bytes) {
-            std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_modified(modified))
-                .with_context(|| format!("cannot keep the time of {}", path.display()))?;
+    let after = tree_under(&dist);
+    let same_files = |a: &Tree, b: &Tree| {
+        a.files.len() == b.files.len()
+            && a.files
+                .iter()
+                .zip(&b.files)
+                .all(|(x, y)| x.0 == y.0 && x.1.0 == y.1.0)
+    };
+    let keep_time = |path: &std::path::Path, modified: std::time::SystemTime| {
+        std::fs::File::open(path)
+            .and_then(|f| f.set_modified(modified))
+            .with_context(|| format!("cannot keep the time of {}", path.display()))
+    };
+    for (path, (bytes, modified)) in &before.files {
+        if std::fs::read(path).is_ok_and(|now| &now == bytes) {
+            keep_time(path, *modified)?;
+        }
+    }
+    // The folders keep theirs only if every file came out the same (none added or removed).
+    if same_files(&before, &after) {
+        for (path, modified) in &before.dirs {
+            if path.is_dir() {
+                keep_time(path, *modified)?;
+            }
         }
     }
     Ok(())
 }
 
-/// Every file under `dir` (recursively), with its contents and modification time.
-fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, (Vec<u8>, std::time::SystemTime))> {
-    let mut found = Vec::new();
+/// The files under a folder (recursively, sorted), with their contents and modification
+/// times, and the folders' own modification times.
+#[derive(Default)]
+struct Tree {
+    files: Vec<(PathBuf, (Vec<u8>, std::time::SystemTime))>,
+    dirs: Vec<(PathBuf, std::time::SystemTime)>,
+}
+
+fn tree_under(dir: &std::path::Path) -> Tree {
+    let mut tree = Tree::default();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
+        if let Ok(modified) = std::fs::metadata(&d).and_then(|m| m.modified()) {
+            tree.dirs.push((d.clone(), modified));
+        }
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
             match entry.file_type() {
@@ -970,14 +998,15 @@ fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, (Vec<u8>, std::time::Syst
                         std::fs::read(&path),
                         entry.metadata().and_then(|m| m.modified()),
                     ) {
-                        found.push((path, (bytes, modified)));
+                        tree.files.push((path, (bytes, modified)));
                     }
                 }
                 _ => {}
             }
         }
     }
-    found
+    tree.files.sort_by(|a, b| a.0.cmp(&b.0));
+    tree
 }
 
 /// The web app's unit tests, then its end-to-end tests: Debian's Chromium (installed when
