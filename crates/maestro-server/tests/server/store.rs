@@ -220,6 +220,52 @@ async fn scan_newest_walks_back_across_pages_and_sees_the_transactions_own_write
     store.close().await;
 }
 
+/// A body that reads, even one that turns a failed read into a default, sees what the store
+/// holds: on Redis a body is first run with nothing to read, and a run that tried to read is
+/// thrown away whatever the body made of the error, then run again as a watched transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_swallows_a_read_error_still_reads_what_is_stored() {
+    let (_dir, domain) = open_domain();
+    let store = domain.store.clone();
+    transact(&*store, |tx| {
+        tx.put(
+            Collection::Tasks,
+            "t1",
+            Some("p"),
+            &json!({ "id": "t1", "n": 41 }),
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let seen = transact(&*store, |tx| {
+        // A careless body: any read error counts as "not there".
+        let n = tx
+            .get::<Value>(Collection::Tasks, "t1")
+            .ok()
+            .flatten()
+            .and_then(|v| v["n"].as_u64())
+            .unwrap_or(0);
+        tx.put(
+            Collection::Tasks,
+            "t1",
+            Some("p"),
+            &json!({ "id": "t1", "n": n + 1 }),
+        );
+        Ok(n)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, 41, "the body saw the stored value");
+    let stored: Value = domain
+        .reader()
+        .unwrap()
+        .get(Collection::Tasks, "t1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored["n"], 42);
+}
+
 /// A transaction body that panics fails only its own transaction (an internal error, nothing
 /// written); the next one commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

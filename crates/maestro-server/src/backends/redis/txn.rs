@@ -61,11 +61,7 @@ impl Inner {
                 return Ok(value);
             }
             let timestamp = now_ms();
-            let requires: Vec<(String, &'static str)> = changes
-                .requires
-                .iter()
-                .map(|(_, id, resource)| (id.clone(), *resource))
-                .collect();
+            let requires = required(&changes);
             let (ops, pending) = encode_ops(changes, timestamp);
             let reply: Option<(Vec<u64>,)> = match redis::pipe()
                 .atomic()
@@ -93,15 +89,7 @@ impl Inner {
             let Some((seqs,)) = reply else {
                 continue; // something we read changed: run the body again
             };
-            let records: Vec<EventRecord> = pending
-                .into_iter()
-                .zip(seqs)
-                .map(|(mut rec, seq)| {
-                    rec.seq = seq;
-                    rec
-                })
-                .collect();
-            self.deliver_local(conn, records);
+            self.deliver_local(conn, numbered(pending, seqs));
             return Ok(value);
         }
         Err(Error::Conflict(
@@ -143,11 +131,7 @@ impl Inner {
     /// Commits changes that depend on no read: `EVALSHA` alone (the script is atomic; with
     /// nothing watched, `MULTI`/`EXEC` would add nothing), then delivers the events.
     async fn commit_shared(&self, changes: Changes) -> Result<()> {
-        let requires: Vec<(String, &'static str)> = changes
-            .requires
-            .iter()
-            .map(|(_, id, resource)| (id.clone(), *resource))
-            .collect();
+        let requires = required(&changes);
         let (ops, pending) = encode_ops(changes, now_ms());
         let mut commit = redis::cmd("EVALSHA");
         commit
@@ -166,15 +150,7 @@ impl Inner {
             answer = self.shared.query_raw(&commit).await?;
         }
         let seqs = answer.map_err(|e| refused(e, &requires))?;
-        let records = pending
-            .into_iter()
-            .zip(seqs)
-            .map(|(mut rec, seq)| {
-                rec.seq = seq;
-                rec
-            })
-            .collect();
-        self.deliver_local_async(records).await;
+        self.deliver_local_async(numbered(pending, seqs)).await;
         Ok(())
     }
 
@@ -246,6 +222,28 @@ impl Inner {
             }
         }
     }
+}
+
+/// The entities a commit requires, in the order the script numbers them, with the resource
+/// named when one is missing.
+fn required(changes: &Changes) -> Vec<(String, &'static str)> {
+    changes
+        .requires
+        .iter()
+        .map(|(_, id, resource)| (id.clone(), *resource))
+        .collect()
+}
+
+/// The commit's events with the sequence numbers the script gave them.
+fn numbered(pending: Vec<EventRecord>, seqs: Vec<u64>) -> Vec<EventRecord> {
+    pending
+        .into_iter()
+        .zip(seqs)
+        .map(|(mut rec, seq)| {
+            rec.seq = seq;
+            rec
+        })
+        .collect()
 }
 
 /// The error of a commit Redis answered with an error: a precondition of the script that did
