@@ -333,8 +333,10 @@ fn test(args: &[String]) -> Result<()> {
     // The server embeds web/dist: build the app before anything compiles the server.
     web_build()?;
     // Downloads and installs run while the Rust code compiles.
-    let prepared = Prepared::start()?;
-    let mut apt = prepared.apt;
+    let mut prepared = Prepared::start()?;
+    let mut apt = prepared.apt.take();
+    // The real agent CLIs' tests run beside the Redis pass and the short steps after it.
+    let mut agents: Option<Spawned> = None;
 
     let mut clippy = cargo();
     clippy.args([
@@ -358,6 +360,7 @@ fn test(args: &[String]) -> Result<()> {
         let mut nextest = cargo();
         nextest.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
         step("cargo nextest run (local backend)", nextest)?;
+        agents = Some(agent_clis(prepared.agents.take())?);
         // The server's conformance suite again, every test on its own redis-server. Selected
         // with a filter, not `--package`: building one package unifies features differently
         // from the workspace, and cargo would build the server and its dependencies again.
@@ -389,9 +392,12 @@ fn test(args: &[String]) -> Result<()> {
     }
 
     js_interop(prepared.js)?;
-    agent_clis(prepared.agents)?;
-    schemathesis(prepared.schemathesis)?;
     conformance(Some(prepared.conformance))?;
+    match agents {
+        Some(agents) => agents.wait()?,
+        None => agent_clis(prepared.agents)?.wait()?,
+    }
+    schemathesis(prepared.schemathesis)?;
     if let Some(apt) = apt {
         apt.wait()?;
     }
@@ -508,7 +514,9 @@ fn agent_clis_install() -> Result<Option<Background>> {
 /// against a scripted model on loopback. Where an unprivileged network namespace is available
 /// (`unshare -rn`) the tests run inside one with only loopback up, so nothing can leave the
 /// machine whatever a CLI tries; the CLIs' own telemetry and update switches are set as well.
-fn agent_clis(install: Option<Background>) -> Result<()> {
+/// Starts the real agent CLIs' tests, which mostly wait on the CLIs (about half a core): the
+/// caller runs other steps meanwhile and waits for it.
+fn agent_clis(install: Option<Background>) -> Result<Spawned> {
     require_node("the real agent CLIs (tests/agents)")?;
     let dir = target_dir().join("agent-clis");
     if let Some(install) = install {
@@ -558,7 +566,7 @@ fn agent_clis(install: Option<Background>) -> Result<()> {
     };
     run.env("MAESTRO_AGENT_CLIS", &dir)
         .env("CARGO_TARGET_DIR", target_dir());
-    step("real agent CLIs (Claude Code, Codex, Gemini CLI)", run)
+    Spawned::start("real agent CLIs (Claude Code, Codex, Gemini CLI)", run)
 }
 
 /// The official protocol test suites, `tests/conformance/{engine.io,socket.io}-protocol`
@@ -752,17 +760,20 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
     Ok(())
 }
 
-/// Runs the steps at the same time, each with its output in a log file that is printed if it
-/// fails; fails if any fails, after all have ended. The CPU time printed is the group's.
-fn steps_together(steps: Vec<(String, Command)>) -> Result<()> {
-    let started = Instant::now();
-    let cpu_before = children_cpu();
-    let mut running = Vec::new();
-    for (title, mut cmd) in steps {
-        let log = log_path(&title)?;
+/// A step running beside others, its output in a log file (printed if it fails).
+struct Spawned {
+    title: String,
+    log: PathBuf,
+    child: std::process::Child,
+    started: Instant,
+}
+
+impl Spawned {
+    fn start(title: &str, mut cmd: Command) -> Result<Self> {
+        let log = log_path(title)?;
         let file = std::fs::File::create(&log)?;
         eprintln!(
-            "==> {title} (beside the others of its group; output in {})",
+            "==> {title} (beside other steps; output in {})",
             log.display()
         );
         let child = cmd
@@ -771,29 +782,51 @@ fn steps_together(steps: Vec<(String, Command)>) -> Result<()> {
             .stderr(file)
             .spawn()
             .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-        running.push((title, log, child));
+        Ok(Self {
+            title: title.to_owned(),
+            log,
+            child,
+            started: Instant::now(),
+        })
     }
-    let mut failed = Vec::new();
-    for (title, log, mut child) in running {
-        let status = child.wait()?;
+
+    /// Waits for the step; prints its output if it failed.
+    fn wait(mut self) -> Result<()> {
+        let status = self.child.wait()?;
         if status.success() {
-            eprintln!("    {title}: ok in {:.1?}", started.elapsed());
+            eprintln!("    {}: ok in {:.1?}", self.title, self.started.elapsed());
+            Ok(())
         } else {
-            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
-            eprintln!(
-                "    {title}: failed ({status}); output above, also in {}",
-                log.display()
-            );
-            failed.push(title);
+            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            bail!(
+                "{} failed ({status}); output above, also in {}",
+                self.title,
+                self.log.display()
+            )
         }
     }
+}
+
+/// Runs the steps at the same time; fails if any fails, after all have ended. The CPU time
+/// printed is the group's.
+fn steps_together(steps: Vec<(String, Command)>) -> Result<()> {
+    let started = Instant::now();
+    let cpu_before = children_cpu();
+    let running = steps
+        .into_iter()
+        .map(|(title, cmd)| Spawned::start(&title, cmd))
+        .collect::<Result<Vec<_>>>()?;
+    let failed: Vec<String> = running
+        .into_iter()
+        .filter_map(|step| step.wait().err().map(|e| format!("{e:#}")))
+        .collect();
     eprintln!(
         "    together: {:.1?} (CPU {:.1?})",
         started.elapsed(),
         children_cpu().saturating_sub(cpu_before)
     );
     if !failed.is_empty() {
-        bail!("{} failed", failed.join(", "));
+        bail!("{}", failed.join("; "));
     }
     Ok(())
 }
