@@ -24,8 +24,12 @@
 //! sequencer right after `EXEC`, so its clients see them before the HTTP response (an event
 //! whose predecessors are still on their way waits for them briefly, see [`Sequencer`]).
 //!
-//! Blocking reads and transactions use plain (synchronous) connections with timeouts, from a
-//! small pool, on blocking threads; the subscription has its own async connection. When Redis
+//! A transaction whose body reads nothing (it only needs entities to exist or not, which the
+//! commit script checks) commits with one script call on a multiplexed async connection that
+//! every request shares, from the request's own task; so is the version read of a cached
+//! list ([`shared`]). Other reads and transactions use plain (synchronous) connections with
+//! timeouts, from a small pool, on blocking threads; the subscription has its own async
+//! connection. When Redis
 //! is unreachable every operation fails fast with 503, `/ready` reports `degraded`, and the
 //! subscriber reconnects with back-off, then catches up from the journal.
 //!
@@ -33,6 +37,7 @@
 //! - [`scripts`]: the Lua scripts run inside Redis (`COMMIT`, `LIST`) and their SHA1s;
 //! - [`keys`]: the key layout above;
 //! - [`pool`]: synchronous connections, timeouts, Redis errors as ours, `blocking`;
+//! - [`shared`]: the multiplexed async connection;
 //! - [`sequencer`]: in-order, once-only delivery to local subscribers (hold, gap, fill);
 //! - [`txn`]: optimistic transactions — the `WATCH`ing overlay base, encoding and commit;
 //! - [`subscriber`]: the channel subscription, journal reads, catch-up and gap filling;
