@@ -760,12 +760,23 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
     Ok(())
 }
 
-/// A step running beside others, its output in a log file (printed if it fails).
+/// A step running beside others, its output in a log file (printed if it fails). Dropped
+/// without being waited for (another step failed first), it is killed rather than left running
+/// after `cargo xtask` has ended.
 struct Spawned {
     title: String,
     log: PathBuf,
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     started: Instant,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Spawned {
@@ -785,14 +796,15 @@ impl Spawned {
         Ok(Self {
             title: title.to_owned(),
             log,
-            child,
+            child: Some(child),
             started: Instant::now(),
         })
     }
 
     /// Waits for the step; prints its output if it failed.
     fn wait(mut self) -> Result<()> {
-        let status = self.child.wait()?;
+        let mut child = self.child.take().expect("a step is waited for once");
+        let status = child.wait()?;
         if status.success() {
             eprintln!("    {}: ok in {:.1?}", self.title, self.started.elapsed());
             Ok(())
@@ -976,25 +988,26 @@ fn web_build() -> Result<()> {
     build.args(["run", "build"]).current_dir(&dir);
     step("npm run build (web)", build)?;
     let after = tree_under(&dist);
-    let same_files = |a: &Tree, b: &Tree| {
-        a.files.len() == b.files.len()
-            && a.files
-                .iter()
-                .zip(&b.files)
-                .all(|(x, y)| x.0 == y.0 && x.1.0 == y.1.0)
-    };
+    let now: std::collections::HashMap<&PathBuf, &Vec<u8>> = after
+        .files
+        .iter()
+        .map(|(path, (bytes, _))| (path, bytes))
+        .collect();
     let keep_time = |path: &std::path::Path, modified: std::time::SystemTime| {
         std::fs::File::open(path)
             .and_then(|f| f.set_modified(modified))
             .with_context(|| format!("cannot keep the time of {}", path.display()))
     };
+    let mut all_same = before.files.len() == after.files.len();
     for (path, (bytes, modified)) in &before.files {
-        if std::fs::read(path).is_ok_and(|now| &now == bytes) {
+        if now.get(path) == Some(&bytes) {
             keep_time(path, *modified)?;
+        } else {
+            all_same = false;
         }
     }
     // The folders keep theirs only if every file came out the same (none added or removed).
-    if same_files(&before, &after) {
+    if all_same {
         for (path, modified) in &before.dirs {
             if path.is_dir() {
                 keep_time(path, *modified)?;
@@ -1004,7 +1017,7 @@ fn web_build() -> Result<()> {
     Ok(())
 }
 
-/// The files under a folder (recursively, sorted), with their contents and modification
+/// The files under a folder (recursively), with their contents and modification
 /// times, and the folders' own modification times.
 #[derive(Default)]
 struct Tree {
@@ -1038,7 +1051,6 @@ fn tree_under(dir: &std::path::Path) -> Tree {
             }
         }
     }
-    tree.files.sort_by(|a, b| a.0.cmp(&b.0));
     tree
 }
 

@@ -2,10 +2,11 @@
 //! how Redis errors map to ours (unavailable vs. storage), and running blocking I/O from async
 //! code.
 //!
-//! Every command the store sends goes through a pooled [`Conn`], so counting there counts
-//! every round trip the store makes (`maestro_redis_round_trips_total`): a single command, a
-//! pipeline, a `MULTI`/`EXEC` block and a script call each count one — what a request waits
-//! for is the number of times it crosses to Redis and back, not the number of commands.
+//! Every command the store sends goes through a pooled [`Conn`] or the shared connection
+//! (`shared.rs`), which count into the same counter, so it counts every round trip the store
+//! makes (`maestro_redis_round_trips_total`): a single command, a pipeline, a `MULTI`/`EXEC`
+//! block and a script call each count one — what a request waits for is the number of times
+//! it crosses to Redis and back, not the number of commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

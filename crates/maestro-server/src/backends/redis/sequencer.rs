@@ -128,8 +128,6 @@ impl Sequencer {
         }
     }
 
-    /// Delivers `recs` (consecutive, from the journal) after a gap; if the journal no longer
-    /// reaches back, skips ahead so delivery goes on (clients see the jump in `seq`).
     /// [`Self::wait_for`], for a task: awaits rather than blocks its thread.
     pub(super) async fn wait_for_async(&self, scope: &str, seq: u64, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
@@ -152,6 +150,8 @@ impl Sequencer {
         self.delivered_async.notify_waiters();
     }
 
+    /// Delivers `recs` (consecutive, from the journal) after a gap; if the journal no longer
+    /// reaches back, skips ahead so delivery goes on (clients see the jump in `seq`).
     pub(super) fn fill(&self, recs: Vec<EventRecord>) {
         let mut st = self.state.lock().expect("sequencer lock");
         for rec in recs {
