@@ -60,11 +60,7 @@ pub async fn run(
     // Background work (the Socket.IO bridge and per-socket writers) is owned here: stopped by
     // `shutdown`, awaited below.
     let tasks = TaskTracker::new();
-    let http::Api {
-        routes,
-        spec,
-        scopes,
-    } = http::Api::build().map_err(anyhow::Error::msg)?;
+    let http::Api { routes, scopes } = http::Api::build().map_err(anyhow::Error::msg)?;
     let gate = auth::Gate::new(config_arc.clone(), domain.clone(), scopes);
     if let Err(e) = auth::credentials::check_hash_key(&domain, &config.hash_key_path()).await {
         // Refusing to start: let the next start (with the right key) open the database.
@@ -118,7 +114,7 @@ pub async fn run(
         push,
         terminals,
     };
-    let app = http::router(state, routes, spec);
+    let app = http::router(state, routes);
     tracing::info!(%addr, data_dir = %config.data_dir.display(), backend = store.backend(), "maestro listening");
     if !addr.ip().is_loopback() {
         tracing::info!(

@@ -31,8 +31,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: REST API, Socket.IO (/ui, /mobile) and the legacy WebSocket, on the
-    /// embedded database or on Redis (REDIS_URL).
+    #[command(about = SERVE_ABOUT)]
     Serve(Config),
     /// Import an upstream maestro-server data directory (JSON files) into this server's store.
     ///
@@ -48,6 +47,49 @@ enum Command {
     Agent(cli::Command),
 }
 
+const SERVE_ABOUT: &str = "Run the server: REST API, Socket.IO (/ui, /mobile) and the legacy \
+    WebSocket, on the embedded database or on Redis (REDIS_URL)";
+
+/// What `maestro serve …` is parsed with: the same `serve` command and global flags as in
+/// [`Cli`], without first building the parser of every agent command (a long-running server
+/// would otherwise keep that code mapped: about half a megabyte of its idle memory).
+#[derive(Debug, Parser)]
+#[command(
+    name = "maestro",
+    version,
+    about,
+    propagate_version = true,
+    after_help = cli::EXIT_CODES_HELP
+)]
+struct ServeCli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
+    #[command(subcommand)]
+    command: ServeOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServeOnly {
+    #[command(about = SERVE_ABOUT)]
+    Serve(Config),
+}
+
+impl Cli {
+    fn parse_args() -> Self {
+        if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
+            let ServeCli {
+                global,
+                command: ServeOnly::Serve(config),
+            } = ServeCli::parse();
+            return Cli {
+                global,
+                command: Command::Serve(config),
+            };
+        }
+        Cli::parse()
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct ImportArgs {
     /// The upstream DATA_DIR (holding projects/, tasks/, sessions/, …).
@@ -60,7 +102,7 @@ struct ImportArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let result = match cli.command {
         Command::Serve(config) => serve(config),
         Command::Import(args) => import(args),
@@ -208,7 +250,9 @@ async fn cancel_on_signal(token: CancellationToken) {
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use clap::Parser;
+
+    use super::{Cli, Command, ServeCli, ServeOnly};
 
     /// Every argument of every command says what it is in `--help`.
     #[test]
@@ -234,5 +278,41 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+        ServeCli::command().debug_assert();
+    }
+
+    /// `maestro serve` is parsed by [`ServeCli`]: its help, and what it accepts, are those of
+    /// the full command line's `serve`.
+    #[test]
+    fn serve_parses_alike_either_way() {
+        let help = |mut cmd: clap::Command| {
+            cmd.build();
+            let serve = cmd.find_subcommand_mut("serve").expect("serve").clone();
+            let mut serve = serve.bin_name("maestro serve");
+            (
+                serve.render_long_help().to_string(),
+                serve.render_usage().to_string(),
+            )
+        };
+        assert_eq!(help(ServeCli::command()), help(Cli::command()));
+        let args = [
+            "maestro",
+            "serve",
+            "--port",
+            "4000",
+            "--json",
+            "--host",
+            "127.0.0.1",
+        ];
+        let Command::Serve(full) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not serve")
+        };
+        let ServeOnly::Serve(fast) = ServeCli::try_parse_from(args).unwrap().command;
+        assert_eq!(format!("{full:?}"), format!("{fast:?}"));
+        let bad = ["maestro", "serve", "--no-such-flag"];
+        assert_eq!(
+            Cli::try_parse_from(bad).unwrap_err().kind(),
+            ServeCli::try_parse_from(bad).unwrap_err().kind()
+        );
     }
 }

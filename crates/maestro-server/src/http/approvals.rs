@@ -9,21 +9,22 @@ use axum::http::StatusCode;
 use maestro_protocol::{Approval, ApprovalStatus, CreateApproval, DecideApproval, ErrorBody};
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::auth::Caller;
 use super::{AppState, Body, IdPath, only};
 use crate::domain::approvals::DEFAULT_WAIT_MS;
 use crate::error::{Error, Result};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(session_list, create))
-        .routes(routes!(pending))
-        .routes(routes!(get_one))
-        .routes(routes!(wait))
-        .routes(routes!(decide))
-        .routes(routes!(cancel))
+        .routes(routes!(built_for; session_list, create))
+        .routes(routes!(built_for; pending))
+        .routes(routes!(built_for; get_one))
+        .routes(routes!(built_for; wait))
+        .routes(routes!(built_for; decide))
+        .routes(routes!(built_for; cancel))
 }
 
 fn status_param(q: &HashMap<String, String>) -> Result<Option<ApprovalStatus>> {

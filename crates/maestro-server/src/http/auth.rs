@@ -18,24 +18,25 @@ use maestro_protocol::{
 };
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath};
 use crate::auth::credentials::{self, PairOutcome};
 use crate::auth::{CSRF_COOKIE, DEVICE_COOKIE, Principal, Refusal, RequestFacts, trust};
 use crate::error::{Error, Result};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list_tokens, create_token))
-        .routes(routes!(revoke_token))
-        .routes(routes!(list_devices))
-        .routes(routes!(revoke_device))
-        .routes(routes!(create_pairing))
-        .routes(routes!(pair))
-        .routes(routes!(me))
-        .routes(routes!(logout))
-        .routes(routes!(set_public_url, clear_public_url))
+        .routes(routes!(built_for; list_tokens, create_token))
+        .routes(routes!(built_for; revoke_token))
+        .routes(routes!(built_for; list_devices))
+        .routes(routes!(built_for; revoke_device))
+        .routes(routes!(built_for; create_pairing))
+        .routes(routes!(built_for; pair))
+        .routes(routes!(built_for; me))
+        .routes(routes!(built_for; logout))
+        .routes(routes!(built_for; set_public_url, clear_public_url))
 }
 
 /// The gate, before routing: refused requests get their status and the usual error body;

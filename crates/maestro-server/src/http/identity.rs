@@ -6,7 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use maestro_protocol::{ErrorBody, IdentityChallenge, IdentityProof};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body};
 use crate::error::{Error, Result};
@@ -14,8 +15,8 @@ use crate::error::{Error, Result};
 /// Shortest and longest nonce a client may send.
 const NONCE_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(identity))
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(built_for; identity))
 }
 
 #[utoipa::path(

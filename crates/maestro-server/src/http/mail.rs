@@ -11,7 +11,8 @@ use maestro_protocol::{
 use serde_json::json;
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath, only};
 use crate::domain::mail::{DEFAULT_WAIT_MS, InboxQuery, WaitQuery};
@@ -19,13 +20,13 @@ use crate::error::{Error, Result};
 
 type Q = Query<HashMap<String, String>>;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(send))
-        .routes(routes!(inbox))
-        .routes(routes!(ack))
-        .routes(routes!(wait, wait_and_ack))
-        .routes(routes!(get_one, delete))
+        .routes(routes!(built_for; send))
+        .routes(routes!(built_for; inbox))
+        .routes(routes!(built_for; ack))
+        .routes(routes!(built_for; wait, wait_and_ack))
+        .routes(routes!(built_for; get_one, delete))
 }
 
 fn number<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str) -> Result<Option<T>> {

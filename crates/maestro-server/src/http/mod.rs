@@ -4,6 +4,41 @@
 //! Handlers extract, call a [`Domain`](crate::domain::Domain) operation and map the result;
 //! rules live in `domain`.
 
+/// Registers handlers on an [`OpenApiRouter`], as `utoipa_axum::routes!` does, for what
+/// `$docs` ([`Docs`]) says the router is built for.
+macro_rules! routes {
+    ($docs:expr; $($handler:ident),+ $(,)?) => {
+        match $docs {
+            $crate::http::Docs::Full => utoipa_axum::routes!($($handler),+),
+            $crate::http::Docs::Scopes => {
+                use utoipa::{Path as _, __dev::Tags as _};
+                use utoipa_axum::PathItemExt as _;
+                let mut paths = utoipa::openapi::path::Paths::new();
+                let mut router = axum::routing::MethodRouter::new();
+                $(
+                    let (path, mut operation, methods, tags) = utoipa_axum::paste! {(
+                        [<__path_ $handler>]::path(),
+                        [<__path_ $handler>]::operation(),
+                        [<__path_ $handler>]::methods(),
+                        [<__path_ $handler>]::tags(),
+                    )};
+                    if !tags.is_empty() {
+                        operation
+                            .tags
+                            .get_or_insert_with(Vec::new)
+                            .extend(tags.iter().map(ToString::to_string));
+                    }
+                    router = methods
+                        .iter()
+                        .fold(router, |router, method| router.on(method.to_method_filter(), $handler));
+                    paths.add_path_operation(&path, methods, operation);
+                )+
+                (Vec::new(), paths, router)
+            }
+        }
+    };
+}
+
 mod approvals;
 pub mod auth;
 mod extract;
@@ -67,28 +102,39 @@ pub struct AppState {
     pub terminals: crate::terminal::Terminals,
 }
 
+/// What a router of documented routes is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Docs {
+    /// The OpenAPI document: every operation and the schemas of its bodies and parameters.
+    Full,
+    /// Serving: the routes, and of each operation what the gate reads (its scope), without the
+    /// schemas. Building those runs a few megabytes of generated code that a long-running
+    /// server would otherwise keep mapped for nothing (docs/performance.md, "Idle memory").
+    Scopes,
+}
+
 /// The API as an OpenAPI-documented router: every route is registered together with its
 /// documentation, so the spec cannot list a route the server lacks or miss one it serves.
-fn documented() -> OpenApiRouter<AppState> {
+fn documented(built_for: Docs) -> OpenApiRouter<AppState> {
     let api = OpenApiRouter::new()
-        .merge(projects::router())
-        .merge(tasks::router())
-        .merge(sessions::router())
-        .merge(team_members::router())
-        .merge(mail::router())
-        .merge(approvals::router())
-        .merge(runners::router())
-        .merge(review::router())
-        .merge(transcript::router())
-        .merge(ordering::router())
-        .merge(skills::router())
-        .merge(templates::router())
-        .merge(auth::router())
-        .merge(identity::router())
-        .merge(push::router());
+        .merge(projects::router(built_for))
+        .merge(tasks::router(built_for))
+        .merge(sessions::router(built_for))
+        .merge(team_members::router(built_for))
+        .merge(mail::router(built_for))
+        .merge(approvals::router(built_for))
+        .merge(runners::router(built_for))
+        .merge(review::router(built_for))
+        .merge(transcript::router(built_for))
+        .merge(ordering::router(built_for))
+        .merge(skills::router(built_for))
+        .merge(templates::router(built_for))
+        .merge(auth::router(built_for))
+        .merge(identity::router(built_for))
+        .merge(push::router(built_for));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api", api)
-        .merge(ops::router())
+        .merge(ops::router(built_for))
 }
 
 #[derive(OpenApi)]
@@ -130,7 +176,7 @@ impl utoipa::Modify for CredentialScheme {
 
 /// The OpenAPI 3.1 description of every route the router serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().split_for_parts().1
+    documented(Docs::Full).split_for_parts().1
 }
 
 /// Routes outside the OpenAPI document, with what they need (the documented ones declare it in
@@ -150,7 +196,7 @@ const UNDOCUMENTED: &[Declared] = &[
 
 /// The scope of every route, as the gate reads it: fails when one declares none.
 pub fn route_scopes() -> Result<RouteScopes, String> {
-    scopes_of(&openapi())
+    scopes_of(&documented(Docs::Scopes).split_for_parts().1)
 }
 
 fn scopes_of(spec: &utoipa::openapi::OpenApi) -> Result<RouteScopes, String> {
@@ -162,45 +208,45 @@ fn scopes_of(spec: &utoipa::openapi::OpenApi) -> Result<RouteScopes, String> {
     RouteScopes::new(spec, &declared)
 }
 
-/// The documented routes, built once at start-up: the routes, the scope of each (for the
-/// gate), and the OpenAPI document as served. Building them is the largest allocation of a
-/// start (about a megabyte, let go again), so it is done once, not once per use.
+/// The documented routes, built once at start-up without their schemas ([`Docs::Scopes`]):
+/// the routes and the scope of each (for the gate). The OpenAPI document itself (about 270 KB
+/// of JSON) is built and written only when someone asks for it ([`served_spec`]).
 pub struct Api {
     pub routes: axum::Router<AppState>,
-    pub spec: std::sync::Arc<String>,
     pub scopes: RouteScopes,
 }
 
 impl Api {
     pub fn build() -> Result<Self, String> {
-        let (routes, spec) = documented().split_for_parts();
+        let (routes, spec) = documented(Docs::Scopes).split_for_parts();
         Ok(Self {
             routes,
             scopes: scopes_of(&spec)?,
-            spec: std::sync::Arc::new(spec.to_pretty_json().expect("the spec serialises")),
         })
     }
 }
 
-/// The complete application router: `routes` and `spec` of [`Api::build`].
-pub fn router(
-    state: AppState,
-    routes: axum::Router<AppState>,
-    spec: std::sync::Arc<String>,
-) -> Router {
+/// `/api/openapi.json`: the document, written on the first request and kept.
+async fn served_spec() -> impl IntoResponse {
+    static SPEC: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let spec = match SPEC.get() {
+        Some(spec) => spec.clone(),
+        None => {
+            let written = tokio::task::spawn_blocking(|| {
+                axum::body::Bytes::from(openapi().to_pretty_json().expect("the spec serialises"))
+            })
+            .await
+            .expect("writing the spec does not panic");
+            SPEC.get_or_init(|| written).clone()
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], spec)
+}
+
+/// The complete application router, around the `routes` of [`Api::build`].
+pub fn router(state: AppState, routes: axum::Router<AppState>) -> Router {
     routes
-        .route(
-            "/api/openapi.json",
-            axum::routing::get(move || {
-                let spec = spec.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        (*spec).clone(),
-                    )
-                }
-            }),
-        )
+        .route("/api/openapi.json", axum::routing::get(served_spec))
         .route("/", axum::routing::get(web::index))
         .route("/agents", axum::routing::get(index_page))
         .route("/api/docs", axum::routing::get(docs_page))
@@ -298,4 +344,33 @@ fn cors(config: &Config) -> CorsLayer {
             header::CONTENT_LENGTH,
             header::HeaderName::from_static("x-request-id"),
         ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server's routes are built without the document's schemas: the same paths, methods
+    /// and operations (so the same scopes) as the document describes.
+    #[test]
+    fn served_routes_are_the_documented_ones() {
+        let full = documented(Docs::Full).split_for_parts().1;
+        let served = documented(Docs::Scopes).split_for_parts().1;
+        assert!(full.paths.paths.len() > 50, "the document lists the API");
+        let json = |paths: &utoipa::openapi::path::Paths| serde_json::to_value(paths).unwrap();
+        assert_eq!(json(&served.paths), json(&full.paths));
+        assert!(
+            full.components
+                .as_ref()
+                .is_some_and(|c| c.schemas.len() > 50),
+            "the document has its schemas"
+        );
+        assert!(
+            served
+                .components
+                .as_ref()
+                .is_none_or(|c| c.schemas.is_empty()),
+            "serving builds none"
+        );
+    }
 }

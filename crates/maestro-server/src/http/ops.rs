@@ -9,17 +9,18 @@ use maestro_protocol::{Health, Ready};
 use serde_json::{Value, json};
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::AppState;
 use crate::util::now_ms;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(health))
-        .routes(routes!(ready))
-        .routes(routes!(ws_status))
-        .routes(routes!(metrics))
+        .routes(routes!(built_for; health))
+        .routes(routes!(built_for; ready))
+        .routes(routes!(built_for; ws_status))
+        .routes(routes!(built_for; metrics))
 }
 
 /// Liveness: the process answers. Same shape as upstream.

@@ -5,13 +5,14 @@ use axum::extract::State;
 use maestro_protocol::{ErrorBody, Ordering, UpdateOrdering};
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_one, update))
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(built_for; get_one, update))
 }
 
 #[utoipa::path(

@@ -6,15 +6,16 @@ use axum::http::StatusCode;
 use maestro_protocol::{CreateProject, Deleted, ErrorBody, Project, UpdateProject};
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(get_one, update, delete))
+        .routes(routes!(built_for; list, create))
+        .routes(routes!(built_for; get_one, update, delete))
 }
 
 #[utoipa::path(

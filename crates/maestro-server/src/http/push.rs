@@ -14,20 +14,21 @@ use maestro_protocol::{
     PushSubscriptionInfo, PushTestResult, PushUnsubscribe, PushUnsubscribed, VapidPublicKey,
 };
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::auth::Caller;
 use super::{AppState, Body};
 use crate::error::Result;
 use crate::push::{actions, devices, subscriptions};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(vapid_public_key))
-        .routes(routes!(subscribe, unsubscribe))
-        .routes(routes!(get_settings, put_settings))
-        .routes(routes!(test))
-        .routes(routes!(action))
+        .routes(routes!(built_for; vapid_public_key))
+        .routes(routes!(built_for; subscribe, unsubscribe))
+        .routes(routes!(built_for; get_settings, put_settings))
+        .routes(routes!(built_for; test))
+        .routes(routes!(built_for; action))
 }
 
 #[utoipa::path(

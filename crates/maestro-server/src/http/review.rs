@@ -10,18 +10,19 @@ use maestro_protocol::{
     ReviewComment, ReviewSent, SendReview,
 };
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath, only};
 use crate::error::{Error, Result};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(changes, report))
-        .routes(routes!(diff))
-        .routes(routes!(comments, add_comment))
-        .routes(routes!(delete_comment))
-        .routes(routes!(send))
+        .routes(routes!(built_for; changes, report))
+        .routes(routes!(built_for; diff))
+        .routes(routes!(built_for; comments, add_comment))
+        .routes(routes!(built_for; delete_comment))
+        .routes(routes!(built_for; send))
 }
 
 #[utoipa::path(

@@ -9,7 +9,8 @@ use maestro_protocol::{
     Claimed, ErrorBody, LaunchReport, RegisterRunner, Runner, RunnerHeartbeat, Session, StopRequest,
 };
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath, only};
 use crate::domain::runners::MAX_CLAIM_WAIT_MS;
@@ -18,15 +19,15 @@ use crate::error::{Error, Result};
 /// A claim long-poll without `timeout` waits this long.
 const DEFAULT_CLAIM_WAIT_MS: u64 = 25_000;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, register))
-        .routes(routes!(get_one))
-        .routes(routes!(heartbeat))
-        .routes(routes!(claim))
-        .routes(routes!(launched))
-        .routes(routes!(stop))
-        .routes(routes!(resume))
+        .routes(routes!(built_for; list, register))
+        .routes(routes!(built_for; get_one))
+        .routes(routes!(built_for; heartbeat))
+        .routes(routes!(built_for; claim))
+        .routes(routes!(built_for; launched))
+        .routes(routes!(built_for; stop))
+        .routes(routes!(built_for; resume))
 }
 
 #[utoipa::path(

@@ -12,25 +12,26 @@ use maestro_protocol::{
 };
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath, number};
 use crate::domain::sessions::SessionFilter;
 use crate::error::{Error, Result};
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(spawn))
-        .routes(routes!(get_one, update, delete))
-        .routes(routes!(events))
-        .routes(routes!(heartbeat))
-        .routes(routes!(timeline, timeline_page))
-        .routes(routes!(docs, add_doc))
-        .routes(routes!(link, unlink))
-        .routes(routes!(modal))
-        .routes(routes!(modal_action))
-        .routes(routes!(modal_close))
+        .routes(routes!(built_for; list, create))
+        .routes(routes!(built_for; spawn))
+        .routes(routes!(built_for; get_one, update, delete))
+        .routes(routes!(built_for; events))
+        .routes(routes!(built_for; heartbeat))
+        .routes(routes!(built_for; timeline, timeline_page))
+        .routes(routes!(built_for; docs, add_doc))
+        .routes(routes!(built_for; link, unlink))
+        .routes(routes!(built_for; modal))
+        .routes(routes!(built_for; modal_action))
+        .routes(routes!(built_for; modal_close))
 }
 
 #[utoipa::path(

@@ -5,17 +5,18 @@ use axum::extract::State;
 use maestro_protocol::{ErrorBody, Skill, SkillDetail, SkillReloaded, SkillSummary};
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, IdPath};
 use crate::error::Result;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(by_mode))
-        .routes(routes!(get_one))
-        .routes(routes!(reload))
+        .routes(routes!(built_for; list))
+        .routes(routes!(built_for; by_mode))
+        .routes(routes!(built_for; get_one))
+        .routes(routes!(built_for; reload))
 }
 
 #[utoipa::path(

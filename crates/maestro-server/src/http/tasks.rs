@@ -12,22 +12,23 @@ use maestro_protocol::{
 };
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath};
 use crate::domain::tasks::TaskFilter;
 use crate::error::Result;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(get_one, update, delete))
-        .routes(routes!(children))
-        .routes(routes!(timeline))
-        .routes(routes!(docs))
-        .routes(routes!(claim, get_claim))
-        .routes(routes!(renew))
-        .routes(routes!(release))
+        .routes(routes!(built_for; list, create))
+        .routes(routes!(built_for; get_one, update, delete))
+        .routes(routes!(built_for; children))
+        .routes(routes!(built_for; timeline))
+        .routes(routes!(built_for; docs))
+        .routes(routes!(built_for; claim, get_claim))
+        .routes(routes!(built_for; renew))
+        .routes(routes!(built_for; release))
 }
 
 #[utoipa::path(

@@ -10,20 +10,21 @@ use maestro_protocol::{
 };
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath};
 use crate::error::Result;
 
 type Q = Query<HashMap<String, String>>;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list, create))
-        .routes(routes!(get_one, update, delete))
-        .routes(routes!(archive))
-        .routes(routes!(unarchive))
-        .routes(routes!(reset))
+        .routes(routes!(built_for; list, create))
+        .routes(routes!(built_for; get_one, update, delete))
+        .routes(routes!(built_for; archive))
+        .routes(routes!(built_for; unarchive))
+        .routes(routes!(built_for; reset))
 }
 
 #[utoipa::path(

@@ -8,15 +8,16 @@ use maestro_protocol::ErrorBody;
 use maestro_protocol::WorkflowTemplate;
 
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, IdPath};
 use crate::error::Result;
 
-pub fn router() -> OpenApiRouter<AppState> {
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(get_one))
+        .routes(routes!(built_for; list))
+        .routes(routes!(built_for; get_one))
 }
 
 #[utoipa::path(

@@ -7,14 +7,15 @@ use axum::Json;
 use axum::extract::{Query, State};
 use maestro_protocol::{ErrorBody, TranscriptPage, TranscriptUpload};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
+
+use super::Docs;
 
 use super::{AppState, Body, IdPath, number, only};
 use crate::domain::transcript::Window;
 use crate::error::{Error, Result};
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(page, upload))
+pub fn router(built_for: Docs) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(built_for; page, upload))
 }
 
 #[utoipa::path(

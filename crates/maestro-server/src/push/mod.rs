@@ -45,7 +45,8 @@ struct Inner {
     domain: Domain,
     config: Arc<Config>,
     vapid: vapid::Vapid,
-    client: reqwest::Client,
+    /// Built for the first push (a server with no subscriptions never runs the TLS set-up).
+    client: std::sync::OnceLock<reqwest::Client>,
     metrics: PushMetrics,
 }
 
@@ -119,13 +120,12 @@ impl Push {
     /// Loads (or makes) the VAPID key; the sender runs once [`Push::run`] is spawned.
     pub async fn start(domain: Domain, config: Arc<Config>) -> Result<Self> {
         let vapid = vapid::ensure(&domain).await?;
-        let client = guard::client(config.push_allow_local_endpoints, sender::REQUEST_TIMEOUT)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 domain,
                 config,
                 vapid,
-                client,
+                client: std::sync::OnceLock::new(),
                 metrics: PushMetrics::default(),
             }),
         })
@@ -149,6 +149,18 @@ impl Push {
             token,
         )
         .await
+    }
+
+    /// The HTTP client pushes go through ([`guard::client`]), built on first use.
+    fn client(&self) -> Result<&reqwest::Client> {
+        if let Some(client) = self.inner.client.get() {
+            return Ok(client);
+        }
+        let client = guard::client(
+            self.inner.config.push_allow_local_endpoints,
+            sender::REQUEST_TIMEOUT,
+        )?;
+        Ok(self.inner.client.get_or_init(|| client))
     }
 
     pub fn metrics(&self) -> &PushMetrics {

@@ -233,8 +233,7 @@ impl Push {
         headers.remove(reqwest::header::CONTENT_LENGTH);
         let authorization = self.inner.vapid.authorization(&origin, &self.contact())?;
         let response = self
-            .inner
-            .client
+            .client()?
             .post(&s.endpoint)
             .headers(headers)
             .header(reqwest::header::AUTHORIZATION, authorization)
