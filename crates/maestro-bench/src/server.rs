@@ -206,6 +206,12 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
 
 /// CPU time (user + system) a process has used so far (`/proc/<pid>/stat`, 10 ms ticks).
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let (user, system) = cpu_times(pid)?;
+    Ok(user + system)
+}
+
+/// The CPU time `pid` has used so far in user space and in the kernel (`utime`, `stime`).
+pub fn cpu_times(pid: u32) -> Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may contain spaces; the fields after its closing ')' do not.
     let rest = stat
@@ -213,13 +219,15 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
         .context("malformed /proc/<pid>/stat")?
         .1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11..13)
-        .context("short /proc/<pid>/stat")?
-        .iter()
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Ok(Duration::from_millis(ticks * 10))
+    let ticks = |i: usize| -> Result<Duration> {
+        let t: u64 = fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse()
+            .context("a CPU time field of /proc/<pid>/stat")?;
+        Ok(Duration::from_millis(t * 10))
+    };
+    Ok((ticks(11)?, ticks(12)?))
 }
 
 /// One `GET /health` over a fresh connection; true on a 200.
