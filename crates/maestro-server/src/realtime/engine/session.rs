@@ -94,6 +94,12 @@ impl Session {
         &self.headers
     }
 
+    /// Reads the writer's lock word without taking it: what a send reads first. A fan-out
+    /// reads it ahead of sending.
+    pub fn warm(&self) -> usize {
+        usize::from(self.out.is_poisoned())
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
     }

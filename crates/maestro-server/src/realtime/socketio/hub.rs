@@ -27,6 +27,8 @@ use crate::realtime::legacy;
 const BACKLOG_CAPACITY: usize = engine::MAX_QUEUED;
 /// Below this many connections per thread, the fan-out stays on one thread.
 const FANOUT_SHARD_MIN: usize = 256;
+/// Connections the fan-out reads ahead of writing to them ([`offer_all`]).
+const WARM_BATCH: usize = 16;
 
 /// Threads the fan-out may use: the machine's cores.
 fn fanout_threads() -> usize {
@@ -76,6 +78,12 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Reads what [`Conn::offer`] will read first (this connection and its session), without
+    /// locking or changing anything; see [`offer_all`].
+    fn warm(&self) -> usize {
+        self.kind as usize ^ usize::from(self.state.is_poisoned()) ^ self.session.warm()
     }
 
     /// Whether `event` is delivered to this connection now.
@@ -162,6 +170,19 @@ impl Conn {
         match &mut state.floor {
             Some((s, floor)) if s == scope => *floor = (*floor).max(seq),
             slot => *slot = Some((scope.to_owned(), seq)),
+        }
+    }
+}
+
+/// Offers `item` to `conns` in order, [`WARM_BATCH`] at a time: each batch's connections and
+/// sessions are read first, all together, then written to. Each socket's first read is a cache
+/// miss (thousands of sockets do not fit in the cache); read one after the other between
+/// system calls, each miss waits alone, while reads that do not depend on each other overlap.
+fn offer_all(conns: &[&Arc<Conn>], item: &Item) {
+    for batch in conns.chunks(WARM_BATCH) {
+        std::hint::black_box(batch.iter().fold(0, |seen, conn| seen ^ conn.warm()));
+        for conn in batch {
+            conn.offer(item);
         }
     }
 }
@@ -307,14 +328,12 @@ impl Hub {
             self.close_revoked(&out.record);
         }
         let conns = self.conns.lock().expect("hub lock");
-        let threads = fanout_threads().min(conns.len() / FANOUT_SHARD_MIN).max(1);
+        let all: Vec<&Arc<Conn>> = conns.values().collect();
+        let threads = fanout_threads().min(all.len() / FANOUT_SHARD_MIN).max(1);
         if threads == 1 {
-            for conn in conns.values() {
-                conn.offer(item);
-            }
+            offer_all(&all, item);
             return;
         }
-        let all: Vec<&Arc<Conn>> = conns.values().collect();
         let runtime = tokio::runtime::Handle::try_current().ok();
         std::thread::scope(|scope| {
             let mut shards = all.chunks(all.len().div_ceil(threads));
@@ -326,20 +345,14 @@ impl Hub {
                     .spawn_scoped(scope, move || {
                         // Flushers for full sockets are spawned on the server's runtime.
                         let _runtime = runtime.as_ref().map(|r| r.enter());
-                        for conn in shard {
-                            conn.offer(item);
-                        }
+                        offer_all(shard, item);
                     });
                 if spawned.is_err() {
                     // No thread to be had: do it here.
-                    for conn in shard {
-                        conn.offer(item);
-                    }
+                    offer_all(shard, item);
                 }
             }
-            for conn in mine {
-                conn.offer(item);
-            }
+            offer_all(mine, item);
         });
     }
 
