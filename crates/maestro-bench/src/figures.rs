@@ -749,9 +749,8 @@ impl Bench {
         }
         let cpu_after = cpu_times(server.pid())?;
         let per_event = |t: Duration| ms(t) / baseline_events as f64;
-        let baseline_ms = per_event(
-            (cpu_after.0 + cpu_after.1).saturating_sub(cpu_before.0 + cpu_before.1),
-        );
+        let baseline_ms =
+            per_event((cpu_after.0 + cpu_after.1).saturating_sub(cpu_before.0 + cpu_before.1));
         let baseline_user_ms = per_event(cpu_after.0.saturating_sub(cpu_before.0));
         let mut crowd = Crowd::start(
             server.addr,
@@ -837,8 +836,7 @@ impl Bench {
             let server_cpu = cpu_per_event(cpu_before.0, server.pid())?;
             let bench_cpu = cpu_per_event(cpu_before.1, std::process::id())?;
             let server_us_per_socket = (server_cpu - baseline_ms).max(0.0) * 1000.0 / n as f64;
-            let user_us_per_socket =
-                (server_user - baseline_user_ms).max(0.0) * 1000.0 / n as f64;
+            let user_us_per_socket = (server_user - baseline_user_ms).max(0.0) * 1000.0 / n as f64;
             let s = Samples::new(samples);
             let mut row = Row::at_most(
                 &format!("fan-out p99 ({label} /ui sockets)"),
