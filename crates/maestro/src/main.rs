@@ -13,6 +13,10 @@ use tracing_subscriber::EnvFilter;
 
 mod cli;
 
+// `C` is [`Command`], every command; `maestro serve …` is parsed with [`ServeOnly`] instead: the
+// same `serve` and global flags, without first building the parser of every agent command (a
+// long-running server would otherwise keep that code mapped: about half a megabyte of its idle
+// memory). Not a doc comment: clap shows the doc comment as the program's description.
 /// Coordination server for fleets of AI coding agents.
 #[derive(Debug, Parser)]
 #[command(
@@ -22,11 +26,11 @@ mod cli;
     propagate_version = true,
     after_help = cli::EXIT_CODES_HELP
 )]
-struct Cli {
+struct Cli<C: Subcommand = Command> {
     #[command(flatten)]
     global: cli::GlobalArgs,
     #[command(subcommand)]
-    command: Command,
+    command: C,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,24 +54,6 @@ enum Command {
 const SERVE_ABOUT: &str = "Run the server: REST API, Socket.IO (/ui, /mobile) and the legacy \
     WebSocket, on the embedded database or on Redis (REDIS_URL)";
 
-/// What `maestro serve …` is parsed with: the same `serve` command and global flags as in
-/// [`Cli`], without first building the parser of every agent command (a long-running server
-/// would otherwise keep that code mapped: about half a megabyte of its idle memory).
-#[derive(Debug, Parser)]
-#[command(
-    name = "maestro",
-    version,
-    about,
-    propagate_version = true,
-    after_help = cli::EXIT_CODES_HELP
-)]
-struct ServeCli {
-    #[command(flatten)]
-    global: cli::GlobalArgs,
-    #[command(subcommand)]
-    command: ServeOnly,
-}
-
 #[derive(Debug, Subcommand)]
 enum ServeOnly {
     #[command(about = SERVE_ABOUT)]
@@ -77,10 +63,10 @@ enum ServeOnly {
 impl Cli {
     fn parse_args() -> Self {
         if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
-            let ServeCli {
+            let Cli {
                 global,
                 command: ServeOnly::Serve(config),
-            } = ServeCli::parse();
+            } = Cli::<ServeOnly>::parse();
             return Cli {
                 global,
                 command: Command::Serve(config),
@@ -252,7 +238,7 @@ mod tests {
 
     use clap::Parser;
 
-    use super::{Cli, Command, ServeCli, ServeOnly};
+    use super::{Cli, Command, ServeOnly};
 
     /// Every argument of every command says what it is in `--help`.
     #[test]
@@ -268,7 +254,7 @@ mod tests {
                 walk(sub, &format!("{path} {}", sub.get_name()), missing);
             }
         }
-        let mut cmd = Cli::command();
+        let mut cmd = Cli::<Command>::command();
         cmd.build();
         let mut missing = Vec::new();
         walk(&cmd, "maestro", &mut missing);
@@ -277,11 +263,11 @@ mod tests {
 
     #[test]
     fn the_command_line_definition_is_consistent() {
-        Cli::command().debug_assert();
-        ServeCli::command().debug_assert();
+        Cli::<Command>::command().debug_assert();
+        Cli::<ServeOnly>::command().debug_assert();
     }
 
-    /// `maestro serve` is parsed by [`ServeCli`]: its help, and what it accepts, are those of
+    /// `maestro serve` is parsed by `Cli<ServeOnly>`: its help, and what it accepts, are those of
     /// the full command line's `serve`.
     #[test]
     fn serve_parses_alike_either_way() {
@@ -294,7 +280,10 @@ mod tests {
                 serve.render_usage().to_string(),
             )
         };
-        assert_eq!(help(ServeCli::command()), help(Cli::command()));
+        assert_eq!(
+            help(Cli::<ServeOnly>::command()),
+            help(Cli::<Command>::command())
+        );
         let args = [
             "maestro",
             "serve",
@@ -304,15 +293,15 @@ mod tests {
             "--host",
             "127.0.0.1",
         ];
-        let Command::Serve(full) = Cli::try_parse_from(args).unwrap().command else {
+        let Command::Serve(full) = Cli::<Command>::try_parse_from(args).unwrap().command else {
             panic!("not serve")
         };
-        let ServeOnly::Serve(fast) = ServeCli::try_parse_from(args).unwrap().command;
+        let ServeOnly::Serve(fast) = Cli::<ServeOnly>::try_parse_from(args).unwrap().command;
         assert_eq!(format!("{full:?}"), format!("{fast:?}"));
         let bad = ["maestro", "serve", "--no-such-flag"];
         assert_eq!(
-            Cli::try_parse_from(bad).unwrap_err().kind(),
-            ServeCli::try_parse_from(bad).unwrap_err().kind()
+            Cli::<Command>::try_parse_from(bad).unwrap_err().kind(),
+            Cli::<ServeOnly>::try_parse_from(bad).unwrap_err().kind()
         );
     }
 }
