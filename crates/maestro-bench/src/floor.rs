@@ -107,16 +107,36 @@ pub fn writer(spec: &str) -> Result<()> {
                 }
             })?;
     }
+    // MAESTRO_BENCH_FLOOR_THREADS: write from that many threads at once, a shard each, as the
+    // server's fan-out does (to see what sending in parallel costs the kernel; the floor the
+    // bench reports is one thread's).
+    let threads: usize = std::env::var("MAESTRO_BENCH_FLOOR_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         if line? != "fire" {
             bail!("the floor writer takes `fire`");
         }
         let conns = conns.lock().expect("conns");
-        for mut stream in conns.iter() {
-            // Blocking sockets that the crowd keeps reading: the kernel takes the whole frame
-            // in the one call (`write_all` only loops on a short write, which does not happen).
-            stream.write_all(&frame)?;
+        // Blocking sockets that the crowd keeps reading: the kernel takes the whole frame in
+        // the one call (`write_all` only loops on a short write, which does not happen).
+        let write = |shard: &[TcpStream]| -> std::io::Result<()> {
+            shard.iter().try_for_each(|mut s| s.write_all(&frame))
+        };
+        if threads <= 1 || conns.is_empty() {
+            write(&conns)?;
+        } else {
+            std::thread::scope(|scope| {
+                let mut shards = conns.chunks(conns.len().div_ceil(threads));
+                let mine = shards.next().unwrap_or_default();
+                let others: Vec<_> = shards.map(|s| scope.spawn(|| write(s))).collect();
+                write(mine)?;
+                others
+                    .into_iter()
+                    .try_for_each(|t| t.join().expect("a floor writer thread panicked"))
+            })?;
         }
         writeln!(out, "sent {}", conns.len())?;
         out.flush()?;
