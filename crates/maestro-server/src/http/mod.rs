@@ -226,20 +226,23 @@ impl Api {
 }
 
 /// `/api/openapi.json`: the document, written on the first request and kept.
-async fn served_spec() -> impl IntoResponse {
+async fn served_spec() -> Result<impl IntoResponse, Error> {
     static SPEC: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
     let spec = match SPEC.get() {
         Some(spec) => spec.clone(),
         None => {
             let written = tokio::task::spawn_blocking(|| {
-                axum::body::Bytes::from(openapi().to_pretty_json().expect("the spec serialises"))
+                openapi()
+                    .to_pretty_json()
+                    .map(axum::body::Bytes::from)
+                    .map_err(|e| Error::Internal(format!("cannot write the OpenAPI document: {e}")))
             })
             .await
-            .expect("writing the spec does not panic");
+            .map_err(|e| Error::Internal(format!("writing the OpenAPI document: {e}")))??;
             SPEC.get_or_init(|| written).clone()
         }
     };
-    ([(header::CONTENT_TYPE, "application/json")], spec)
+    Ok(([(header::CONTENT_TYPE, "application/json")], spec))
 }
 
 /// The complete application router, around the `routes` of [`Api::build`].
