@@ -436,6 +436,19 @@ pub async fn token(server: &TestServer, scope: &str) -> String {
     made.body["token"].as_str().unwrap().to_owned()
 }
 
+/// Creates a session named `name` in `project`, with no task; its id.
+pub async fn named_session(api: &Client, project: &str, name: &str) -> String {
+    api.create_session(&maestro_protocol::CreateSession {
+        project_id: Some(project.to_owned()),
+        task_ids: Some(vec![]),
+        name: Some(name.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .id
+}
+
 /// The `event` names of frames.
 pub fn event_names(frames: &[Value]) -> Vec<String> {
     frames

@@ -33,16 +33,7 @@ async fn two_agents_report_on_one_task() {
         .unwrap();
     let mut sessions = Vec::new();
     for name in ["agent-a", "agent-b"] {
-        let s = api
-            .create_session(&CreateSession {
-                project_id: Some(p.id.clone()),
-                task_ids: Some(vec![]),
-                name: Some(name.into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        sessions.push(s.id);
+        sessions.push(common::named_session(&api, &p.id, name).await);
     }
     let mut ws = server.ws().await;
 

@@ -6,7 +6,7 @@ use crate::common;
 
 use common::TestServer;
 use common::redis::RedisServer;
-use maestro_protocol::{CreateProject, CreateSession, CreateTask, SendMail};
+use maestro_protocol::{CreateProject, CreateTask, SendMail};
 
 /// Round trips of one `POST /api/tasks` on Redis: `MULTI`, `EVALSHA` of the commit script,
 /// `EXEC`, sent at once. The project only has to exist, which the script checks.
@@ -135,16 +135,7 @@ async fn mail_costs_the_round_trips_the_docs_say() {
         .id;
     let mut sessions = Vec::new();
     for (name, project) in [("from", &project), ("to", &project), ("idle", &other)] {
-        let s = api
-            .create_session(&CreateSession {
-                project_id: Some(project.clone()),
-                task_ids: Some(vec![]),
-                name: Some(name.into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        sessions.push(s.id);
+        sessions.push(common::named_session(api, project, name).await);
     }
     let (from, to, idle) = (&sessions[0], &sessions[1], &sessions[2]);
     let message = |i: usize| SendMail {
