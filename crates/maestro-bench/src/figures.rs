@@ -796,8 +796,8 @@ impl Bench {
             let mut samples = Vec::with_capacity(self.plan.fanout_events);
             let (mut firsts, mut posts) = (Vec::new(), Vec::new());
             let mut lost = None;
-            let cpu_before = (cpu_time(server.pid())?, cpu_time(std::process::id())?);
-            let user_before = cpu_times(server.pid())?.0;
+            // The server's user and kernel time apart, the bench's as a whole.
+            let cpu_before = (cpu_times(server.pid())?, cpu_time(std::process::id())?);
             for i in 0..self.plan.fanout_events {
                 shared.received.store(0, Ordering::SeqCst);
                 shared.last_ns.store(0, Ordering::SeqCst);
@@ -828,13 +828,12 @@ impl Bench {
             shared.expected.store(usize::MAX, Ordering::SeqCst);
             let events = samples.len().max(1) as f64;
             let samples_len = samples.len();
-            let cpu_per_event = |before: Duration, pid: u32| -> Result<f64> {
-                Ok(round3(ms(cpu_time(pid)?.saturating_sub(before)) / events))
-            };
-            let server_user =
-                round3(ms(cpu_times(server.pid())?.0.saturating_sub(user_before)) / events);
-            let server_cpu = cpu_per_event(cpu_before.0, server.pid())?;
-            let bench_cpu = cpu_per_event(cpu_before.1, std::process::id())?;
+            let per_event = |used: Duration| round3(ms(used) / events);
+            let (user, system) = cpu_times(server.pid())?;
+            let server_user = per_event(user.saturating_sub(cpu_before.0.0));
+            let server_cpu =
+                per_event((user + system).saturating_sub(cpu_before.0.0 + cpu_before.0.1));
+            let bench_cpu = per_event(cpu_time(std::process::id())?.saturating_sub(cpu_before.1));
             let server_us_per_socket = (server_cpu - baseline_ms).max(0.0) * 1000.0 / n as f64;
             let user_us_per_socket = (server_user - baseline_user_ms).max(0.0) * 1000.0 / n as f64;
             let s = Samples::new(samples);
