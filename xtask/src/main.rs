@@ -733,7 +733,7 @@ fn schemathesis(install: Option<Background>) -> Result<()> {
             .env("RUNNER", "off")
             // Long-polls (`mail/wait`, approval wait, runner claim) answer within 50 ms whatever
             // timeout a fuzzed request asks for: the answer's shape is what is checked, and
-            // waiting them out was idle time (at 500 ms the pair took 39 s here, at 50 ms 27 s).
+            // waiting them out is idle time.
             .env("LONG_POLL_MAX_MS", "50")
             .envs(env)
             .stdout(std::process::Stdio::null())
