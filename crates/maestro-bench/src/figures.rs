@@ -793,6 +793,19 @@ impl Bench {
             );
 
             let target = if n <= 1_000 { 15.0 } else { 100.0 };
+            // The floor runs beside the server's events, one of its own after each of the
+            // server's ([`FloorRun`]); it sends packets of the size this first event (not
+            // measured) shows.
+            let mut floor = None;
+            if n <= FLOOR_MAX_SOCKETS {
+                self.one_event(api, &project, &shared, n).await?;
+                eprintln!(
+                    "bench[{}]: the loopback floor ({label} sockets) beside the server",
+                    self.backend.name()
+                );
+                let packet = shared.packet_len.load(Ordering::Relaxed);
+                floor = Some(FloorRun::start(n, packet).await);
+            }
             let mut samples = Vec::with_capacity(self.plan.fanout_events);
             let (mut firsts, mut posts) = (Vec::new(), Vec::new());
             let mut lost = None;
@@ -823,6 +836,12 @@ impl Bench {
                 let first = shared.first_ns.load(Ordering::SeqCst);
                 firsts.push(Duration::from_nanos(first.saturating_sub(sent_ns)));
                 samples.push(Duration::from_nanos(last.saturating_sub(sent_ns)));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Some(Ok(run)) = floor.as_mut()
+                    && let Err(e) = run.fire().await
+                {
+                    floor = Some(Err(e));
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             shared.expected.store(usize::MAX, Ordering::SeqCst);
@@ -883,82 +902,33 @@ impl Bench {
                     "events": samples_len,
                 })),
             );
-            if n <= FLOOR_MAX_SOCKETS {
-                eprintln!(
-                    "bench[{}]: the loopback floor ({label} sockets)",
-                    self.backend.name()
-                );
-                let packet = shared.packet_len.load(Ordering::Relaxed);
-                let floor = self.floor(n, packet).await;
-                rows.extend(floor_rows(&label, server_us_per_socket, floor));
+            if let Some(run) = floor {
+                rows.extend(floor_rows(
+                    &label,
+                    server_us_per_socket,
+                    run.and_then(FloorRun::finish),
+                ));
             }
         }
         drop(crowd);
         Ok(rows)
     }
 
-    /// The loopback floor for `n` sockets ([`crate::floor`]): the writer's CPU per socket per
-    /// event, in µs, sending a packet of `packet_len` bytes as the server's fan-out did.
-    async fn floor(&self, n: usize, packet_len: usize) -> Result<(f64, Value)> {
-        let prefix = "42/ui,[\"task:created\"";
-        let mut floor = Floor::start(prefix, packet_len.max(prefix.len() + 4))?;
-        let shared = Arc::new(Shared::new());
-        let mut crowd = Crowd::start(floor.addr, prefix, shared.clone() as Arc<dyn OnEvent>)?;
-        crowd.grow(n)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while shared.connected.load(Ordering::Relaxed) < n {
-            if let Some(ended) = crowd.finished() {
-                ended?;
-                bail!("the floor's sockets' thread stopped");
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {} of {n} sockets connected to the floor writer",
-                    shared.connected.load(Ordering::Relaxed)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let pid = floor.pid();
-        let cpu_before = cpu_time(pid)?;
-        let mut samples = Vec::with_capacity(self.plan.fanout_events);
-        for i in 0..self.plan.fanout_events {
-            shared.received.store(0, Ordering::SeqCst);
-            shared.last_ns.store(0, Ordering::SeqCst);
-            shared.expected.store(n, Ordering::SeqCst);
-            let sent_ns = shared.base.elapsed().as_nanos() as u64;
-            let all = shared.all.notified();
-            let sent = tokio::task::block_in_place(|| floor.fire())?;
-            if sent != n {
-                bail!("the floor writer had {sent} sockets, not {n}");
-            }
-            if tokio::time::timeout(Duration::from_secs(10), all)
-                .await
-                .is_err()
-            {
-                bail!(
-                    "floor event {i}: {} of {n} sockets got it within 10 s",
+    /// One event to the `n` sockets of `shared`, not measured: it shows the packet's size.
+    async fn one_event(&self, api: &Api, project: &str, shared: &Shared, n: usize) -> Result<()> {
+        shared.received.store(0, Ordering::SeqCst);
+        shared.expected.store(n, Ordering::SeqCst);
+        api.create_task(project, "fan-out").await?;
+        tokio::time::timeout(Duration::from_secs(10), shared.all.notified())
+            .await
+            .with_context(|| {
+                format!(
+                    "{} of {n} sockets got the first event within 10 s",
                     shared.received.load(Ordering::SeqCst)
-                );
-            }
-            let last = shared.last_ns.load(Ordering::SeqCst);
-            samples.push(Duration::from_nanos(last.saturating_sub(sent_ns)));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let cpu = ms(cpu_time(pid)?.saturating_sub(cpu_before));
-        let events = samples.len() as f64;
-        let us_per_socket = cpu * 1000.0 / events / n as f64;
-        drop(crowd);
-        Ok((
-            us_per_socket,
-            json!({
-                "writer_cpu_ms_per_event": round3(cpu / events),
-                "packet_bytes": packet_len,
-                "events": samples.len(),
-                "last_socket": Samples::new(samples).summary(),
-            }),
-        ))
+                )
+            })?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(())
     }
 
     /// An agent process beating every 200 ms is SIGKILLed; the time until the server's
@@ -1219,6 +1189,102 @@ pub(crate) fn error_row(figure: &str, target: &str, e: &anyhow::Error) -> Row {
     let mut row = Row::not_measured(figure, target, &format!("error: {e:#}"));
     row.verdict = crate::report::Verdict::Miss;
     row
+}
+
+/// The loopback floor for `n` sockets ([`crate::floor`]), measured event by event between the
+/// server's: a writer process and a crowd of its own, sending a packet of the size the
+/// server's fan-out sent. Interleaved so that both figures of a ratio see the same machine:
+/// measured one after the other, half a minute apart, the floor alone moved by up to 30 %
+/// between runs on a shared host.
+struct FloorRun {
+    floor: Floor,
+    shared: Arc<Shared>,
+    crowd: Crowd,
+    n: usize,
+    packet_len: usize,
+    cpu_before: Duration,
+    samples: Vec<Duration>,
+}
+
+impl FloorRun {
+    async fn start(n: usize, packet_len: usize) -> Result<Self> {
+        let prefix = "42/ui,[\"task:created\"";
+        let floor = Floor::start(prefix, packet_len.max(prefix.len() + 4))?;
+        let shared = Arc::new(Shared::new());
+        let mut crowd = Crowd::start(floor.addr, prefix, shared.clone() as Arc<dyn OnEvent>)?;
+        crowd.grow(n)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while shared.connected.load(Ordering::Relaxed) < n {
+            if let Some(ended) = crowd.finished() {
+                ended?;
+                bail!("the floor's sockets' thread stopped");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} sockets connected to the floor writer",
+                    shared.connected.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cpu_before = cpu_time(floor.pid())?;
+        Ok(Self {
+            floor,
+            shared,
+            crowd,
+            n,
+            packet_len,
+            cpu_before,
+            samples: Vec::new(),
+        })
+    }
+
+    /// One event: the frame to every socket, and the wait until all of them have it.
+    async fn fire(&mut self) -> Result<()> {
+        let (shared, n) = (&self.shared, self.n);
+        shared.received.store(0, Ordering::SeqCst);
+        shared.last_ns.store(0, Ordering::SeqCst);
+        shared.expected.store(n, Ordering::SeqCst);
+        let sent_ns = shared.base.elapsed().as_nanos() as u64;
+        let all = shared.all.notified();
+        let sent = tokio::task::block_in_place(|| self.floor.fire())?;
+        if sent != n {
+            bail!("the floor writer had {sent} sockets, not {n}");
+        }
+        if tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .is_err()
+        {
+            bail!(
+                "floor event {}: {} of {n} sockets got it within 10 s",
+                self.samples.len(),
+                shared.received.load(Ordering::SeqCst)
+            );
+        }
+        let last = shared.last_ns.load(Ordering::SeqCst);
+        self.samples
+            .push(Duration::from_nanos(last.saturating_sub(sent_ns)));
+        Ok(())
+    }
+
+    /// The writer's CPU per socket per event, in µs, and the details.
+    fn finish(self) -> Result<(f64, Value)> {
+        let cpu = ms(cpu_time(self.floor.pid())?.saturating_sub(self.cpu_before));
+        let events = self.samples.len().max(1) as f64;
+        let us_per_socket = cpu * 1000.0 / events / self.n as f64;
+        drop(self.crowd);
+        Ok((
+            us_per_socket,
+            json!({
+                "writer_cpu_ms_per_event": round3(cpu / events),
+                "packet_bytes": self.packet_len,
+                "events": self.samples.len(),
+                "interleaved": true,
+                "last_socket": Samples::new(self.samples).summary(),
+            }),
+        ))
+    }
 }
 
 /// Most sockets the floor is measured for: the bench holds the server's sockets and the

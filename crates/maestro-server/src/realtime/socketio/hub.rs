@@ -2,7 +2,7 @@
 //! which connection follows which scope and sessions, its replay backlog, and routing each
 //! Socket.IO packet from a client to the handshake or the client events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +25,11 @@ use crate::realtime::legacy;
 
 /// Live events a connection may collect while it replays its handshake's gap.
 const BACKLOG_CAPACITY: usize = engine::MAX_QUEUED;
-/// Below this many connections per thread, the fan-out stays on one thread.
-const FANOUT_SHARD_MIN: usize = 256;
+/// Below this many connections per thread, the fan-out stays on one thread: one thread sends
+/// to 4,000 loopback sockets in about 30 ms on a slow host, and a second thread sending at the
+/// same time makes every send dearer (the kernel's work on both sides of loopback TCP
+/// contends), while the cores it takes are the agents' (docs/performance.md, issue 24).
+const FANOUT_SHARD_MIN: usize = 2_048;
 /// Connections the fan-out reads ahead of writing to them ([`offer_all`]).
 const WARM_BATCH: usize = 16;
 
@@ -232,7 +235,8 @@ pub(super) struct Hub {
     pub(super) domain: Domain,
     pub(super) config: Arc<Config>,
     pub(super) gate: Gate,
-    pub(super) conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    /// By key, so in the order they connected: see [`Hub::dispatch`].
+    pub(super) conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
     next_key: AtomicU64,
     pub(super) tasks: TaskTracker,
     pub(super) shutdown: CancellationToken,
@@ -250,7 +254,7 @@ impl Hub {
             domain,
             config,
             gate,
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(BTreeMap::new()),
             next_key: AtomicU64::new(1),
             tasks,
             shutdown,
@@ -315,12 +319,14 @@ impl Hub {
         self.conns.lock().expect("hub lock").remove(&conn.key);
     }
 
-    /// Offers `item` to every connection. With many connections the work is split over the
-    /// machine's cores: writing to a socket is mostly kernel time (loopback TCP even runs the
-    /// receiver's side in the sender's context), and one thread would leave the other cores
-    /// idle while thousands of sockets wait. Each connection is offered the item exactly once,
-    /// and the next item only after this one reached every connection, so each socket still
-    /// gets events in order.
+    /// Offers `item` to every connection, oldest first: sockets that connected one after the
+    /// other have neighbouring descriptors and kernel objects, so the sends' reads of them
+    /// share cache lines and pages more often than in any other order. With many thousands of
+    /// connections the work is split over the machine's cores ([`FANOUT_SHARD_MIN`]): writing
+    /// to a socket is mostly kernel time (loopback TCP even runs the receiver's side in the
+    /// sender's context), and one thread would leave the other cores idle while the sockets
+    /// wait. Each connection is offered the item exactly once, and the next item only after
+    /// this one reached every connection, so each socket still gets events in order.
     pub(super) fn dispatch(&self, item: &Item) {
         if let Item::Event(out) = item
             && out.record.event == CREDENTIAL_REVOKED
@@ -428,7 +434,7 @@ impl engine::Handler for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::realtime::socketio::testing::{ev, live, store_with};
+    use crate::realtime::socketio::testing::{drain, ev, live, store_with};
     use serde_json::json;
 
     fn conn(kind: Kind, project: Option<&str>) -> Conn {
@@ -473,6 +479,26 @@ mod tests {
         assert!(c.wants(&ev("p2", json!({}), Some("s1"))));
         assert!(!c.wants(&ev("p2", json!({}), Some("s9"))));
         assert!(c.check_project("any").is_ok());
+    }
+
+    #[test]
+    fn a_fan_out_over_threads_gives_every_connection_each_event_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, _store) = store_with(dir.path(), 10);
+        // Enough connections for every core to take a shard (one thread on a one-core machine).
+        let conns: Vec<Arc<Conn>> = (0..FANOUT_SHARD_MIN * fanout_threads().max(2) + 3)
+            .map(|_| live(&hub, Kind::Ui, None))
+            .collect();
+        for seq in 1..=3 {
+            let event = EventRecord {
+                seq,
+                ..ev("p", json!({}), None)
+            };
+            hub.dispatch(&Item::Event(Outgoing::new(Arc::new(event))));
+        }
+        for conn in &conns {
+            assert_eq!(drain(conn), ["p:1", "p:2", "p:3"]);
+        }
     }
 
     #[tokio::test]
