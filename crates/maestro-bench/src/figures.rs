@@ -762,20 +762,13 @@ impl Bench {
         for &n in &self.plan.fanout_sockets {
             crowd.grow(n - connected)?;
             connected = n;
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while shared.connected.load(Ordering::Relaxed) < n {
-                if let Some(ended) = crowd.finished() {
-                    ended?;
-                    bail!("the sockets' thread stopped");
-                }
-                if Instant::now() > deadline {
-                    bail!(
-                        "only {} of {n} sockets connected in 300 s",
-                        shared.connected.load(Ordering::Relaxed)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_connected(
+                std::slice::from_mut(&mut crowd),
+                &shared,
+                n,
+                Duration::from_secs(300),
+            )
+            .await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let rss = server.rss_kib()?;
             let per_socket_kb = rss.saturating_sub(rss_before) as f64 * 1024.0 / n as f64 / 1000.0;
@@ -1213,20 +1206,14 @@ impl FloorRun {
         let shared = Arc::new(Shared::new());
         let mut crowd = Crowd::start(floor.addr, prefix, shared.clone() as Arc<dyn OnEvent>)?;
         crowd.grow(n)?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while shared.connected.load(Ordering::Relaxed) < n {
-            if let Some(ended) = crowd.finished() {
-                ended?;
-                bail!("the floor's sockets' thread stopped");
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "only {} of {n} sockets connected to the floor writer",
-                    shared.connected.load(Ordering::Relaxed)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_connected(
+            std::slice::from_mut(&mut crowd),
+            &shared,
+            n,
+            Duration::from_secs(120),
+        )
+        .await
+        .context("the floor writer's sockets")?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let cpu_before = cpu_time(floor.pid())?;
         Ok(Self {
@@ -1285,6 +1272,34 @@ impl FloorRun {
             }),
         ))
     }
+}
+
+/// Waits until `n` sockets of `crowds` have connected (as `shared` counts them), or fails when
+/// a crowd's thread stops or after `limit`.
+pub(crate) async fn wait_connected(
+    crowds: &mut [Crowd],
+    shared: &Shared,
+    n: usize,
+    limit: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while shared.connected.load(Ordering::Relaxed) < n {
+        for crowd in crowds.iter_mut() {
+            if let Some(ended) = crowd.finished() {
+                ended?;
+                bail!("a crowd's thread stopped");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {n} sockets connected in {} s",
+                shared.connected.load(Ordering::Relaxed),
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Most sockets the floor is measured for: the bench holds the server's sockets and the

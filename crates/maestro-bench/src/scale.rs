@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::api::Api;
 use crate::crowd::{Crowd, OnEvent};
-use crate::figures::{Bench, Shared, error_row, redis_round_trips};
+use crate::figures::{Bench, Shared, error_row, redis_round_trips, wait_connected};
 use crate::report::{Row, Samples, ms, round3};
 use crate::server::{Backend, Store, cpu_time};
 
@@ -67,22 +67,7 @@ async fn measure(bench: &Bench) -> Result<Vec<Row>> {
         crowd.grow(SOCKETS)?;
     }
     let sockets = SOCKETS * crowds.len();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while shared.connected.load(Ordering::Relaxed) < sockets {
-        for crowd in &mut crowds {
-            if let Some(ended) = crowd.finished() {
-                ended?;
-                bail!("a crowd's thread stopped");
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "only {} of {sockets} sockets connected in 300 s",
-                shared.connected.load(Ordering::Relaxed)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_connected(&mut crowds, &shared, sockets, Duration::from_secs(300)).await?;
     // Settle, and count what the two instances send Redis when nothing happens (the liveness
     // sweep, the push flush loop): part of every window, events or not.
     let idle_window = Duration::from_secs(2);
