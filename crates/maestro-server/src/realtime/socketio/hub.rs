@@ -25,10 +25,11 @@ use crate::realtime::legacy;
 
 /// Live events a connection may collect while it replays its handshake's gap.
 const BACKLOG_CAPACITY: usize = engine::MAX_QUEUED;
-/// Below this many connections per thread, the fan-out stays on one thread: one thread sends
-/// to 4,000 loopback sockets in about 30 ms on a slow host, and a second thread sending at the
-/// same time makes every send dearer (the kernel's work on both sides of loopback TCP
-/// contends), while the cores it takes are the agents' (docs/performance.md, issue 24).
+/// Below this many connections per thread, the fan-out stays on one thread. Measured on two
+/// cores (docs/performance.md, issue 24): at 1,000 sockets a second thread cost more CPU per
+/// socket and did not bring the last socket's latency down; from about 5,000 it does. One
+/// thread sends to 4,000 loopback sockets in about 30 ms on a slow host, and the cores it
+/// leaves free are the agents'.
 const FANOUT_SHARD_MIN: usize = 2_048;
 /// Connections the fan-out reads ahead of writing to them ([`offer_all`]).
 const WARM_BATCH: usize = 16;
