@@ -322,7 +322,7 @@ impl Hub {
 
     /// Offers `item` to every connection, oldest first: sockets that connected one after the
     /// other have neighbouring descriptors and kernel objects, so the sends' reads of them
-    /// share cache lines and pages more often than in any other order. With many thousands of
+    /// share cache lines and pages more often than in hash order. With many thousands of
     /// connections the work is split over the machine's cores ([`FANOUT_SHARD_MIN`]): writing
     /// to a socket is mostly kernel time (loopback TCP even runs the receiver's side in the
     /// sender's context), and one thread would leave the other cores idle while the sockets
