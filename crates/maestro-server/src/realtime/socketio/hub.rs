@@ -143,9 +143,11 @@ impl Conn {
     fn deliver(&self, state: &ConnState, item: &Item) {
         match item {
             Item::Event(ev) => {
+                // The number first: comparing the scopes reads another allocation, for every
+                // socket that reconnected with a `lastSeq`.
                 if let Some((scope, floor)) = &state.floor
-                    && *scope == ev.scope
                     && ev.seq <= *floor
+                    && *scope == ev.scope
                 {
                     return;
                 }
