@@ -436,8 +436,8 @@ pub async fn token(server: &TestServer, scope: &str) -> String {
     made.body["token"].as_str().unwrap().to_owned()
 }
 
-/// Creates a session named `name` in `project`, with no task; its id.
-pub async fn named_session(api: &Client, project: &str, name: &str) -> String {
+/// Creates a session named `name` in `project`, with no task.
+pub async fn new_session(api: &Client, project: &str, name: &str) -> maestro_protocol::Session {
     api.create_session(&maestro_protocol::CreateSession {
         project_id: Some(project.to_owned()),
         task_ids: Some(vec![]),
@@ -446,7 +446,11 @@ pub async fn named_session(api: &Client, project: &str, name: &str) -> String {
     })
     .await
     .unwrap()
-    .id
+}
+
+/// Creates a session named `name` in `project`, with no task; its id.
+pub async fn named_session(api: &Client, project: &str, name: &str) -> String {
+    new_session(api, project, name).await.id
 }
 
 /// The `event` names of frames.

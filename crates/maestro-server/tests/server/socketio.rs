@@ -16,8 +16,7 @@ use futures_util::stream;
 use futures_util::{SinkExt, StreamExt};
 use maestro_client::Client;
 use maestro_protocol::{
-    CreateProject, CreateSession, CreateTask, NeedsInput, Project, Session, UpdateProject,
-    UpdateSession, WaitMail,
+    CreateProject, CreateTask, NeedsInput, Project, UpdateProject, UpdateSession, WaitMail,
 };
 use maestro_server::Config;
 use serde_json::{Value, json};
@@ -363,17 +362,6 @@ async fn project(api: &Client, name: &str) -> Project {
     .unwrap()
 }
 
-async fn session(api: &Client, project: &str, name: &str) -> Session {
-    api.create_session(&CreateSession {
-        project_id: Some(project.into()),
-        task_ids: Some(vec![]),
-        name: Some(name.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
-
 /// Marks `session` as waiting for input, as the agent's hooks do (`maestro session
 /// needs-input`): a reply is accepted only then.
 async fn ask(api: &Client, session: &str, question: &str) {
@@ -636,8 +624,8 @@ async fn events_reach_the_right_sockets() {
     let addr = server.addr();
     let a = project(api, "a").await;
     let b = project(api, "b").await;
-    let s1 = session(api, &a.id, "s1").await;
-    let s2 = session(api, &a.id, "s2").await;
+    let s1 = common::new_session(api, &a.id, "s1").await;
+    let s2 = common::new_session(api, &a.id, "s2").await;
 
     let mut mobile = Sio::connect(addr, "/mobile", json!({ "projectId": a.id }), None)
         .await
@@ -760,8 +748,8 @@ async fn every_client_event_acks() {
     let a = project(api, "a").await;
     let b = project(api, "b").await;
     let t = task(api, &a.id, "t").await;
-    let s = session(api, &a.id, "s").await;
-    let other = session(api, &b.id, "other").await;
+    let s = common::new_session(api, &a.id, "s").await;
+    let other = common::new_session(api, &b.id, "other").await;
 
     let mut ui = Sio::connect(addr, "/ui", json!({}), None).await.unwrap();
     let mut mobile = Sio::connect(addr, "/mobile", json!({ "projectId": a.id }), None)
@@ -1226,8 +1214,8 @@ async fn reply_input_reaches_the_agent_and_the_screens() {
     let api = server.api().clone();
     let addr = server.addr();
     let p = project(&api, "ask").await;
-    let s = session(&api, &p.id, "asker").await;
-    let bystander = session(&api, &p.id, "bystander").await;
+    let s = common::new_session(&api, &p.id, "asker").await;
+    let bystander = common::new_session(&api, &p.id, "bystander").await;
     ask(&api, &s.id, "Which database?").await;
 
     // The agent is parked in mail/wait.
@@ -1323,7 +1311,7 @@ async fn a_reply_is_refused_unless_the_session_waits_and_it_is_one_plain_line() 
     let server = TestServer::start().await;
     let api = server.api().clone();
     let p = project(&api, "ask").await;
-    let s = session(&api, &p.id, "agent").await;
+    let s = common::new_session(&api, &p.id, "agent").await;
     let mut phone = Sio::connect(server.addr(), "/mobile", json!({ "projectId": p.id }), None)
         .await
         .unwrap();

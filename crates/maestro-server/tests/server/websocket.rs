@@ -7,8 +7,8 @@ use crate::common;
 use common::{TestServer, WsClient, event_names, keys, set, to_json};
 use maestro_client::Client;
 use maestro_protocol::{
-    AppendTimeline, CreateProject, CreateSession, CreateTask, Project, Session, Task,
-    UpdateProject, UpdateSession, UpdateTask,
+    AppendTimeline, CreateProject, CreateSession, CreateTask, Project, Task, UpdateProject,
+    UpdateSession, UpdateTask,
 };
 use serde_json::json;
 
@@ -25,17 +25,6 @@ async fn task(api: &Client, project: &str, title: &str) -> Task {
     api.create_task(&CreateTask {
         project_id: Some(project.into()),
         title: Some(title.into()),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-}
-
-async fn session(api: &Client, project: &str, name: &str) -> Session {
-    api.create_session(&CreateSession {
-        project_id: Some(project.into()),
-        task_ids: Some(vec![]),
-        name: Some(name.into()),
         ..Default::default()
     })
     .await
@@ -95,7 +84,7 @@ async fn sequences_are_per_scope_and_gap_free() {
     let p2 = project(&api, "P2").await;
     let t1 = task(&api, &p1.id, "t1").await;
     let t2 = task(&api, &p2.id, "t2").await;
-    let s1 = session(&api, &p1.id, "s1").await;
+    let s1 = common::new_session(&api, &p1.id, "s1").await;
     api.update_task(
         &t1.id,
         &UpdateTask {
@@ -172,8 +161,8 @@ async fn subscription_filter() {
     let server = TestServer::start().await;
     let api = server.client();
     let p = project(&api, "P").await;
-    let s = session(&api, &p.id, "S").await;
-    let t_sess = session(&api, &p.id, "T").await;
+    let s = common::new_session(&api, &p.id, "S").await;
+    let t_sess = common::new_session(&api, &p.id, "T").await;
     let mut all = server.ws().await;
     let mut sub = server.ws().await;
 
