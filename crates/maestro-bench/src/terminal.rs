@@ -282,6 +282,7 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
             .await?;
         // Let the hellos and screens settle before the output starts.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_connected = fleet.server.rss_kib()?;
         let bytes_before = fleet.metric("maestro_terminal_bytes_in_total").await?;
         let resyncs_before = fleet.metric("maestro_terminal_resyncs_total").await?;
         counting.store(true, Ordering::SeqCst);
@@ -318,13 +319,17 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
             took,
             got,
             (bytes_in, resyncs, metrics),
-            [rss_after, rss_closed, runner_rss_after],
+            [rss_connected, rss_after, rss_closed, runner_rss_after],
         ))
     }
     .await;
     fleet.stop_session(&sid).await?;
-    let (took, got, (bytes_in, resyncs, metrics), [rss_after, rss_closed, runner_rss_after]) =
-        watched?;
+    let (
+        took,
+        got,
+        (bytes_in, resyncs, metrics),
+        [rss_connected, rss_after, rss_closed, runner_rss_after],
+    ) = watched?;
     fleet
         .until_metric_at_most("maestro_terminal_hosts", 0.0)
         .await?;
@@ -395,6 +400,7 @@ async fn flood_on(bench: &Bench, fleet: &Fleet) -> Result<Vec<Row>> {
         )
         .with_detail(json!({
             "rss_before_kib": rss_before,
+            "rss_viewers_connected_kib": rss_connected,
             "rss_after_kib": rss_after,
             "rss_viewers_closed_kib": rss_closed,
             "runner_rss_before_kib": runner_rss_before,

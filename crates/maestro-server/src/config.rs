@@ -185,7 +185,8 @@ pub struct Config {
     pub push_contact: Option<String>,
 
     /// Bytes of terminal output the server keeps per agent session (the live terminal's
-    /// scrollback), besides the parsed screen.
+    /// scrollback), besides the parsed screen. Viewers read live output from it; at least
+    /// 64 KiB is kept for them whatever this says.
     #[arg(long, env = "TERMINAL_SCROLLBACK_BYTES", default_value_t = 256 * 1024)]
     pub terminal_scrollback_bytes: usize,
 

@@ -41,6 +41,12 @@ pub fn router() -> Router<AppState> {
         .route(HOST, axum::routing::get(host))
 }
 
+/// What a viewer's WebSocket reads into before a message is parsed (tungstenite's default is
+/// 128 KiB per connection, allocated at the upgrade). A viewer sends keystrokes and small JSON.
+const VIEWER_READ_BUFFER: usize = 4 * 1024;
+/// The same for a host, which streams output: a runner sends at most 16 KiB per message.
+const HOST_READ_BUFFER: usize = 64 * 1024;
+
 #[derive(Clone, Copy)]
 enum Role {
     Viewer,
@@ -81,8 +87,16 @@ async fn upgrade(s: AppState, id: String, req: Request, role: Role) -> Response 
     };
     let max = s.config.max_body_bytes;
     let terminals = s.terminals.clone();
+    let read_buffer = match role {
+        // Keystrokes and small JSON: a larger message still fits, the buffer grows for it.
+        Role::Viewer => VIEWER_READ_BUFFER,
+        Role::Host => HOST_READ_BUFFER,
+    };
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(read_buffer)
+        // Each message is flushed as it is sent: no buffer to fill first.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             match role {
                 Role::Viewer => terminals.serve_viewer(socket, id, access).await,

@@ -3,16 +3,18 @@
 //! protocol").
 //!
 //! Why it is built this way:
-//! - **Nothing blocks the agent.** The host's bytes are parsed and handed to each viewer's
-//!   bytes-bounded queue ([`crate::queue`]) under a short lock; nothing on that path waits for
-//!   a socket. A viewer whose queue overflows is cut off from live output and, once it has
-//!   written out what it had, gets `{"type":"snapshot"}` and the screen as it is now.
+//! - **Nothing blocks the agent.** The host's bytes are parsed and kept once, in the
+//!   terminal's ring, under a short lock; nothing on that path waits for a socket. Each viewer
+//!   reads on from its own position in the ring when its socket takes more, so a flood costs
+//!   no memory per viewer. A viewer that falls out of the ring (or has more than
+//!   [`VIEWER_MESSAGE_BYTES`] of messages queued) gets `{"type":"snapshot"}` and the screen as
+//!   it is once it has written out what it had.
 //! - **A late viewer sees the screen, not a replay.** The server keeps the screen parsed
 //!   ([`screen`], the `vt100` crate) and sends terminal output that redraws it; the last
 //!   `TERMINAL_SCROLLBACK_BYTES` of raw output are kept too, as history.
 //! - **Bounded.** At most [`MAX_TERMINALS`] terminals (a viewer or host beyond gets 503
-//!   `TOO_MANY_TERMINALS`), [`MAX_VIEWERS`] viewers each, [`VIEWER_QUEUE_BYTES`] queued per
-//!   viewer, [`HOST_QUEUE_BYTES`] of input queued per host, every message at most
+//!   `TOO_MANY_TERMINALS`), [`MAX_VIEWERS`] viewers each, [`VIEWER_MESSAGE_BYTES`] of messages
+//!   queued per viewer, [`HOST_QUEUE_BYTES`] of input queued per host, every message at most
 //!   `MAX_BODY_BYTES`; a terminal with no host and no viewer is dropped [`LINGER`] later (by
 //!   deadline, not by scanning). Memory per terminal is described in [`screen`].
 //! - **Several servers, one terminal.** Terminal bytes do not belong in the event journal;
@@ -54,9 +56,11 @@ use term::Terminal;
 pub const MAX_TERMINALS: usize = 1024;
 /// Most viewers of one terminal on one server.
 pub const MAX_VIEWERS: usize = 64;
-/// Bytes queued for one viewer before it is cut off from live output (and resynchronised
-/// once it catches up).
-pub const VIEWER_QUEUE_BYTES: usize = 256 * 1024;
+/// Bytes of messages (state changes, replies; not output, which viewers read from the ring)
+/// queued for one viewer before they are dropped and it starts afresh.
+pub const VIEWER_MESSAGE_BYTES: usize = 64 * 1024;
+/// Most output sent to a viewer in one WebSocket message.
+pub const VIEWER_FRAME_BYTES: usize = 16 * 1024;
 /// Bytes of input queued for a host that does not read; keystrokes beyond get `host_busy`.
 pub const HOST_QUEUE_BYTES: usize = 256 * 1024;
 /// How long a terminal is kept once it has no host and no viewer (a host reconnecting within
@@ -517,14 +521,21 @@ mod tests {
     use crate::backends::local::LocalStore;
     use crate::backends::relay::LocalRelay;
     use crate::ports::{TxnExt, transact};
-    use crate::queue::Popped;
+    use crate::queue::{ByteQueue, Popped};
     use axum::extract::ws::Message;
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn next(queue: &crate::queue::ByteQueue<Message>) -> Message {
+    async fn next(queue: &ByteQueue<Message>) -> Message {
         match tokio::time::timeout(WAIT, queue.pop()).await {
             Ok(Some(Popped::Item(m))) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    async fn next_for(term: &Terminal, viewer: &term::ViewerHandle) -> Message {
+        match tokio::time::timeout(WAIT, term.next_for(viewer)).await {
+            Ok(Some(m)) => m,
             other => panic!("expected a message, got {other:?}"),
         }
     }
@@ -572,6 +583,117 @@ mod tests {
         store.close().await;
     }
 
+    /// Pulls what `viewer` has now: its messages as JSON, output as one string.
+    fn drain(term: &Terminal, viewer: &term::ViewerHandle) -> Vec<serde_json::Value> {
+        let mut got: Vec<serde_json::Value> = Vec::new();
+        loop {
+            match term.pull(&viewer.id) {
+                term::Pulled::Message(Message::Binary(b)) => {
+                    let s = String::from_utf8_lossy(&b).into_owned();
+                    match got.last_mut() {
+                        Some(serde_json::Value::String(last)) => last.push_str(&s),
+                        _ => got.push(s.into()),
+                    }
+                }
+                term::Pulled::Message(m) => got.push(json_of(&m).unwrap()),
+                term::Pulled::Nothing => return got,
+                term::Pulled::Gone => panic!("the viewer left"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn viewers_read_output_from_the_ring_and_one_that_falls_out_starts_afresh() {
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        // No scrollback asked for: the ring still keeps `MIN_RING_BYTES` for viewers.
+        let terminals = Terminals::new(0, Arc::new(LocalRelay::default()), tasks, stop.clone());
+        let (term, host) = terminals.attach_host("s", &Access::default()).unwrap();
+        term.host_hello(host.id, 80, 24, false);
+        term.host_output(host.id, Bytes::from_static(b"before"));
+        let (_, reader) = terminals.join("s", &Access::default()).unwrap();
+        let (_, stalled) = terminals.join("s", &Access::default()).unwrap();
+
+        // The hello, the screen so far; then output and state changes in the order they
+        // happened, each message between the same bytes as on the host.
+        let got = drain(&term, &reader);
+        assert_eq!(got[0]["type"], "hello");
+        assert!(got[1].as_str().unwrap().contains("before"));
+        assert_eq!(got.len(), 2);
+        term.host_output(host.id, Bytes::from_static(b"one "));
+        term.host_resize(host.id, 100, 30);
+        term.host_output(host.id, Bytes::from_static(b"two "));
+        term.host_output(host.id, Bytes::from_static(b"three"));
+        assert_eq!(
+            drain(&term, &reader),
+            [
+                "one ".into(),
+                serde_json::json!({ "type": "resize", "cols": 100, "rows": 30 }),
+                "two three".into(),
+            ]
+        );
+
+        // A flood of twice the ring: the viewer that keeps reading gets every byte, in
+        // messages of at most `VIEWER_FRAME_BYTES`.
+        let mut sent = String::new();
+        let mut read = String::new();
+        for i in 0..(2 * screen::MIN_RING_BYTES / 1000) {
+            let line = format!("{i:0999}\n");
+            term.host_output(host.id, Bytes::from(line.clone()));
+            sent.push_str(&line);
+            if i % 40 == 0 {
+                while let term::Pulled::Message(m) = term.pull(&reader.id) {
+                    let Message::Binary(b) = m else {
+                        panic!("only output: {m:?}")
+                    };
+                    assert!(b.len() <= VIEWER_FRAME_BYTES);
+                    read.push_str(std::str::from_utf8(&b).unwrap());
+                }
+            }
+        }
+        read.extend(
+            drain(&term, &reader)
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned()),
+        );
+        assert!(
+            read == sent,
+            "the reader got {} of {} bytes",
+            read.len(),
+            sent.len()
+        );
+        assert_eq!(terminals.shared.metrics.resyncs.load(Ordering::Relaxed), 0);
+
+        // The viewer that read nothing fell out of the ring: its hello, then it starts
+        // afresh from the screen as it is now, and reads live output from there.
+        let got = drain(&term, &stalled);
+        let kinds: Vec<_> = got.iter().map(|v| v["type"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Some("hello"),
+                Some("resize"),
+                Some("host"),
+                Some("control"),
+                Some("snapshot"),
+                None
+            ]
+        );
+        assert_eq!(
+            got[1],
+            serde_json::json!({ "type": "resize", "cols": 100, "rows": 30 })
+        );
+        assert_eq!(terminals.shared.metrics.resyncs.load(Ordering::Relaxed), 1);
+        term.host_output(host.id, Bytes::from_static(b"live"));
+        assert_eq!(drain(&term, &stalled), ["live"]);
+        assert_eq!(drain(&term, &reader), ["live"]);
+
+        // One that leaves gets nothing more.
+        term.leave(&stalled.id);
+        assert_eq!(term.pull(&stalled.id), term::Pulled::Gone);
+        stop.cancel();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_mirror_shows_the_owners_screen_and_sends_it_keystrokes() {
         let relay: Arc<dyn Relay> = Arc::new(LocalRelay::default());
@@ -590,7 +712,7 @@ mod tests {
         // Whatever the mirror knew at first, a snapshot of the owner's screen follows.
         let mut screen = vt100::Parser::new(10.try_into().unwrap(), 40.try_into().unwrap(), 0);
         loop {
-            match next(&viewer.queue).await {
+            match next_for(&mirror, &viewer).await {
                 Message::Binary(b) => screen.process(&b),
                 m if json_of(&m).is_some_and(|v| v["type"] == "snapshot") => {
                     screen = vt100::Parser::new(10.try_into().unwrap(), 40.try_into().unwrap(), 0);
@@ -604,15 +726,15 @@ mod tests {
         // Live output follows the snapshot.
         owner.host_output(host.id, Bytes::from_static(b" and more"));
         assert_eq!(
-            next(&viewer.queue).await,
+            next_for(&mirror, &viewer).await,
             Message::Binary(Bytes::from_static(b" and more"))
         );
         // Control is the owner's to give; keystrokes then reach the owner's host.
         mirror.viewer_input(&viewer.id, Bytes::from_static(b"early"));
-        let refused = json_of(&next(&viewer.queue).await).unwrap();
+        let refused = json_of(&next_for(&mirror, &viewer).await).unwrap();
         assert_eq!(refused["code"], "not_in_control");
         mirror.viewer_text(&viewer.id, r#"{"type":"take-control"}"#);
-        let control = json_of(&next(&viewer.queue).await).unwrap();
+        let control = json_of(&next_for(&mirror, &viewer).await).unwrap();
         assert_eq!(
             control,
             serde_json::json!({ "type": "control", "controller": viewer.id })

@@ -1,10 +1,11 @@
 //! What the server keeps of a terminal: the last bytes of output (a ring) and the screen they
 //! drew, parsed with `vt100`, from which a late or lagging viewer gets terminal output that
-//! redraws it.
+//! redraws it. Viewers read live output from the ring, each at its own position: the output
+//! is held once however many watch.
 //!
 //! Memory, bounded by construction:
-//! - the ring holds at most `TERMINAL_SCROLLBACK_BYTES` (256 KiB by default), allocated as it
-//!   fills;
+//! - the ring holds at most `TERMINAL_SCROLLBACK_BYTES` (256 KiB by default; never less than
+//!   [`MIN_RING_BYTES`]), allocated as it fills;
 //! - the parser holds 32 bytes per cell of its grid, and as much again for the alternate grid
 //!   once a full-screen program has used it; its own scrollback is off (the ring is the
 //!   history). Sizes are clamped to [`MAX_COLS`] × [`MAX_ROWS`] and [`MAX_CELLS`] cells, so a
@@ -80,6 +81,28 @@ impl Ring {
         }
     }
 
+    /// Up to `max` bytes held, starting `skip` bytes after the oldest.
+    pub fn copy_range(&self, skip: usize, max: usize) -> Vec<u8> {
+        let len = self.buf.len();
+        let n = max.min(len.saturating_sub(skip));
+        let mut out = Vec::with_capacity(n);
+        if n == 0 {
+            return out;
+        }
+        // Where the wanted bytes begin in `buf` (`start` is 0 until the ring is full).
+        let from = (self.start + skip) % len;
+        let first = n.min(len - from);
+        out.extend_from_slice(&self.buf[from..from + first]);
+        out.extend_from_slice(&self.buf[..n - first]);
+        out
+    }
+
+    /// Forgets the bytes held (keeping the allocation).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
     /// The bytes held, oldest first.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.buf.len());
@@ -102,13 +125,20 @@ impl Ring {
     }
 }
 
+/// The least output the ring keeps, whatever `TERMINAL_SCROLLBACK_BYTES` says: viewers read
+/// live output from the ring, and one that falls further behind starts afresh from the screen.
+pub const MIN_RING_BYTES: usize = 64 * 1024;
+
 /// The parsed screen, the output ring, and how many bytes of output there have been.
 pub struct Screen {
     parser: vt100::Parser,
     /// The size the host reported (the parser's may be clamped).
     cols: u16,
     rows: u16,
+    /// The last output, which viewers read from: [`Screen::oldest`] up to [`Screen::pos`].
     ring: Ring,
+    /// How much of the ring [`Screen::scrollback`] returns.
+    scrollback: usize,
     /// Output bytes since the terminal was made: where the next output starts (mirrors on
     /// other servers use it to notice lost messages).
     pos: u64,
@@ -120,7 +150,8 @@ impl Screen {
             parser: parser(DEFAULT_COLS, DEFAULT_ROWS),
             cols: DEFAULT_COLS,
             rows: DEFAULT_ROWS,
-            ring: Ring::new(scrollback_bytes),
+            ring: Ring::new(scrollback_bytes.max(MIN_RING_BYTES)),
+            scrollback: scrollback_bytes,
             pos: 0,
         }
     }
@@ -153,12 +184,28 @@ impl Screen {
         self.pos
     }
 
+    /// The position of the oldest output byte still in the ring.
+    pub fn oldest(&self) -> u64 {
+        self.pos - self.ring.len() as u64
+    }
+
+    /// Up to `max` bytes of output from position `from` on, or `None` when they have left
+    /// the ring (`from` before [`Screen::oldest`]).
+    pub fn output_from(&self, from: u64, max: usize) -> Option<Vec<u8>> {
+        let skip = from.checked_sub(self.oldest())?;
+        Some(self.ring.copy_range(usize::try_from(skip).ok()?, max))
+    }
+
     /// Takes over a screen drawn elsewhere (a mirror's copy of another server's): `snapshot`
     /// is drawn on a blank screen and output continues at `pos`.
     pub fn replace(&mut self, cols: u16, rows: u16, snapshot: &[u8], pos: u64) {
         self.reset(cols, rows);
         self.parser.process(snapshot);
-        self.pos = pos;
+        if pos != self.pos {
+            // The output held no longer ends where the next begins.
+            self.ring.clear();
+            self.pos = pos;
+        }
     }
 
     /// Terminal output that draws the current screen on any terminal of this size: clear,
@@ -169,7 +216,9 @@ impl Screen {
 
     /// The last output bytes (at most `TERMINAL_SCROLLBACK_BYTES`), oldest first.
     pub fn scrollback(&self) -> Vec<u8> {
-        self.ring.to_vec()
+        let mut all = self.ring.to_vec();
+        all.drain(..all.len().saturating_sub(self.scrollback));
+        all
     }
 }
 
@@ -226,6 +275,48 @@ mod tests {
             assert_eq!(ring.to_vec(), tail, "after push {i}");
             assert!(ring.allocated() <= 100);
         }
+    }
+
+    #[test]
+    fn output_is_read_from_any_position_still_in_the_ring() {
+        let mut screen = Screen::new(0);
+        let cap = MIN_RING_BYTES;
+        let mut all = Vec::new();
+        for i in 0..400usize {
+            let chunk: Vec<u8> = (0..(i * 977) % 4099).map(|j| (i * 31 + j) as u8).collect();
+            screen.feed(&chunk);
+            all.extend_from_slice(&chunk);
+            assert_eq!(screen.pos(), all.len() as u64);
+            let oldest = all.len().saturating_sub(cap);
+            assert_eq!(screen.oldest(), oldest as u64, "after chunk {i}");
+            for from in [oldest, oldest + 1, (oldest + all.len()) / 2, all.len()] {
+                let from = from.min(all.len());
+                for max in [1, 1000, 16 * 1024, usize::MAX] {
+                    let got = screen.output_from(from as u64, max).unwrap();
+                    let want = &all[from..all.len().min(from.saturating_add(max))];
+                    assert!(got == want, "chunk {i}, from {from}, max {max}");
+                }
+            }
+            if oldest > 0 {
+                assert_eq!(screen.output_from(oldest as u64 - 1, 10), None);
+            }
+        }
+        // The ring keeps at least `MIN_RING_BYTES` for viewers; the scrollback is what was
+        // asked for.
+        assert!(screen.scrollback().is_empty());
+    }
+
+    #[test]
+    fn a_replaced_screen_that_moved_on_forgets_the_output_before() {
+        let mut screen = Screen::new(1024);
+        screen.feed(b"abc");
+        screen.replace(80, 24, b"drawn elsewhere", 3);
+        assert_eq!(screen.output_from(0, 10).as_deref(), Some(&b"abc"[..]));
+        screen.replace(80, 24, b"drawn elsewhere", 10);
+        assert_eq!((screen.pos(), screen.oldest()), (10, 10));
+        assert_eq!(screen.output_from(3, 10), None);
+        screen.feed(b"de");
+        assert_eq!(screen.output_from(10, 10).as_deref(), Some(&b"de"[..]));
     }
 
     #[test]

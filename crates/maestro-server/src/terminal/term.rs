@@ -1,21 +1,30 @@
 //! One terminal: its screen, its host (when connected here), its viewers, who is in control,
 //! and whether it owns or mirrors the terminal across servers.
 //!
-//! Every operation takes the terminal's lock briefly and never awaits under it: host output
-//! is parsed and pushed into viewers' queues, which never wait. Because output is pushed under
-//! the same lock a resynchronising viewer's snapshot is taken under, a viewer never gets a byte
-//! twice or misses one between its snapshot and its live output.
+//! Every operation takes the terminal's lock briefly and never awaits under it. Host output
+//! is parsed and kept once, in the screen's ring; each viewer has a position in it and reads
+//! on from there when its socket takes more, so nothing on the host's path waits for a viewer
+//! and a flood costs no memory per viewer. Messages to a viewer (state changes, replies) are
+//! queued with the output position they were sent at and go out between the same bytes as
+//! they happened. A viewer that falls out of the ring starts afresh from the screen; because
+//! its snapshot and its new position are taken under the lock output is fed under, it never
+//! gets a byte twice or misses one between the two.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{self, InMsg, OutMsg, SnapshotHeader};
 use super::screen::Screen;
-use super::{Access, HOST_QUEUE_BYTES, MAX_VIEWERS, Refused, Shared, VIEWER_QUEUE_BYTES};
+use super::{
+    Access, HOST_QUEUE_BYTES, MAX_VIEWERS, Refused, Shared, VIEWER_FRAME_BYTES,
+    VIEWER_MESSAGE_BYTES,
+};
 use crate::queue::ByteQueue;
 
 /// Who types into the terminal.
@@ -52,7 +61,8 @@ impl Controller {
 /// What a viewer connection holds.
 pub(super) struct ViewerHandle {
     pub id: String,
-    pub queue: Arc<ByteQueue<Message>>,
+    /// Notified when there is something new for the viewer.
+    pub wake: Arc<Notify>,
     /// Cancelled when the viewer must go (its credential was revoked, the terminal dropped).
     pub close: CancellationToken,
 }
@@ -67,10 +77,58 @@ pub(super) struct HostHandle {
 
 struct ViewerLink {
     id: String,
-    queue: Arc<ByteQueue<Message>>,
+    wake: Arc<Notify>,
     can_type: bool,
     credential: Option<String>,
     close: CancellationToken,
+    /// The viewer's first message, until it is sent (starting afresh keeps it).
+    hello: Option<Message>,
+    /// Messages not sent yet, each with the output position it goes out at (after the output
+    /// before that position, before the output from it) and its size.
+    messages: VecDeque<(u64, Message, usize)>,
+    /// Bytes in `messages`.
+    queued: usize,
+    /// The position of the next output byte this viewer gets.
+    cursor: u64,
+    /// Messages were dropped: it starts afresh at its next message.
+    lagged: bool,
+}
+
+impl ViewerLink {
+    /// Queues a message sent at output position `at`; at [`VIEWER_MESSAGE_BYTES`] drops what
+    /// is queued instead, and the viewer starts afresh.
+    fn send(&mut self, at: u64, msg: Message, size: usize) {
+        if self.lagged {
+            return;
+        }
+        if !self.messages.is_empty() && self.queued + size > VIEWER_MESSAGE_BYTES {
+            self.messages.clear();
+            self.queued = 0;
+            self.lagged = true;
+        } else {
+            self.messages.push_back((at, msg, size));
+            self.queued += size;
+        }
+        self.wake.notify_one();
+    }
+
+    /// Queues a message whatever the bound: the few a viewer must get (the hello, a fresh
+    /// start), bounded by their callers.
+    fn force_send(&mut self, at: u64, msg: Message, size: usize) {
+        self.messages.push_back((at, msg, size));
+        self.queued += size;
+        self.wake.notify_one();
+    }
+}
+
+/// What a viewer gets next.
+#[derive(Debug, PartialEq)]
+pub(super) enum Pulled {
+    Message(Message),
+    /// Nothing yet: wait for its `wake`.
+    Nothing,
+    /// It left the terminal.
+    Gone,
 }
 
 struct HostLink {
@@ -132,43 +190,59 @@ impl State {
         self.host.is_some() || self.remote_host
     }
 
-    fn broadcast(&self, v: &Value) {
+    fn broadcast(&mut self, v: &Value) {
         let s = v.to_string();
-        for viewer in &self.viewers {
-            viewer.queue.push(Message::Text(s.clone().into()), s.len());
+        let n = s.len();
+        let text = Utf8Bytes::from(s);
+        let at = self.screen.pos();
+        for viewer in &mut self.viewers {
+            viewer.send(at, Message::Text(text.clone()), n);
         }
     }
 
-    fn broadcast_output(&self, bytes: &Bytes) {
+    /// New output is in the ring: every viewer reads on.
+    fn wake_viewers(&self) {
         for viewer in &self.viewers {
-            viewer
-                .queue
-                .push(Message::Binary(bytes.clone()), bytes.len());
+            viewer.wake.notify_one();
         }
     }
 
-    /// The state messages, `snapshot` and the screen, for a viewer starting afresh.
-    fn push_fresh_start(&self, queue: &ByteQueue<Message>) {
+    /// Viewer `i` starts afresh: what it had queued goes, it gets the state messages,
+    /// `snapshot` and the screen, and live output from here on.
+    fn start_afresh(&mut self, i: usize) {
         let (cols, rows) = self.screen.size();
-        for v in [
+        let at = self.screen.pos();
+        let state = [
             json!({ "type": "resize", "cols": cols, "rows": rows }),
             json!({ "type": "host", "connected": self.host_connected() }),
             json!({ "type": "control", "controller": self.controller.to_json() }),
             json!({ "type": "snapshot" }),
-        ] {
-            let (m, n) = text(v);
-            queue.force_push(m, n);
-        }
+        ];
         let screen = self.screen.snapshot();
+        let exit = self.exit.clone();
+        let viewer = &mut self.viewers[i];
+        viewer.messages.clear();
+        viewer.queued = 0;
+        viewer.lagged = false;
+        viewer.cursor = at;
+        for v in state {
+            let (m, n) = text(v);
+            viewer.force_send(at, m, n);
+        }
         let n = screen.len();
-        queue.force_push(Message::Binary(screen.into()), n);
-        if let Some(exit) = &self.exit {
-            queue.force_push(Message::Text(exit.clone().into()), exit.len());
+        viewer.force_send(at, Message::Binary(screen.into()), n);
+        if let Some(exit) = exit {
+            let n = exit.len();
+            viewer.force_send(at, Message::Text(exit.into()), n);
         }
     }
 
     fn viewer(&self, id: &str) -> Option<&ViewerLink> {
         self.viewers.iter().find(|v| v.id == id)
+    }
+
+    fn viewer_mut(&mut self, id: &str) -> Option<&mut ViewerLink> {
+        self.viewers.iter_mut().find(|v| v.id == id)
     }
 
     fn snapshot_message(&self) -> Bytes {
@@ -226,11 +300,13 @@ impl Terminal {
         self.lock().screen.scrollback()
     }
 
+    /// Publishes on the output channel, unless the relay knows nobody listens there (output
+    /// is not copied into a message for nobody).
     fn publish_out(&self, msg: &OutMsg) {
-        self.shared.relay.publish(
-            &relay::out_channel(&self.session_id),
-            relay::encode_out(msg),
-        );
+        let channel = relay::out_channel(&self.session_id);
+        if self.shared.relay.may_deliver(&channel) {
+            self.shared.relay.publish(&channel, relay::encode_out(msg));
+        }
     }
 
     fn publish_in(&self, msg: &InMsg) {
@@ -240,7 +316,7 @@ impl Terminal {
     }
 
     /// Broadcasts a state change to local viewers and, as the owner, to mirrors.
-    fn announce(&self, s: &State, v: Value) {
+    fn announce(&self, s: &mut State, v: Value) {
         s.broadcast(&v);
         if s.host.is_some() {
             self.publish_out(&OutMsg::Event(v.to_string()));
@@ -286,9 +362,22 @@ impl Terminal {
             return Err(Refused::TooManyViewers);
         }
         let id = format!("v{}-{}", self.shared.next_id(), self.shared.server);
-        let queue = Arc::new(ByteQueue::new(VIEWER_QUEUE_BYTES));
+        let wake = Arc::new(Notify::new());
+        let at = s.screen.pos();
+        let mut link = ViewerLink {
+            id: id.clone(),
+            wake: wake.clone(),
+            can_type: access.can_type,
+            credential: access.credential.clone(),
+            close: self.shared.shutdown.child_token(),
+            hello: None,
+            messages: VecDeque::new(),
+            queued: 0,
+            cursor: at,
+            lagged: false,
+        };
         let (cols, rows) = s.screen.size();
-        let (hello, n) = text(json!({
+        let (hello, _) = text(json!({
             "type": "hello",
             "cols": cols,
             "rows": rows,
@@ -297,21 +386,15 @@ impl Terminal {
             "controller": s.controller.to_json(),
             "viewerId": id,
         }));
-        queue.force_push(hello, n);
+        link.hello = Some(hello);
         let screen = s.screen.snapshot();
         let n = screen.len();
-        queue.force_push(Message::Binary(screen.into()), n);
+        link.force_send(at, Message::Binary(screen.into()), n);
         if let Some(exit) = &s.exit {
-            queue.force_push(Message::Text(exit.clone().into()), exit.len());
+            link.force_send(at, Message::Text(exit.clone().into()), exit.len());
         }
-        let close = self.shared.shutdown.child_token();
-        s.viewers.push(ViewerLink {
-            id: id.clone(),
-            queue: queue.clone(),
-            can_type: access.can_type,
-            credential: access.credential.clone(),
-            close: close.clone(),
-        });
+        let close = link.close.clone();
+        s.viewers.push(link);
         self.shared.cancel_expiry(&self.session_id);
         if s.host.is_none() {
             self.start_mirror(&mut s);
@@ -320,7 +403,7 @@ impl Terminal {
             .metrics
             .viewers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(ViewerHandle { id, queue, close })
+        Ok(ViewerHandle { id, wake, close })
     }
 
     pub(super) fn leave(&self, viewer: &str) {
@@ -329,7 +412,7 @@ impl Terminal {
             return;
         };
         let link = s.viewers.swap_remove(i);
-        link.queue.close();
+        link.wake.notify_one();
         self.shared
             .metrics
             .viewers
@@ -337,7 +420,7 @@ impl Terminal {
         if s.controller.is(viewer) {
             if s.host.is_some() {
                 s.controller = Controller::Nobody;
-                self.announce(&s, json!({ "type": "control", "controller": null }));
+                self.announce(&mut s, json!({ "type": "control", "controller": null }));
             } else {
                 self.publish_in(&InMsg::Release(viewer.to_owned()));
             }
@@ -348,23 +431,61 @@ impl Terminal {
         self.check_idle(&s);
     }
 
-    /// The viewer caught up after falling behind: it gets the screen as it is now.
-    pub(super) fn resync(&self, viewer: &str) {
-        let s = self.lock();
-        if let Some(v) = s.viewer(viewer) {
-            v.queue.reset();
-            s.push_fresh_start(&v.queue);
+    /// The next message for a viewer, once there is one; `None` once it has left.
+    pub(super) async fn next_for(&self, viewer: &ViewerHandle) -> Option<Message> {
+        loop {
+            match self.pull(&viewer.id) {
+                Pulled::Message(m) => return Some(m),
+                Pulled::Nothing => viewer.wake.notified().await,
+                Pulled::Gone => return None,
+            }
+        }
+    }
+
+    /// What a viewer gets next: a message queued at or before its position, else the output
+    /// from its position up to the next message (at most [`VIEWER_FRAME_BYTES`] at a time).
+    /// A viewer whose position has left the ring, or whose messages were dropped, starts
+    /// afresh first.
+    pub(super) fn pull(&self, viewer: &str) -> Pulled {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(i) = s.viewers.iter().position(|v| v.id == viewer) else {
+            return Pulled::Gone;
+        };
+        if s.viewers[i].lagged || s.viewers[i].cursor < s.screen.oldest() {
+            s.start_afresh(i);
             self.shared
                 .metrics
                 .resyncs
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        let v = &mut s.viewers[i];
+        if let Some(hello) = v.hello.take() {
+            return Pulled::Message(hello);
+        }
+        if v.messages.front().is_some_and(|(at, ..)| *at <= v.cursor) {
+            let (_, msg, n) = v.messages.pop_front().expect("a queued message");
+            v.queued -= n;
+            return Pulled::Message(msg);
+        }
+        let pos = s.screen.pos();
+        let until = v.messages.front().map_or(pos, |(at, ..)| (*at).min(pos));
+        if v.cursor < until {
+            let most = usize::try_from(until - v.cursor)
+                .map_or(VIEWER_FRAME_BYTES, |n| n.min(VIEWER_FRAME_BYTES));
+            if let Some(bytes) = s.screen.output_from(v.cursor, most) {
+                v.cursor += bytes.len() as u64;
+                return Pulled::Message(Message::Binary(bytes.into()));
+            }
+        }
+        Pulled::Nothing
     }
 
-    fn reply(s: &State, viewer: &str, v: Value) {
-        if let Some(link) = s.viewer(viewer) {
+    fn reply(s: &mut State, viewer: &str, v: Value) {
+        let at = s.screen.pos();
+        if let Some(link) = s.viewer_mut(viewer) {
             let (m, n) = text(v);
-            link.queue.push(m, n);
+            link.send(at, m, n);
         }
     }
 
@@ -379,15 +500,15 @@ impl Terminal {
         match kind {
             "take-control" => {
                 if !can_type {
-                    return Self::reply(&s, viewer, forbidden("taking control"));
+                    return Self::reply(&mut s, viewer, forbidden("taking control"));
                 }
                 if s.host.is_some() {
                     s.controller = Controller::Viewer(viewer.to_owned());
-                    self.announce(&s, json!({ "type": "control", "controller": viewer }));
+                    self.announce(&mut s, json!({ "type": "control", "controller": viewer }));
                 } else if s.remote_host {
                     self.publish_in(&InMsg::Take(viewer.to_owned()));
                 } else {
-                    Self::reply(&s, viewer, error("no_host", "no host is connected"));
+                    Self::reply(&mut s, viewer, error("no_host", "no host is connected"));
                 }
             }
             "release-control" => {
@@ -396,14 +517,14 @@ impl Terminal {
                 }
                 if s.host.is_some() {
                     s.controller = Controller::Nobody;
-                    self.announce(&s, json!({ "type": "control", "controller": null }));
+                    self.announce(&mut s, json!({ "type": "control", "controller": null }));
                 } else {
                     self.publish_in(&InMsg::Release(viewer.to_owned()));
                 }
             }
             "resize" => {
                 if !can_type {
-                    return Self::reply(&s, viewer, forbidden("resizing"));
+                    return Self::reply(&mut s, viewer, forbidden("resizing"));
                 }
                 let dim = |k: &str| {
                     msg.get(k)
@@ -413,26 +534,26 @@ impl Terminal {
                 };
                 let (Some(cols), Some(rows)) = (dim("cols"), dim("rows")) else {
                     return Self::reply(
-                        &s,
+                        &mut s,
                         viewer,
                         error("bad_message", "resize needs cols and rows (1-65535)"),
                     );
                 };
                 if !s.controller.is(viewer) {
-                    return Self::reply(&s, viewer, not_in_control());
+                    return Self::reply(&mut s, viewer, not_in_control());
                 }
                 match &s.host {
                     Some(host) => {
                         let (m, n) = text(json!({ "type": "resize", "cols": cols, "rows": rows }));
                         if host.queue.try_push(m, n).is_err() {
-                            Self::reply(&s, viewer, host_busy());
+                            Self::reply(&mut s, viewer, host_busy());
                         }
                     }
                     None => self.publish_in(&InMsg::Resize(viewer.to_owned(), cols, rows)),
                 }
             }
             _ => Self::reply(
-                &s,
+                &mut s,
                 viewer,
                 error(
                     "bad_message",
@@ -444,29 +565,29 @@ impl Terminal {
 
     /// Keystrokes from a viewer.
     pub(super) fn viewer_input(&self, viewer: &str, bytes: Bytes) {
-        let s = self.lock();
+        let mut s = self.lock();
         let Some(link) = s.viewer(viewer) else { return };
         if !link.can_type {
             return Self::reply(
-                &s,
+                &mut s,
                 viewer,
                 error("forbidden", "typing needs scope 'operate'"),
             );
         }
         if !s.controller.is(viewer) {
-            return Self::reply(&s, viewer, not_in_control());
+            return Self::reply(&mut s, viewer, not_in_control());
         }
         match &s.host {
             Some(host) => {
                 let n = bytes.len();
                 if host.queue.try_push(Message::Binary(bytes), n).is_err() {
-                    Self::reply(&s, viewer, host_busy());
+                    Self::reply(&mut s, viewer, host_busy());
                 }
             }
             None if s.remote_host => {
                 self.publish_in(&InMsg::Input(viewer.to_owned(), bytes));
             }
-            None => Self::reply(&s, viewer, error("no_host", "no host is connected")),
+            None => Self::reply(&mut s, viewer, error("no_host", "no host is connected")),
         }
     }
 
@@ -513,7 +634,7 @@ impl Terminal {
             host: id,
         });
         if !was_here {
-            self.announce(&s, json!({ "type": "host", "connected": true }));
+            self.announce(&mut s, json!({ "type": "host", "connected": true }));
         }
         HostHandle { id, queue, close }
     }
@@ -546,7 +667,7 @@ impl Terminal {
         };
         let pos = s.screen.pos();
         s.screen.feed(&bytes);
-        s.broadcast_output(&bytes);
+        s.wake_viewers();
         self.shared
             .metrics
             .bytes_in
@@ -559,7 +680,10 @@ impl Terminal {
             return;
         };
         s.screen.resize(cols, rows);
-        self.announce(&s, json!({ "type": "resize", "cols": cols, "rows": rows }));
+        self.announce(
+            &mut s,
+            json!({ "type": "resize", "cols": cols, "rows": rows }),
+        );
     }
 
     /// The person at the host's terminal typed: control goes back to the desk.
@@ -568,7 +692,7 @@ impl Terminal {
             return;
         };
         s.controller = Controller::Desk;
-        self.announce(&s, json!({ "type": "control", "controller": "desk" }));
+        self.announce(&mut s, json!({ "type": "control", "controller": "desk" }));
     }
 
     pub(super) fn host_exit(&self, host: u64, code: Value, signal: Value) {
@@ -577,7 +701,7 @@ impl Terminal {
         };
         let v = json!({ "type": "exit", "code": code, "signal": signal });
         s.exit = Some(v.to_string());
-        self.announce(&s, v);
+        self.announce(&mut s, v);
     }
 
     pub(super) fn detach_host(self: &Arc<Self>, host: u64) {
@@ -676,12 +800,12 @@ impl Terminal {
             }
             InMsg::Take(viewer) => {
                 s.controller = Controller::Viewer(viewer.clone());
-                self.announce(&s, json!({ "type": "control", "controller": viewer }));
+                self.announce(&mut s, json!({ "type": "control", "controller": viewer }));
             }
             InMsg::Release(viewer) => {
                 if s.controller.is(&viewer) {
                     s.controller = Controller::Nobody;
-                    self.announce(&s, json!({ "type": "control", "controller": null }));
+                    self.announce(&mut s, json!({ "type": "control", "controller": null }));
                 }
             }
             InMsg::Resize(viewer, cols, rows) => {
@@ -734,9 +858,8 @@ impl Terminal {
                 s.remote_host = header.host_connected;
                 s.controller = Controller::from_json(&header.controller);
                 s.exit = header.exit;
-                for v in &s.viewers {
-                    v.queue.reset();
-                    s.push_fresh_start(&v.queue);
+                for i in 0..s.viewers.len() {
+                    s.start_afresh(i);
                 }
             }
             OutMsg::Output(pos, bytes) => {
@@ -746,7 +869,7 @@ impl Terminal {
                 let at = s.screen.pos();
                 if pos == at {
                     s.screen.feed(&bytes);
-                    s.broadcast_output(&bytes);
+                    s.wake_viewers();
                 } else if pos > at {
                     // A message was lost: wait for a fresh screen.
                     set_synced(&mut s, false);

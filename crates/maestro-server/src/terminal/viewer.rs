@@ -1,13 +1,12 @@
-//! A viewer's WebSocket: what its queue holds goes out (the hello, the screen, live output,
-//! state changes), what it sends goes to the terminal's rules. Reading and writing run side by
-//! side, so a viewer that does not read its socket still has its messages handled, and a
-//! writer stuck on a full socket holds up nobody else.
+//! A viewer's WebSocket: what the terminal has for it goes out (the hello, the screen, live
+//! output, state changes), what it sends goes to the terminal's rules. Reading and writing run
+//! side by side, so a viewer that does not read its socket still has its messages handled, and
+//! a writer stuck on a full socket holds up nobody else.
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 
 use super::{Access, CLOSE_WAIT, Terminals};
-use crate::queue::Popped;
 
 pub(super) async fn serve(
     terminals: Terminals,
@@ -25,15 +24,9 @@ pub(super) async fn serve(
     };
     let id = handle.id.clone();
     let writer = async {
-        while let Some(next) = handle.queue.pop().await {
-            match next {
-                Popped::Item(msg) => {
-                    if sink.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-                // It wrote out what it had after falling behind: start it afresh.
-                Popped::Lagged => term.resync(&id),
+        while let Some(msg) = term.next_for(&handle).await {
+            if sink.send(msg).await.is_err() {
+                return;
             }
         }
     };
