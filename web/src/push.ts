@@ -121,14 +121,45 @@ export async function loadNotifySettings(): Promise<void> {
   if (status.settings.utcOffsetMinutes !== utcOffsetMinutes()) await saveNotifySettings(status.settings);
 }
 
-/** Replaces this device's settings (with the current UTC offset). */
-export async function saveNotifySettings(settings: NotifySettings): Promise<void> {
-  const saved = await api<NotifySettings>("PUT", "/api/push/settings", {
-    ...settings,
-    utcOffsetMinutes: utcOffsetMinutes(),
-  } satisfies NotifySettings);
+function showSettings(settings: NotifySettings): void {
   const cur = notifyStatus.value;
-  notifyStatus.value = { lastDeliveryAt: null, subscriptions: 0, visible: true, ...cur, settings: saved };
+  notifyStatus.value = { lastDeliveryAt: null, subscriptions: 0, visible: true, ...cur, settings };
+}
+
+/** The saves not answered yet, and the last of them (each waits for the one before). */
+let unanswered = 0;
+let lastSave: Promise<unknown> = Promise.resolve();
+
+/**
+ * Replaces this device's settings (with the current UTC offset). The change shows at once and
+ * the saves go out one after the other, so two quick changes both stick: the second is built
+ * on the first and never reaches the server before it. When the last save is answered, what
+ * the server kept is shown; when it fails, the settings are read again and the error thrown.
+ */
+export function saveNotifySettings(settings: NotifySettings): Promise<void> {
+  const next: NotifySettings = { ...settings, utcOffsetMinutes: utcOffsetMinutes() };
+  showSettings(next);
+  unanswered += 1;
+  const save = lastSave.then(async () => {
+    try {
+      const saved = await api<NotifySettings>("PUT", "/api/push/settings", next);
+      if (unanswered === 1) showSettings(saved);
+    } catch (err) {
+      if (unanswered === 1) await loadNotifySettings().catch(() => undefined);
+      throw err;
+    } finally {
+      unanswered -= 1;
+    }
+  });
+  lastSave = save.catch(() => undefined);
+  return save;
+}
+
+/** Saves a change to the settings as they are now (not as an older render saw them). */
+export function changeNotifySettings(change: (settings: NotifySettings) => NotifySettings): Promise<void> {
+  const cur = notifyStatus.value;
+  if (!cur) return Promise.resolve();
+  return saveNotifySettings(change(cur.settings));
 }
 
 /** Asks the server for a test notification to this device; how many browsers took it. */

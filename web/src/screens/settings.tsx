@@ -17,7 +17,7 @@ import {
   pushState,
   pushSupported,
   refreshPush,
-  saveNotifySettings,
+  changeNotifySettings,
   sendTestNotification,
 } from "../push";
 import { minuteToTime, timeToMinute } from "../quiet-hours";
@@ -233,10 +233,12 @@ function NotifyChoices() {
   const [test, setTest] = useState<"idle" | "busy" | string>("idle");
   if (!status) return null;
   const s = status.settings;
-  const save = async (next: NotifySettings) => {
+  // Each change applies to the settings as they are when it is made, so quick changes in a row
+  // all stick.
+  const save = async (change: (cur: NotifySettings) => NotifySettings) => {
     setError("");
     try {
-      await saveNotifySettings(next);
+      await changeNotifySettings(change);
     } catch (err) {
       setError((err as Error).message || "The settings could not be saved.");
     }
@@ -244,7 +246,8 @@ function NotifyChoices() {
   const quiet = s.quietHours;
   const setTime = (which: "start" | "end", value: string) => {
     const minute = timeToMinute(value);
-    if (quiet && minute !== null) void save({ ...s, quietHours: { ...quiet, [which]: minute } });
+    if (minute !== null)
+      void save((cur) => (cur.quietHours ? { ...cur, quietHours: { ...cur.quietHours, [which]: minute } } : cur));
   };
   return (
     <div class="notify-choices" data-testid="notify-choices">
@@ -255,7 +258,10 @@ function NotifyChoices() {
             <input
               type="checkbox"
               checked={s.kinds[kind]}
-              onChange={(e) => void save({ ...s, kinds: { ...s.kinds, [kind]: e.currentTarget.checked } })}
+              onChange={(e) => {
+                const on = e.currentTarget.checked;
+                void save((cur) => ({ ...cur, kinds: { ...cur.kinds, [kind]: on } }));
+              }}
             />
             <span>
               {label}
@@ -270,14 +276,13 @@ function NotifyChoices() {
           <input
             type="checkbox"
             checked={!!quiet}
-            onChange={(e) =>
-              void save({
-                ...s,
-                quietHours: e.currentTarget.checked
-                  ? { start: 22 * 60, end: 7 * 60, approvalsStillNotify: true }
-                  : null,
-              })
-            }
+            onChange={(e) => {
+              const on = e.currentTarget.checked;
+              void save((cur) => ({
+                ...cur,
+                quietHours: on ? { start: 22 * 60, end: 7 * 60, approvalsStillNotify: true } : null,
+              }));
+            }}
           />
           <span>
             Quiet hours
@@ -300,9 +305,12 @@ function NotifyChoices() {
               <input
                 type="checkbox"
                 checked={quiet.approvalsStillNotify}
-                onChange={(e) =>
-                  void save({ ...s, quietHours: { ...quiet, approvalsStillNotify: e.currentTarget.checked } })
-                }
+                onChange={(e) => {
+                  const on = e.currentTarget.checked;
+                  void save((cur) =>
+                    cur.quietHours ? { ...cur, quietHours: { ...cur.quietHours, approvalsStillNotify: on } } : cur,
+                  );
+                }}
               />
               <span>
                 Approvals still notify
