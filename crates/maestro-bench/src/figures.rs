@@ -375,6 +375,8 @@ impl Bench {
             let mut since = 0i64;
             let trips_before = redis_round_trips(api).await?;
             let mut samples = Vec::with_capacity(self.plan.mail_trips);
+            // The send's own answer, beside: the wake cannot come before the send is durable.
+            let mut send_samples = Vec::with_capacity(self.plan.mail_trips);
             let deadline = Instant::now() + Duration::from_secs(300);
             for _ in 0..self.plan.mail_trips {
                 if Instant::now() > deadline {
@@ -404,8 +406,13 @@ impl Bench {
                     "type": "query", "subject": "ping",
                 });
                 let started = Instant::now();
-                let (sent, woken) = tokio::join!(api.post("/api/mail", &body), waiter);
+                let send = async {
+                    let sent = api.post("/api/mail", &body).await;
+                    (sent, Instant::now())
+                };
+                let ((sent, sent_at), woken) = tokio::join!(send, waiter);
                 sent?;
+                send_samples.push(sent_at.duration_since(started));
                 let (answer, at) = woken??;
                 let messages: Vec<Value> = serde_json::from_str(&answer)?;
                 if messages.len() != 1 {
@@ -428,7 +435,9 @@ impl Bench {
                     self.mail_target_ms(),
                 )
             };
-            rows.push(row.with_detail(s.summary()));
+            let mut detail = s.summary();
+            detail["send"] = Samples::new(send_samples).summary();
+            rows.push(row.with_detail(detail));
             // Each trip is two requests: the wait and the send.
             if !ack && let (Some(before), Some(after)) = (trips_before, trips_after) {
                 let requests = 2 * s.len() as u64;
