@@ -1,12 +1,13 @@
 //! A queue bounded by the bytes it holds, for one consumer that may fall behind.
 //!
 //! Why its own type: the live terminal must never make the agent wait for a slow reader (a
-//! phone on a bad network, a Redis that stalls). Counting messages does not bound memory when
+//! host that does not read its input, a Redis that stalls; viewers read output from the
+//! terminal's ring instead, see `terminal::term`). Counting messages does not bound memory when
 //! one message may be a few bytes or a megabyte, so the bound is on bytes. What happens at the
 //! bound is the caller's choice:
 //! - [`ByteQueue::push`] is *lossy*: at the bound it drops everything queued and every later
 //!   push until the consumer has seen [`Popped::Lagged`]; the consumer then starts again from a
-//!   fresh state (a terminal viewer gets the screen as it is, a relay mirror asks for it);
+//!   fresh state (a relay mirror asks the terminal's owner for its screen);
 //! - [`ByteQueue::try_push`] refuses the item and leaves the queue as it was (keystrokes for a
 //!   host that does not read: the typist is told);
 //! - [`ByteQueue::force_push`] ignores the bound, for the few small messages (and the one
