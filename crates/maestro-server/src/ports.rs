@@ -433,12 +433,6 @@ pub trait Relay: Send + Sync + 'static {
     /// outgoing queue is full or the backend is unreachable.
     fn publish(&self, channel: &str, payload: bytes::Bytes);
 
-    /// Whether a message published on `channel` now could reach a subscriber, so a publisher
-    /// may skip building one that nobody would get. A backend that cannot tell says `true`.
-    fn may_deliver(&self, _channel: &str) -> bool {
-        true
-    }
-
     /// Receives what is published on `channel` from now on (once the backend confirmed, or
     /// after a short bound when it cannot), until the subscription is dropped.
     async fn subscribe(&self, channel: &str) -> RelaySubscription;

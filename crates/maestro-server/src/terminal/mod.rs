@@ -694,6 +694,51 @@ mod tests {
         stop.cancel();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn output_goes_to_other_servers_only_while_a_mirror_watches() {
+        let relay: Arc<dyn Relay> = Arc::new(LocalRelay::default());
+        let stop = CancellationToken::new();
+        let terminals = Terminals::new(1024, relay.clone(), TaskTracker::new(), stop.clone());
+        let (owner, host) = terminals.attach_host("s", &Access::default()).unwrap();
+        let mut out = relay.subscribe(&relay::out_channel("s")).await;
+        let mut next = async || match tokio::time::timeout(WAIT, out.next()).await {
+            Ok(Some(Popped::Item(b))) => relay::decode_out(b).unwrap(),
+            other => panic!("expected a message, got {other:?}"),
+        };
+        let is_resize = |m: relay::OutMsg| match m {
+            relay::OutMsg::Event(e) => {
+                serde_json::from_str::<serde_json::Value>(&e).unwrap()
+                    == serde_json::json!({ "type": "resize", "cols": 100, "rows": 30 })
+            }
+            _ => false,
+        };
+        // Nobody mirrors: state changes go out, output does not.
+        owner.host_output(host.id, Bytes::from_static(b"one"));
+        owner.host_resize(host.id, 100, 30);
+        assert!(is_resize(next().await));
+        // A mirror says it watches: output goes out, at its position.
+        owner.on_in(relay::InMsg::Watching);
+        owner.host_output(host.id, Bytes::from_static(b"two"));
+        assert_eq!(
+            next().await,
+            relay::OutMsg::Output(3, Bytes::from_static(b"two"))
+        );
+        // Not heard from since: it stops.
+        tokio::time::advance(relay::MIRRORED_FOR).await;
+        owner.host_output(host.id, Bytes::from_static(b"three"));
+        owner.host_resize(host.id, 100, 30);
+        assert!(is_resize(next().await));
+        // Any message from a mirror counts, a snapshot request too.
+        owner.on_in(relay::InMsg::Sync);
+        assert!(matches!(next().await, relay::OutMsg::Snapshot(h, _) if h.pos == 11));
+        owner.host_output(host.id, Bytes::from_static(b"four"));
+        assert_eq!(
+            next().await,
+            relay::OutMsg::Output(11, Bytes::from_static(b"four"))
+        );
+        stop.cancel();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_mirror_shows_the_owners_screen_and_sends_it_keystrokes() {
         let relay: Arc<dyn Relay> = Arc::new(LocalRelay::default());

@@ -3,12 +3,19 @@
 //!
 //! Two channels per session:
 //! - `term:<session>:out`, published by the *owner* (the server holding the host): every
-//!   output chunk with its byte position, state changes (`resize`, `host`, `control`, `exit`,
-//!   as the viewer messages themselves), and a snapshot on every host hello and whenever a
-//!   mirror asks;
+//!   output chunk with its byte position while a mirror watches, state changes (`resize`,
+//!   `host`, `control`, `exit`, as the viewer messages themselves), and a snapshot on every
+//!   host hello and whenever a mirror asks;
 //! - `term:<session>:in`, published by *mirrors* (servers with viewers and no host): snapshot
-//!   requests, `take`/`release` control, resizes and keystrokes of their viewers; and by a
-//!   server whose host just connected (`claim`), so a previous owner closes its host.
+//!   requests, `watching` every [`SYNC_RETRY`] while synced, `take`/`release` control,
+//!   resizes and keystrokes of their viewers; and by a server whose host just connected
+//!   (`claim`), so a previous owner closes its host.
+//!
+//! Output goes out only while a mirror has been heard from in the last [`MIRRORED_FOR`]: a
+//! terminal nobody mirrors costs no relay traffic (on Redis, no `PUBLISH` per chunk and no
+//! outbox filled by a flood). A mirror that was not heard for a while (a new owner after the
+//! host moved, a Redis outage) sees a gap in the positions once output resumes and asks for a
+//! snapshot, as after any lost message.
 //!
 //! A mirror applies output only at the position it expects: a later position means a message
 //! was lost (a full queue, a Redis reconnect), and it waits for a snapshot, asking again every
@@ -31,8 +38,11 @@ use super::term::Terminal;
 use crate::ports::Relay;
 use crate::queue::Popped;
 
-/// How often a mirror without a screen asks the owner again.
+/// How often a mirror without a screen asks the owner again, and a synced one says it is
+/// still watching.
 pub const SYNC_RETRY: Duration = Duration::from_secs(2);
+/// How long after a mirror was last heard from the owner still publishes output.
+pub const MIRRORED_FOR: Duration = Duration::from_secs(6);
 
 pub fn out_channel(session_id: &str) -> String {
     format!("term:{session_id}:out")
@@ -74,6 +84,8 @@ pub enum InMsg {
         host: u64,
     },
     Sync,
+    /// A synced mirror still has viewers.
+    Watching,
     Take(String),
     Release(String),
     Resize(String, u16, u16),
@@ -142,6 +154,7 @@ pub fn encode_in(msg: &InMsg) -> Bytes {
         }
         InMsg::Claim { server, host } => json!({ "t": "claim", "server": server, "host": host }),
         InMsg::Sync => json!({ "t": "sync" }),
+        InMsg::Watching => json!({ "t": "watching" }),
         InMsg::Take(v) => json!({ "t": "take", "viewer": v }),
         InMsg::Release(v) => json!({ "t": "release", "viewer": v }),
         InMsg::Resize(v, cols, rows) => {
@@ -182,6 +195,7 @@ pub fn decode_in(mut b: Bytes) -> Option<InMsg> {
                     host: v.get("host")?.as_u64()?,
                 }),
                 "sync" => Some(InMsg::Sync),
+                "watching" => Some(InMsg::Watching),
                 "take" => Some(InMsg::Take(viewer()?)),
                 "release" => Some(InMsg::Release(viewer()?)),
                 "resize" => Some(InMsg::Resize(viewer()?, dim("cols")?, dim("rows")?)),
@@ -231,6 +245,8 @@ pub async fn mirror(term: Arc<Terminal>, stop: CancellationToken, relay: Arc<dyn
             _ = retry.tick() => {
                 if term.mirror_unsynced() {
                     term.request_sync();
+                } else {
+                    term.still_watching();
                 }
             }
             next = sub.next() => match next {
@@ -276,6 +292,7 @@ mod tests {
                 host: 7,
             },
             InMsg::Sync,
+            InMsg::Watching,
             InMsg::Take("v1-a".into()),
             InMsg::Release("v1-a".into()),
             InMsg::Resize("v1-a".into(), 100, 30),

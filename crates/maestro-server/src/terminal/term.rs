@@ -17,6 +17,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::relay::{self, InMsg, OutMsg, SnapshotHeader};
@@ -167,6 +168,8 @@ struct State {
     /// mirrors the host is gone.
     replaced_remotely: bool,
     link: Link,
+    /// Until when output is published for mirrors (one was heard from lately).
+    mirrored_until: Option<Instant>,
 }
 
 pub(super) struct Terminal {
@@ -274,6 +277,7 @@ impl Terminal {
                 remote_host: false,
                 replaced_remotely: false,
                 link: Link::None,
+                mirrored_until: None,
             }),
             shared,
         })
@@ -300,13 +304,11 @@ impl Terminal {
         self.lock().screen.scrollback()
     }
 
-    /// Publishes on the output channel, unless the relay knows nobody listens there (output
-    /// is not copied into a message for nobody).
     fn publish_out(&self, msg: &OutMsg) {
-        let channel = relay::out_channel(&self.session_id);
-        if self.shared.relay.may_deliver(&channel) {
-            self.shared.relay.publish(&channel, relay::encode_out(msg));
-        }
+        self.shared.relay.publish(
+            &relay::out_channel(&self.session_id),
+            relay::encode_out(msg),
+        );
     }
 
     fn publish_in(&self, msg: &InMsg) {
@@ -672,7 +674,10 @@ impl Terminal {
             .metrics
             .bytes_in
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.publish_out(&OutMsg::Output(pos, bytes));
+        // Only for mirrors heard from lately (`relay`'s documentation).
+        if s.mirrored_until.is_some_and(|until| Instant::now() < until) {
+            self.publish_out(&OutMsg::Output(pos, bytes));
+        }
     }
 
     pub(super) fn host_resize(&self, host: u64, cols: u16, rows: u16) {
@@ -783,6 +788,10 @@ impl Terminal {
         if s.host.is_none() {
             return;
         }
+        if !matches!(msg, InMsg::Claim { .. }) {
+            // A mirror spoke: it gets output for a while.
+            s.mirrored_until = Some(Instant::now() + relay::MIRRORED_FOR);
+        }
         match msg {
             InMsg::Claim { server, .. } if server != self.shared.server => {
                 if let Some(h) = &s.host {
@@ -791,7 +800,7 @@ impl Terminal {
                 }
                 s.replaced_remotely = true;
             }
-            InMsg::Claim { .. } => {}
+            InMsg::Claim { .. } | InMsg::Watching => {}
             InMsg::Sync => {
                 let msg = s.snapshot_message();
                 self.shared
@@ -826,6 +835,11 @@ impl Terminal {
     /// Asks the owner for a snapshot.
     pub(super) fn request_sync(&self) {
         self.publish_in(&InMsg::Sync);
+    }
+
+    /// Tells the owner this mirror still has viewers, so it keeps publishing output.
+    pub(super) fn still_watching(&self) {
+        self.publish_in(&InMsg::Watching);
     }
 
     /// Whether this mirror needs a snapshot.
