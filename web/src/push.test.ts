@@ -69,4 +69,21 @@ describe("notification settings", () => {
     await expect(failed).rejects.toThrow("the server is unreachable");
     expect(notifyStatus.value?.settings.kinds.failed).toBe(true);
   });
+
+  it("a failed save whose re-read finds another UTC offset still ends, and later changes still go out", async () => {
+    const failed = changeNotifySettings((s) => ({ ...s, kinds: { ...s.kinds, failed: false } }));
+    await settle();
+    calls[0].reject(new Error("the server is unreachable"));
+    await settle();
+    expect(calls[1].method).toBe("GET");
+    // The server still has the offset from before the device travelled.
+    calls[1].resolve(status({ ...initial, utcOffsetMinutes: initial.utcOffsetMinutes + 60 }));
+    await expect(failed).rejects.toThrow("the server is unreachable");
+    const later = changeNotifySettings((s) => ({ ...s, kinds: { ...s.kinds, completed: false } }));
+    await settle();
+    const put = calls.slice(2).find((c) => c.method === "PUT");
+    expect(put?.body).toMatchObject({ kinds: { completed: false }, utcOffsetMinutes: initial.utcOffsetMinutes });
+    put?.resolve(put.body);
+    await later;
+  });
 });

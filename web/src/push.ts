@@ -114,10 +114,16 @@ export async function disablePush(): Promise<void> {
 /** This device's notification settings as the server keeps them, and its last delivery. */
 export const notifyStatus = signal<NotifyStatus | null>(null);
 
-/** Reads this device's settings; tells the server a new UTC offset (travel, DST). */
-export async function loadNotifySettings(): Promise<void> {
+/** Reads this device's settings as the server keeps them. */
+async function readNotifySettings(): Promise<NotifyStatus> {
   const status = await api<NotifyStatus>("GET", "/api/push/settings");
   notifyStatus.value = status;
+  return status;
+}
+
+/** Reads this device's settings; tells the server a new UTC offset (travel, DST). */
+export async function loadNotifySettings(): Promise<void> {
+  const status = await readNotifySettings();
   if (status.settings.utcOffsetMinutes !== utcOffsetMinutes()) await saveNotifySettings(status.settings);
 }
 
@@ -134,7 +140,8 @@ let lastSave: Promise<unknown> = Promise.resolve();
  * Replaces this device's settings (with the current UTC offset). The change shows at once and
  * the saves go out one after the other, so two quick changes both stick: the second is built
  * on the first and never reaches the server before it. When the last save is answered, what
- * the server kept is shown; when it fails, the settings are read again and the error thrown.
+ * the server kept is shown; when it fails, the settings are read again (shown as the server
+ * has them) and the error thrown.
  */
 export function saveNotifySettings(settings: NotifySettings): Promise<void> {
   const next: NotifySettings = { ...settings, utcOffsetMinutes: utcOffsetMinutes() };
@@ -145,7 +152,8 @@ export function saveNotifySettings(settings: NotifySettings): Promise<void> {
       const saved = await api<NotifySettings>("PUT", "/api/push/settings", next);
       if (unanswered === 1) showSettings(saved);
     } catch (err) {
-      if (unanswered === 1) await loadNotifySettings().catch(() => undefined);
+      // Only read: a save from here would wait for this one, which waits for it.
+      if (unanswered === 1) await readNotifySettings().catch(() => undefined);
       throw err;
     } finally {
       unanswered -= 1;
