@@ -473,8 +473,8 @@ impl Terminal {
         let pos = s.screen.pos();
         let until = v.messages.front().map_or(pos, |(at, ..)| (*at).min(pos));
         if v.cursor < until {
-            let most = usize::try_from(until - v.cursor)
-                .map_or(VIEWER_FRAME_BYTES, |n| n.min(VIEWER_FRAME_BYTES));
+            // At most a frame, so it fits in `usize`.
+            let most = (until - v.cursor).min(VIEWER_FRAME_BYTES as u64) as usize;
             if let Some(bytes) = s.screen.output_from(v.cursor, most) {
                 v.cursor += bytes.len() as u64;
                 return Pulled::Message(Message::Binary(bytes.into()));
